@@ -1,0 +1,51 @@
+"""The contract an attention backend plugin implements: causal attention over a paged KV cache."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    """Where each scheduled token of a step lives, for all requests flattened into one batch.
+
+    For request ``i``, its new tokens are rows ``query_start_loc[i]:query_start_loc[i+1]`` of
+    the batch and are the last positions of a context of ``seq_lens[i]`` tokens, whose KV is
+    (after this step's write) in blocks ``block_tables[i]``.
+    """
+
+    slot_mapping: torch.Tensor  # [T] int64: block_id * block_size + offset for each new token
+    query_start_loc: torch.Tensor  # [B + 1] int32, cumulative query lengths
+    seq_lens: torch.Tensor  # [B] int32, context length including the new tokens
+    block_tables: torch.Tensor  # [B, max_blocks] int32, padded with 0
+    block_size: int
+    scale: float
+
+
+class AttentionBackend(ABC):
+    """Writes the step's new keys and values into the paged cache, then attends causally."""
+
+    @staticmethod
+    def kv_cache_shape(
+        num_blocks: int, block_size: int, num_kv_heads: int, head_size: int
+    ) -> tuple[int, ...]:
+        """Shape of one layer's KV cache tensor; index 0 selects keys or values."""
+        return (2, num_blocks, block_size, num_kv_heads, head_size)
+
+    @abstractmethod
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Attention output ``[T, num_heads, head_size]``.
+
+        ``query`` is ``[T, num_heads, head_size]``; ``key``/``value`` are
+        ``[T, num_kv_heads, head_size]`` (grouped-query attention when fewer heads).
+        """

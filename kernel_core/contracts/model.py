@@ -1,0 +1,48 @@
+"""The contract a model-architecture plugin implements: a forward over flattened tokens and paged KV."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+
+from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
+
+
+class ModelArchitecture(ABC):
+    """A model family's forward pass, reading weights from a Hugging Face folder.
+
+    Every scheduled token of every request arrives flattened into one ``[T]`` batch, so each
+    linear layer runs as one GEMM per step; attention goes through the selected backend.
+    """
+
+    num_layers: int
+    num_kv_heads: int
+    head_size: int
+
+    @classmethod
+    @abstractmethod
+    def from_pretrained(
+        cls,
+        folder: Path,
+        *,
+        attention: AttentionBackend,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> ModelArchitecture:
+        """Build the model from ``config.json`` and safetensors weights in ``folder``."""
+
+    @abstractmethod
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Hidden states ``[T, hidden]`` for the ``[T]`` tokens at ``positions``."""
+
+    @abstractmethod
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, vocab]`` for the ``[N, hidden]`` rows that sample."""

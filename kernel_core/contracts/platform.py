@@ -1,0 +1,65 @@
+"""The contract a hardware platform plugin implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    """Device memory in bytes, as the platform sees it right now."""
+
+    total_bytes: int
+    free_bytes: int
+
+
+class Platform(ABC):
+    """One kind of hardware: how to detect it, and what the engine needs to know to use it.
+
+    ``is_available`` must have no side effects: it may be called for every installed platform
+    on every start, on machines where that hardware (or its driver) is absent.
+    """
+
+    name: ClassVar[str]
+    device_type: ClassVar[str]
+    default_attention_backend: ClassVar[str] = "torch"
+
+    @classmethod
+    @abstractmethod
+    def is_available(cls) -> bool:
+        """Whether this hardware is usable in this process, without initialising it."""
+
+    @classmethod
+    def unavailable_reason(cls) -> str:
+        """Why :meth:`is_available` is False, for error messages and ``kcore platform``."""
+        return f"no {cls.name} device is visible to torch"
+
+    @abstractmethod
+    def device_count(self) -> int:
+        """How many devices of this kind the process can see."""
+
+    @abstractmethod
+    def device_name(self, index: int = 0) -> str:
+        """A human-readable name of device ``index``, for ``kcore platform``."""
+
+    @abstractmethod
+    def supported_dtypes(self) -> tuple[torch.dtype, ...]:
+        """Floating dtypes the engine may run models in, preferred first."""
+
+    @abstractmethod
+    def distributed_backend(self) -> str:
+        """The ``torch.distributed`` backend for collectives on this hardware."""
+
+    @abstractmethod
+    def memory_info(self, index: int = 0) -> MemoryInfo:
+        """Total and free memory of device ``index``."""
+
+    def device(self, index: int = 0) -> torch.device:
+        """The torch device to place tensors on."""
+        if self.device_type == "cpu":
+            return torch.device("cpu")
+        return torch.device(self.device_type, index)

@@ -1,0 +1,121 @@
+"""Typed records that registration hooks return.
+
+A record names an implementation as a ``"module:attr"`` string instead of holding it, so
+discovering every installed plugin imports no torch-heavy code; the implementation is
+imported by :meth:`ImplementationSpec.load` only when it is selected.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
+TARGET_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+
+class PluginKind(str, enum.Enum):
+    """Every kind of thing a plugin may provide; one registration hook per kind."""
+
+    PLATFORM = "platform"
+    TUNER = "tuner"
+    SCHEDULER_POLICY = "scheduler-policy"
+    CACHE_MANAGER = "cache-manager"
+    ATTENTION_BACKEND = "attention-backend"
+    MOE_KERNEL = "moe-kernel"
+    MODEL_ARCHITECTURE = "model-architecture"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ImplementationSpec(BaseModel):
+    """What one plugin offers for one kind: enough to list and select it without importing it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: ClassVar[PluginKind]
+
+    name: str = Field(pattern=NAME_PATTERN, description="Unique within its kind; used to select it.")
+    description: str = Field(min_length=1, description="One line for `kcore plugins list`.")
+    implementation: str = Field(pattern=TARGET_PATTERN, description="`module:attr` of the class.")
+    priority: int = Field(default=0, description="Higher wins when no name is requested.")
+    capabilities: frozenset[str] = Field(default=frozenset(), description="Feature flags.")
+
+    def load(self) -> Any:
+        """Import and return the implementation named by ``implementation``."""
+        module_name, _, attr_path = self.implementation.partition(":")
+        obj: Any = importlib.import_module(module_name)
+        for attr in attr_path.split("."):
+            obj = getattr(obj, attr)
+        return obj
+
+
+class PlatformSpec(ImplementationSpec):
+    """A hardware platform (CPU, CUDA, ROCm, XPU, ...); implementation subclasses ``Platform``."""
+
+    kind: ClassVar[PluginKind] = PluginKind.PLATFORM
+
+
+class TunerSpec(ImplementationSpec):
+    """A PEFT method; implementation subclasses ``Tuner``."""
+
+    kind: ClassVar[PluginKind] = PluginKind.TUNER
+    peft_type: str = Field(
+        pattern=r"^[A-Z][A-Z0-9_]*$",
+        description="The `peft_type` written to adapter_config.json, e.g. LORA.",
+    )
+
+
+class SchedulerPolicySpec(ImplementationSpec):
+    """A scheduling policy; implementation subclasses ``SchedulerPolicy``."""
+
+    kind: ClassVar[PluginKind] = PluginKind.SCHEDULER_POLICY
+
+
+class CacheManagerSpec(ImplementationSpec):
+    """A KV-cache manager; implementation subclasses ``CacheManager``."""
+
+    kind: ClassVar[PluginKind] = PluginKind.CACHE_MANAGER
+
+
+class AttentionBackendSpec(ImplementationSpec):
+    """An attention backend; implementation subclasses ``AttentionBackend``."""
+
+    kind: ClassVar[PluginKind] = PluginKind.ATTENTION_BACKEND
+    device_types: frozenset[str] = Field(
+        default=frozenset({"cpu", "cuda", "xpu"}),
+        description="torch device types the backend runs on.",
+    )
+
+
+class MoEKernelSpec(ImplementationSpec):
+    """A mixture-of-experts kernel; implementation subclasses ``MoEKernel``."""
+
+    kind: ClassVar[PluginKind] = PluginKind.MOE_KERNEL
+
+
+class ModelArchitectureSpec(ImplementationSpec):
+    """A model family; implementation subclasses ``ModelArchitecture``."""
+
+    kind: ClassVar[PluginKind] = PluginKind.MODEL_ARCHITECTURE
+    architectures: frozenset[str] = Field(
+        min_length=1,
+        description="Values of config.json `architectures` it runs, e.g. LlamaForCausalLM.",
+    )
+
+
+SPEC_BY_KIND: dict[PluginKind, type[ImplementationSpec]] = {
+    cls.kind: cls
+    for cls in (
+        PlatformSpec,
+        TunerSpec,
+        SchedulerPolicySpec,
+        CacheManagerSpec,
+        AttentionBackendSpec,
+        MoEKernelSpec,
+        ModelArchitectureSpec,
+    )
+}

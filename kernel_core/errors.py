@@ -1,0 +1,39 @@
+"""Exceptions users and plugin authors can catch; every message names its culprit."""
+
+from __future__ import annotations
+
+
+class KernelCoreError(Exception):
+    """Base of every error kernel-core raises on purpose."""
+
+
+class PluginError(KernelCoreError):
+    """A plugin could not be loaded, validated or selected."""
+
+
+class PluginLoadError(PluginError):
+    """A plugin fault became fatal (``KERNEL_CORE_STRICT_PLUGINS=1``)."""
+
+
+class IncompatiblePluginError(PluginError):
+    """A plugin targets a plugin API major version this kernel-core does not provide."""
+
+
+class DuplicatePluginError(PluginError):
+    """Two distributions register the same name for the same kind."""
+
+
+class UnknownPluginError(PluginError, LookupError):
+    """A plugin name was requested that no loaded plugin provides."""
+
+
+class PlatformNotAvailableError(PluginError):
+    """The requested (or every) platform is absent on this machine."""
+
+
+class ModelNotFoundError(KernelCoreError, ValueError):
+    """A model was named that is neither a known model id nor an existing folder."""
+
+
+class InvalidModelFolderError(KernelCoreError, ValueError):
+    """A model folder lacks ``config.json`` or safetensors weights (pickled ``.bin`` is refused)."""
