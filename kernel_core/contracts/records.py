@@ -17,6 +17,15 @@ NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
 TARGET_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 
+def import_target(target: str) -> Any:
+    """Import ``"package.module:Attr.attr"`` and return the attribute."""
+    module_name, _, attr_path = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for attr in attr_path.split("."):
+        obj = getattr(obj, attr)
+    return obj
+
+
 class PluginKind(str, enum.Enum):
     """Every kind of thing a plugin may provide; one registration hook per kind."""
 
@@ -37,6 +46,8 @@ class ImplementationSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     kind: ClassVar[PluginKind]
+    #: ``module:attr`` of the base class every implementation of this kind subclasses.
+    contract: ClassVar[str]
 
     name: str = Field(pattern=NAME_PATTERN, description="Unique within its kind; used to select it.")
     description: str = Field(min_length=1, description="One line for `kcore plugins list`.")
@@ -46,23 +57,26 @@ class ImplementationSpec(BaseModel):
 
     def load(self) -> Any:
         """Import and return the implementation named by ``implementation``."""
-        module_name, _, attr_path = self.implementation.partition(":")
-        obj: Any = importlib.import_module(module_name)
-        for attr in attr_path.split("."):
-            obj = getattr(obj, attr)
-        return obj
+        return import_target(self.implementation)
+
+    @classmethod
+    def load_contract(cls) -> type:
+        """Import and return the base class implementations of this kind subclass."""
+        return import_target(cls.contract)
 
 
 class PlatformSpec(ImplementationSpec):
     """A hardware platform (CPU, CUDA, ROCm, XPU, ...); implementation subclasses ``Platform``."""
 
     kind: ClassVar[PluginKind] = PluginKind.PLATFORM
+    contract: ClassVar[str] = "kernel_core.contracts.platform:Platform"
 
 
 class TunerSpec(ImplementationSpec):
     """A PEFT method; implementation subclasses ``Tuner``."""
 
     kind: ClassVar[PluginKind] = PluginKind.TUNER
+    contract: ClassVar[str] = "kernel_core.contracts.tuner:Tuner"
     peft_type: str = Field(
         pattern=r"^[A-Z][A-Z0-9_]*$",
         description="The `peft_type` written to adapter_config.json, e.g. LORA.",
@@ -73,18 +87,21 @@ class SchedulerPolicySpec(ImplementationSpec):
     """A scheduling policy; implementation subclasses ``SchedulerPolicy``."""
 
     kind: ClassVar[PluginKind] = PluginKind.SCHEDULER_POLICY
+    contract: ClassVar[str] = "kernel_core.contracts.scheduler:SchedulerPolicy"
 
 
 class CacheManagerSpec(ImplementationSpec):
     """A KV-cache manager; implementation subclasses ``CacheManager``."""
 
     kind: ClassVar[PluginKind] = PluginKind.CACHE_MANAGER
+    contract: ClassVar[str] = "kernel_core.contracts.cache:CacheManager"
 
 
 class AttentionBackendSpec(ImplementationSpec):
     """An attention backend; implementation subclasses ``AttentionBackend``."""
 
     kind: ClassVar[PluginKind] = PluginKind.ATTENTION_BACKEND
+    contract: ClassVar[str] = "kernel_core.contracts.attention:AttentionBackend"
     device_types: frozenset[str] = Field(
         default=frozenset({"cpu", "cuda", "xpu"}),
         description="torch device types the backend runs on.",
@@ -95,12 +112,14 @@ class MoEKernelSpec(ImplementationSpec):
     """A mixture-of-experts kernel; implementation subclasses ``MoEKernel``."""
 
     kind: ClassVar[PluginKind] = PluginKind.MOE_KERNEL
+    contract: ClassVar[str] = "kernel_core.contracts.moe:MoEKernel"
 
 
 class ModelArchitectureSpec(ImplementationSpec):
     """A model family; implementation subclasses ``ModelArchitecture``."""
 
     kind: ClassVar[PluginKind] = PluginKind.MODEL_ARCHITECTURE
+    contract: ClassVar[str] = "kernel_core.contracts.model:ModelArchitecture"
     architectures: frozenset[str] = Field(
         min_length=1,
         description="Values of config.json `architectures` it runs, e.g. LlamaForCausalLM.",

@@ -1,0 +1,74 @@
+"""Shared fixtures: a clean plugin environment, and fake plugin distributions on disk."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kernel_core import platforms, plugins
+
+PLUGIN_ENV = (
+    plugins.ENV_ALLOW,
+    plugins.ENV_DENY,
+    plugins.ENV_STRICT,
+    platforms.ENV_PLATFORM,
+)
+
+
+def _clear_caches() -> None:
+    plugins.discover_entry_points.cache_clear()
+    plugins.get_plugin_manager.cache_clear()
+    platforms.current_platform.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def clean_plugin_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test starts with no plugin variables set and no cached discovery."""
+    for variable in PLUGIN_ENV:
+        monkeypatch.delenv(variable, raising=False)
+    _clear_caches()
+    yield
+    _clear_caches()
+
+
+FakeDist = Callable[..., Path]
+
+
+@pytest.fixture
+def fake_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDist:
+    """Install a fake plugin distribution (module + dist-info) visible to importlib-metadata."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    created: list[str] = []
+
+    def make(dist: str, module: str, source: str, version: str = "1.0", entry_name: str | None = None) -> Path:
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+        info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(f"[kernel_core]\n{entry_name or dist} = {module}\n")
+        created.append(module)
+        _clear_caches()
+        return site
+
+    yield make
+    for module in created:
+        sys.modules.pop(module, None)
+
+
+def plugin_source(kind_hook: str, record: str, api: str = "1.0") -> str:
+    """Source of a minimal plugin module registering one record through ``kind_hook``."""
+    return f"""
+        import kernel_core
+        from kernel_core.contracts.records import *
+        kernel_core_api = {api!r}
+
+        @kernel_core.hookimpl
+        def {kind_hook}():
+            return [{record}]
+    """
