@@ -125,7 +125,8 @@ def kernel_core_model_architectures() -> Iterable[ModelArchitectureSpec]:
 def kernel_core_request_added(event: RequestAdded) -> None:
     """Observe a request entering the engine.
 
-    Called once per request, right after it is queued and before it is first scheduled.
+    Called once per request, right after it is queued and before it is first scheduled; not
+    firstresult, the return value is ignored.
 
     :param event: the request's id, prompt length, adapter and arrival time.
     """
@@ -136,7 +137,7 @@ def kernel_core_request_finished(event: RequestFinished) -> None:
     """Observe a request leaving the engine, by any exit path.
 
     Called once per request after its resources are freed: stopped, length, aborted, timed out
-    or failed (then ``event.error`` says why).
+    or failed (then ``event.error`` says why). Not firstresult; the return value is ignored.
 
     :param event: the request's id, finish reason, token counts, adapter and timings.
     """
@@ -146,7 +147,8 @@ def kernel_core_request_finished(event: RequestFinished) -> None:
 def kernel_core_step_done(stats: StepDone) -> None:
     """Observe the end of one engine step.
 
-    Called once per step, after sampled tokens are appended and finished requests retired.
+    Called once per step, after sampled tokens are appended and finished requests retired; not
+    firstresult, the return value is ignored.
 
     :param stats: the step number, queue sizes, scheduled tokens, preemptions, KV usage, time.
     """
