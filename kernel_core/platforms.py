@@ -7,11 +7,14 @@ import functools
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from kernel_core.contracts.platform import Platform
 from kernel_core.contracts.records import PluginKind
 from kernel_core.errors import PlatformNotAvailableError, PluginError
 from kernel_core.plugins import PluginManager, Registration, get_plugin_manager
+
+if TYPE_CHECKING:
+    from kernel_core.contracts.platform import Platform
 
 ENV_PLATFORM = "KERNEL_CORE_PLATFORM"
 log = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kernel_core import platforms, plugins
+from kernel_core.models.embedded import embedded_model_path
 
 PLUGIN_ENV = (
     plugins.ENV_ALLOW,
@@ -72,3 +74,20 @@ def plugin_source(kind_hook: str, record: str, api: str = "1.0") -> str:
         def {kind_hook}():
             return [{record}]
     """
+
+
+@pytest.fixture(scope="session")
+def embedded_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``$KERNEL_CORE_CACHE`` if the run sets it (conversion then survives across runs), else a temp one."""
+    cache = Path(os.environ.get("KERNEL_CORE_CACHE") or tmp_path_factory.getbasetemp() / "kernel_core_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KERNEL_CORE_CACHE", str(cache))
+        embedded_model_path()
+    return cache
+
+
+@pytest.fixture
+def embedded_model(embedded_model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Folder of the converted embedded model, with ``KERNEL_CORE_CACHE`` pointing at its cache."""
+    monkeypatch.setenv("KERNEL_CORE_CACHE", str(embedded_model_cache))
+    return embedded_model_path(convert=False)

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "By default the prompt is sent as a user message through the model's chat template "
             "and decoding is greedy, so the answer is reproducible."
         ),
-        epilog=f'example: kcore generate "What is the capital of France?"  (model: {EMBEDDED_MODEL_ID})',
+        epilog='example: kcore generate "What is the capital of France?"',
     )
     parser.add_argument("prompt", help="the prompt text, or - to read it from stdin (trailing newlines dropped)")
     parser.add_argument(
@@ -53,16 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the generated text; a kernel-core error prints one ``kcore: error:`` line and returns 2."""
-    try:
-        prompt = sys.stdin.read().rstrip("\n") if args.prompt == "-" else args.prompt
-        if not prompt:
-            raise KernelCoreError("the prompt is empty")
-        text = _generate(resolve_model(args.model), prompt, args)
-    except KernelCoreError as exc:
-        print(f"kcore: error: {exc}", file=sys.stderr)
-        return 2
-    print(text)
+    """Print the generated text; errors propagate to ``kcore``'s one-line error handler."""
+    prompt = sys.stdin.read().rstrip("\n") if args.prompt == "-" else args.prompt
+    if not prompt:
+        raise KernelCoreError("the prompt is empty")
+    print(_generate(resolve_model(args.model), prompt, args))
     return 0
 
 
@@ -71,7 +66,7 @@ def _generate(folder: Path, prompt: str, args: argparse.Namespace) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
     if args.chat:
         if not tokenizer.chat_template:
             raise KernelCoreError(f"model {folder} has no chat template: pass --no-chat to continue raw text")

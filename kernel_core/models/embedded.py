@@ -26,6 +26,7 @@ from kernel_core.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
     import torch
+    from transformers import LlamaForCausalLM
 
 EMBEDDED_MODEL_ID = "smollm2-135m-instruct"
 
@@ -125,7 +126,7 @@ def _write_hf_folder(source: Path, out: Path) -> None:
     dependency and gives bit-identical weights.
     """
     import torch
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     folder, name = str(source.parent), source.name
@@ -142,14 +143,13 @@ def _write_hf_folder(source: Path, out: Path) -> None:
             _load_weights(model, tensors)
         with _stage(bar, "reading tokenizer"):
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        with _stage(bar, "saving model"):
-            model.generation_config = GenerationConfig.from_model_config(config)
+        with _stage(bar, "saving model"):  # with generation_config.json, derived from the config
             model.save_pretrained(out)
         with _stage(bar, "saving tokenizer"):
             tokenizer.save_pretrained(out)
 
 
-def _load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+def _load_weights(model: LlamaForCausalLM, tensors: dict[str, torch.Tensor]) -> None:
     """Load strictly, except for the ``lm_head`` that tied embeddings share with ``embed_tokens``."""
     result = model.load_state_dict(tensors, strict=False)
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()

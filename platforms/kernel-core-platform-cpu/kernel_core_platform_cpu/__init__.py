@@ -1,0 +1,1 @@
+"""The CPU platform for kernel-core: the fallback chosen when no accelerator is available."""

@@ -1,0 +1,97 @@
+"""The host CPU as a kernel-core platform."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from kernel_core.contracts.platform import MemoryInfo, Platform
+
+CPUINFO = Path("/proc/cpuinfo")
+MEMINFO = Path("/proc/meminfo")
+
+
+class CPUPlatform(Platform):
+    """One device, the host CPU; its memory is the host's memory."""
+
+    name = "cpu"
+    device_type = "cpu"
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """Always: torch runs on every CPU, which is why this platform is the fallback."""
+        return True
+
+    def device_count(self) -> int:
+        return 1
+
+    def device_name(self, index: int = 0) -> str:
+        _check_index(index)
+        return f"{processor_model()}, {usable_cores()} cores"
+
+    def supported_dtypes(self) -> tuple[torch.dtype, ...]:
+        """float32 first: without AMX or AVX512-BF16, a CPU emulates half-precision matmuls,
+        which then usually run slower than float32 ones."""
+        return (torch.float32, torch.bfloat16, torch.float16)
+
+    def distributed_backend(self) -> str:
+        return "gloo"
+
+    def memory_info(self, index: int = 0) -> MemoryInfo:
+        """Host memory; "free" is what the kernel could hand out without swapping (MemAvailable)."""
+        _check_index(index)
+        return proc_meminfo() or sysconf_meminfo()
+
+
+def _check_index(index: int) -> None:
+    if index != 0:
+        raise IndexError(f"the cpu platform has one device, index 0; got {index}")
+
+
+def processor_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what the ``platform`` module knows."""
+    try:
+        lines = CPUINFO.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return value.strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def usable_cores() -> int:
+    """Logical CPUs this process may run on: its affinity mask, not the whole host, where known."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def proc_meminfo() -> MemoryInfo | None:
+    """MemTotal and MemAvailable from /proc/meminfo (Linux); None where that file is absent."""
+    try:
+        lines = MEMINFO.read_text().splitlines()
+    except OSError:
+        return None
+    kib: dict[str, int] = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields = value.split()
+        if fields and fields[0].isdigit():
+            kib[key] = int(fields[0])
+    if "MemTotal" not in kib or "MemAvailable" not in kib:
+        return None
+    return MemoryInfo(total_bytes=kib["MemTotal"] * 1024, free_bytes=kib["MemAvailable"] * 1024)
+
+
+def sysconf_meminfo() -> MemoryInfo:
+    """Physical and free pages from ``os.sysconf`` (other Unixes); free excludes reclaimable cache."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    return MemoryInfo(
+        total_bytes=page * os.sysconf("SC_PHYS_PAGES"),
+        free_bytes=page * os.sysconf("SC_AVPHYS_PAGES"),
+    )

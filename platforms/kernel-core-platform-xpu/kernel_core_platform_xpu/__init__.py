@@ -1,0 +1,1 @@
+"""The Intel XPU platform for kernel-core."""
