@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -23,6 +24,19 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [B, max_blocks] int32, padded with 0
     block_size: int
     scale: float
+    #: Host copies of ``seq_lens`` and the per-request query lengths, so that backends need no
+    #: device-to-host sync per layer; filled from the tensors when not given.
+    seq_lens_host: tuple[int, ...] = ()
+    query_lens_host: tuple[int, ...] = ()
+    #: Per-step scratch space: a backend may derive indices on the first layer and reuse them
+    #: on the others (the same metadata object serves every layer of one step).
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.seq_lens_host:
+            self.seq_lens_host = tuple(self.seq_lens.tolist())
+        if not self.query_lens_host:
+            self.query_lens_host = tuple(self.query_start_loc.diff().tolist())
 
 
 class AttentionBackend(ABC):

@@ -65,8 +65,13 @@ class CacheManager(ABC):
 
     @abstractmethod
     def commit(self, request_id: str, token_ids: Sequence[int], extra_key: Hashable = None) -> None:
-        """Record that the KV of ``token_ids`` (the request's tokens so far) is computed,
-        so that its full blocks can serve later requests as a prefix."""
+        """Record that the KV of ``token_ids`` (the request's known tokens, a prefix of its
+        sequence) is computed, so that its full blocks can serve other requests as a prefix.
+
+        The scheduler calls it right after :meth:`allocate` with the tokens this step will
+        compute: within a step every new K/V is written before any attention reads, so a
+        request admitted later in the same step may already share those blocks.
+        """
 
     @abstractmethod
     def free(self, request_id: str) -> None:

@@ -35,7 +35,10 @@ class Platform(ABC):
 
     @classmethod
     def unavailable_reason(cls) -> str:
-        """Why :meth:`is_available` is False, for error messages and ``kcore platform``."""
+        """Why :meth:`is_available` is False, for error messages and ``kcore platform``.
+
+        Called only when :meth:`is_available` returned False.
+        """
         return f"no {cls.name} device is visible to torch"
 
     @abstractmethod
@@ -44,7 +47,8 @@ class Platform(ABC):
 
     @abstractmethod
     def device_name(self, index: int = 0) -> str:
-        """A human-readable name of device ``index``, for ``kcore platform``."""
+        """A human-readable name of device ``index``, for ``kcore platform``; IndexError when
+        there is no such device."""
 
     @abstractmethod
     def supported_dtypes(self) -> tuple[torch.dtype, ...]:
