@@ -59,7 +59,7 @@ def format_table(table: list[dict[str, Any]]) -> str:
     """Align the rows under a header; errors go on their own indented line."""
     columns = ("kind", "name", "distribution", "version", "api", "status")
     cells = [[str(row[c] or "-") for c in columns] for row in table]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
     for row, cell in zip(table, cells):
         lines.append("  ".join(v.ljust(w) for v, w in zip(cell, widths)).rstrip())

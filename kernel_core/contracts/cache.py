@@ -81,6 +81,13 @@ class CacheManager(ABC):
     def block_table(self, request_id: str) -> list[int]:
         """Block ids of the request, in token order."""
 
+    def reset_prefix_cache(self) -> int:
+        """Forget every cached prefix block no request holds; returns how many were dropped.
+
+        Called when cached KV may be stale, e.g. an adapter was reloaded under the same id.
+        """
+        return 0
+
     @abstractmethod
     def stats(self) -> CacheStats:
         """Pool usage and prefix-cache counters."""

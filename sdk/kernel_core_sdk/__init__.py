@@ -1,0 +1,73 @@
+"""The kernel-core plugin SDK: one import for what a plugin author uses.
+
+Records, ``hookimpl`` and the API version are imported eagerly (they import no torch), so a
+plugin's entry-point module may import this package and stay cheap to discover. The base
+classes of the implementations import torch, so they are resolved on first attribute access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from kernel_core import PLUGIN_API_VERSION, hookimpl
+from kernel_core.contracts.records import (
+    AttentionBackendSpec,
+    CacheManagerSpec,
+    ImplementationSpec,
+    ModelArchitectureSpec,
+    MoEKernelSpec,
+    PlatformSpec,
+    PluginKind,
+    SchedulerPolicySpec,
+    TunerSpec,
+)
+
+__version__ = "0.1.0"
+
+#: Base class name → the contract module defining it, imported on first access.
+_LAZY: dict[str, str] = {
+    "Platform": "kernel_core.contracts.platform",
+    "MemoryInfo": "kernel_core.contracts.platform",
+    "SchedulerPolicy": "kernel_core.contracts.scheduler",
+    "SchedulableRequest": "kernel_core.contracts.scheduler",
+    "CacheManager": "kernel_core.contracts.cache",
+    "CacheStats": "kernel_core.contracts.cache",
+    "AttentionBackend": "kernel_core.contracts.attention",
+    "AttentionMetadata": "kernel_core.contracts.attention",
+    "MoEKernel": "kernel_core.contracts.moe",
+    "Tuner": "kernel_core.contracts.tuner",
+    "TunerConfig": "kernel_core.contracts.tuner",
+    "TunerLayer": "kernel_core.contracts.tuner",
+    "ModelArchitecture": "kernel_core.contracts.model",
+}
+
+__all__ = [
+    "PLUGIN_API_VERSION",
+    "AttentionBackendSpec",
+    "CacheManagerSpec",
+    "ImplementationSpec",
+    "ModelArchitectureSpec",
+    "MoEKernelSpec",
+    "PlatformSpec",
+    "PluginKind",
+    "SchedulerPolicySpec",
+    "TunerSpec",
+    "__version__",
+    "hookimpl",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a base class from its contract module the first time it is asked for."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,68 @@
+"""What every kind's suite shares: registration checks and the implementation under test."""
+
+from __future__ import annotations
+
+import inspect
+from types import ModuleType
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+from kernel_core.contracts.records import ImplementationSpec, PluginKind
+from kernel_core_sdk.conformance.registration import RegistrationChecks
+
+
+class PluginUnderTest(RegistrationChecks):
+    """Resolves the implementation a suite exercises from the author's entry-point module.
+
+    A suite sets :attr:`kind` and :attr:`contract`; the author supplies ``plugin_module`` and,
+    when that module registers several implementations of the kind, ``plugin_name``.
+    """
+
+    kind: ClassVar[PluginKind]
+    contract: ClassVar[type]
+
+    @pytest.fixture
+    def spec_kind(self) -> PluginKind:
+        """The kind of record under test (fixed by the suite)."""
+        return self.kind
+
+    @pytest.fixture
+    def plugin_name(self) -> str | None:
+        """Name of the record under test; None picks the module's only record of the kind."""
+        return None
+
+    @pytest.fixture
+    def plugin_spec(
+        self, records: list[ImplementationSpec], plugin_module: ModuleType, plugin_name: str | None
+    ) -> ImplementationSpec:
+        """The record under test, among those the module registers."""
+        chosen = [r for r in records if plugin_name is None or r.name == plugin_name]
+        if len(chosen) != 1:
+            names = ", ".join(r.name for r in records) or "none"
+            wanted = repr(plugin_name) if plugin_name else "exactly one"
+            pytest.fail(
+                f"{plugin_module.__name__} registers {self.kind} records [{names}], expected {wanted}; "
+                "supply a plugin_name fixture naming the one to test"
+            )
+        return chosen[0]
+
+    @pytest.fixture
+    def implementation(self, plugin_spec: ImplementationSpec) -> Any:
+        """The class the record names, imported as the engine would."""
+        return plugin_spec.load()
+
+    @pytest.fixture
+    def device(self) -> torch.device:
+        """Where tensors are placed; override to run the suite on an accelerator."""
+        return torch.device("cpu")
+
+    def test_implementation_subclasses_contract(self, implementation: Any) -> None:
+        contract = f"{self.contract.__module__}.{self.contract.__qualname__}"
+        assert isinstance(implementation, type) and issubclass(implementation, self.contract), (
+            f"{implementation!r} must subclass {contract}"
+        )
+        assert not inspect.isabstract(implementation), (
+            f"{implementation.__qualname__} leaves abstract: {', '.join(sorted(implementation.__abstractmethods__))}"
+        )

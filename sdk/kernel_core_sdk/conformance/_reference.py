@@ -1,0 +1,95 @@
+"""Naive reference maths the kernel suites compare against: slow, obvious, in float64.
+
+Written from the contracts' docstrings, not from any plugin, so that a plugin and its
+reference cannot share a mistake.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
+
+
+def write_kv(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Store token ``t``'s key and value at slot ``slot_mapping[t]`` of the default cache layout."""
+    block_size = kv_cache.shape[2]
+    for t, slot in enumerate(slot_mapping.tolist()):
+        kv_cache[0, slot // block_size, slot % block_size] = key[t]
+        kv_cache[1, slot // block_size, slot % block_size] = value[t]
+
+
+def dense_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention of ``query`` ``[Q, H, D]`` over ``key``/``value`` ``[K, KVH, D]``, where the
+    queries are the last ``Q`` of the ``K`` positions; query heads share KV heads in groups."""
+    num_queries, num_heads, _ = query.shape
+    num_keys, num_kv_heads, _ = key.shape
+    group = num_heads // num_kv_heads
+    key = key.repeat_interleave(group, dim=1)
+    value = value.repeat_interleave(group, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", query, key) * scale
+    query_pos = torch.arange(num_keys - num_queries, num_keys)[:, None]
+    future = torch.arange(num_keys)[None, :] > query_pos
+    scores = scores.masked_fill(future, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), value)
+
+
+def paged_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kv_cache: torch.Tensor,
+    metadata: AttentionMetadata,
+) -> torch.Tensor:
+    """What :meth:`AttentionBackend.forward` must compute, one request and one position at a time
+    (on the CPU, whatever device ``kv_cache`` is on; it is written in place)."""
+    write_kv(kv_cache, key, value, metadata.slot_mapping)
+    block_size = metadata.block_size
+    out = torch.empty(query.shape, dtype=torch.float64)
+    starts = metadata.query_start_loc.tolist()
+    for i, seq_len in enumerate(metadata.seq_lens.tolist()):
+        table = metadata.block_tables[i].tolist()
+        positions = [(table[pos // block_size], pos % block_size) for pos in range(seq_len)]
+        keys = torch.stack([kv_cache[0, block, offset] for block, offset in positions]).cpu().double()
+        values = torch.stack([kv_cache[1, block, offset] for block, offset in positions]).cpu().double()
+        rows = slice(starts[i], starts[i + 1])
+        out[rows] = dense_causal_attention(query[rows].cpu().double(), keys, values, metadata.scale)
+    return out.to(query.dtype)
+
+
+class ReferenceAttentionBackend(AttentionBackend):
+    """:func:`paged_attention` as a backend: what the model suite runs models on by default."""
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        return paged_attention(query, key, value, kv_cache, metadata).to(query.device)
+
+
+def moe(
+    hidden: torch.Tensor,
+    router_logits: torch.Tensor,
+    w_gate_up: torch.Tensor,
+    w_down: torch.Tensor,
+    top_k: int,
+    renormalize: bool,
+) -> torch.Tensor:
+    """What :meth:`MoEKernel.forward` must compute, one token at a time."""
+    intermediate = w_down.shape[2]
+    out = torch.zeros(hidden.shape, dtype=torch.float64)
+    for t in range(hidden.shape[0]):
+        x = hidden[t].double()
+        weights, experts = torch.softmax(router_logits[t].double(), dim=-1).topk(top_k)
+        if renormalize:
+            weights = weights / weights.sum()
+        for weight, expert in zip(weights, experts.tolist()):
+            gate_up = w_gate_up[expert].double() @ x
+            gate, up = gate_up[:intermediate], gate_up[intermediate:]
+            out[t] += weight * (w_down[expert].double() @ (F.silu(gate) * up))
+    return out.to(hidden.dtype)

@@ -1,0 +1,171 @@
+"""Render a new plugin package from the templates (``kcore new-plugin``).
+
+Templates live in ``templates/common`` (packaging, entry point, README, the test that runs the
+kind's conformance suite) and ``templates/<kind>`` (a small working implementation). File
+contents and paths are ``string.Template`` text; every file is rendered before anything is
+written, so a failure leaves no half-made folder.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+import kernel_core
+from kernel_core import api_version
+from kernel_core.contracts.records import SPEC_BY_KIND, PluginKind
+from kernel_core.errors import KernelCoreError
+from kernel_core.plugins import REGISTRATION_HOOKS
+from kernel_core_sdk import __version__ as sdk_version
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+SUFFIX = ".tmpl"
+NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+HOOK_BY_KIND = {kind: hook for hook, kind in REGISTRATION_HOOKS.items()}
+
+
+class ScaffoldError(KernelCoreError, ValueError):
+    """The plugin cannot be generated: bad name, existing folder, or no template for the kind."""
+
+
+@dataclass(frozen=True)
+class KindTemplate:
+    """What differs between kinds besides the implementation file in ``templates/<kind>``.
+
+    Text fields are templates themselves, rendered with the common variables.
+    """
+
+    impl_module: str
+    class_suffix: str
+    suite: str
+    description: str
+    usage: str
+    spec_fields: str = ""
+    test_fixtures: str = ""
+
+
+TEMPLATES: dict[PluginKind, KindTemplate] = {
+    PluginKind.PLATFORM: KindTemplate(
+        impl_module="platform",
+        class_suffix="Platform",
+        suite="PlatformConformance",
+        description="A CPU-like platform at priority -10: use it with KERNEL_CORE_PLATFORM=${name}.",
+        usage="Force it with `KERNEL_CORE_PLATFORM=${name}`: at priority -10 it is never chosen on its own "
+        "while another platform is available. `kcore platform` shows which platform was chosen and why.",
+        spec_fields="\n            priority=-10,",
+        test_fixtures="""
+
+    @pytest.fixture
+    def platform_class(self) -> type:
+        from ${module}.platform import ${class_name}
+
+        return ${class_name}""",
+    ),
+    PluginKind.SCHEDULER_POLICY: KindTemplate(
+        impl_module="policy",
+        class_suffix="Policy",
+        suite="SchedulerConformance",
+        description="Shortest prompt first, then earliest arrival.",
+        usage="Select it by name with the engine's `scheduler_policy=\"${name}\"` setting.",
+    ),
+    PluginKind.CACHE_MANAGER: KindTemplate(
+        impl_module="cache",
+        class_suffix="CacheManager",
+        suite="CacheManagerConformance",
+        description="A simple block allocator without prefix caching.",
+        usage="Select it by name with the engine's `cache_manager=\"${name}\"` setting. To add prefix "
+        "caching, implement `match_prefix`/`commit` and declare the `prefix-caching` capability in "
+        "`plugin.py`: the conformance suite then checks prefix sharing too.",
+    ),
+    PluginKind.ATTENTION_BACKEND: KindTemplate(
+        impl_module="attention",
+        class_suffix="Backend",
+        suite="AttentionBackendConformance",
+        description="Gathers each request's paged KV and runs torch SDPA request by request.",
+        usage="Select it by name with the engine's `attention_backend=\"${name}\"` setting; a platform "
+        "may also name it as its `default_attention_backend`.",
+    ),
+    PluginKind.MOE_KERNEL: KindTemplate(
+        impl_module="moe",
+        class_suffix="Kernel",
+        suite="MoEKernelConformance",
+        description="Mixture-of-experts by a loop over experts, one SwiGLU MLP per expert.",
+        usage="Select it by name with the `moe_kernel=\"${name}\"` setting.",
+    ),
+    PluginKind.TUNER: KindTemplate(
+        impl_module="tuner",
+        class_suffix="Tuner",
+        suite="TunerConformance",
+        description="A learned scale per output channel of Linear layers (IA3-like), mergeable.",
+        usage="Create an adapter with `kernel_core.peft.get_config(\"${name}\", target_modules=\"all-linear\")` "
+        "and `get_peft_model(model, config)`; saved adapters carry `peft_type` ${peft_type}.",
+        spec_fields='\n            peft_type="${peft_type}",',
+    ),
+}
+
+
+def check_name(name: str) -> None:
+    """Refuse names that cannot become a distribution, module, record and class name alike."""
+    if not NAME.match(name):
+        raise ScaffoldError(
+            f"invalid plugin NAME {name!r}: use lowercase letters, digits and single dashes, "
+            "starting with a letter (e.g. 'fair-share')"
+        )
+
+
+def template_variables(kind: PluginKind, name: str) -> dict[str, str]:
+    """Every ``${...}`` a template may use, for plugin ``name`` of ``kind``."""
+    template = TEMPLATES[kind]
+    snake = name.replace("-", "_")
+    camel = "".join(part.capitalize() for part in name.split("-"))
+    major, minor = api_version.parse(kernel_core.PLUGIN_API_VERSION)
+    variables = {
+        "name": name,
+        "kind": kind.value,
+        "snake": snake,
+        "camel": camel,
+        "module": f"kernel_core_{snake}",
+        "distribution": f"kernel-core-{name}",
+        "class_name": camel + template.class_suffix,
+        "hook": HOOK_BY_KIND[kind],
+        "spec_class": SPEC_BY_KIND[kind].__name__,
+        "impl_module": template.impl_module,
+        "suite": template.suite,
+        "peft_type": snake.upper(),
+        "api_version": f"{major}.{minor}",
+        "core_version": kernel_core.__version__,
+        "sdk_version": sdk_version,
+    }
+    for field in ("description", "usage", "spec_fields", "test_fixtures"):
+        variables[field] = Template(getattr(template, field)).substitute(variables)
+    return variables
+
+
+def render(kind: PluginKind, name: str) -> dict[Path, str]:
+    """The files of the new package, by path relative to its folder."""
+    if kind not in TEMPLATES:
+        raise ScaffoldError(f"there is no {kind} template yet: it arrives with the model runner")
+    check_name(name)
+    variables = template_variables(kind, name)
+    files: dict[Path, str] = {}
+    for root in (TEMPLATES_DIR / "common", TEMPLATES_DIR / kind.value):
+        for source in sorted(root.rglob(f"*{SUFFIX}")):
+            relative = Template(source.relative_to(root).as_posix()).substitute(variables)
+            files[Path(relative.removesuffix(SUFFIX))] = Template(source.read_text()).substitute(variables)
+    return files
+
+
+def create_plugin(kind: PluginKind | str, name: str, directory: Path) -> Path:
+    """Write package ``kernel-core-<name>/`` under ``directory`` and return its path."""
+    kind = PluginKind(kind)
+    files = render(kind, name)
+    target = Path(directory) / f"kernel-core-{name}"
+    if target.exists():
+        raise ScaffoldError(f"{target} already exists; choose another NAME or --dir")
+    for relative, text in files.items():
+        path = target / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return target

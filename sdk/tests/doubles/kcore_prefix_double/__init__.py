@@ -1,0 +1,1 @@
+"""Test double: the smallest prefix-caching cache manager, so the suite's prefix tests run."""

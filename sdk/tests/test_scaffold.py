@@ -1,0 +1,65 @@
+"""Rendering plugin packages from the templates."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from kernel_core.contracts.records import PluginKind
+from kernel_core_sdk.scaffold import TEMPLATES, TEMPLATES_DIR, ScaffoldError, create_plugin
+
+
+def test_every_kind_but_model_architecture_has_a_template() -> None:
+    assert set(TEMPLATES) == set(PluginKind) - {PluginKind.MODEL_ARCHITECTURE}
+    for kind, template in TEMPLATES.items():
+        assert (TEMPLATES_DIR / kind.value / "${module}" / f"{template.impl_module}.py.tmpl").is_file()
+
+
+@pytest.mark.parametrize("kind", sorted(TEMPLATES), ids=str)
+def test_renders_a_complete_installable_package(kind: PluginKind, tmp_path: Path) -> None:
+    target = create_plugin(kind, "my-thing2", tmp_path)
+    assert target == tmp_path / "kernel-core-my-thing2"
+    files = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
+    module = "kernel_core_my_thing2"
+    assert files == sorted([
+        "README.md",
+        "pyproject.toml",
+        f"{module}/__init__.py",
+        f"{module}/plugin.py",
+        f"{module}/{TEMPLATES[kind].impl_module}.py",
+        "tests/test_my_thing2.py",
+    ])
+    for name in files:
+        text = (target / name).read_text()
+        assert "${" not in text and "$module" not in text, f"{name} has an unrendered placeholder"
+        if name.endswith(".py"):
+            compile(text, name, "exec")
+    project = tomllib.loads((target / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "kernel-core-my-thing2"
+    assert project["entry-points"] == {"kernel_core": {"kernel-core-my-thing2": f"{module}.plugin"}}
+    assert "Publish" in (target / "README.md").read_text()
+
+
+def test_model_architecture_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ScaffoldError, match="arrives with the model runner"):
+        create_plugin(PluginKind.MODEL_ARCHITECTURE, "llama2", tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["Upper", "under_score", "-lead", "9lives", "trailing-", "double--dash", "", "sp ace"])
+def test_rejects_names_that_cannot_be_packages(name: str, tmp_path: Path) -> None:
+    with pytest.raises(ScaffoldError, match=re.escape(repr(name))):
+        create_plugin(PluginKind.SCHEDULER_POLICY, name, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_refuses_to_overwrite(tmp_path: Path) -> None:
+    target = create_plugin(PluginKind.SCHEDULER_POLICY, "mine", tmp_path)
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(ScaffoldError, match="already exists"):
+        create_plugin(PluginKind.TUNER, "mine", tmp_path)
+    assert (target / "notes.txt").read_text() == "keep me"
+    assert (target / "kernel_core_mine" / "policy.py").exists()

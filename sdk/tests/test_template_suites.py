@@ -1,0 +1,60 @@
+"""Every conformance suite, run against the implementation its kind's template generates."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import pytest
+
+from kernel_core.contracts.platform import Platform
+from kernel_core.contracts.records import PluginKind
+from kernel_core_sdk.conformance import (
+    AttentionBackendConformance,
+    CacheManagerConformance,
+    MoEKernelConformance,
+    PlatformConformance,
+    SchedulerConformance,
+    TunerConformance,
+)
+from kernel_core_sdk.conformance.registration import registered_records
+
+
+class TestPlatformTemplate(PlatformConformance):
+    @pytest.fixture
+    def plugin_module(self, rendered_plugin) -> ModuleType:
+        return rendered_plugin(PluginKind.PLATFORM)
+
+    @pytest.fixture
+    def platform_class(self, plugin_module: ModuleType) -> type[Platform]:
+        (record,) = registered_records(plugin_module, PluginKind.PLATFORM)
+        return record.load()
+
+
+class TestSchedulerPolicyTemplate(SchedulerConformance):
+    @pytest.fixture
+    def plugin_module(self, rendered_plugin) -> ModuleType:
+        return rendered_plugin(PluginKind.SCHEDULER_POLICY)
+
+
+class TestCacheManagerTemplate(CacheManagerConformance):
+    @pytest.fixture
+    def plugin_module(self, rendered_plugin) -> ModuleType:
+        return rendered_plugin(PluginKind.CACHE_MANAGER)
+
+
+class TestAttentionBackendTemplate(AttentionBackendConformance):
+    @pytest.fixture
+    def plugin_module(self, rendered_plugin) -> ModuleType:
+        return rendered_plugin(PluginKind.ATTENTION_BACKEND)
+
+
+class TestMoEKernelTemplate(MoEKernelConformance):
+    @pytest.fixture
+    def plugin_module(self, rendered_plugin) -> ModuleType:
+        return rendered_plugin(PluginKind.MOE_KERNEL)
+
+
+class TestTunerTemplate(TunerConformance):
+    @pytest.fixture
+    def plugin_module(self, rendered_plugin) -> ModuleType:
+        return rendered_plugin(PluginKind.TUNER)
