@@ -50,3 +50,47 @@ def kcore_register(kcore_plugin_manager: PluginManager) -> Register:
         )
 
     return register
+
+
+NEEDS_PLATFORM = "kcore_needs_platform"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{NEEDS_PLATFORM}(platform_class): run only where the platform is available; elsewhere "
+        "the test is deselected (not skipped) and the summary says why. Apply it with "
+        f"`pytest.mark.{NEEDS_PLATFORM}.with_args(PlatformClass)` (a bare class argument would be "
+        "taken as the decorated object)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect tests for hardware this machine lacks: they are not failures nor checks skipped
+    here, they belong to the GPU run (scripts/gpu_check.sh)."""
+    keep, dropped, reasons = [], [], {}
+    for item in items:
+        marker = item.get_closest_marker(NEEDS_PLATFORM)
+        platform = marker.args[0] if marker else None
+        if platform is None or platform.is_available():
+            keep.append(item)
+            continue
+        dropped.append(item)
+        reasons[platform.name] = platform.unavailable_reason()
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+        config.stash[_DESELECTED] = (len(dropped), reasons)
+
+
+_DESELECTED = pytest.StashKey[tuple[int, dict[str, str]]]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if _DESELECTED not in config.stash:
+        return
+    count, reasons = config.stash[_DESELECTED]
+    terminalreporter.write_line(
+        f"kernel-core-sdk: deselected {count} tests that need hardware absent here: "
+        + "; ".join(f"{name} ({why})" for name, why in sorted(reasons.items()))
+    )

@@ -6,10 +6,10 @@ from types import ModuleType
 
 import pytest
 
-from kernel_core_sdk.conformance import CacheManagerConformance, ModelArchitectureConformance
+from kernel_core_sdk.conformance import ModelArchitectureConformance, PrefixCachingConformance
 
 
-class TestPrefixCachingDouble(CacheManagerConformance):
+class TestPrefixCachingDouble(PrefixCachingConformance):
     @pytest.fixture
     def plugin_module(self, doubles) -> ModuleType:
         return doubles("kcore_prefix_double")

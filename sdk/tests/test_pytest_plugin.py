@@ -51,3 +51,31 @@ def test_every_exported_name_resolves() -> None:
     assert set(kernel_core_sdk.__all__) <= set(dir(kernel_core_sdk))
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         kernel_core_sdk.Nope  # noqa: B018
+
+
+def test_needs_platform_deselects_where_the_hardware_is_absent(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        class Absent:
+            name = "tpu"
+            is_available = staticmethod(lambda: False)
+            unavailable_reason = staticmethod(lambda: "no TPU in this box")
+
+        class Present(Absent):
+            name = "here"
+            is_available = staticmethod(lambda: True)
+
+        @pytest.mark.kcore_needs_platform.with_args(Absent)
+        def test_on_tpu():
+            raise AssertionError("must not run")
+
+        @pytest.mark.kcore_needs_platform.with_args(Present)
+        def test_here():
+            pass
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, deselected=1)
+    result.stdout.fnmatch_lines(["*deselected 1 tests that need hardware absent here: tpu (no TPU in this box)*"])

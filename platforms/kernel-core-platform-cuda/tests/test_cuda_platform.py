@@ -27,9 +27,7 @@ class TestCUDAContract(CUDAPlugin, PlatformContractChecks):
     pass
 
 
-@pytest.mark.skipif(
-    not CUDAPlatform.is_available(), reason=f"needs an NVIDIA GPU: {CUDAPlatform.unavailable_reason()}"
-)
+@pytest.mark.kcore_needs_platform.with_args(CUDAPlatform)
 class TestCUDAConformance(CUDAPlugin, PlatformConformance):
     pass
 

@@ -27,9 +27,7 @@ class TestROCmContract(ROCmPlugin, PlatformContractChecks):
     pass
 
 
-@pytest.mark.skipif(
-    not ROCmPlatform.is_available(), reason=f"needs an AMD GPU: {ROCmPlatform.unavailable_reason()}"
-)
+@pytest.mark.kcore_needs_platform.with_args(ROCmPlatform)
 class TestROCmConformance(ROCmPlugin, PlatformConformance):
     pass
 

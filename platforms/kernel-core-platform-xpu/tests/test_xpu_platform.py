@@ -27,9 +27,7 @@ class TestXPUContract(XPUPlugin, PlatformContractChecks):
     pass
 
 
-@pytest.mark.skipif(
-    not XPUPlatform.is_available(), reason=f"needs an Intel GPU: {XPUPlatform.unavailable_reason()}"
-)
+@pytest.mark.kcore_needs_platform.with_args(XPUPlatform)
 class TestXPUConformance(XPUPlugin, PlatformConformance):
     pass
 

@@ -7,7 +7,7 @@ fixtures to supply. See the README of kernel-core-sdk for an example.
 
 from kernel_core_sdk.conformance._requests import FakeRequest
 from kernel_core_sdk.conformance.attention import AttentionBackendConformance
-from kernel_core_sdk.conformance.cache import PREFIX_CACHING, CacheManagerConformance
+from kernel_core_sdk.conformance.cache import PREFIX_CACHING, CacheManagerConformance, PrefixCachingConformance
 from kernel_core_sdk.conformance.model import ModelArchitectureConformance
 from kernel_core_sdk.conformance.moe import MoEKernelConformance
 from kernel_core_sdk.conformance.platform import PlatformConformance, PlatformContractChecks
@@ -24,6 +24,7 @@ __all__ = [
     "ModelArchitectureConformance",
     "PlatformConformance",
     "PlatformContractChecks",
+    "PrefixCachingConformance",
     "RegistrationChecks",
     "SchedulerConformance",
     "TunerConformance",

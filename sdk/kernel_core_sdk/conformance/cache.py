@@ -31,8 +31,8 @@ class CacheManagerConformance(PluginUnderTest):
     - ``make_cache_manager``: ``(num_blocks, block_size, enable_prefix_caching) -> CacheManager``;
       defaults to calling the class with those arguments.
 
-    The prefix-caching tests run only when the record declares the ``"prefix-caching"``
-    capability; every other test runs for every manager.
+    A manager that shares prompt prefixes subclasses :class:`PrefixCachingConformance`
+    instead, which adds the prefix-caching tests.
     """
 
     kind = PluginKind.CACHE_MANAGER
@@ -44,11 +44,6 @@ class CacheManagerConformance(PluginUnderTest):
             return implementation(num_blocks, block_size, enable_prefix_caching=enable_prefix_caching)
 
         return make
-
-    @pytest.fixture
-    def prefix_caching(self, plugin_spec: ImplementationSpec) -> None:
-        if PREFIX_CACHING not in plugin_spec.capabilities:
-            pytest.skip(f"{plugin_spec.name!r} does not declare the {PREFIX_CACHING!r} capability")
 
     # -- pool bookkeeping, every manager -----------------------------------------------------
 
@@ -153,10 +148,17 @@ class CacheManagerConformance(PluginUnderTest):
             manager.free(request_id)
         assert manager.stats().num_free_blocks == num_blocks
 
-    # -- prefix caching, managers declaring "prefix-caching" ---------------------------------
+
+
+class PrefixCachingConformance(CacheManagerConformance):
+    """:class:`CacheManagerConformance` plus the prefix-caching tests, for a manager whose record
+    declares the ``"prefix-caching"`` capability; same fixtures."""
+
+    def test_record_declares_prefix_caching(self, plugin_spec: ImplementationSpec) -> None:
+        assert PREFIX_CACHING in plugin_spec.capabilities
 
     def test_shared_full_block_prefix_is_matched(
-        self, make_cache_manager: MakeCacheManager, prefix_caching: None
+        self, make_cache_manager: MakeCacheManager
     ) -> None:
         manager = make_cache_manager(16, 4, True)
         prompt = list(range(100, 111))  # two full blocks and a partial one
@@ -178,7 +180,7 @@ class CacheManagerConformance(PluginUnderTest):
         manager.free("b")
         assert manager.stats().num_free_blocks == 16
 
-    def test_extra_key_must_match(self, make_cache_manager: MakeCacheManager, prefix_caching: None) -> None:
+    def test_extra_key_must_match(self, make_cache_manager: MakeCacheManager) -> None:
         manager = make_cache_manager(16, 4, True)
         prompt = list(range(9))
         manager.match_prefix("a", prompt, extra_key="adapter-1")
@@ -192,7 +194,7 @@ class CacheManagerConformance(PluginUnderTest):
         assert manager.stats().num_free_blocks == 16
 
     def test_match_depends_on_everything_before(
-        self, make_cache_manager: MakeCacheManager, prefix_caching: None
+        self, make_cache_manager: MakeCacheManager
     ) -> None:
         manager = make_cache_manager(16, 4, True)
         first, second = [1, 2, 3, 4], [5, 6, 7, 8]
@@ -206,7 +208,7 @@ class CacheManagerConformance(PluginUnderTest):
             manager.free(request_id)
         assert manager.stats().num_free_blocks == 16
 
-    def test_prefix_outlives_its_request(self, make_cache_manager: MakeCacheManager, prefix_caching: None) -> None:
+    def test_prefix_outlives_its_request(self, make_cache_manager: MakeCacheManager) -> None:
         manager = make_cache_manager(8, 4, True)
         prompt = list(range(8))
         manager.match_prefix("a", prompt)
@@ -220,7 +222,7 @@ class CacheManagerConformance(PluginUnderTest):
         assert manager.stats().num_free_blocks == 8
 
     def test_reused_block_is_no_longer_matched(
-        self, make_cache_manager: MakeCacheManager, prefix_caching: None
+        self, make_cache_manager: MakeCacheManager
     ) -> None:
         manager = make_cache_manager(4, 4, True)
         prompt, other = list(range(8)), list(range(50, 66))
@@ -238,7 +240,7 @@ class CacheManagerConformance(PluginUnderTest):
 
     @pytest.mark.parametrize("seed", range(4))
     def test_random_prefix_workload(
-        self, make_cache_manager: MakeCacheManager, prefix_caching: None, seed: int
+        self, make_cache_manager: MakeCacheManager, seed: int
     ) -> None:
         rng = random.Random(seed)
         num_blocks, block_size = rng.randint(12, 40), rng.choice([2, 4])

@@ -7,7 +7,7 @@ Subclass :class:`PlatformConformance` in the plugin's tests and supply two fixtu
     from my_platform import plugin
     from my_platform.platform import MyPlatform
 
-    @pytest.mark.skipif(not MyPlatform.is_available(), reason=MyPlatform.unavailable_reason())
+    @pytest.mark.kcore_needs_platform.with_args(MyPlatform)  # deselected where absent
     class TestMyPlatform(PlatformConformance):
         @pytest.fixture
         def platform_class(self):
@@ -110,7 +110,7 @@ class PlatformConformance(PlatformContractChecks):
     """The whole suite: the contract checks, then the platform at work on its hardware.
 
     Where the hardware is absent every hardware check fails, saying so: mark the subclass
-    ``pytest.mark.skipif(not YourPlatform.is_available(), reason=...)``.
+    ``pytest.mark.kcore_needs_platform.with_args(YourPlatform)`` so that it runs only there.
     """
 
     @pytest.fixture
@@ -119,7 +119,7 @@ class PlatformConformance(PlatformContractChecks):
             pytest.fail(
                 f"the {platform_class.name} platform is not available here "
                 f"({platform_class.unavailable_reason()}); mark the test class with "
-                f"pytest.mark.skipif(not {platform_class.__qualname__}.is_available(), ...)"
+                f"pytest.mark.kcore_needs_platform.with_args({platform_class.__qualname__})"
             )
         return platform_class()
 
