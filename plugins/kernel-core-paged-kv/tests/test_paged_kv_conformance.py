@@ -8,10 +8,10 @@ import pytest
 
 from kernel_core_paged_kv import plugin
 from kernel_core_paged_kv.manager import PagedCacheManager
-from kernel_core_sdk.conformance.cache import PREFIX_CACHING, CacheManagerConformance
+from kernel_core_sdk.conformance import PREFIX_CACHING, PrefixCachingConformance
 
 
-class TestPagedConformance(CacheManagerConformance):
+class TestPagedConformance(PrefixCachingConformance):
     @pytest.fixture
     def plugin_module(self) -> ModuleType:
         return plugin
