@@ -4,7 +4,13 @@ Everything that varies (PEFT methods, schedulers, KV-cache managers, attention b
 kernels, model architectures, hardware platforms) is a plugin found by entry point.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from kernel_core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from kernel_core.llm import LLM
+    from kernel_core.sampling_params import SamplingParams
 
 __version__ = "0.1.0"
 
@@ -13,4 +19,15 @@ __version__ = "0.1.0"
 #: its major equals ours and its minor is not newer.
 PLUGIN_API_VERSION = "1.0.0"
 
-__all__ = ["PLUGIN_API_VERSION", "__version__", "hookimpl"]
+__all__ = ["LLM", "PLUGIN_API_VERSION", "SamplingParams", "__version__", "hookimpl"]
+
+_LAZY = {"LLM": "kernel_core.llm", "SamplingParams": "kernel_core.sampling_params"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``LLM`` (torch, transformers) on first use: plugins import this package too."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'kernel_core' has no attribute {name!r}")

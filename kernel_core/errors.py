@@ -37,3 +37,7 @@ class ModelNotFoundError(KernelCoreError, ValueError):
 
 class InvalidModelFolderError(KernelCoreError, ValueError):
     """A model folder lacks ``config.json`` or safetensors weights (pickled ``.bin`` is refused)."""
+
+
+class InvalidRequestError(KernelCoreError, ValueError):
+    """A request was refused at submission: bad prompt, too long, unknown adapter, duplicate id."""

@@ -20,6 +20,7 @@ class ModelArchitecture(ABC):
     num_layers: int
     num_kv_heads: int
     head_size: int
+    vocab_size: int
 
     @classmethod
     @abstractmethod

@@ -1,0 +1,51 @@
+"""Engine configuration: one pydantic model, so an invalid value fails naming its field."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class EngineConfig(BaseModel):
+    """Everything ``LLM(model=..., **engine_config)`` accepts besides the model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="A known model id or a Hugging Face model folder.")
+    dtype: str = Field(default="float32", pattern=f"^({'|'.join(DTYPES)})$")
+    max_model_len: int | None = Field(
+        default=None, ge=1, description="Longest prompt + output; default the model's context."
+    )
+    max_num_batched_tokens: int = Field(default=2048, ge=1, description="Token budget of one step.")
+    max_num_seqs: int = Field(default=128, ge=1, description="Most requests running at once.")
+    block_size: int = Field(default=16, ge=1, description="Tokens per KV-cache block.")
+    enable_prefix_caching: bool = True
+    kv_cache_memory: float | None = Field(
+        default=None, gt=0, description="KV-cache budget in GiB; default a fraction of free memory."
+    )
+    kv_cache_memory_fraction: float = Field(
+        default=0.15, gt=0, le=0.95, description="Share of free memory for the KV cache."
+    )
+    num_kv_blocks: int | None = Field(
+        default=None, ge=1, description="Exact number of KV blocks (overrides the memory budget)."
+    )
+    scheduler_policy: str | None = Field(default=None, description="Plugin name; default by priority.")
+    cache_manager: str | None = Field(default=None, description="Plugin name; default by priority.")
+    attention_backend: str | None = Field(
+        default=None, description="Plugin name; default the platform's default backend."
+    )
+    platform: str | None = Field(default=None, description="Plugin name; default KERNEL_CORE_PLATFORM or auto.")
+    seed: int = Field(default=0, description="Seed of the global generator for unseeded sampling.")
+    request_timeout: float | None = Field(
+        default=None, gt=0, description="Seconds after arrival when an unfinished request is aborted."
+    )
+
+    @model_validator(mode="after")
+    def _budget_holds_one_block(self) -> EngineConfig:
+        if self.max_num_batched_tokens < self.block_size:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least "
+                f"block_size ({self.block_size})"
+            )
+        return self

@@ -1,0 +1,123 @@
+"""Selecting and building the plugins an engine is made of, from its configuration."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kernel_core.config import EngineConfig
+from kernel_core.contracts.attention import AttentionBackend
+from kernel_core.contracts.cache import CacheManager
+from kernel_core.contracts.model import ModelArchitecture
+from kernel_core.contracts.platform import Platform
+from kernel_core.contracts.records import PluginKind
+from kernel_core.contracts.scheduler import SchedulerPolicy
+from kernel_core.errors import InvalidModelFolderError, KernelCoreError
+from kernel_core.models import resolve_model
+from kernel_core.platforms import select_platform
+from kernel_core.plugins import PluginManager, get_plugin_manager
+from kernel_core.runner.model_runner import bytes_per_block
+
+log = logging.getLogger(__name__)
+GiB = 2**30
+
+
+@dataclass
+class Components:
+    """Everything the engine runs on, chosen once at start-up."""
+
+    folder: Path
+    platform: Platform
+    device: torch.device
+    dtype: torch.dtype
+    model: ModelArchitecture
+    attention: AttentionBackend
+    tokenizer: Any
+    max_model_len: int
+    num_blocks: int
+    cache: CacheManager
+    policy: SchedulerPolicy
+
+
+def build_components(config: EngineConfig, manager: PluginManager | None = None) -> Components:
+    """Resolve the model, pick the platform and every plugin by name or priority, load weights."""
+    from transformers import AutoTokenizer
+
+    manager = manager or get_plugin_manager()
+    folder = resolve_model(config.model)
+    platform = select_platform(manager, forced=config.platform).platform
+    dtype = _dtype(config.dtype, platform)
+    device = platform.device()
+    attention_name = config.attention_backend or platform.default_attention_backend
+    attention = manager.load(manager.select(PluginKind.ATTENTION_BACKEND, attention_name))()
+    model_class = manager.load(_architecture(manager, folder))
+    model = model_class.from_pretrained(folder, attention=attention, dtype=dtype, device=device)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    max_model_len = _max_model_len(config, folder)
+    num_blocks = config.num_kv_blocks or _num_blocks(config, platform, attention, model, dtype)
+    if num_blocks * config.block_size < max_model_len:
+        log.warning(
+            "the KV cache holds %d tokens, less than max_model_len %d: longer requests are refused",
+            num_blocks * config.block_size, max_model_len,
+        )
+    cache_class = manager.load(manager.select(PluginKind.CACHE_MANAGER, config.cache_manager))
+    cache = cache_class(num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching)
+    policy = manager.load(manager.select(PluginKind.SCHEDULER_POLICY, config.scheduler_policy))()
+    return Components(
+        folder, platform, device, dtype, model, attention, tokenizer, max_model_len, num_blocks, cache, policy
+    )
+
+
+def _dtype(name: str, platform: Platform) -> torch.dtype:
+    dtype = getattr(torch, name)
+    if dtype not in platform.supported_dtypes():
+        supported = ", ".join(str(d).removeprefix("torch.") for d in platform.supported_dtypes())
+        raise KernelCoreError(f"dtype {name} is not supported on the {platform.name} platform (supported: {supported})")
+    return dtype
+
+
+def _architecture(manager: PluginManager, folder: Path) -> Any:
+    """The model-architecture registration whose ``architectures`` include the folder's."""
+    wanted = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    registrations = manager.registrations(PluginKind.MODEL_ARCHITECTURE)
+    for registration in registrations:
+        if set(wanted) & registration.spec.architectures:
+            return registration
+    known = sorted(a for r in registrations for a in r.spec.architectures)
+    raise InvalidModelFolderError(
+        f"no model-architecture plugin runs {', '.join(wanted) or 'a config without architectures'} "
+        f"({folder / 'config.json'}); installed ones run: {', '.join(known) or 'none'}"
+    )
+
+
+def _max_model_len(config: EngineConfig, folder: Path) -> int:
+    context = json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
+    if config.max_model_len is None:
+        if context is None:
+            raise InvalidModelFolderError(f"{folder / 'config.json'} has no max_position_embeddings: set max_model_len")
+        return context
+    if context is not None and config.max_model_len > context:
+        raise KernelCoreError(
+            f"max_model_len {config.max_model_len} exceeds the model's context ({context} positions)"
+        )
+    return config.max_model_len
+
+
+def _num_blocks(
+    config: EngineConfig, platform: Platform, attention: AttentionBackend, model: ModelArchitecture, dtype: torch.dtype
+) -> int:
+    """Blocks that fit the budget: ``kv_cache_memory`` GiB, else a fraction of free memory."""
+    budget = (
+        config.kv_cache_memory * GiB
+        if config.kv_cache_memory is not None
+        else platform.memory_info().free_bytes * config.kv_cache_memory_fraction
+    )
+    blocks = int(budget // bytes_per_block(attention, model, config.block_size, dtype))
+    if blocks < 1:
+        raise KernelCoreError(f"a KV-cache budget of {budget / GiB:.3f} GiB holds no block: raise kv_cache_memory")
+    return blocks

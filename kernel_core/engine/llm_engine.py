@@ -1,0 +1,310 @@
+"""The step-level engine: add requests, run steps, abort; one step = schedule, one flattened
+forward, sample, detokenize, retire. A failure inside one request's processing finishes that
+request with an error and nothing else."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from collections.abc import Sequence
+
+import torch
+
+from kernel_core.config import EngineConfig
+from kernel_core.contracts.events import RequestAdded, RequestFinished, StepDone
+from kernel_core.engine.components import Components, build_components
+from kernel_core.engine.detokenizer import IncrementalDetokenizer
+from kernel_core.engine.group import Completion, RequestGroup
+from kernel_core.engine.request import Request, RequestStatus
+from kernel_core.engine.scheduler import ScheduledStep, Scheduler
+from kernel_core.engine.stop import StopChecker
+from kernel_core.errors import InvalidRequestError
+from kernel_core.outputs import RequestMetrics, RequestOutput
+from kernel_core.plugins import PluginManager, get_plugin_manager
+from kernel_core.runner.logprobs import prompt_logprobs
+from kernel_core.runner.model_runner import ModelRunner, StepInputs
+from kernel_core.runner.sampler import Sampler, SamplingRow, make_generator
+from kernel_core.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+Prompt = str | Sequence[int]
+
+
+class LLMEngine:
+    """Continuous batching over the plugins chosen by an :class:`EngineConfig`."""
+
+    def __init__(self, config: EngineConfig, manager: PluginManager | None = None) -> None:
+        self.config = config
+        self.plugins = manager or get_plugin_manager()
+        self.components: Components = build_components(config, self.plugins)
+        c = self.components
+        self.tokenizer = c.tokenizer
+        self.max_model_len = c.max_model_len
+        self.eos_token_ids = _eos_token_ids(c)
+        self.scheduler = Scheduler(
+            c.policy, c.cache, max_num_batched_tokens=config.max_num_batched_tokens, max_num_seqs=config.max_num_seqs
+        )
+        self.runner = ModelRunner(
+            c.model, c.attention, num_blocks=c.num_blocks, block_size=config.block_size, dtype=c.dtype, device=c.device
+        )
+        self.sampler = Sampler(self.eos_token_ids)
+        torch.manual_seed(config.seed)  # the stream of unseeded sampling
+        self._groups: dict[str, RequestGroup] = {}
+        self._completions: dict[str, Completion] = {}
+        self._changed: dict[str, RequestGroup] = {}  # groups with news for the next step()'s outputs
+        self._steps = itertools.count(1)
+
+    # -- submission --------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        priority: int = 0,
+        adapter: str | None = None,
+        arrival_time: float | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Queue a request; raises :class:`InvalidRequestError` (a ValueError) naming what is wrong."""
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError(f"request {request_id!r}: params must be SamplingParams, not {type(params).__name__}")
+        if request_id in self._groups:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        if adapter is not None:
+            raise InvalidRequestError(f"request {request_id!r}: adapter {adapter!r} given, but LoRA serving is not enabled")
+        text, token_ids = self._tokenize(request_id, prompt)
+        max_tokens = self._max_tokens(request_id, len(token_ids), params)
+        arrival = time.time() if arrival_time is None else arrival_time
+        timeout = timeout if timeout is not None else self.config.request_timeout
+        group = RequestGroup(request_id, text, token_ids, params, RequestMetrics(arrival))
+        if params.prompt_logprobs is not None:
+            group.prompt_logprobs = [None]
+        for index in range(params.n):
+            child_id = request_id if params.n == 1 else f"{request_id}#{index}"
+            request = Request(
+                child_id, list(token_ids), max_tokens, arrival, priority=priority, adapter=adapter,
+                deadline=arrival + timeout if timeout is not None else None,
+                skip_prefix_cache=params.prompt_logprobs is not None,
+            )
+            seed = None if params.seed is None else params.seed + index
+            group.completions.append(
+                Completion(
+                    group=group,
+                    request=request,
+                    index=index,
+                    stop=StopChecker(params, max_tokens, self.eos_token_ids),
+                    detokenizer=IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens),
+                    generator=make_generator(seed, self.components.device) if seed is not None else None,
+                    logprobs=[] if params.logprobs is not None else None,
+                )
+            )
+        self._groups[request_id] = group
+        for completion in group.completions:
+            self._completions[completion.request.request_id] = completion
+            self.scheduler.add(completion.request)
+        self.plugins.notify(
+            "kernel_core_request_added",
+            event=RequestAdded(request_id, len(token_ids), adapter, arrival),
+        )
+
+    def _tokenize(self, request_id: str, prompt: Prompt) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError(f"request {request_id!r}: the prompt is empty")
+            return prompt, self.tokenizer.encode(prompt, add_special_tokens=False)
+        if not isinstance(prompt, Sequence) or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            raise InvalidRequestError(
+                f"request {request_id!r}: a prompt is a string or a list of token ids, not {type(prompt).__name__}"
+            )
+        if not prompt:
+            raise InvalidRequestError(f"request {request_id!r}: the prompt has no token ids")
+        vocab = self.components.model.vocab_size
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequestError(
+                f"request {request_id!r}: token ids {bad[:5]} are outside the vocabulary (0..{vocab - 1})"
+            )
+        return None, list(prompt)
+
+    def _max_tokens(self, request_id: str, prompt_len: int, params: SamplingParams) -> int:
+        room = self.max_model_len - prompt_len
+        if room < 1:
+            raise InvalidRequestError(
+                f"request {request_id!r}: the prompt has {prompt_len} tokens, but max_model_len is "
+                f"{self.max_model_len} (prompt plus at least one output token must fit)"
+            )
+        max_tokens = min(params.max_tokens or room, room)
+        if prompt_len + max_tokens > self.scheduler.capacity_tokens:
+            raise InvalidRequestError(
+                f"request {request_id!r}: {prompt_len} prompt + {max_tokens} output tokens exceed the "
+                f"KV cache ({self.scheduler.capacity_tokens} tokens): raise kv_cache_memory or lower max_tokens"
+            )
+        return max_tokens
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def abort_request(self, request_id: str) -> bool:
+        """Abort a request (all its completions) in any state; False if it is unknown or done."""
+        group = self._groups.get(request_id)
+        if group is None or group.finished:
+            return False
+        for completion in group.completions:
+            if not completion.request.is_finished:
+                self._finish(completion, RequestStatus.FINISHED_ABORTED)
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished() or bool(self._changed)
+
+    def num_unfinished_requests(self) -> int:
+        return sum(not g.finished for g in self._groups.values())
+
+    def step(self) -> list[RequestOutput]:
+        """Run one engine step; returns the requests with news (new text or finished)."""
+        started = time.perf_counter()
+        self._expire(time.time())
+        scheduled = self.scheduler.schedule()
+        if scheduled.requests:
+            self._run(scheduled)
+        outputs = [group.output() for group in self._changed.values()]
+        for group in self._changed.values():
+            if group.finished:
+                del self._groups[group.request_id]
+        self._changed.clear()
+        self.plugins.notify(
+            "kernel_core_step_done",
+            stats=StepDone(
+                step=next(self._steps),
+                num_running=len(self.scheduler.running),
+                num_waiting=len(self.scheduler.waiting),
+                num_scheduled_tokens=scheduled.num_tokens,
+                num_preempted=len(scheduled.preempted),
+                kv_cache_usage=self.components.cache.stats().usage,
+                duration_s=time.perf_counter() - started,
+            ),
+        )
+        return outputs
+
+    def _run(self, scheduled: ScheduledStep) -> None:
+        now = time.time()
+        try:
+            inputs = self.runner.prepare(
+                scheduled.requests,
+                scheduled.num_new_tokens,
+                [self.components.cache.block_table(r.request_id) for r in scheduled.requests],
+            )
+            hidden = self.runner.execute(inputs)
+            self._prompt_logprobs(scheduled, inputs, hidden)
+            sampling = [
+                i for i, (r, n) in enumerate(zip(scheduled.requests, scheduled.num_new_tokens))
+                if r.num_computed_tokens + n == r.num_tokens
+            ]
+            completions = [self._completions[scheduled.requests[i].request_id] for i in sampling]
+            sampled = None
+            if sampling:
+                logits = self.runner.logits(hidden, inputs.last_rows[sampling])
+                sampled = self.sampler(logits, [_sampling_row(c) for c in completions])
+        except Exception as exc:  # noqa: BLE001 - a failed forward fails its batch, not the engine
+            log.exception("engine step failed")
+            for request in scheduled.requests:
+                self._finish(self._completions[request.request_id], RequestStatus.FINISHED_ERROR, f"engine step failed: {exc}")
+            self.components.cache.reset_prefix_cache()  # blocks committed this step hold no KV
+            return
+        for request, count in zip(scheduled.requests, scheduled.num_new_tokens):
+            request.num_computed_tokens += count
+            metrics = self._completions[request.request_id].group.metrics
+            if metrics.first_scheduled_time is None:
+                metrics.first_scheduled_time = now
+        if sampled is not None:
+            for row, completion in enumerate(completions):
+                self._append(completion, sampled.token_ids[row], sampled.logprobs[row])
+
+    def _prompt_logprobs(self, scheduled: ScheduledStep, inputs: StepInputs, hidden: torch.Tensor) -> None:
+        """Logprobs of the prompt tokens this step computed, for requests asking for them."""
+        start = 0
+        for request, count in zip(scheduled.requests, scheduled.num_new_tokens):
+            completion = self._completions[request.request_id]
+            group = completion.group
+            first, end = request.num_computed_tokens, min(request.num_computed_tokens + count, request.num_prompt_tokens - 1)
+            if group.prompt_logprobs is not None and completion.index == 0 and first < end:
+                rows = torch.arange(start, start + end - first, device=hidden.device)
+                logits = self.runner.logits(hidden, rows)
+                entries = prompt_logprobs(logits, request.prompt_token_ids[first + 1 : end + 1], group.params.prompt_logprobs)
+                group.prompt_logprobs += [e.to_dict(self._decode_token) for e in entries]
+            start += count
+
+    def _append(self, completion: Completion, token_id: int, logprobs) -> None:
+        """Append a sampled token and turn it into text; any failure finishes this request alone."""
+        request, group = completion.request, completion.group
+        request.output_token_ids.append(token_id)
+        if group.metrics.first_token_time is None:
+            group.metrics.first_token_time = time.time()
+        self._changed[group.request_id] = group
+        try:
+            if completion.logprobs is not None and logprobs is not None:
+                completion.logprobs.append(logprobs.to_dict(self._decode_token))
+            completion.stop.append(token_id, completion.detokenizer)
+        except Exception as exc:  # noqa: BLE001 - e.g. a detokenizer error: this request only
+            log.exception("request %r failed while processing its output", request.request_id)
+            self._finish(completion, RequestStatus.FINISHED_ERROR, f"{type(exc).__name__}: {exc}")
+            return
+        if completion.stop.finished:
+            status = RequestStatus.FINISHED_STOPPED if completion.stop.finish_reason == "stop" else RequestStatus.FINISHED_LENGTH
+            self._finish(completion, status)
+
+    def _decode_token(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def _expire(self, now: float) -> None:
+        for completion in list(self._completions.values()):
+            request = completion.request
+            if request.deadline is not None and now >= request.deadline and not request.is_finished:
+                timeout = request.deadline - request.arrival_time
+                self._finish(completion, RequestStatus.FINISHED_ABORTED, f"timed out after {timeout:g} s")
+
+    def _finish(self, completion: Completion, status: RequestStatus, error: str | None = None) -> None:
+        """Every exit path ends here: the request leaves its queue and its blocks return."""
+        request = completion.request
+        self.scheduler.finish(request, status, error)
+        del self._completions[request.request_id]
+        group = completion.group
+        group.metrics.finished_time = time.time()
+        self._changed[group.request_id] = group
+        self.plugins.notify(
+            "kernel_core_request_finished",
+            event=RequestFinished(
+                request_id=request.request_id,
+                finish_reason=status.finish_reason or "",
+                num_prompt_tokens=request.num_prompt_tokens,
+                num_output_tokens=len(request.output_token_ids),
+                adapter=request.adapter,
+                arrival_time=request.arrival_time,
+                first_token_time=group.metrics.first_token_time,
+                finish_time=group.metrics.finished_time,
+                error=error,
+            ),
+        )
+
+
+def _sampling_row(completion: Completion) -> SamplingRow:
+    return SamplingRow(
+        params=completion.stop.params,
+        prompt_token_ids=completion.request.prompt_token_ids,
+        output_token_ids=completion.request.output_token_ids,
+        generator=completion.generator,
+    )
+
+
+def _eos_token_ids(c: Components) -> tuple[int, ...]:
+    """EOS of the tokenizer plus those of generation_config.json (often a list)."""
+    ids = {c.tokenizer.eos_token_id} if c.tokenizer.eos_token_id is not None else set()
+    generation = c.folder / "generation_config.json"
+    if generation.is_file():
+        eos = json.loads(generation.read_text()).get("eos_token_id")
+        ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return tuple(sorted(ids))

@@ -1,0 +1,100 @@
+"""Executes one scheduled step: every scheduled token of every request flattened into one batch,
+attention over the paged KV cache that this module allocates."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
+from kernel_core.contracts.model import ModelArchitecture
+from kernel_core.engine.request import Request
+
+
+def bytes_per_block(
+    attention: AttentionBackend, model: ModelArchitecture, block_size: int, dtype: torch.dtype
+) -> int:
+    """KV bytes one block costs across all layers, in the backend's cache layout."""
+    per_layer = math.prod(attention.kv_cache_shape(1, block_size, model.num_kv_heads, model.head_size))
+    return per_layer * model.num_layers * torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass
+class StepInputs:
+    """The flattened batch of one step."""
+
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    metadata: AttentionMetadata
+    last_rows: torch.Tensor  # [B] row of each request's last scheduled token
+
+
+class ModelRunner:
+    """Owns the model, the attention backend and the KV cache tensors (one per layer)."""
+
+    def __init__(
+        self,
+        model: ModelArchitecture,
+        attention: AttentionBackend,
+        *,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.model, self.attention = model, attention
+        self.block_size, self.device = block_size, device
+        shape = attention.kv_cache_shape(num_blocks, block_size, model.num_kv_heads, model.head_size)
+        self.kv_caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(model.num_layers)]
+        self.scale = model.head_size**-0.5
+
+    def prepare(
+        self,
+        requests: Sequence[Request],
+        num_new_tokens: Sequence[int],
+        block_tables: Sequence[list[int]],
+    ) -> StepInputs:
+        """Token ids, positions and attention metadata for the scheduled slice of each request."""
+        starts = [r.num_computed_tokens for r in requests]
+        ids: list[int] = []
+        for request, start, count in zip(requests, starts, num_new_tokens):
+            ids += request.token_slice(start, start + count)
+        query_lens = torch.tensor(num_new_tokens, dtype=torch.int64)
+        query_start_loc = torch.zeros(len(requests) + 1, dtype=torch.int64)
+        torch.cumsum(query_lens, 0, out=query_start_loc[1:])
+        request_of_row = torch.repeat_interleave(torch.arange(len(requests)), query_lens)
+        row_offsets = torch.arange(len(ids)) - query_start_loc[request_of_row]
+        positions = torch.tensor(starts, dtype=torch.int64)[request_of_row] + row_offsets
+        width = max(len(table) for table in block_tables)
+        tables = torch.tensor([table + [0] * (width - len(table)) for table in block_tables], dtype=torch.int64)
+        slots = tables[request_of_row, positions // self.block_size] * self.block_size + positions % self.block_size
+        seq_lens = [start + count for start, count in zip(starts, num_new_tokens)]
+        metadata = AttentionMetadata(
+            slot_mapping=slots.to(self.device),
+            query_start_loc=query_start_loc.to(torch.int32).to(self.device),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=self.device),
+            block_tables=tables.to(torch.int32).to(self.device),
+            block_size=self.block_size,
+            scale=self.scale,
+            seq_lens_host=tuple(seq_lens),
+            query_lens_host=tuple(num_new_tokens),
+        )
+        return StepInputs(
+            input_ids=torch.tensor(ids, dtype=torch.int64, device=self.device),
+            positions=positions.to(self.device),
+            metadata=metadata,
+            last_rows=(query_start_loc[1:] - 1).to(self.device),
+        )
+
+    @torch.inference_mode()
+    def execute(self, inputs: StepInputs) -> torch.Tensor:
+        """Hidden states ``[T, hidden]`` of the step; the KV cache is updated in place."""
+        return self.model.forward(inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata)
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Logits of the selected rows only: ``lm_head`` is the costliest GEMM of a decode step."""
+        return self.model.compute_logits(hidden.index_select(0, rows)).float()
