@@ -91,3 +91,27 @@ def embedded_model(embedded_model_cache: Path, monkeypatch: pytest.MonkeyPatch) 
     """Folder of the converted embedded model, with ``KERNEL_CORE_CACHE`` pointing at its cache."""
     monkeypatch.setenv("KERNEL_CORE_CACHE", str(embedded_model_cache))
     return embedded_model_path(convert=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(embedded_model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random-init Llama with SmolLM2's tokenizer: real text in and out, fast steps.
+
+    Its outputs are arbitrary but deterministic; tests of the engine's mechanics use it, and the
+    oracle tests compare the real embedded model with transformers.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    embedded = embedded_model_cache / "models" / "smollm2-135m-instruct"
+    tokenizer = AutoTokenizer.from_pretrained(embedded)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -190,6 +190,7 @@ class LLMEngine:
         )
         return outputs
 
+    @torch.inference_mode()
     def _run(self, scheduled: ScheduledStep) -> None:
         now = time.time()
         try:

@@ -1,5 +1,6 @@
 """Executes one scheduled step: every scheduled token of every request flattened into one batch,
-attention over the paged KV cache that this module allocates."""
+attention over the paged KV cache that this module allocates. Callers run it under
+``torch.inference_mode()``."""
 
 from __future__ import annotations
 
@@ -89,12 +90,10 @@ class ModelRunner:
             last_rows=(query_start_loc[1:] - 1).to(self.device),
         )
 
-    @torch.inference_mode()
     def execute(self, inputs: StepInputs) -> torch.Tensor:
         """Hidden states ``[T, hidden]`` of the step; the KV cache is updated in place."""
         return self.model.forward(inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata)
 
-    @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Logits of the selected rows only: ``lm_head`` is the costliest GEMM of a decode step."""
         return self.model.compute_logits(hidden.index_select(0, rows)).float()

@@ -1,0 +1,106 @@
+"""Building blocks of the Llama-family forward: fused projections and rotary position embedding.
+
+Everything works on flattened tokens (``[T, ...]``, all requests of a step in one batch), so
+each projection is one GEMM per step and RoPE is indexed by each token's own position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from kernel_core.errors import InvalidModelFolderError
+
+#: RoPE types whose frequencies do not depend on the sequence length within
+#: ``max_position_embeddings`` (``dynamic`` only rescales beyond it), so one cos/sin table,
+#: indexed by position, serves every request of a batch whatever its length.
+SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+_INITIAL_ROPE_POSITIONS = 4096
+
+
+@dataclass(eq=False)
+class FusedLinear:
+    """One GEMM computing several Hugging Face projections that read the same input.
+
+    ``weight`` stacks the projections' weights row-wise (``[sum(out), in]``); ``parts`` maps
+    each HF module name (``model.layers.0.self_attn.q_proj``) to its rows of ``weight`` and
+    ``bias``, which are also its columns of the output. A runtime LoRA adds each adapted
+    module's delta ``(x @ A.T) @ B.T * scaling`` to ``output[:, parts[name]]`` after this call
+    (by wrapping the instance held by the layer); merging a delta adds ``B @ A * scaling`` to
+    ``weight[parts[name]]``.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    parts: dict[str, slice]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class RotaryEmbedding:
+    """Rotary position embedding from a cos/sin table indexed by each token's position.
+
+    Frequencies and attention scaling come from transformers' own ``ROPE_INIT_FUNCTIONS`` for
+    the config's ``rope_parameters``, so every scaling variant matches the reference. The table
+    grows on demand up to ``max_positions``.
+    """
+
+    def __init__(
+        self, config: PreTrainedConfig, head_size: int, max_positions: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        inv_freq, self.attention_scaling = _rope_frequencies(config, head_size)
+        self.inv_freq = inv_freq.to(device)
+        self.max_positions = max_positions
+        self.dtype = dtype
+        self.cos_sin = self._table(min(max_positions, _INITIAL_ROPE_POSITIONS))
+
+    def _table(self, num_positions: int) -> torch.Tensor:
+        """``[P, head_size]``: cos of each frequency then sin, computed as transformers does (fp32)."""
+        positions = torch.arange(num_positions, device=self.inv_freq.device, dtype=torch.float32)
+        freqs = torch.outer(positions, self.inv_freq)
+        return torch.cat((freqs.cos(), freqs.sin()), dim=-1).mul_(self.attention_scaling).to(self.dtype)
+
+    def ensure_positions(self, num_positions: int) -> None:
+        """Grow the table (doubling, capped at ``max_positions``) to cover ``num_positions``."""
+        if num_positions > len(self.cos_sin):
+            self.cos_sin = self._table(min(self.max_positions, max(num_positions, 2 * len(self.cos_sin))))
+
+    def cos_sin_at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin ``[T, 1, head_size / 2]`` for the tokens at ``positions``, once per step."""
+        cos, sin = self.cos_sin[positions].unsqueeze(1).chunk(2, dim=-1)
+        return cos, sin
+
+    @staticmethod
+    def rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        """Rotate ``x`` ``[T, heads, head_size]`` in place (the half-split layout of HF Llama)."""
+        x1, x2 = x.chunk(2, dim=-1)
+        x2_sin = x2 * sin
+        x1_sin = x1 * sin
+        x1.mul_(cos).sub_(x2_sin)
+        x2.mul_(cos).add_(x1_sin)
+
+
+def _rope_frequencies(config: PreTrainedConfig, head_size: int) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies ``[head_size / 2]`` and the cos/sin scaling for the config's RoPE."""
+    parameters = config.rope_parameters or {}
+    rope_type = parameters.get("rope_type", "default")
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise InvalidModelFolderError(
+            f"rope_type {rope_type!r} in config.json is not supported (supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
+        )
+    if rope_type == "default":  # transformers keeps this one on each model class, not in the table
+        exponents = torch.arange(0, head_size, 2, dtype=torch.int64).float() / head_size
+        inv_freq, scaling = 1.0 / (parameters["rope_theta"] ** exponents), 1.0
+    else:
+        inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
+    if inv_freq.numel() * 2 != head_size:
+        raise InvalidModelFolderError(
+            f"RoPE gives {inv_freq.numel() * 2} rotary dimensions for head_dim {head_size}: "
+            "partial rotary embedding is not supported"
+        )
+    return inv_freq.float(), float(scaling)
