@@ -1,0 +1,110 @@
+"""Causal attention over the paged KV cache in plain torch, batched across decode requests."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
+from kernel_core_attn_torch.plan import BUCKET_BYTES, DecodeBucket, PrefillChunk, step_plan
+
+
+class TorchAttention(AttentionBackend):
+    """Writes the step's keys and values into their slots, then attends.
+
+    Decode requests go in buckets: one gather of their keys (and values) from the cache into a
+    buffer shared by all layers of the step, one batched matmul for the scores, one softmax, one
+    for the output, whatever the number of requests. Grouped-query heads are never repeated:
+    the queries sharing a KV head are the rows of one matrix against that head's keys. Each
+    prefill chunk is one ``scaled_dot_product_attention`` call.
+    """
+
+    def __init__(self, bucket_bytes: int = BUCKET_BYTES) -> None:
+        #: Cap on one decode bucket's gathered keys; see :mod:`kernel_core_attn_torch.plan`.
+        self.bucket_bytes = bucket_bytes
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        num_kv_heads, head_size = key.shape[1:]
+        keys = kv_cache[0].view(-1, num_kv_heads, head_size)  # one row per slot
+        values = kv_cache[1].view(-1, num_kv_heads, head_size)
+        keys.index_copy_(0, metadata.slot_mapping, key)
+        values.index_copy_(0, metadata.slot_mapping, value)
+
+        plan = step_plan(metadata, num_kv_heads, head_size, query.dtype, self.bucket_bytes)
+        out = torch.empty_like(query)
+        if plan.decode:
+            buffers = _buffers(metadata, plan.buffer_numel, kv_cache)
+            for bucket in plan.decode:
+                out.index_copy_(0, bucket.rows, _decode(query, keys, values, bucket, buffers, metadata.scale))
+        for chunk in plan.prefill:
+            out[chunk.start : chunk.stop] = _prefill(query, key, value, keys, values, chunk, metadata.scale)
+        return out
+
+
+def _buffers(metadata: AttentionMetadata, numel: int, kv_cache: torch.Tensor) -> torch.Tensor:
+    """``[2, numel]`` gather buffers, allocated once per step: a fresh allocation per layer costs
+    more than the gather itself on a CPU (the pages are faulted in anew each time)."""
+    key = ("kernel_core_attn_torch.buffers", kv_cache.dtype, kv_cache.device)
+    buffers = metadata.scratch.get(key)
+    if buffers is None or buffers.shape[1] < numel:
+        buffers = torch.empty(2, numel, dtype=kv_cache.dtype, device=kv_cache.device)
+        metadata.scratch[key] = buffers
+    return buffers
+
+
+def _decode(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    bucket: DecodeBucket,
+    buffers: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Outputs ``[n, heads, head]`` of one bucket's decode requests."""
+    num_kv_heads, head_size = keys.shape[1:]
+    n, num_heads = len(bucket.rows), query.shape[1]
+    group = num_heads // num_kv_heads
+    shape = (num_kv_heads * n, bucket.width, head_size)  # per (KV head, request): its context
+    k_buffer, v_buffer = buffers[:, : len(bucket.kv_rows) * head_size].view(2, -1, head_size)
+    k = torch.index_select(keys.view(-1, head_size), 0, bucket.kv_rows, out=k_buffer).view(shape)
+    # Query head h uses KV head h // group: [n, kv_heads, group, head] -> [kv_heads * n, group, head].
+    q = query.index_select(0, bucket.rows).view(n, num_kv_heads, group, head_size).transpose(0, 1)
+    scores = torch.baddbmm(bucket.mask, q.reshape(-1, group, head_size), k.transpose(1, 2), alpha=scale)
+    probs = torch.softmax(scores, dim=-1)
+    v = torch.index_select(values.view(-1, head_size), 0, bucket.kv_rows, out=v_buffer).view(shape)
+    out = torch.bmm(probs, v)  # [kv_heads * n, group, head]
+    return out.view(num_kv_heads, n, group, head_size).transpose(0, 1).reshape(n, num_heads, head_size)
+
+
+def _prefill(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    chunk: PrefillChunk,
+    scale: float,
+) -> torch.Tensor:
+    """Outputs ``[new, heads, head]`` of one prefill chunk."""
+    rows = slice(chunk.start, chunk.stop)
+    if chunk.slots is None:  # a whole prompt: its own keys and values, plainly causal
+        k, v = key[rows], value[rows]
+    else:  # a chunk continuing a cached context: read the context back from the cache
+        k, v = keys.index_select(0, chunk.slots), values.index_select(0, chunk.slots)
+    out = F.scaled_dot_product_attention(
+        query[rows].transpose(0, 1),
+        k.transpose(0, 1),
+        v.transpose(0, 1),
+        attn_mask=chunk.mask,
+        is_causal=chunk.mask is None,
+        scale=scale,
+        enable_gqa=True,
+    )
+    return out.transpose(0, 1)

@@ -1,0 +1,1 @@
+"""Per-request priority scheduling for kernel-core."""
