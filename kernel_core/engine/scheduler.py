@@ -51,6 +51,7 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.waiting: list[Request] = []
         self.running: list[Request] = []
+        self.num_preemptions = 0  # since start, for metrics
 
     @property
     def capacity_tokens(self) -> int:
@@ -131,6 +132,7 @@ class Scheduler:
         self.running.remove(request)
         request.num_computed_tokens = 0
         request.num_preemptions += 1
+        self.num_preemptions += 1
         request.transition(RequestStatus.PREEMPTED)
         self.waiting.append(request)
 
