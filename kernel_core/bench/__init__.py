@@ -1,0 +1,70 @@
+"""Benchmarks of kernel-core's engine on the shared reference workloads (issue 3, point 8).
+
+This module holds what every benchmark shares: building our engine and timing one workload on it.
+torch and transformers are imported inside the functions, so loading the package stays cheap.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kernel_core.bench.report import Measurement
+from kernel_core.bench.workloads import Workload
+from kernel_core.errors import KernelCoreError
+
+if TYPE_CHECKING:
+    from kernel_core.llm import LLM
+    from kernel_core.outputs import RequestOutput
+    from kernel_core.sampling_params import SamplingParams
+
+ENGINE_NAME = "kernel-core"
+
+
+def greedy(max_tokens: int) -> SamplingParams:
+    """Greedy and ignore_eos, as the anchor runs vLLM: every request yields exactly ``max_tokens``."""
+    from kernel_core.sampling_params import SamplingParams
+
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+
+
+def build_engine(folder: Path, options: Mapping[str, Any]) -> LLM:
+    """Our engine, warmed up: the first steps pay one-off costs (allocation, lazy set-up) that serving does not."""
+    from kernel_core.llm import LLM
+
+    llm = LLM(str(folder), **options)
+    llm.generate(["warm up"], greedy(4))
+    return llm
+
+
+def run_engine(llm: LLM, workload: Workload, engine: str = ENGINE_NAME) -> tuple[Measurement, list[RequestOutput]]:
+    """Submit all of the workload at once and time it to the last token; a failed request fails the run."""
+    start = time.perf_counter()
+    outputs = llm.generate(workload.prompts, greedy(workload.max_tokens), use_tqdm=True)
+    seconds = time.perf_counter() - start
+    errors = [(o.request_id, c.error) for o in outputs for c in o.outputs if c.finish_reason == "error"]
+    if errors:
+        raise KernelCoreError(f"{len(errors)} {workload.name} requests failed on {engine}, first: {errors[0][1]}")
+    measurement = Measurement(
+        engine=engine,
+        workload=workload.name,
+        requests=len(outputs),
+        prompt_tokens=sum(len(o.prompt_token_ids) for o in outputs),
+        output_tokens=sum(len(c.token_ids) for o in outputs for c in o.outputs),
+        seconds=seconds,
+    )
+    return measurement, outputs
+
+
+def settings(folder: Path, workload: Workload, options: Mapping[str, Any]) -> dict[str, Any]:
+    """What a report records about its run, so a JSON file says what it measured."""
+    return {
+        "workload": workload.name,
+        "workload_file": str(workload.source),
+        "model": str(folder),
+        "num_prompts": len(workload.prompts),
+        "max_tokens": workload.max_tokens,
+        "engine_config": dict(options),
+    }

@@ -1,0 +1,104 @@
+"""``kcore bench throughput|prefix``: the engine on the shared reference workloads, beside a baseline.
+
+The benchmarks (and torch) are imported inside ``run`` so that ``kcore --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pydantic import ValidationError
+
+from kernel_core.bench.workloads import ENV_WORKLOADS
+from kernel_core.cli.generate import _positive_int
+from kernel_core.config import EngineConfig
+from kernel_core.errors import KernelCoreError
+from kernel_core.models import EMBEDDED_MODEL_ID, resolve_model
+
+#: Engine options a benchmark run may set: (flag, EngineConfig field, type, metavar).
+_ENGINE_OPTIONS = (
+    ("--max-num-batched-tokens", "max_num_batched_tokens", int, "N"),
+    ("--max-num-seqs", "max_num_seqs", int, "N"),
+    ("--kv-cache-memory", "kv_cache_memory", float, "GIB"),
+    ("--block-size", "block_size", int, "N"),
+)
+#: Benchmark -> (workload it runs, what it compares).
+_BENCHMARKS = {
+    "throughput": ("W1", "our engine and HF transformers batched generate, side by side in one run"),
+    "prefix": ("W3", "our engine with prefix caching on and off: time to first token, wall time"),
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench`` and its sub-commands; ``kernel_core.cli.main`` calls this once per process."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark the engine on the reference workloads",
+        description="Benchmark the engine on the reference workloads of ../shared/bench/workload.py. "
+        "Prints a table, reference numbers measured elsewhere (labelled), ratios, and JSON.",
+    )
+    benchmarks = parser.add_subparsers(title="benchmarks", metavar="BENCHMARK", required=True)
+    for name, (workload, compares) in _BENCHMARKS.items():
+        sub = benchmarks.add_parser(name, help=f"{workload}: {compares}", description=f"Run {workload} on {compares}.")
+        _add_common_options(sub, workload)
+        sub.set_defaults(func=run, benchmark=name)
+        if name == "throughput":
+            sub.add_argument(
+                "--hf-batch-size", type=_positive_int, default=16, metavar="B",
+                help="batch size of the HF transformers baseline (default: %(default)s)",
+            )
+            sub.add_argument("--skip-hf", action="store_true", help="run only our engine, not the HF baseline")
+
+
+def _add_common_options(parser: argparse.ArgumentParser, workload: str) -> None:
+    parser.add_argument(
+        "--model", default=EMBEDDED_MODEL_ID, help="a known model id or a model folder (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--workloads", metavar="PATH",
+        help=f"the workload.py file (default: ${ENV_WORKLOADS}, else <repo root>/../shared/bench/workload.py)",
+    )
+    parser.add_argument(
+        "--num-prompts", type=_positive_int, metavar="N", help=f"run only the first N prompts of {workload}"
+    )
+    parser.add_argument(
+        "--max-tokens", type=_positive_int, metavar="M", help=f"output tokens per request instead of {workload}'s"
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the whole report as JSON to FILE")
+    engine = parser.add_argument_group("engine options (default: the engine's defaults)")
+    for flag, field, kind, metavar in _ENGINE_OPTIONS:
+        engine.add_argument(
+            flag, dest=field, type=kind, metavar=metavar, help=EngineConfig.model_fields[field].description
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen benchmark and print its report; errors propagate to ``kcore``'s handler."""
+    from kernel_core.bench import prefix, throughput
+    from kernel_core.bench.report import render, write_json
+    from kernel_core.bench.workloads import locate, workload
+
+    options = _engine_options(args)
+    name = _BENCHMARKS[args.benchmark][0]
+    chosen = workload(locate(args.workloads), name, args.num_prompts, args.max_tokens)
+    folder = resolve_model(args.model)
+    if args.benchmark == "throughput":
+        report = throughput.benchmark(folder, chosen, options, None if args.skip_hf else args.hf_batch_size)
+    else:
+        report = prefix.benchmark(folder, chosen, options)
+    print(render(report), end="")
+    if args.json:
+        write_json(report, args.json)
+    return 0
+
+
+def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine options given on the command line, checked before any model loads."""
+    options = {field: getattr(args, field) for _, field, _, _ in _ENGINE_OPTIONS if getattr(args, field) is not None}
+    try:
+        EngineConfig(model=args.model, **options)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'engine'}: {e['msg']}" for e in exc.errors())
+        raise KernelCoreError(f"invalid engine option: {problems}") from None
+    return options
