@@ -98,13 +98,14 @@ def _prefill(
         k, v = key[rows], value[rows]
     else:  # a chunk continuing a cached context: read the context back from the cache
         k, v = keys.index_select(0, chunk.slots), values.index_select(0, chunk.slots)
+    # 4-D inputs (a batch of one): with 3-D ones torch takes its slow math path on CPU (12x).
     out = F.scaled_dot_product_attention(
-        query[rows].transpose(0, 1),
-        k.transpose(0, 1),
-        v.transpose(0, 1),
+        query[rows].transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
         attn_mask=chunk.mask,
         is_causal=chunk.mask is None,
         scale=scale,
         enable_gqa=True,
     )
-    return out.transpose(0, 1)
+    return out[0].transpose(0, 1)
