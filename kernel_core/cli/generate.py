@@ -1,17 +1,26 @@
-"""``kcore generate``: one completion for one prompt, printed alone on stdout so it can be piped.
+"""``kcore generate``: one completion for one prompt, streamed alone to stdout so it can be piped.
 
-Until kernel-core's own engine lands, generation runs through HF transformers ``generate``. torch and
-transformers are imported inside ``run`` so that ``kcore --help`` stays fast.
+Also what ``kcore chat`` shares with it: the engine and sampling options, building the engine,
+and streaming one request's text. The engine brings torch, so it is imported inside the functions
+that need it: ``kcore --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 from kernel_core.errors import KernelCoreError
-from kernel_core.models import EMBEDDED_MODEL_ID, resolve_model
+from kernel_core.models import EMBEDDED_MODEL_ID
+
+if TYPE_CHECKING:
+    from kernel_core.engine.llm_engine import LLMEngine
+    from kernel_core.sampling_params import SamplingParams
+
+#: The CLI runs one request at a time, so one id serves them all.
+REQUEST_ID = "kcore-cli"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,18 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "generate",
         help="generate text for one prompt",
         description=(
-            "Generate a completion for one prompt and print only the generated text to stdout. "
-            "By default the prompt is sent as a user message through the model's chat template "
-            "and decoding is greedy, so the answer is reproducible."
+            "Generate a completion for one prompt with kernel-core's engine and stream only the "
+            "generated text to stdout. By default the prompt is sent as a user message through the "
+            "model's chat template and decoding is greedy, so the answer is reproducible."
         ),
         epilog='example: kcore generate "What is the capital of France?"',
     )
     parser.add_argument("prompt", help="the prompt text, or - to read it from stdin (trailing newlines dropped)")
-    parser.add_argument(
-        "--model",
-        default=EMBEDDED_MODEL_ID,
-        help="a known model id or a Hugging Face model folder with safetensors weights (default: %(default)s)",
-    )
+    add_engine_options(parser)
     parser.add_argument(
         "--chat",
         action=argparse.BooleanOptionalAction,
@@ -39,70 +44,171 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="wrap the prompt in the model's chat template as a user message (default: on); "
         "--no-chat continues the raw text",
     )
-    parser.add_argument(
-        "--max-tokens", type=_positive_int, default=64, help="most new tokens to generate (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--temperature",
-        type=_non_negative_float,
-        default=0.0,
-        help="sampling temperature; 0 means greedy (default: %(default)s)",
-    )
-    parser.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
+    add_sampling_options(parser, max_tokens=64)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the generated text; errors propagate to ``kcore``'s one-line error handler."""
+    """Stream the generated text; errors propagate to ``kcore``'s one-line error handler."""
     prompt = sys.stdin.read().rstrip("\n") if args.prompt == "-" else args.prompt
     if not prompt:
         raise KernelCoreError("the prompt is empty")
-    print(_generate(resolve_model(args.model), prompt, args))
+    engine = build_engine(args)
+    if args.chat:
+        prompt = chat_prompt(engine, [{"role": "user", "content": prompt}])
+    stream_text(engine, prompt, sampling_params(args), sys.stdout)
+    print()
     return 0
 
 
-def _generate(folder: Path, prompt: str, args: argparse.Namespace) -> str:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+# -- shared with ``kcore chat`` ----------------------------------------------------------------
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
-    if args.chat:
-        if not tokenizer.chat_template:
-            raise KernelCoreError(f"model {folder} has no chat template: pass --no-chat to continue raw text")
-        messages = [{"role": "user", "content": prompt}]
-        inputs = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-    else:
-        inputs = tokenizer(prompt, return_tensors="pt")
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
-    sampling = (
-        {"do_sample": True, "temperature": args.temperature, "top_k": 0, "top_p": 1.0}
-        if args.temperature > 0
-        else {"do_sample": False}
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The model and the engine settings a terminal user may need."""
+    parser.add_argument(
+        "--model",
+        default=EMBEDDED_MODEL_ID,
+        help="a known model id or a Hugging Face model folder with safetensors weights (default: %(default)s)",
     )
-    with torch.inference_mode():
-        output = model.generate(**inputs, max_new_tokens=args.max_tokens, **sampling)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    parser.add_argument(
+        "--max-model-len",
+        type=_positive_int,
+        default=None,
+        metavar="TOKENS",
+        help="longest prompt plus output, in tokens (default: the model's context)",
+    )
+    parser.add_argument(
+        "--kv-cache-memory",
+        type=_number(float, lambda v: v > 0, "more than 0"),
+        default=None,
+        metavar="GIB",
+        help="KV-cache budget in GiB (default: a share of free memory)",
+    )
 
 
-def _positive_int(text: str) -> int:
+def add_sampling_options(parser: argparse.ArgumentParser, *, max_tokens: int) -> None:
+    """The sampling knobs that matter from a terminal; the defaults decode greedily."""
+    parser.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        default=max_tokens,
+        metavar="N",
+        help="most new tokens to generate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=_number(float, lambda v: v >= 0, "0 or more"),
+        default=0.0,
+        metavar="T",
+        help="sampling temperature; 0 means greedy (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=_number(float, lambda v: 0 < v <= 1, "in (0, 1]"),
+        default=1.0,
+        metavar="P",
+        help="nucleus sampling: keep the fewest tokens whose probabilities sum to P (default: 1, off)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=_number(int, lambda v: v >= 0, "0 or more"),
+        default=0,
+        metavar="K",
+        help="keep the K most likely tokens (default: 0, off)",
+    )
+    parser.add_argument("--seed", type=int, default=None, metavar="N", help="random seed, for reproducible sampling")
+    parser.add_argument(
+        "--stop",
+        type=_non_empty,
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="end the output where TEXT is generated (left out of the output); repeatable",
+    )
+
+
+def build_engine(args: argparse.Namespace) -> LLMEngine:
+    """The step-level engine for the options of :func:`add_engine_options`."""
+    from kernel_core.config import EngineConfig
+    from kernel_core.engine.llm_engine import LLMEngine
+
+    config = EngineConfig(model=args.model, max_model_len=args.max_model_len, kv_cache_memory=args.kv_cache_memory)
+    return LLMEngine(config)
+
+
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    """The request's parameters from the options of :func:`add_sampling_options`."""
+    from kernel_core.sampling_params import SamplingParams
+
+    return SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )
+
+
+def chat_prompt(engine: LLMEngine, messages: Sequence[dict[str, str]]) -> str:
+    """The conversation as the model expects it, ending where the assistant's reply starts."""
+    tokenizer = engine.tokenizer
+    if not tokenizer.chat_template:
+        raise KernelCoreError(
+            f"model {engine.components.folder} has no chat template (kcore generate --no-chat continues raw text)"
+        )
+    return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+
+
+def stream_text(engine: LLMEngine, prompt: str, params: SamplingParams, out: TextIO) -> str:
+    """Run one request to its end, writing its text to ``out`` as it grows (flushed each step) so
+    the user reads it while it is generated; returns the whole text.
+
+    Bad input raises :class:`~kernel_core.errors.InvalidRequestError`; a request that fails while
+    generating raises :class:`KernelCoreError`. Interrupted (Ctrl-C), the request is aborted so its
+    KV blocks are free for the next one.
+    """
+    engine.add_request(REQUEST_ID, prompt, params)
+    text = ""
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+        while engine.has_unfinished_requests():
+            for output in engine.step():
+                completion = output.outputs[0]
+                out.write(completion.text[len(text) :])
+                out.flush()
+                text = completion.text
+                if completion.finish_reason == "error":
+                    raise KernelCoreError(f"generation failed: {completion.error}")
+    finally:
+        if engine.abort_request(REQUEST_ID):
+            while engine.has_unfinished_requests():
+                engine.step()
+    return text
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+# -- argument types: a bad value is a usage error naming its option ------------------------------
+
+
+def _number(kind: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` if ``ok`` accepts it (comparisons refuse nan too)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, lambda v: v >= 1, "at least 1")  # also used by ``kcore bench``
+
+
+def _non_empty(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text

@@ -25,9 +25,8 @@ from kernel_core.contracts.attention import AttentionBackend
 from kernel_core.errors import InvalidModelFolderError
 from kernel_core.models import layers, plugin
 from kernel_core.models.llama import SUPPORTED_ARCHITECTURES, LlamaModel
-from kernel_core_sdk.conformance import ModelArchitectureConformance
+from kernel_core_sdk.conformance import ModelArchitectureConformance, ReferenceAttentionBackend
 
-from .dense_attention import DenseAttentionBackend
 from .paged_runner import PagedRunner, greedy
 
 TOLERANCE = 1e-4
@@ -89,7 +88,7 @@ def save_tiny(config: PreTrainedConfig, folder: Path, **save_kwargs: object) -> 
 
 
 def load(folder: Path, attention: AttentionBackend | None = None) -> LlamaModel:
-    attention = attention or DenseAttentionBackend()
+    attention = attention or ReferenceAttentionBackend()
     return LlamaModel.from_pretrained(folder, attention=attention, dtype=torch.float32, device=CPU)
 
 
@@ -121,7 +120,7 @@ def attn_torch_backend() -> AttentionBackend:
     return spec.load()()
 
 
-BACKENDS: dict[str, Callable[[], AttentionBackend]] = {"dense": DenseAttentionBackend, "attn-torch": attn_torch_backend}
+BACKENDS: dict[str, Callable[[], AttentionBackend]] = {"reference": ReferenceAttentionBackend, "attn-torch": attn_torch_backend}
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
@@ -188,7 +187,7 @@ def test_rope_table_grows_on_demand(
     folder: Path, hf_model: PreTrainedModel, prompts: list[list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(layers, "_INITIAL_ROPE_POSITIONS", 8)
-    attention = DenseAttentionBackend()
+    attention = ReferenceAttentionBackend()
     model = load(folder, attention)
     assert len(model.rotary.cos_sin) == 8
     logits = PagedRunner(model, attention).step({0: prompts[2]})[0]
@@ -235,7 +234,7 @@ def test_sharded_checkpoint_loads_through_its_index(tmp_path: Path, prompts: lis
     folder = save_tiny(CONFIGS["qwen2-yarn-rope-tied"](), tmp_path / "sharded", max_shard_size="100KB")
     assert (folder / "model.safetensors.index.json").is_file() and len(list(folder.glob("*.safetensors"))) > 1
     hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    attention = DenseAttentionBackend()
+    attention = ReferenceAttentionBackend()
     logits = PagedRunner(load(folder, attention), attention).step({0: prompts[2]})[0]
     assert max_diff(logits, hf_logits(hf_model, prompts[2])) <= TOLERANCE
 
@@ -296,7 +295,7 @@ def test_unsupported_rope_type_is_named(llama_folder: Path) -> None:
 def test_context_beyond_the_sliding_window_is_refused(tmp_path: Path) -> None:
     config = CONFIGS["mistral-dynamic-rope-mqa"]()
     config.sliding_window = 8
-    attention = DenseAttentionBackend()
+    attention = ReferenceAttentionBackend()
     model = load(save_tiny(config, tmp_path / "mistral"), attention)
     assert model.max_model_len == 8
     runner = PagedRunner(model, attention)
@@ -306,7 +305,7 @@ def test_context_beyond_the_sliding_window_is_refused(tmp_path: Path) -> None:
 
 
 def test_context_beyond_max_position_embeddings_is_refused(llama_folder: Path) -> None:
-    attention = DenseAttentionBackend()
+    attention = ReferenceAttentionBackend()
     runner = PagedRunner(load(llama_folder, attention), attention, num_blocks=80)
     with pytest.raises(ValueError, match=r"context of 257 tokens exceeds max_position_embeddings \(256\)"):
         runner.step({0: [1] * 257})
@@ -321,7 +320,7 @@ SmolLM2 = tuple[LlamaModel, PreTrainedModel, AttentionBackend, Path]
 @pytest.fixture
 def smollm2(embedded_model: Path) -> SmolLM2:
     """Ours and transformers' SmolLM2, the backend ours runs on, and the model folder."""
-    attention = DenseAttentionBackend()
+    attention = ReferenceAttentionBackend()
     hf_model = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch.float32).eval()
     return load(embedded_model, attention), hf_model, attention, embedded_model
 

@@ -5,6 +5,7 @@ torch) and then the behaviour the kind's contract promises; each class docstring
 fixtures to supply. See the README of kernel-core-sdk for an example.
 """
 
+from kernel_core_sdk.conformance._reference import ReferenceAttentionBackend
 from kernel_core_sdk.conformance._requests import FakeRequest
 from kernel_core_sdk.conformance.attention import AttentionBackendConformance
 from kernel_core_sdk.conformance.cache import PREFIX_CACHING, CacheManagerConformance, PrefixCachingConformance
@@ -25,6 +26,7 @@ __all__ = [
     "PlatformConformance",
     "PlatformContractChecks",
     "PrefixCachingConformance",
+    "ReferenceAttentionBackend",
     "RegistrationChecks",
     "SchedulerConformance",
     "TunerConformance",

@@ -1,0 +1,260 @@
+"""``AsyncLLMEngine``: the step-level engine behind asyncio, for servers.
+
+:class:`LLMEngine` is not thread-safe and its steps are long, so one worker thread owns it: the
+thread runs the steps (torch releases the GIL in its kernels, so the event loop stays responsive)
+and applies, between two steps, the adds and aborts the event loop queued. Each step's outputs go
+back to the event loop with ``call_soon_threadsafe``, into one queue per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from kernel_core.engine.llm_engine import LLMEngine, Prompt
+from kernel_core.errors import InvalidRequestError, KernelCoreError
+from kernel_core.outputs import RequestOutput
+from kernel_core.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+#: Work for the worker thread: a function of the engine, run between two steps.
+Command = Callable[[LLMEngine], Any]
+
+
+class EngineNotRunningError(KernelCoreError, RuntimeError):
+    """The engine was not started, is shutting down, or its worker thread failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """A snapshot the worker publishes after every step, so readers never touch the engine."""
+
+    num_running: int
+    num_waiting: int
+    num_free_blocks: int
+    num_blocks: int
+    kv_cache_usage: float
+    prefix_cache_hit_rate: float
+    num_preemptions: int
+
+
+class AsyncLLMEngine:
+    """Streams each request's outputs to asyncio while one thread steps the engine for all of them.
+
+    Use ``async with AsyncLLMEngine(engine):`` (or :meth:`start` / :meth:`shutdown`) inside the
+    event loop that consumes the outputs.
+    """
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._wakeup = threading.Condition()
+        self._commands: list[tuple[Command, concurrent.futures.Future[Any]]] = []  # under _wakeup
+        self._stopping = False  # under _wakeup
+        self._closed = False  # under _wakeup: the worker is gone, commands are refused
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker_done: asyncio.Future[None] | None = None
+        self._streams: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
+        self._idle = asyncio.Event()  # set while no stream is open
+        self._idle.set()
+        self._accepting = False
+        self._stats = self._read_stats()
+        #: Why the worker thread died, if it did.
+        self.error: BaseException | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker thread; call it from the event loop that will consume the outputs."""
+        if self._thread is not None:
+            raise EngineNotRunningError("the engine was already started; an engine starts once")
+        self._loop = asyncio.get_running_loop()
+        self._worker_done = self._loop.create_future()
+        self._thread = threading.Thread(target=self._work, name="kcore-engine", daemon=True)
+        self._accepting = True
+        self._thread.start()
+
+    async def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop accepting requests, let in-flight ones finish for up to ``timeout`` seconds, abort
+        the rest (their streams end with ``finish_reason == "abort"``), then stop the worker."""
+        if self._thread is None or self._worker_done is None:
+            return
+        self._accepting = False
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            for request_id in list(self._streams):
+                self._abort_nowait(request_id)
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify()
+        await asyncio.shield(self._worker_done)
+
+    async def __aenter__(self) -> AsyncLLMEngine:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.shutdown(timeout=0.0 if exc_type is not None else 30.0)
+
+    @property
+    def is_running(self) -> bool:
+        """True while requests are accepted and the worker is alive: what a health check reports."""
+        return self._accepting and self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stats(self) -> EngineStats:
+        """Counters as of the latest step, safe to read from any thread."""
+        return self._stats
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def generate(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield the request's cumulative output after every step with news; the last is finished.
+
+        Bad input raises :class:`InvalidRequestError` from the first ``__anext__``. Leaving the
+        loop early or cancelling the consuming task aborts the request, freeing its KV blocks.
+        """
+        self._check_accepting()
+        request_id = uuid.uuid4().hex if request_id is None else request_id
+        if request_id in self._streams:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self._streams[request_id] = queue
+        self._idle.clear()
+        finished = False
+        try:
+            add = self._submit(
+                lambda engine: engine.add_request(request_id, prompt, params, priority=priority, timeout=timeout)
+            )
+            await asyncio.wrap_future(add)
+            while not finished:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            del self._streams[request_id]
+            if not self._streams:
+                self._idle.set()
+            if not finished:
+                self._abort_nowait(request_id)
+
+    async def abort(self, request_id: str) -> bool:
+        """Abort a request in any state; False if it is unknown, already done, or the engine stopped.
+
+        Its stream, if still consumed, ends with ``finish_reason == "abort"``.
+        """
+        try:
+            return await asyncio.wrap_future(self._submit(lambda engine: engine.abort_request(request_id)))
+        except EngineNotRunningError:
+            return False
+
+    def _abort_nowait(self, request_id: str) -> None:
+        """Queue an abort without waiting for it: callable from ``finally`` while cancelled."""
+        self._submit(lambda engine: engine.abort_request(request_id))
+
+    def _check_accepting(self) -> None:
+        if self.error is not None:
+            raise EngineNotRunningError(f"the engine failed: {self.error}")
+        if not self._accepting:
+            raise EngineNotRunningError("the engine is not running: start it first, or it is shutting down")
+
+    # -- the worker thread and its hand-offs ---------------------------------------------------
+
+    def _submit(self, command: Command) -> concurrent.futures.Future[Any]:
+        """Queue a command for the worker; its future holds the result or the exception."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._wakeup:
+            if self._closed:
+                future.set_exception(EngineNotRunningError("the engine is stopped"))
+            else:
+                self._commands.append((command, future))
+                self._wakeup.notify()
+        return future
+
+    def _work(self) -> None:
+        """Apply queued commands, step while there is work, sleep otherwise; exit once stopping
+        and nothing is left. Runs in the worker thread, the only one that touches the engine."""
+        try:
+            while True:
+                with self._wakeup:
+                    while not (self._commands or self._stopping or self.engine.has_unfinished_requests()):
+                        self._wakeup.wait()
+                    commands, self._commands = self._commands, []
+                    stopping = self._stopping
+                for command, future in commands:
+                    if future.set_running_or_notify_cancel():  # False: the caller gave up waiting
+                        try:
+                            future.set_result(command(self.engine))
+                        except Exception as exc:  # noqa: BLE001 - e.g. InvalidRequestError, for the caller
+                            future.set_exception(exc)
+                if self.engine.has_unfinished_requests():
+                    outputs = self.engine.step()
+                    self._stats = self._read_stats()  # before the outputs: readers see it as fresh
+                    if outputs:
+                        self._post(self._deliver, outputs)
+                elif stopping and not commands:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - a bug in a step: fail every stream, not silently
+            log.exception("the engine's worker thread failed")
+            self._post(self._fail, exc)
+        finally:
+            with self._wakeup:
+                self._closed = True
+                for _, future in self._commands:
+                    if future.set_running_or_notify_cancel():
+                        future.set_exception(EngineNotRunningError("the engine stopped"))
+                self._commands.clear()
+            self._post(self._worker_done.set_result, None)
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback`` on the event loop; a closed loop has no one left to tell."""
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            with self._wakeup:
+                self._stopping = True
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            queue = self._streams.get(output.request_id)
+            if queue is not None:  # None: its consumer left, and its abort is queued
+                queue.put_nowait(output)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.error = exc
+        self._accepting = False
+        for queue in self._streams.values():
+            queue.put_nowait(EngineNotRunningError(f"the engine failed: {exc}"))
+
+    def _read_stats(self) -> EngineStats:
+        scheduler = self.engine.scheduler
+        cache = self.engine.components.cache.stats()
+        return EngineStats(
+            num_running=len(scheduler.running),
+            num_waiting=len(scheduler.waiting),
+            num_free_blocks=cache.num_free_blocks,
+            num_blocks=cache.num_blocks,
+            kv_cache_usage=cache.usage,
+            prefix_cache_hit_rate=cache.hit_rate,
+            num_preemptions=scheduler.num_preemptions,
+        )
