@@ -46,6 +46,8 @@ class PrefillChunk:
 
 @dataclass(frozen=True)
 class StepPlan:
+    """Everything a layer needs besides its own tensors, shared by all layers of the step."""
+
     decode: list[DecodeBucket]
     prefill: list[PrefillChunk]
     #: Elements of the largest decode bucket's keys: the size of the reusable gather buffers.
