@@ -32,6 +32,9 @@ class EngineConfig(BaseModel):
     )
     scheduler_policy: str | None = Field(default=None, description="Plugin name; default by priority.")
     cache_manager: str | None = Field(default=None, description="Plugin name; default by priority.")
+    model_architecture: str | None = Field(
+        default=None, description="Plugin name; default the highest-priority one running the model."
+    )
     attention_backend: str | None = Field(
         default=None, description="Plugin name; default the platform's default backend."
     )

@@ -17,10 +17,10 @@ from kernel_core.contracts.model import ModelArchitecture
 from kernel_core.contracts.platform import Platform
 from kernel_core.contracts.records import PluginKind
 from kernel_core.contracts.scheduler import SchedulerPolicy
-from kernel_core.errors import InvalidModelFolderError, KernelCoreError
+from kernel_core.errors import InvalidModelFolderError, KernelCoreError, UnknownPluginError
 from kernel_core.models import resolve_model
 from kernel_core.platforms import select_platform
-from kernel_core.plugins import PluginManager, get_plugin_manager
+from kernel_core.plugins import PluginManager, Registration, get_plugin_manager
 from kernel_core.runner.model_runner import bytes_per_block
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     device = platform.device()
     attention_name = config.attention_backend or platform.default_attention_backend
     attention = manager.load(manager.select(PluginKind.ATTENTION_BACKEND, attention_name))()
-    model_class = manager.load(_architecture(manager, folder))
+    model_class = manager.load(_architecture(manager, folder, config.model_architecture))
     model = model_class.from_pretrained(folder, attention=attention, dtype=dtype, device=device)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     max_model_len = _max_model_len(config, folder)
@@ -81,18 +81,20 @@ def _dtype(name: str, platform: Platform) -> torch.dtype:
     return dtype
 
 
-def _architecture(manager: PluginManager, folder: Path) -> Any:
-    """The model-architecture registration whose ``architectures`` include the folder's."""
-    wanted = json.loads((folder / "config.json").read_text()).get("architectures") or []
-    registrations = manager.registrations(PluginKind.MODEL_ARCHITECTURE)
-    for registration in registrations:
-        if set(wanted) & registration.spec.architectures:
-            return registration
-    known = sorted(a for r in registrations for a in r.spec.architectures)
-    raise InvalidModelFolderError(
-        f"no model-architecture plugin runs {', '.join(wanted) or 'a config without architectures'} "
-        f"({folder / 'config.json'}); installed ones run: {', '.join(known) or 'none'}"
-    )
+def _architecture(manager: PluginManager, folder: Path, name: str | None) -> Registration:
+    """The model-architecture plugin for the folder's ``architectures``: the one named, else the
+    highest-priority one that runs it."""
+    wanted = set(json.loads((folder / "config.json").read_text()).get("architectures") or [])
+    if name is not None:
+        return manager.get(PluginKind.MODEL_ARCHITECTURE, name)
+    try:
+        return manager.select(PluginKind.MODEL_ARCHITECTURE, accept=lambda r: bool(wanted & r.spec.architectures))
+    except UnknownPluginError:
+        known = sorted(a for r in manager.registrations(PluginKind.MODEL_ARCHITECTURE) for a in r.spec.architectures)
+        raise InvalidModelFolderError(
+            f"no model-architecture plugin runs {', '.join(sorted(wanted)) or 'a config without architectures'} "
+            f"({folder / 'config.json'}); installed ones run: {', '.join(known) or 'none'}"
+        ) from None
 
 
 def _max_model_len(config: EngineConfig, folder: Path) -> int:

@@ -84,3 +84,33 @@ def test_greedy_tokens_equal_transformers(embedded_model: Path, prompts, referen
         assert stats.prefix_hits > 0
     if "num_kv_blocks" in config:
         assert llm.engine.scheduler.num_preemptions > 0
+
+
+def test_logprobs_match_transformers(embedded_model: Path, prompts):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ids = prompts[8]  # a chat-templated question
+    llm = LLM("smollm2-135m-instruct", kv_cache_memory=0.25)
+    params = SamplingParams(temperature=0, max_tokens=6, logprobs=3, prompt_logprobs=2)
+    output = llm.generate([ids], params)[0]
+    completion = output.outputs[0]
+    model = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch.float32)
+    full = ids + completion.token_ids
+    with torch.no_grad():
+        expected = model(torch.tensor([full])).logits[0].log_softmax(-1)  # row i predicts token i + 1
+
+    assert output.prompt_logprobs[0] is None and len(output.prompt_logprobs) == len(ids)
+    for i in range(1, len(ids)):
+        entry = output.prompt_logprobs[i]
+        assert entry[ids[i]].logprob == pytest.approx(expected[i - 1, ids[i]].item(), abs=1e-4)
+        top = expected[i - 1].topk(2)
+        ranked = sorted((lp.rank, t) for t, lp in entry.items() if lp.rank <= 2)
+        assert [t for _, t in ranked] == top.indices.tolist()
+    assert len(completion.logprobs) == len(completion.token_ids)
+    for step, (token, entry) in enumerate(zip(completion.token_ids, completion.logprobs)):
+        row = expected[len(ids) + step - 1]
+        assert entry[token].rank == 1  # greedy
+        assert entry[token].logprob == pytest.approx(row[token].item(), abs=1e-4)
+        assert list(entry)[:1] == [token] and len(entry) == 3  # the chosen token is also the best
+        assert [round(entry[t].logprob, 4) for t in entry] == [round(v, 4) for v in row.topk(3).values.tolist()]
