@@ -96,7 +96,10 @@ class AttentionBackendConformance(PluginUnderTest):
             slots = expected.view(2, -1, num_kv_heads, HEAD_SIZE)
             slots[0, step.metadata.slot_mapping] = step.key
             slots[1, step.metadata.slot_mapping] = step.value
-            assert torch.equal(step.cache_after, expected), "only the slots in slot_mapping may change"
+            torch.testing.assert_close(
+                step.cache_after, expected, rtol=0, atol=0, equal_nan=True,
+                msg="only the slots in slot_mapping may change",
+            )
 
 
 def run_steps(
@@ -107,7 +110,8 @@ def run_steps(
     block_size: int,
 ) -> Iterator[Step]:
     """Run ``steps`` (then a decode step for every request) through ``backend`` and the reference,
-    each on its own cache, starting from garbage that only correct masking keeps out."""
+    each on its own cache, starting as NaN: a backend that reads a slot it was not given (even
+    under a mask, where 0 * NaN is NaN) fails."""
     generator = torch.Generator().manual_seed(0)
     num_heads, num_kv_heads = HEADS[heads]
     num_requests = 1 + max(max(step) for step in steps)
@@ -116,9 +120,9 @@ def run_steps(
     num_blocks = sum(math.ceil(total / block_size) for total in totals) + 3  # spare blocks stay untouched
     tables = scattered_block_tables(totals, block_size, num_blocks, generator)
     shape = backend.kv_cache_shape(num_blocks, block_size, num_kv_heads, HEAD_SIZE)
-    cache = (100 * torch.randn(shape, generator=generator)).to(device)
-    reference_cache = 100 * torch.randn(
-        AttentionBackend.kv_cache_shape(num_blocks, block_size, num_kv_heads, HEAD_SIZE), generator=generator
+    cache = torch.full(shape, float("nan"), device=device)
+    reference_cache = torch.full(
+        AttentionBackend.kv_cache_shape(num_blocks, block_size, num_kv_heads, HEAD_SIZE), float("nan")
     )
     cached = [0] * num_requests
     for step in steps:
