@@ -29,7 +29,8 @@ class AttentionMetadata:
     seq_lens_host: tuple[int, ...] = ()
     query_lens_host: tuple[int, ...] = ()
     #: Per-step scratch space: a backend may derive indices on the first layer and reuse them
-    #: on the others (the same metadata object serves every layer of one step).
+    #: on the others (the same metadata object serves every layer of one step). Key entries by
+    #: the backend's module name, so that two backends never collide.
     scratch: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,6 +60,10 @@ class AttentionBackend(ABC):
         metadata: AttentionMetadata,
     ) -> torch.Tensor:
         """Attention output ``[T, num_heads, head_size]``.
+
+        Cache slots outside each request's first ``seq_lens[i]`` positions may hold anything,
+        NaN included, and must never be read, not even under a mask (0 * NaN is NaN).
+        ``query``/``key``/``value`` may be non-contiguous views (e.g. of a fused QKV output).
 
         ``query`` is ``[T, num_heads, head_size]``; ``key``/``value`` are
         ``[T, num_kv_heads, head_size]`` (grouped-query attention when fewer heads).
