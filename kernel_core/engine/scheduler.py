@@ -52,6 +52,9 @@ class Scheduler:
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.num_preemptions = 0  # since start, for metrics
+        #: Free blocks when the head of the waiting queue last failed to fit: until more are free
+        #: (or the queue changes) retrying would only repeat the prefix lookup and fail again.
+        self._retry_above: int | None = None
 
     @property
     def capacity_tokens(self) -> int:
@@ -60,6 +63,7 @@ class Scheduler:
 
     def add(self, request: Request) -> None:
         self.waiting.append(request)
+        self._retry_above = None
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -101,6 +105,9 @@ class Scheduler:
         return True
 
     def _admit_waiting(self, step: ScheduledStep, budget: int) -> None:
+        if self._retry_above is not None and self.cache.stats().num_free_blocks <= self._retry_above:
+            return
+        self._retry_above = None
         for request in self.policy.order(self.waiting):
             if budget == 0 or len(self.running) >= self.max_num_seqs:
                 return
@@ -113,6 +120,7 @@ class Scheduler:
             if not self.cache.allocate(request.request_id, request.num_computed_tokens + num_new):
                 self.cache.free(request.request_id)
                 request.num_computed_tokens = 0
+                self._retry_above = self.cache.stats().num_free_blocks
                 return  # head of line waits for blocks; order is kept
             self.waiting.remove(request)
             self.running.append(request)
