@@ -39,5 +39,10 @@ class InvalidModelFolderError(KernelCoreError, ValueError):
     """A model folder lacks ``config.json`` or safetensors weights (pickled ``.bin`` is refused)."""
 
 
+class UnsupportedModelError(InvalidModelFolderError):
+    """A valid model folder asks for something the model plugin does not implement
+    (architecture, activation, RoPE variant, partial rotary)."""
+
+
 class InvalidRequestError(KernelCoreError, ValueError):
     """A request was refused at submission: bad prompt, too long, unknown adapter, duplicate id."""

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from kernel_core.errors import InvalidModelFolderError
+from kernel_core.errors import UnsupportedModelError
 
 #: RoPE types whose frequencies do not depend on the sequence length within
 #: ``max_position_embeddings`` (``dynamic`` only rescales beyond it), so one cos/sin table,
@@ -90,7 +90,7 @@ def _rope_frequencies(config: PreTrainedConfig, head_size: int) -> tuple[torch.T
     parameters = config.rope_parameters or {}
     rope_type = parameters.get("rope_type", "default")
     if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise InvalidModelFolderError(
+        raise UnsupportedModelError(
             f"rope_type {rope_type!r} in config.json is not supported (supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
         )
     if rope_type == "default":  # transformers keeps this one on each model class, not in the table
@@ -99,7 +99,7 @@ def _rope_frequencies(config: PreTrainedConfig, head_size: int) -> tuple[torch.T
     else:
         inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
     if inv_freq.numel() * 2 != head_size:
-        raise InvalidModelFolderError(
+        raise UnsupportedModelError(
             f"RoPE gives {inv_freq.numel() * 2} rotary dimensions for head_dim {head_size}: "
             "partial rotary embedding is not supported"
         )

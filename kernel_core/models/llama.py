@@ -17,7 +17,7 @@ from transformers import AutoConfig, PreTrainedConfig
 
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
 from kernel_core.contracts.model import ModelArchitecture
-from kernel_core.errors import InvalidModelFolderError
+from kernel_core.errors import InvalidModelFolderError, UnsupportedModelError
 from kernel_core.models.layers import FusedLinear, RotaryEmbedding
 from kernel_core.models.weights import SafetensorsCheckpoint
 
@@ -66,7 +66,7 @@ class LlamaModel(ModelArchitecture):
         self.config, self.attention, self.dtype, self.device = config, attention, dtype, device
         self.architecture = _architecture(config)
         if config.hidden_act != "silu":
-            raise InvalidModelFolderError(
+            raise UnsupportedModelError(
                 f"hidden_act {config.hidden_act!r} in config.json is not supported (only silu)"
             )
         self.num_layers = config.num_hidden_layers
@@ -222,7 +222,7 @@ def _architecture(config: PreTrainedConfig) -> str:
     for name in architectures:
         if name in SUPPORTED_ARCHITECTURES:
             return name
-    raise InvalidModelFolderError(
+    raise UnsupportedModelError(
         f"config.json architectures {architectures} are not supported by the llama model plugin "
         f"(supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))})"
     )

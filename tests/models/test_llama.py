@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from kernel_core.contracts.attention import AttentionBackend
-from kernel_core.errors import InvalidModelFolderError
+from kernel_core.errors import InvalidModelFolderError, UnsupportedModelError
 from kernel_core.models import layers, plugin
 from kernel_core.models.llama import SUPPORTED_ARCHITECTURES, LlamaModel
 from kernel_core_sdk.conformance import ModelArchitectureConformance, ReferenceAttentionBackend
@@ -241,7 +241,7 @@ def test_sharded_checkpoint_loads_through_its_index(tmp_path: Path, prompts: lis
 
 def test_unsupported_architecture_is_named(llama_folder: Path) -> None:
     edit_config(llama_folder, architectures=["GemmaForCausalLM"])
-    with pytest.raises(InvalidModelFolderError, match=r"\['GemmaForCausalLM'\] are not supported.*LlamaForCausalLM"):
+    with pytest.raises(UnsupportedModelError, match=r"\['GemmaForCausalLM'\] are not supported.*LlamaForCausalLM"):
         load(llama_folder)
 
 
@@ -288,7 +288,7 @@ def test_unsupported_rope_type_is_named(llama_folder: Path) -> None:
             "original_max_position_embeddings": 64,
         },
     )
-    with pytest.raises(InvalidModelFolderError, match="rope_type 'longrope'"):
+    with pytest.raises(UnsupportedModelError, match="rope_type 'longrope'"):
         load(llama_folder)
 
 
