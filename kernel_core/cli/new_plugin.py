@@ -16,7 +16,7 @@ KIND_HELP = {
     PluginKind.ATTENTION_BACKEND: "paged-KV gather + torch SDPA, request by request",
     PluginKind.MOE_KERNEL: "a per-expert loop of SwiGLU MLPs",
     PluginKind.TUNER: "a learned per-output-channel scale (IA3-like) with merge/unmerge",
-    PluginKind.MODEL_ARCHITECTURE: "no template yet: it arrives with the model runner",
+    PluginKind.MODEL_ARCHITECTURE: "the Llama-family forward to adapt, at priority -10",
 }
 
 

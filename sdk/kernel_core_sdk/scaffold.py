@@ -103,6 +103,27 @@ TEMPLATES: dict[PluginKind, KindTemplate] = {
         "and `get_peft_model(model, config)`; saved adapters carry `peft_type` ${peft_type}.",
         spec_fields='\n            peft_type="${peft_type}",',
     ),
+    PluginKind.MODEL_ARCHITECTURE: KindTemplate(
+        impl_module="model",
+        class_suffix="Model",
+        suite="ModelArchitectureConformance",
+        description="A Llama-family model to adapt: runs LlamaForCausalLM folders, at priority -10.",
+        usage="Select it by name with the engine's `model_architecture=\"${name}\"` setting: at priority "
+        "-10 the built-in `llama` architecture wins for the same folders otherwise. Change "
+        "`architectures` in `plugin.py` to the config.json names your model uses.",
+        spec_fields='\n            architectures=frozenset({"LlamaForCausalLM"}),\n            priority=-10,',
+        test_fixtures="""
+
+    @pytest.fixture
+    def hf_config(self):
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+            initializer_range=0.1,
+        )""",
+    ),
 }
 
 
@@ -145,8 +166,6 @@ def template_variables(kind: PluginKind, name: str) -> dict[str, str]:
 
 def render(kind: PluginKind, name: str) -> dict[Path, str]:
     """The files of the new package, by path relative to its folder."""
-    if kind not in TEMPLATES:
-        raise ScaffoldError(f"there is no {kind} template yet: it arrives with the model runner")
     check_name(name)
     variables = template_variables(kind, name)
     files: dict[Path, str] = {}

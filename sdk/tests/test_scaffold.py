@@ -13,7 +13,7 @@ from kernel_core_sdk.scaffold import TEMPLATES, TEMPLATES_DIR, ScaffoldError, cr
 
 
 def test_every_kind_but_model_architecture_has_a_template() -> None:
-    assert set(TEMPLATES) == set(PluginKind) - {PluginKind.MODEL_ARCHITECTURE}
+    assert set(TEMPLATES) == set(PluginKind)
     for kind, template in TEMPLATES.items():
         assert (TEMPLATES_DIR / kind.value / "${module}" / f"{template.impl_module}.py.tmpl").is_file()
 
@@ -41,12 +41,6 @@ def test_renders_a_complete_installable_package(kind: PluginKind, tmp_path: Path
     assert project["name"] == "kernel-core-my-thing2"
     assert project["entry-points"] == {"kernel_core": {"kernel-core-my-thing2": f"{module}.plugin"}}
     assert "Publish" in (target / "README.md").read_text()
-
-
-def test_model_architecture_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ScaffoldError, match="arrives with the model runner"):
-        create_plugin(PluginKind.MODEL_ARCHITECTURE, "llama2", tmp_path)
-    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("name", ["Upper", "under_score", "-lead", "9lives", "trailing-", "double--dash", "", "sp ace"])

@@ -11,6 +11,7 @@ from kernel_core.contracts.records import PluginKind
 from kernel_core_sdk.conformance import (
     AttentionBackendConformance,
     CacheManagerConformance,
+    ModelArchitectureConformance,
     MoEKernelConformance,
     PlatformConformance,
     SchedulerConformance,
@@ -58,3 +59,18 @@ class TestTunerTemplate(TunerConformance):
     @pytest.fixture
     def plugin_module(self, rendered_plugin) -> ModuleType:
         return rendered_plugin(PluginKind.TUNER)
+
+
+class TestModelArchitectureTemplate(ModelArchitectureConformance):
+    @pytest.fixture
+    def plugin_module(self, rendered_plugin) -> ModuleType:
+        return rendered_plugin(PluginKind.MODEL_ARCHITECTURE)
+
+    @pytest.fixture
+    def hf_config(self):
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.1,
+        )

@@ -32,7 +32,7 @@ def test_help_lists_every_kind(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert all(kind.value in out for kind in PluginKind)
-    assert "arrives with the model runner" in out
+    assert "the Llama-family forward to adapt" in out
 
 
 def test_creates_the_package_under_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -46,7 +46,6 @@ def test_creates_the_package_under_dir(tmp_path: Path, capsys: pytest.CaptureFix
     ("argv", "message"),
     [
         (["scheduler-policy", "My_Policy"], "invalid plugin NAME 'My_Policy'"),
-        (["model-architecture", "llama"], "no model-architecture template yet: it arrives with the model runner"),
     ],
 )
 def test_refusals_are_one_clear_line(
