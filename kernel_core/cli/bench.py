@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kernel_core.bench.workloads import ENV_WORKLOADS
-from kernel_core.cli.generate import _positive_int
+from kernel_core.cli.generate import positive_int
 from kernel_core.config import EngineConfig
 from kernel_core.errors import KernelCoreError
 from kernel_core.models import EMBEDDED_MODEL_ID, resolve_model
@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.set_defaults(func=run, benchmark=name)
         if name == "throughput":
             sub.add_argument(
-                "--hf-batch-size", type=_positive_int, default=16, metavar="B",
+                "--hf-batch-size", type=positive_int, default=16, metavar="B",
                 help="batch size of the HF transformers baseline (default: %(default)s)",
             )
             sub.add_argument("--skip-hf", action="store_true", help="run only our engine, not the HF baseline")
@@ -60,10 +60,10 @@ def _add_common_options(parser: argparse.ArgumentParser, workload: str) -> None:
         help=f"the workload.py file (default: ${ENV_WORKLOADS}, else <repo root>/../shared/bench/workload.py)",
     )
     parser.add_argument(
-        "--num-prompts", type=_positive_int, metavar="N", help=f"run only the first N prompts of {workload}"
+        "--num-prompts", type=positive_int, metavar="N", help=f"run only the first N prompts of {workload}"
     )
     parser.add_argument(
-        "--max-tokens", type=_positive_int, metavar="M", help=f"output tokens per request instead of {workload}'s"
+        "--max-tokens", type=positive_int, metavar="M", help=f"output tokens per request instead of {workload}'s"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the whole report as JSON to FILE")
     engine = parser.add_argument_group("engine options (default: the engine's defaults)")

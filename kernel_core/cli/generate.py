@@ -73,7 +73,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-model-len",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="TOKENS",
         help="longest prompt plus output, in tokens (default: the model's context)",
@@ -91,7 +91,7 @@ def add_sampling_options(parser: argparse.ArgumentParser, *, max_tokens: int) ->
     """The sampling knobs that matter from a terminal; the defaults decode greedily."""
     parser.add_argument(
         "--max-tokens",
-        type=_positive_int,
+        type=positive_int,
         default=max_tokens,
         metavar="N",
         help="most new tokens to generate (default: %(default)s)",
@@ -205,7 +205,7 @@ def _number(kind: Callable[[str], Any], ok: Callable[[Any], bool], expected: str
     return parse
 
 
-_positive_int = _number(int, lambda v: v >= 1, "at least 1")  # also used by ``kcore bench``
+positive_int = _number(int, lambda v: v >= 1, "at least 1")  # shared with ``kcore bench``
 
 
 def _non_empty(text: str) -> str:

@@ -55,10 +55,11 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     device = platform.device()
     attention_name = config.attention_backend or platform.default_attention_backend
     attention = manager.load(manager.select(PluginKind.ATTENTION_BACKEND, attention_name))()
-    model_class = manager.load(_architecture(manager, folder, config.model_architecture))
+    model_config = json.loads((folder / "config.json").read_text())
+    model_class = manager.load(_architecture(manager, folder, model_config, config.model_architecture))
     model = model_class.from_pretrained(folder, attention=attention, dtype=dtype, device=device)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    max_model_len = _max_model_len(config, folder)
+    max_model_len = _max_model_len(config, folder, model_config)
     num_blocks = config.num_kv_blocks or _num_blocks(config, platform, attention, model, dtype)
     if num_blocks * config.block_size < max_model_len:
         log.warning(
@@ -81,10 +82,12 @@ def _dtype(name: str, platform: Platform) -> torch.dtype:
     return dtype
 
 
-def _architecture(manager: PluginManager, folder: Path, name: str | None) -> Registration:
+def _architecture(
+    manager: PluginManager, folder: Path, model_config: dict[str, Any], name: str | None
+) -> Registration:
     """The model-architecture plugin for the folder's ``architectures``: the one named, else the
     highest-priority one that runs it."""
-    wanted = set(json.loads((folder / "config.json").read_text()).get("architectures") or [])
+    wanted = set(model_config.get("architectures") or [])
     if name is not None:
         return manager.get(PluginKind.MODEL_ARCHITECTURE, name)
     try:
@@ -97,8 +100,8 @@ def _architecture(manager: PluginManager, folder: Path, name: str | None) -> Reg
         ) from None
 
 
-def _max_model_len(config: EngineConfig, folder: Path) -> int:
-    context = json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
+def _max_model_len(config: EngineConfig, folder: Path, model_config: dict[str, Any]) -> int:
+    context = model_config.get("max_position_embeddings")
     if config.max_model_len is None:
         if context is None:
             raise InvalidModelFolderError(f"{folder / 'config.json'} has no max_position_embeddings: set max_model_len")
