@@ -46,3 +46,21 @@ class UnsupportedModelError(InvalidModelFolderError):
 
 class InvalidRequestError(KernelCoreError, ValueError):
     """A request was refused at submission: bad prompt, too long, unknown adapter, duplicate id."""
+
+
+class FinetuneDataError(KernelCoreError, ValueError):
+    """A fine-tuning data file is missing, empty, or has a malformed row (the message names the
+    file and the line)."""
+
+
+class CheckpointError(KernelCoreError, ValueError):
+    """A training checkpoint is missing, incomplete, or does not match the run resuming from it."""
+
+
+class InvalidAdapterConfigError(KernelCoreError, ValueError):
+    """An adapter config has a field of the wrong type or value, or names no known method."""
+
+
+class AdapterLoadError(KernelCoreError, ValueError):
+    """An adapter folder cannot be loaded: files missing, pickled weights, or tensors that do
+    not fit the model (another base model, corrupt file)."""

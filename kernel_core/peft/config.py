@@ -1,0 +1,88 @@
+"""Adapter configs by method name: the tuner plugins registered through ``kernel_core_tuners``.
+
+``get_config("lora", r=8)`` builds a config; :func:`config_from_dict` reads PEFT's
+``adapter_config.json`` by its ``peft_type``. A new method is a plugin: nothing here lists them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+
+from kernel_core.contracts.records import PluginKind, TunerSpec
+from kernel_core.contracts.tuner import Tuner, TunerConfig
+from kernel_core.errors import InvalidAdapterConfigError, UnknownPluginError
+from kernel_core.plugins import PluginManager, get_plugin_manager
+
+
+@dataclass(frozen=True)
+class Method:
+    """One installed PEFT method: its record and an instance of its tuner."""
+
+    spec: TunerSpec
+    tuner: Tuner
+
+    @property
+    def config_class(self) -> type[TunerConfig]:
+        return self.tuner.config_class
+
+
+def get_method(name: str, manager: PluginManager | None = None) -> Method:
+    """The method registered as ``name`` (``"lora"``) or with PEFT type ``name`` (``"LORA"``)."""
+    manager = manager or get_plugin_manager()
+    registrations = manager.registrations(PluginKind.TUNER)
+    for registration in registrations:
+        spec = registration.spec
+        assert isinstance(spec, TunerSpec)
+        if name in (spec.name, spec.peft_type):
+            return Method(spec, manager.load(registration)())
+    installed = ", ".join(r.name for r in registrations) or "none"
+    raise UnknownPluginError(
+        f"no PEFT method named {name!r} is installed (installed: {installed}); "
+        "install a kernel-core tuner plugin, see `kcore plugins list`"
+    )
+
+
+def method_of(config: TunerConfig, manager: PluginManager | None = None) -> Method:
+    """The installed method whose config class ``config`` is."""
+    manager = manager or get_plugin_manager()
+    for registration in manager.registrations(PluginKind.TUNER):
+        method = get_method(registration.name, manager)
+        if type(config) is method.config_class:
+            return method
+    raise InvalidAdapterConfigError(f"{type(config).__name__} belongs to no installed PEFT method")
+
+
+def get_config(method: str, **fields: Any) -> TunerConfig:
+    """A validated config of ``method``; a bad field raises naming it."""
+    config_class = get_method(method).config_class
+    return validated(config_class, lambda: config_class(**fields))
+
+
+def config_from_dict(data: Mapping[str, Any]) -> TunerConfig:
+    """A config from PEFT's ``adapter_config.json`` contents, chosen by ``peft_type``."""
+    peft_type = data.get("peft_type")
+    if not isinstance(peft_type, str):
+        raise InvalidAdapterConfigError("adapter config has no 'peft_type' string saying which method wrote it")
+    config_class = get_method(peft_type).config_class
+    return validated(config_class, lambda: config_class.from_dict(data))
+
+
+def config_to_dict(config: TunerConfig) -> dict[str, Any]:
+    """``adapter_config.json`` contents: the config's fields and its method's ``peft_type``."""
+    return {"peft_type": method_of(config).spec.peft_type, **config.to_dict()}
+
+
+def validated(config_class: type[TunerConfig], build: Any) -> TunerConfig:
+    """Run ``build`` and turn pydantic's error into one that names each bad field."""
+    try:
+        return build()
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '<config>'}: {error['msg']} (got {error.get('input')!r})"
+            for error in exc.errors()
+        )
+        raise InvalidAdapterConfigError(f"invalid {config_class.__name__}: {problems}") from None

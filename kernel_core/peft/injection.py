@@ -1,0 +1,91 @@
+"""Putting one adapter into a model: wrap its target modules with the method's layers, add
+``modules_to_save`` copies, and say which base parameters it trains."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from kernel_core.contracts.tuner import TunerConfig, TunerLayer
+from kernel_core.errors import InvalidAdapterConfigError
+from kernel_core.peft.config import Method
+from kernel_core.peft.modules_to_save import ModulesToSaveWrapper
+from kernel_core.peft.targets import select_targets
+
+#: What ``"all-linear"`` counts as linear: torch's Linear and the transposed Conv1D of GPT-2.
+LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
+
+
+def inject(model: nn.Module, adapter_name: str, config: TunerConfig, method: Method) -> list[str]:
+    """Wrap (or extend) every target module of ``model`` with adapter ``adapter_name``; returns
+    the names of the modules the method wraps."""
+    if config.target_modules is None:
+        raise InvalidAdapterConfigError(
+            f"{type(config).__name__}.target_modules is required: a list of module names, a regex, or 'all-linear'"
+        )
+    targets = select_targets(
+        model,
+        config.target_modules,
+        exclude_modules=config.exclude_modules,
+        layers_to_transform=config.layers_to_transform,
+        layers_pattern=config.layers_pattern,
+        linear_types=LINEAR_TYPES,
+    )
+    targets = [name for name in targets if not _inside_modules_to_save(name, config.modules_to_save)]
+    for name in targets:
+        module = model.get_submodule(name)
+        module_config = config.for_module(name)
+        if isinstance(module, TunerLayer):
+            module.update_layer(adapter_name, module_config)
+        elif method.tuner.can_wrap(module):
+            replace(model, name, method.tuner.wrap(module, adapter_name, module_config))
+        else:
+            raise InvalidAdapterConfigError(
+                f"{method.spec.name} cannot adapt module {name!r} of type {type(module).__name__}; "
+                "narrow target_modules"
+            )
+    for name in _modules_to_save(model, config.modules_to_save):
+        module = model.get_submodule(name)
+        if isinstance(module, ModulesToSaveWrapper):
+            module.update_layer(adapter_name, config)
+        else:
+            replace(model, name, ModulesToSaveWrapper(module, adapter_name))
+    return targets
+
+
+def _inside_modules_to_save(name: str, modules_to_save: Sequence[str] | None) -> bool:
+    return any(name == entry or name.endswith("." + entry) or f".{entry}." in f".{name}." for entry in modules_to_save or ())
+
+
+def _modules_to_save(model: nn.Module, modules_to_save: Sequence[str] | None) -> list[str]:
+    names = [
+        name
+        for name, module in model.named_modules()
+        if name and any(name == entry or name.endswith("." + entry) for entry in modules_to_save or ())
+        and not _is_part_of_wrapper(model, name)
+    ]
+    missing = [entry for entry in modules_to_save or () if not any(n == entry or n.endswith("." + entry) for n in names)]
+    if missing:
+        raise InvalidAdapterConfigError(f"modules_to_save {missing} matched no module of {type(model).__name__}")
+    return names
+
+
+def _is_part_of_wrapper(model: nn.Module, name: str) -> bool:
+    """Whether ``name`` lies inside a wrapper's copies (which are never wrapped again)."""
+    parts = name.split(".")
+    return any(isinstance(model.get_submodule(".".join(parts[:i])), TunerLayer) for i in range(1, len(parts)))
+
+
+def replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at dotted path ``name`` of ``model``."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, module)
+
+
+def tuner_layers(model: nn.Module) -> Iterator[tuple[str, TunerLayer]]:
+    """Every wrapper in ``model`` (method layers and ``modules_to_save`` copies), outermost only."""
+    for name, module in model.named_modules():
+        if isinstance(module, TunerLayer) and not _is_part_of_wrapper(model, name):
+            yield name, module

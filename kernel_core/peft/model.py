@@ -1,0 +1,278 @@
+"""``PeftModel``: a transformers model with named adapters of any installed PEFT method.
+
+The layout mirrors Hugging Face PEFT (``model.base_model.model`` is the transformers model, and
+wrapped layers keep the original under ``base_layer``) so that state-dict names, and therefore
+adapter files, are PEFT's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kernel_core.contracts.tuner import BASE_ADAPTER, TunerConfig, TunerLayer
+from kernel_core.errors import InvalidAdapterConfigError
+from kernel_core.peft.config import Method, config_from_dict, config_to_dict, method_of
+from kernel_core.peft.injection import inject, replace, tuner_layers
+from kernel_core.peft.modules_to_save import ModulesToSaveWrapper
+from kernel_core.peft.state_dict import adapter_tensors, load_adapter_tensors, read_adapter, write_adapter
+
+DEFAULT_ADAPTER = "default"
+BASE_PREFIX = "base_model.model."
+
+
+class AdaptedModel(nn.Module):
+    """Holds the transformers model as ``model`` (PEFT's ``LoraModel`` and friends play this
+    part); attribute lookups it lacks go to the model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
+
+class PeftModel(nn.Module):
+    """A model with adapters: add, switch, disable, merge, combine, save and load them."""
+
+    def __init__(self, model: nn.Module, config: TunerConfig, adapter_name: str = DEFAULT_ADAPTER) -> None:
+        super().__init__()
+        model.requires_grad_(False)
+        self.base_model = AdaptedModel(model)
+        self.peft_config: dict[str, TunerConfig] = {}
+        self._methods: dict[str, Method] = {}
+        self._trained_base: dict[str, list[str]] = {}
+        self.active_adapter = adapter_name
+        self.add_adapter(adapter_name, config)
+        self.set_adapter(adapter_name)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    @property
+    def model(self) -> nn.Module:
+        """The transformers model, with wrapped layers."""
+        return self.base_model.model
+
+    # -- adapters ----------------------------------------------------------------------------
+
+    def add_adapter(self, adapter_name: str, config: TunerConfig) -> None:
+        """Add a new adapter (inactive unless it is the first); every adapter of one model uses
+        the same method."""
+        if adapter_name in self.peft_config:
+            raise ValueError(f"adapter {adapter_name!r} already exists; delete_adapter() it first or pick another name")
+        if adapter_name == BASE_ADAPTER or not adapter_name or "." in adapter_name:
+            raise ValueError(f"{adapter_name!r} cannot name an adapter (reserved, empty or dotted)")
+        method = method_of(config)
+        others = {m.spec.name for m in self._methods.values()}
+        if others and method.spec.name not in others:
+            raise InvalidAdapterConfigError(
+                f"adapter {adapter_name!r} is {method.spec.name} but this model holds {', '.join(sorted(others))} "
+                "adapters; one method per model"
+            )
+        config = config.model_copy(update={"base_model_name_or_path": config.base_model_name_or_path or self._model_name()})
+        wrapped = inject(self.model, adapter_name, config, method)
+        self.peft_config[adapter_name] = config
+        self._methods[adapter_name] = method
+        self._trained_base[adapter_name] = method.tuner.trained_base_parameters(config, self.model, wrapped)
+        self.set_adapter(self.active_adapter if self.active_adapter in self.peft_config else adapter_name)
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the active adapter; only its parameters train."""
+        self._check_known([adapter_name])
+        for _, layer in tuner_layers(self.model):
+            layer.set_adapter([adapter_name])
+        self.active_adapter = adapter_name
+        trained = set(self._trained_base.get(adapter_name, ()))
+        inference = self.peft_config[adapter_name].inference_mode
+        for name, parameter in self.model.named_parameters():
+            if name in trained:
+                parameter.requires_grad_(not inference)
+            elif inference and parameter.requires_grad:
+                parameter.requires_grad_(False)
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return [self.active_adapter]
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter; when it was active, another remaining one becomes active."""
+        self._check_known([adapter_name])
+        for name, layer in list(tuner_layers(self.model)):
+            if adapter_name in layer.adapter_names:
+                layer.delete_adapter(adapter_name)
+            if not layer.adapter_names:
+                replace(self.model, name, layer.base_layer)
+        del self.peft_config[adapter_name], self._methods[adapter_name], self._trained_base[adapter_name]
+        if self.active_adapter == adapter_name and self.peft_config:
+            self.set_adapter(next(iter(self.peft_config)))
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Within this block the model computes as the base model (merged adapters are unmerged)."""
+        layers = [layer for _, layer in tuner_layers(self.model)]
+        for layer in layers:
+            layer.disable_adapters = True
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.disable_adapters = False
+
+    def merge_adapter(self, adapter_names: Sequence[str] | None = None) -> None:
+        """Fold the given (default: active) adapters into the base weights, keeping them
+        unmergeable."""
+        names = list(adapter_names or self.active_adapters)
+        self._check_known(names)
+        for _, layer in tuner_layers(self.model):
+            layer.merge(names)
+
+    def unmerge_adapter(self) -> None:
+        """Restore the base weights from before :meth:`merge_adapter`."""
+        for _, layer in tuner_layers(self.model):
+            layer.unmerge()
+
+    def merge_and_unload(self, adapter_names: Sequence[str] | None = None) -> nn.Module:
+        """Fold adapters into the base weights and return the plain transformers model."""
+        self.merge_adapter(adapter_names)
+        return self._unload(merge=True)
+
+    def unload(self) -> nn.Module:
+        """Return the plain transformers model without the adapters (weights as loaded)."""
+        self.unmerge_adapter()
+        return self._unload(merge=False)
+
+    def _unload(self, merge: bool) -> nn.Module:
+        for name, layer in list(tuner_layers(self.model)):
+            if isinstance(layer, ModulesToSaveWrapper):
+                replace(self.model, name, layer.unloaded(merge))
+            else:
+                replace(self.model, name, layer.base_layer)
+        return self.model
+
+    def add_weighted_adapter(self, adapters: Sequence[str], weights: Sequence[float], adapter_name: str, **options: Any) -> None:
+        """Add ``adapter_name`` as a weighted combination of ``adapters``, as the method defines
+        it (LoRA: ``combination_type`` linear, cat or svd)."""
+        self._check_known(adapters)
+        if len(adapters) != len(weights) or not adapters:
+            raise ValueError(f"give one weight per adapter: {len(adapters)} adapters, {len(weights)} weights")
+        self._methods[adapters[0]].tuner.add_weighted_adapter(self, list(adapters), list(weights), adapter_name, **options)
+
+    def _check_known(self, adapter_names: Sequence[str]) -> None:
+        unknown = [name for name in adapter_names if name not in self.peft_config]
+        if unknown:
+            raise ValueError(f"unknown adapter(s) {unknown}; this model has {sorted(self.peft_config)}")
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """The transformers model's forward; ``adapter_names`` gives one adapter (or
+        ``"__base__"``) per row, computed as one batch per adapter group."""
+        with self._rows(adapter_names):
+            return self.model(*args, **kwargs)
+
+    def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """The transformers model's ``generate``, with per-row adapters like :meth:`forward`."""
+        if adapter_names is not None:
+            copies = kwargs.get("num_return_sequences", 1) * max(kwargs.get("num_beams", 1), 1)
+            adapter_names = [name for name in adapter_names for _ in range(copies)]
+        with self._rows(adapter_names):
+            return self.model.generate(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _rows(self, adapter_names: Sequence[str] | None) -> Iterator[None]:
+        if adapter_names is None:
+            yield
+            return
+        self._check_known([name for name in adapter_names if name != BASE_ADAPTER])
+        layers = [layer for _, layer in tuner_layers(self.model)]
+        for layer in layers:
+            layer.row_adapters = list(adapter_names)
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.row_adapters = None
+
+    # -- parameters --------------------------------------------------------------------------
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, all) parameter counts."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return trainable, sum(p.numel() for p in self.parameters())
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
+
+    # -- files -------------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory: str | Path, selected_adapters: Sequence[str] | None = None) -> None:
+        """Write each adapter in PEFT's format: ``default`` in ``save_directory``, any other
+        in a subfolder named after it (as PEFT does)."""
+        names = list(selected_adapters or self.peft_config)
+        self._check_known(names)
+        root = Path(save_directory)
+        for name in names:
+            method = self._methods[name]
+            config = config_to_dict(self.peft_config[name].model_copy(update={"inference_mode": True}))
+            base_keys = [BASE_PREFIX + key for key in self._trained_base[name]]
+            tensors = adapter_tensors(self, name, method.tuner.prefix, base_keys)
+            write_adapter(root if name == DEFAULT_ADAPTER else root / name, config, tensors)
+
+    @classmethod
+    def from_pretrained(
+        cls, model: nn.Module, model_id: str | Path, adapter_name: str = DEFAULT_ADAPTER, is_trainable: bool = False
+    ) -> PeftModel:
+        """Wrap ``model`` with the PEFT-format adapter in folder ``model_id``."""
+        config_dict, tensors = read_adapter(model_id)
+        config = config_from_dict(config_dict).model_copy(update={"inference_mode": not is_trainable})
+        peft_model = cls(model, config, adapter_name)
+        try:
+            peft_model._load_tensors(adapter_name, tensors, str(model_id))
+        except Exception:
+            peft_model.unload()  # hand the caller's model back as it was
+            raise
+        return peft_model
+
+    def load_adapter(self, model_id: str | Path, adapter_name: str, is_trainable: bool = False) -> None:
+        """Add the adapter in folder ``model_id`` under ``adapter_name`` (not made active)."""
+        config_dict, tensors = read_adapter(model_id)
+        config = config_from_dict(config_dict).model_copy(update={"inference_mode": not is_trainable})
+        self.add_adapter(adapter_name, config)
+        try:
+            self._load_tensors(adapter_name, tensors, str(model_id))
+        except Exception:
+            self.delete_adapter(adapter_name)
+            raise
+
+    def _load_tensors(self, adapter_name: str, tensors: dict[str, torch.Tensor], source: str) -> None:
+        load_adapter_tensors(self, adapter_name, self._methods[adapter_name].tuner.prefix, tensors, source)
+
+    def _model_name(self) -> str | None:
+        config = getattr(self.model, "config", None)
+        return getattr(config, "_name_or_path", None) or None
+
+
+def get_peft_model(model: nn.Module, config: TunerConfig, adapter_name: str = DEFAULT_ADAPTER) -> PeftModel:
+    """Wrap ``model`` (any transformers ``PreTrainedModel``) with a new, trainable adapter."""
+    return PeftModel(model, config, adapter_name)

@@ -1,0 +1,54 @@
+"""LoRA's hyper-parameters, with PEFT's field names and defaults."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, PositiveInt, field_validator
+
+from kernel_core.contracts.tuner import TunerConfig
+from kernel_core.peft.targets import pattern_value
+
+#: ``init_lora_weights`` values besides True/False: the string, or a regex it must fully match.
+INITS = ("gaussian", "pissa", r"pissa_niter_\d+", "olora")
+
+
+class LoraConfig(TunerConfig):
+    """One LoRA adapter: ``W x + (alpha / r) * B A x`` on each target module."""
+
+    inert_peft_keys: ClassVar[Mapping[str, Any]] = {"megatron_core": "megatron.core", "qalora_group_size": 16}
+
+    r: int = Field(default=8, gt=0, description="Rank of the update.")
+    lora_alpha: int | float = Field(default=8, description="Scale numerator: the update is scaled by alpha / r.")
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
+    bias: Literal["none", "all", "lora_only"] = Field(default="none", description="Which base biases train too.")
+    use_rslora: bool = Field(default=False, description="Scale by alpha / sqrt(r) (rank-stabilised LoRA).")
+    use_dora: bool = Field(default=False, description="Weight-decomposed LoRA: a learned magnitude per output.")
+    init_lora_weights: bool | str = Field(
+        default=True,
+        description="True (B = 0), 'gaussian', 'pissa', 'pissa_niter_<n>', 'olora', or False (random, for tests).",
+    )
+    fan_in_fan_out: bool = Field(default=False, description="Weights stored (in, out), as GPT-2's Conv1D.")
+    rank_pattern: dict[str, PositiveInt] = Field(default_factory=dict, description="Module-name regex -> r.")
+    alpha_pattern: dict[str, int | float] = Field(default_factory=dict, description="Module-name regex -> alpha.")
+
+    @field_validator("init_lora_weights")
+    @classmethod
+    def _known_init(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str) and not any(re.fullmatch(init, value) for init in INITS):
+            raise ValueError(f"unknown init {value!r}; use True, False, or one of {', '.join(INITS)}")
+        return value
+
+    def for_module(self, module_name: str) -> LoraConfig:
+        """This module's rank and alpha, from ``rank_pattern``/``alpha_pattern``."""
+        rank = pattern_value(module_name, self.rank_pattern, self.r)
+        alpha = pattern_value(module_name, self.alpha_pattern, self.lora_alpha)
+        if (rank, alpha) == (self.r, self.lora_alpha):
+            return self
+        return self.model_copy(update={"r": rank, "lora_alpha": alpha})
+
+    @property
+    def max_rank(self) -> int:
+        return max([self.r, *self.rank_pattern.values()])
