@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
 #: The adapter name that means "no adapter" for a row of a mixed batch (as in PEFT).
@@ -50,6 +50,16 @@ class TunerConfig(BaseModel):
     revision: str | None = None
     task_type: str | None = None
     inference_mode: bool = False
+
+    @model_validator(mode="after")
+    def _layer_filters_need_a_list(self: ConfigT) -> ConfigT:
+        """As in PEFT: a regex already says which layers it matches, and a layer pattern
+        without layer indices selects nothing."""
+        if isinstance(self.target_modules, str) and (self.layers_to_transform is not None or self.layers_pattern):
+            raise ValueError("layers_to_transform and layers_pattern need target_modules as a list, not a regex string")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError("layers_pattern needs layers_to_transform: the layer indices to keep")
+        return self
 
     def for_module(self: ConfigT, module_name: str) -> ConfigT:
         """The config one module gets; methods with per-module overrides (rank patterns) apply

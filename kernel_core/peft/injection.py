@@ -46,12 +46,14 @@ def inject(model: nn.Module, adapter_name: str, config: TunerConfig, method: Met
                 f"{method.spec.name} cannot adapt module {name!r} of type {type(module).__name__}; "
                 "narrow target_modules"
             )
+        model.get_submodule(name).train(module.training)  # new dropout follows the model's mode
     for name in _modules_to_save(model, config.modules_to_save):
         module = model.get_submodule(name)
         if isinstance(module, ModulesToSaveWrapper):
             module.update_layer(adapter_name, config)
         else:
             replace(model, name, ModulesToSaveWrapper(module, adapter_name))
+        model.get_submodule(name).train(module.training)
     return targets
 
 

@@ -243,7 +243,8 @@ class PeftModel(nn.Module):
     def from_pretrained(
         cls, model: nn.Module, model_id: str | Path, adapter_name: str = DEFAULT_ADAPTER, is_trainable: bool = False
     ) -> PeftModel:
-        """Wrap ``model`` with the PEFT-format adapter in folder ``model_id``."""
+        """Wrap ``model`` with the PEFT-format adapter in folder ``model_id``; unless
+        ``is_trainable``, nothing trains and the model is put in eval mode (as PEFT does)."""
         config_dict, tensors = read_adapter(model_id)
         config = config_from_dict(config_dict).model_copy(update={"inference_mode": not is_trainable})
         peft_model = cls(model, config, adapter_name)
@@ -252,7 +253,7 @@ class PeftModel(nn.Module):
         except Exception:
             peft_model.unload()  # hand the caller's model back as it was
             raise
-        return peft_model
+        return peft_model if is_trainable else peft_model.eval()
 
     def load_adapter(self, model_id: str | Path, adapter_name: str, is_trainable: bool = False) -> None:
         """Add the adapter in folder ``model_id`` under ``adapter_name`` (not made active)."""
