@@ -8,7 +8,9 @@ adapter files, are PEFT's.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,23 @@ class AdaptedModel(nn.Module):
             if name == "model":
                 raise
             return getattr(self.model, name)
+
+
+class _ForwardWithModelSignature:
+    """``PeftModel.forward`` showing the wrapped model's parameters (plus ``adapter_names``), so
+    tools that read the signature, like transformers' ``Trainer`` choosing dataset columns, see
+    the real inputs rather than ``*args, **kwargs``."""
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+        functools.update_wrapper(self, function)
+
+    def __get__(self, instance: PeftModel | None, owner: type) -> Callable[..., Any]:
+        if instance is None:
+            return self.function
+        bound = functools.partial(self.function, instance)
+        bound.__signature__ = instance._forward_signature()  # type: ignore[attr-defined]
+        return bound
 
 
 class PeftModel(nn.Module):
@@ -184,11 +203,19 @@ class PeftModel(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------
 
+    @_ForwardWithModelSignature
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """The transformers model's forward; ``adapter_names`` gives one adapter (or
         ``"__base__"``) per row, computed as one batch per adapter group."""
         with self._rows(adapter_names):
             return self.model(*args, **kwargs)
+
+    def _forward_signature(self) -> inspect.Signature:
+        signature = inspect.signature(self.model.forward)
+        parameters = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        extra = inspect.Parameter("adapter_names", inspect.Parameter.KEYWORD_ONLY, default=None)
+        rest = [p for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
+        return signature.replace(parameters=[*parameters, extra, *rest])
 
     def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """The transformers model's ``generate``, with per-row adapters like :meth:`forward`."""
