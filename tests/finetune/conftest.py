@@ -1,0 +1,62 @@
+"""Fixtures of the fine-tuning tests: the tiny model's tokenizer, small JSONL files, and a tiny
+model whose few trainable parameters stand in for an adapter (the loop works on any module)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"), ("Peru", "Lima"), ("Cuba", "Havana")]
+
+
+def _capital_rows() -> list[dict[str, Any]]:
+    """Short rows of both formats (a few tokens each: steps stay fast on the tiny model)."""
+    rows: list[dict[str, Any]] = []
+    for country, city in CAPITALS:
+        rows.append({"prompt": f"Capital of {country}:", "completion": f" {city}"})
+        rows.append({"messages": [{"role": "user", "content": country}, {"role": "assistant", "content": city}]})
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def capital_rows() -> list[dict[str, Any]]:
+    """Twelve short rows, six of each format (a few tokens each: steps stay fast on the tiny model)."""
+    return _capital_rows()
+
+
+@pytest.fixture
+def write_jsonl() -> Callable[[Path, list[Any]], Path]:
+    """Write rows (objects, or raw strings for malformed lines) as a JSONL file."""
+    return _write_jsonl
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+@pytest.fixture
+def load_tiny(tiny_model: Path) -> Callable[..., torch.nn.Module]:
+    """Build the tiny model with only the attention query projections trainable (a stand-in for
+    an adapter); ``attention_dropout`` makes training draw random numbers, as LoRA dropout does."""
+    from transformers import AutoModelForCausalLM
+
+    def load(attention_dropout: float = 0.0) -> torch.nn.Module:
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attention_dropout=attention_dropout)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.endswith("q_proj.weight"))
+        return model
+
+    return load
