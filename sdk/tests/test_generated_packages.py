@@ -21,11 +21,20 @@ MUTATIONS = [
         "keys[metadata.slot_mapping.flip(0)] = key", "test_writes_new_kv_to_their_slots",
     ),
     ("moe-kernel", "moe.py", "if renormalize:", "if False:", "test_matches_per_token_reference"),
-    ("tuner", "tuner.py", "operation(bias, self.scale)", "pass", "test_merge_matches_and_unmerge_restores"),
+    ("tuner", "tuner.py", "operation(bias, scale)", "pass", "test_merge_matches_and_unmerge_restores"),
     (
-        "tuner", "tuner.py", "self.base_layer = base_layer.requires_grad_(False)", "self.base_layer = base_layer",
+        "tuner", "tuner.py", "super().__init__(base_layer.requires_grad_(False))", "super().__init__(base_layer)",
         "test_only_adapter_parameters_train",
     ),
+    (
+        "tuner", "tuner.py", "result * self.scale(adapter_name)", "result * self.scale(self.active_adapters[0])",
+        "test_mixed_batch_matches_each_row_alone",
+    ),
+    (
+        "tuner", "tuner.py", "self.active_adapters if adapter_names is None else adapter_names", "self.active_adapters",
+        "test_merge_given_adapters",
+    ),
+    ("tuner", "tuner.py", "del self.", "self.", "test_delete_adapter_removes_its_parameters"),
 ]
 
 
