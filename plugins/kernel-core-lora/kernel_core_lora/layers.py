@@ -30,7 +30,7 @@ class LoraLayer(TunerLayer):
     """What LoRA's layer types share: per-adapter rank, scaling, dropout, DoRA magnitude, merge."""
 
     def __init__(self, base_layer: nn.Module) -> None:
-        super().__init__(base_layer)
+        super().__init__(base_layer.requires_grad_(False))
         self.r: dict[str, int] = {}
         self.lora_alpha: dict[str, float] = {}
         self.scaling: dict[str, float] = {}
