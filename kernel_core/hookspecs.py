@@ -19,6 +19,7 @@ from kernel_core.contracts.events import RequestAdded, RequestFinished, StepDone
 from kernel_core.contracts.records import (
     AttentionBackendSpec,
     CacheManagerSpec,
+    LoRAKernelSpec,
     ModelArchitectureSpec,
     MoEKernelSpec,
     PlatformSpec,
@@ -100,6 +101,17 @@ def kernel_core_moe_kernels() -> Iterable[MoEKernelSpec]:
     Takes no parameters. Mixture-of-experts layers use the kernel named by the ``moe_kernel``
     setting, or the highest-priority one; its implementation subclasses
     :class:`kernel_core.contracts.moe.MoEKernel`.
+    """
+
+
+@hookspec
+def kernel_core_lora_kernels() -> Iterable[LoRAKernelSpec]:
+    """Return the batched LoRA kernels (for serving many adapters at once) this plugin provides.
+
+    Called once per process when the plugin manager collects registrations; not firstresult.
+    Takes no parameters. The engine uses the kernel named by its ``lora_kernel`` setting, or the
+    highest-priority one that runs on the model's device; its implementation subclasses
+    :class:`kernel_core.contracts.lora.LoRAKernel`.
     """
 
 

@@ -45,6 +45,7 @@ REGISTRATION_HOOKS: dict[str, PluginKind] = {
     "kernel_core_cache_managers": PluginKind.CACHE_MANAGER,
     "kernel_core_attention_backends": PluginKind.ATTENTION_BACKEND,
     "kernel_core_moe_kernels": PluginKind.MOE_KERNEL,
+    "kernel_core_lora_kernels": PluginKind.LORA_KERNEL,
     "kernel_core_model_architectures": PluginKind.MODEL_ARCHITECTURE,
 }
 

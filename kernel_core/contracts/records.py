@@ -35,6 +35,7 @@ class PluginKind(str, enum.Enum):
     CACHE_MANAGER = "cache-manager"
     ATTENTION_BACKEND = "attention-backend"
     MOE_KERNEL = "moe-kernel"
+    LORA_KERNEL = "lora-kernel"
     MODEL_ARCHITECTURE = "model-architecture"
 
     def __str__(self) -> str:
@@ -115,6 +116,17 @@ class MoEKernelSpec(ImplementationSpec):
     contract: ClassVar[str] = "kernel_core.contracts.moe:MoEKernel"
 
 
+class LoRAKernelSpec(ImplementationSpec):
+    """A batched LoRA kernel for serving; implementation subclasses ``LoRAKernel``."""
+
+    kind: ClassVar[PluginKind] = PluginKind.LORA_KERNEL
+    contract: ClassVar[str] = "kernel_core.contracts.lora:LoRAKernel"
+    device_types: frozenset[str] = Field(
+        default=frozenset({"cpu", "cuda", "xpu"}),
+        description="torch device types the kernel runs on.",
+    )
+
+
 class ModelArchitectureSpec(ImplementationSpec):
     """A model family; implementation subclasses ``ModelArchitecture``."""
 
@@ -135,6 +147,7 @@ SPEC_BY_KIND: dict[PluginKind, type[ImplementationSpec]] = {
         CacheManagerSpec,
         AttentionBackendSpec,
         MoEKernelSpec,
+        LoRAKernelSpec,
         ModelArchitectureSpec,
     )
 }

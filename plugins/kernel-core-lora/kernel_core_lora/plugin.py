@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import kernel_core
-from kernel_core.contracts.records import TunerSpec
+from kernel_core.contracts.records import LoRAKernelSpec, TunerSpec
 
-kernel_core_api = "1.0"
+kernel_core_api = "1.1"
 
 
 @kernel_core.hookimpl
@@ -18,5 +18,18 @@ def kernel_core_tuners() -> list[TunerSpec]:
             implementation="kernel_core_lora.tuner:LoraTuner",
             peft_type="LORA",
             capabilities=frozenset({"merge", "mixed-batch", "weighted-combination"}),
+        )
+    ]
+
+
+@kernel_core.hookimpl
+def kernel_core_lora_kernels() -> list[LoRAKernelSpec]:
+    """The pure-torch batched LoRA kernel, for any device; platforms may register faster ones."""
+    return [
+        LoRAKernelSpec(
+            name="torch",
+            description="Batched unmerged LoRA (shrink/expand per adapter group) in plain torch, any device.",
+            implementation="kernel_core_lora.punica:TorchLoRAKernel",
+            priority=0,
         )
     ]

@@ -1,0 +1,73 @@
+"""The contract a LoRA kernel plugin implements: batched, unmerged LoRA for serving.
+
+Every token of a step may use a different adapter (or none). The engine keeps the active
+adapters in numbered slots, stacked per projection: ``lora_a`` is ``[slots, R, in]`` and
+``lora_b`` ``[slots, out, R]`` with the adapter's scaling folded into ``lora_b`` and ranks below
+``R`` zero-padded, so a kernel needs no per-adapter metadata. The kernel adds
+``(x @ A[s].T) @ B[s].T`` to the projection's output for each token's slot ``s``: Punica's
+"shrink" and "expand". Platforms and plugins register faster kernels for their devices through
+``kernel_core_lora_kernels``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+#: The slot of a token that uses no adapter.
+NO_SLOT = -1
+
+
+@dataclass(frozen=True)
+class LoRABatch:
+    """Which slot each token of a step uses, in the two forms kernels want.
+
+    ``token_slots`` is ``[T]`` (``NO_SLOT`` for the base model). ``segments`` lists
+    ``(start, end, slot)`` runs of consecutive tokens sharing a slot (a request's tokens are
+    consecutive), for segmented GEMMs; ``slot_rows`` gives, per slot in use, the token rows as a
+    device tensor, for gather-based kernels.
+    """
+
+    token_slots: torch.Tensor
+    segments: tuple[tuple[int, int, int], ...]
+    slot_rows: dict[int, torch.Tensor]
+
+    @classmethod
+    def from_token_slots(cls, slots: list[int], device: torch.device) -> LoRABatch:
+        segments: list[tuple[int, int, int]] = []
+        rows: dict[int, list[int]] = {}
+        for row, slot in enumerate(slots):
+            if segments and segments[-1][2] == slot and segments[-1][1] == row:
+                start, _, _ = segments[-1]
+                segments[-1] = (start, row + 1, slot)
+            else:
+                segments.append((row, row + 1, slot))
+            if slot != NO_SLOT:
+                rows.setdefault(slot, []).append(row)
+        return cls(
+            token_slots=torch.tensor(slots, dtype=torch.int64, device=device),
+            segments=tuple(s for s in segments if s[2] != NO_SLOT),
+            slot_rows={slot: torch.tensor(r, dtype=torch.int64, device=device) for slot, r in rows.items()},
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not self.slot_rows
+
+
+class LoRAKernel(ABC):
+    """Adds each token's adapter update to a projection's output, in place."""
+
+    @abstractmethod
+    def apply(
+        self, output: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, batch: LoRABatch
+    ) -> None:
+        """``output[t] += (x[t] @ lora_a[s].T) @ lora_b[s].T`` for every token ``t`` whose slot
+        ``s = batch.token_slots[t]`` is not :data:`NO_SLOT`; other rows are left untouched.
+
+        ``output`` is ``[T, out]``, ``x`` ``[T, in]``, ``lora_a`` ``[slots, R, in]``, ``lora_b``
+        ``[slots, out, R]``, all of the model's dtype and device. Called under
+        ``torch.inference_mode()``.
+        """
