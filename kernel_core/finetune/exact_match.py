@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from kernel_core.errors import FinetuneDataError
 from kernel_core.finetune.data import Example, chunks, collate, encode_prompt, read_rows
 from kernel_core.finetune.precision import autocast
 
@@ -41,8 +42,15 @@ class ExactMatchResult:
 
 
 def load_exact_match_rows(path: str | os.PathLike[str], tokenizer: Any) -> list[tuple[list[int], str]]:
-    """``(prompt ids, expected completion)`` of every row of a JSONL file in the training format."""
-    return [encode_prompt(row, tokenizer) for _, row in read_rows(path)]
+    """``(prompt ids, expected completion)`` of every row of a JSONL file in the training format;
+    a conversation must end with the assistant's reply, the one to reproduce."""
+    rows = []
+    for line, row in read_rows(path):
+        try:
+            rows.append(encode_prompt(row, tokenizer))
+        except FinetuneDataError as exc:
+            raise FinetuneDataError(f"{path}:{line}: {exc}") from None
+    return rows
 
 
 @torch.no_grad()

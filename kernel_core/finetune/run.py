@@ -137,7 +137,8 @@ def run_finetune(job: FinetuneJob, out: TextIO | None = None, device: torch.devi
 
     losses = report.result.losses
     if losses:
-        print(f"trained {report.result.step} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f}", file=out)
+        steps = report.result.step
+        print(f"trained {steps} step{'' if steps == 1 else 's'}: loss {losses[0]:.4f} -> {losses[-1]:.4f}", file=out)
     for step, loss in report.result.eval_losses[-1:]:
         print(f"eval loss at step {step}: {loss:.4f}", file=out)
     if em_rows is not None:

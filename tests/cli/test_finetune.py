@@ -168,3 +168,15 @@ def test_gradient_checkpointing_and_precision_reach_the_loop(
     config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert sorted(config["target_modules"]) == ["q_proj", "v_proj"] and config["r"] == 2
     assert "bf16" in capsys.readouterr().out
+
+
+def test_resume_without_a_checkpoint_starts_from_scratch(
+    tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write(tmp_path / "train.jsonl", ROWS[:1])
+    argv = ["finetune", "--model", str(tiny_model), "--data", str(data), "--output", str(tmp_path / "out"),
+            "--max-steps", "1", "--r", "2", "--no-progress", "--resume"]
+    assert main(argv) == 0
+    assert "no checkpoint under" in caplog.text and "starting from scratch" in caplog.text
+    assert "trained 1 step:" in capsys.readouterr().out
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()

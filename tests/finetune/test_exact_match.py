@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from kernel_core.errors import FinetuneDataError
 from kernel_core.finetune.exact_match import ExactMatchResult, exact_match, load_exact_match_rows
 
 NEW_TOKENS = 4
@@ -61,3 +62,10 @@ def test_default_budget_is_the_longest_target_plus_a_few(load_tiny: Callable[...
 
 def test_empty_result() -> None:
     assert ExactMatchResult(0, [], []).accuracy == 0.0
+
+
+def test_a_conversation_must_end_with_the_reply_to_reproduce(tokenizer: Any, tmp_path: Path, write_jsonl: Any) -> None:
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
+    path = write_jsonl(tmp_path / "held_out.jsonl", [{"prompt": "a", "completion": "b"}, {"messages": chat}])
+    with pytest.raises(FinetuneDataError, match=r"held_out.jsonl:2: .*last message of a conversation must be the assistant's"):
+        load_exact_match_rows(path, tokenizer)

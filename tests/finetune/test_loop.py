@@ -4,6 +4,7 @@ then decays, gradients are clipped, eval loss is measured, and nothing is pickle
 
 from __future__ import annotations
 
+import json
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -172,3 +173,17 @@ def test_a_model_with_nothing_to_train_is_refused(load_tiny: Callable[..., Any],
     model = load_tiny().requires_grad_(False)
     with pytest.raises(KernelCoreError, match="no trainable parameter"):
         train(model, examples, TrainConfig(), pad_token_id=0, output_dir=tmp_path, progress=False)
+
+
+def test_reduced_precision_training_steps(load_tiny: Callable[..., Any], examples: list[Any], tokenizer: Any, tmp_path: Path) -> None:
+    losses = {}
+    for precision in ("fp32", "bf16", "fp16"):
+        config = TrainConfig(max_steps=1, batch_size=2, save_steps=1, precision=precision)
+        model = load_tiny()
+        result = train(model, examples[:2], config, pad_token_id=tokenizer.pad_token_id, output_dir=tmp_path / precision,
+                       save_adapter=_saver(model), progress=False)
+        losses[precision] = result.losses[0]
+        state = json.loads((tmp_path / precision / "checkpoint-1" / "training_state.json").read_text())
+        assert (state["scaler"] is not None) == (precision == "fp16")  # only fp16 scales the loss
+    assert losses["bf16"] != losses["fp32"] and losses["bf16"] == pytest.approx(losses["fp32"], rel=2e-2)
+    assert losses["fp16"] == pytest.approx(losses["fp32"], rel=1e-2)
