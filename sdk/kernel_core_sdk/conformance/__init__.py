@@ -6,9 +6,11 @@ fixtures to supply. See the README of kernel-core-sdk for an example.
 """
 
 from kernel_core_sdk.conformance._reference import ReferenceAttentionBackend
+from kernel_core_sdk.conformance._reference import lora as reference_lora
 from kernel_core_sdk.conformance._requests import FakeRequest
 from kernel_core_sdk.conformance.attention import AttentionBackendConformance
 from kernel_core_sdk.conformance.cache import PREFIX_CACHING, CacheManagerConformance, PrefixCachingConformance
+from kernel_core_sdk.conformance.lora import LoRAKernelConformance
 from kernel_core_sdk.conformance.model import ModelArchitectureConformance
 from kernel_core_sdk.conformance.moe import MoEKernelConformance
 from kernel_core_sdk.conformance.platform import PlatformConformance, PlatformContractChecks
@@ -21,6 +23,7 @@ __all__ = [
     "AttentionBackendConformance",
     "CacheManagerConformance",
     "FakeRequest",
+    "LoRAKernelConformance",
     "MoEKernelConformance",
     "ModelArchitectureConformance",
     "PlatformConformance",
@@ -30,4 +33,5 @@ __all__ = [
     "RegistrationChecks",
     "SchedulerConformance",
     "TunerConformance",
+    "reference_lora",
 ]

@@ -93,3 +93,18 @@ def moe(
             gate, up = gate_up[:intermediate], gate_up[intermediate:]
             out[t] += weight * (w_down[expert].double() @ (F.silu(gate) * up))
     return out.to(hidden.dtype)
+
+
+def lora(
+    output: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, token_slots: list[int]
+) -> torch.Tensor:
+    """What :meth:`LoRAKernel.apply` must leave in ``output``, one token at a time: a new
+    tensor, in float64 on the CPU (``token_slots[t]`` is token ``t``'s slot, or ``NO_SLOT``)."""
+    from kernel_core.contracts.lora import NO_SLOT
+
+    out = output.cpu().double().clone()
+    for t, slot in enumerate(token_slots):
+        if slot != NO_SLOT:
+            shrunk = lora_a[slot].cpu().double() @ x[t].cpu().double()
+            out[t] += lora_b[slot].cpu().double() @ shrunk
+    return out
