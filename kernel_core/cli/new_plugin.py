@@ -15,6 +15,7 @@ KIND_HELP = {
     PluginKind.CACHE_MANAGER: "a block allocator without prefix caching",
     PluginKind.ATTENTION_BACKEND: "paged-KV gather + torch SDPA, request by request",
     PluginKind.MOE_KERNEL: "a per-expert loop of SwiGLU MLPs",
+    PluginKind.LORA_KERNEL: "batched LoRA for serving: per-token gathers of adapter factors + bmm",
     PluginKind.TUNER: "a learned per-output-channel scale (IA3-like) with merge/unmerge",
     PluginKind.MODEL_ARCHITECTURE: "the Llama-family forward to adapt, at priority -10",
 }

@@ -94,6 +94,16 @@ TEMPLATES: dict[PluginKind, KindTemplate] = {
         description="Mixture-of-experts by a loop over experts, one SwiGLU MLP per expert.",
         usage="Select it by name with the `moe_kernel=\"${name}\"` setting.",
     ),
+    PluginKind.LORA_KERNEL: KindTemplate(
+        impl_module="lora",
+        class_suffix="Kernel",
+        suite="LoRAKernelConformance",
+        description="Batched LoRA for serving: per-token gathers of the slots' factors and two bmm, at priority -10.",
+        usage="Select it by name with the `lora_kernel=\"${name}\"` setting: at priority -10 the kernel "
+        "kernel-core-lora registers wins otherwise. Set `device_types` in `plugin.py` to the torch device "
+        "types it runs on; the conformance suite runs on the CPU unless you override its `device` fixture.",
+        spec_fields='\n            device_types=frozenset({"cpu", "cuda", "xpu"}),\n            priority=-10,',
+    ),
     PluginKind.TUNER: KindTemplate(
         impl_module="tuner",
         class_suffix="Tuner",

@@ -21,6 +21,13 @@ MUTATIONS = [
         "keys[metadata.slot_mapping.flip(0)] = key", "test_writes_new_kv_to_their_slots",
     ),
     ("moe-kernel", "moe.py", "if renormalize:", "if False:", "test_matches_per_token_reference"),
+    # NO_SLOT (-1) indexes the last slot: tokens without an adapter get the last one's update.
+    (
+        "lora-kernel", "lora.py", "rows = (batch.token_slots != NO_SLOT).nonzero().squeeze(1)",
+        "rows = torch.arange(len(batch.token_slots), device=output.device)", "test_matches_per_token_reference",
+    ),
+    # The update lands in a new tensor, not in the output passed in.
+    ("lora-kernel", "lora.py", "output.index_add_(0,", "output = output.index_add(0,", "test_matches_per_token_reference"),
     ("tuner", "tuner.py", "operation(bias, scale)", "pass", "test_merge_matches_and_unmerge_restores"),
     (
         "tuner", "tuner.py", "super().__init__(base_layer.requires_grad_(False))", "super().__init__(base_layer)",

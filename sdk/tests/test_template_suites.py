@@ -11,6 +11,7 @@ from kernel_core.contracts.records import PluginKind
 from kernel_core_sdk.conformance import (
     AttentionBackendConformance,
     CacheManagerConformance,
+    LoRAKernelConformance,
     ModelArchitectureConformance,
     MoEKernelConformance,
     PlatformConformance,
@@ -53,6 +54,12 @@ class TestMoEKernelTemplate(MoEKernelConformance):
     @pytest.fixture
     def plugin_module(self, rendered_plugin) -> ModuleType:
         return rendered_plugin(PluginKind.MOE_KERNEL)
+
+
+class TestLoRAKernelTemplate(LoRAKernelConformance):
+    @pytest.fixture
+    def plugin_module(self, rendered_plugin) -> ModuleType:
+        return rendered_plugin(PluginKind.LORA_KERNEL)
 
 
 class TestTunerTemplate(TunerConformance):

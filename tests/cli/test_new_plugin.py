@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import kernel_core
+from kernel_core import api_version
 from kernel_core.cli import main
 from kernel_core.contracts.records import PluginKind
 
@@ -33,6 +35,7 @@ def test_help_lists_every_kind(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert all(kind.value in out for kind in PluginKind)
     assert "the Llama-family forward to adapt" in out
+    assert "batched LoRA for serving" in out
 
 
 def test_creates_the_package_under_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,7 +107,9 @@ def test_generated_plugin_installs_is_discovered_and_passes_its_tests(tmp_path: 
         listed = kcore("plugins", "list", "--json")
         assert listed.returncode == 0, listed.stderr
         (row,) = [row for row in json.loads(listed.stdout) if row["distribution"] == distribution]
-        assert (row["name"], row["kind"], row["status"], row["api"]) == (name, "scheduler-policy", "loaded", "1.0")
+        # The template targets the running API version, major.minor.
+        expected_api = "{}.{}".format(*api_version.parse(kernel_core.PLUGIN_API_VERSION))
+        assert (row["name"], row["kind"], row["status"], row["api"]) == (name, "scheduler-policy", "loaded", expected_api)
 
         # From tmp_path, so the installed package is imported, not the source folder.
         tested = python("-m", "pytest", "-q", "-p", "no:cacheprovider", str(package / "tests"), cwd=tmp_path)
