@@ -37,7 +37,10 @@ class LoraLayer(TunerLayer):
         self.use_dora: dict[str, bool] = {}
         self.lora_dropout = nn.ModuleDict()
         self.lora_magnitude_vector = nn.ParameterDict()
-        self._dora_norms: dict[str, torch.Tensor] = {}
+        #: A copy of the base weight (``(Y, X)``) from before any merge, kept while adapters of a
+        #: layer holding DoRA ones are merged: DoRA's norm is of the unmerged weight, and unmerge
+        #: restores it exactly. Layers without DoRA keep no copy (unmerge subtracts, as peft).
+        self._unmerged: torch.Tensor | None = None
 
     @property
     def adapter_names(self) -> list[str]:
@@ -103,32 +106,48 @@ class LoraLayer(TunerLayer):
         return [module for module in self.children() if isinstance(module, nn.ParameterDict)]
 
     def merge(self, adapter_names: Sequence[str] | None = None) -> None:
-        for name in adapter_names or self.active_adapters:
-            if name not in self.r or name in self.merged_adapters:
-                continue
+        """Fold adapters into the base weight in turn. A DoRA adapter scales the weight it is
+        merged into by ``m / ||W + s B A||`` with ``W`` the *unmerged* base weight, as forward
+        computes it (and peft >= 0.21.2 merges), whatever was merged before it. A layer holding
+        a DoRA adapter copies its weight on the first merge, so that unmerge restores it exactly."""
+        names = [name for name in adapter_names or self.active_adapters if name in self.r]
+        names = [name for name in dict.fromkeys(names) if name not in self.merged_adapters]
+        if names and not self.merged_adapters and any(self.use_dora.values()):
+            self._unmerged_weight()
+        for name in names:
             with torch.no_grad():
                 weight = self.weight_yx()
                 delta = (self.lora_weight(name) * self.scaling[name]).to(weight.dtype)
                 if self.use_dora[name]:
-                    norm = self.weight_norm(weight, delta)
-                    self._dora_norms[name] = norm
+                    norm = self.weight_norm(self._unmerged_weight(), delta)
                     factor = (self.lora_magnitude_vector[name] / norm).to(weight.dtype).unsqueeze(1)
                     weight.copy_(factor * (weight + delta))
                 else:
                     weight.add_(delta)
             self.merged_adapters.append(name)
 
+    def _unmerged_weight(self) -> torch.Tensor:
+        """The base weight without any merged adapter, copied on the first merge of a layer with
+        DoRA adapters. Should a DoRA adapter be added while plain ones are merged, those are
+        taken out first (within rounding), the weight copied, and they are merged again."""
+        if self._unmerged is None:
+            merged = list(self.merged_adapters)
+            self.unmerge()
+            self._unmerged = self.weight_yx().detach().clone()
+            if merged:  # merge([]) would merge the active adapters
+                self.merge(merged)
+        return self._unmerged
+
     def unmerge(self) -> None:
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            with torch.no_grad():
+        with torch.no_grad():
+            if self._unmerged is not None:  # exactly the weight from before the first merge
+                self.weight_yx().copy_(self._unmerged)
+                self._unmerged = None
+                self.merged_adapters.clear()
+            while self.merged_adapters:  # plain LoRA only
+                name = self.merged_adapters.pop()
                 weight = self.weight_yx()
-                delta = (self.lora_weight(name) * self.scaling[name]).to(weight.dtype)
-                if self.use_dora[name]:
-                    factor = (self.lora_magnitude_vector[name] / self._dora_norms.pop(name)).to(weight.dtype).unsqueeze(1)
-                    weight.copy_(weight / factor - delta)
-                else:
-                    weight.sub_(delta)
+                weight.sub_((self.lora_weight(name) * self.scaling[name]).to(weight.dtype))
 
 
 class Linear(LoraLayer):
