@@ -1,4 +1,5 @@
-"""``kcore bench throughput|prefix``: the engine on the shared reference workloads, beside a baseline.
+"""``kcore bench throughput|prefix``: the engine on the shared reference workloads, beside a baseline;
+``kcore bench finetune``: LoRA training steps with our PEFT beside Hugging Face ``peft``.
 
 The benchmarks (and torch) are imported inside ``run`` so that ``kcore --help`` stays fast.
 """
@@ -34,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` and its sub-commands; ``kernel_core.cli.main`` calls this once per process."""
     parser = subparsers.add_parser(
         "bench",
-        help="benchmark the engine on the reference workloads",
-        description="Benchmark the engine on the reference workloads of ../shared/bench/workload.py. "
+        help="benchmark the engine on the reference workloads, or LoRA fine-tuning against peft",
+        description="Benchmark the engine on the reference workloads of ../shared/bench/workload.py, or "
+        "LoRA fine-tuning steps against Hugging Face peft. "
         "Prints a table, reference numbers measured elsewhere (labelled), ratios, and JSON.",
     )
     benchmarks = parser.add_subparsers(title="benchmarks", metavar="BENCHMARK", required=True)
@@ -49,6 +51,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 help="batch size of the HF transformers baseline (default: %(default)s)",
             )
             sub.add_argument("--skip-hf", action="store_true", help="run only our engine, not the HF baseline")
+    _register_finetune(benchmarks)
+
+
+def _register_finetune(benchmarks: argparse._SubParsersAction) -> None:
+    sub = benchmarks.add_parser(
+        "finetune",
+        help="LoRA training steps: our PEFT and Hugging Face peft, gradient checkpointing off and on",
+        description="Train LoRA (all linear layers, dropout 0) for a few AdamW steps on one fixed batch, fp32, "
+        "with our PEFT and with Hugging Face peft, gradient checkpointing off and on, each configuration in "
+        "its own process. Reports seconds per step (median, first step excluded), peak RSS, every step's "
+        "loss, ratios ours / peft and the largest loss difference.",
+    )
+    sub.set_defaults(func=run_finetune)
+    sub.add_argument(
+        "--model", default=EMBEDDED_MODEL_ID, help="a known model id or a model folder (default: %(default)s)"
+    )
+    sub.add_argument(
+        "--steps", type=_at_least_two, default=20, metavar="N",
+        help="optimizer steps per configuration, at least 2 (default: %(default)s)",
+    )
+    for flag, kind, default, metavar, what in (
+        ("--batch-size", positive_int, 8, "B", "sequences per step"),
+        ("--seq-len", positive_int, 256, "T", "tokens per sequence"),
+        ("--r", positive_int, 16, "R", "LoRA rank"),
+        ("--lora-alpha", positive_int, 32, "A", "LoRA alpha"),
+        ("--lr", float, 1e-4, "LR", "AdamW learning rate, fixed"),
+        ("--seed", int, 0, "S", "seed of the batch and of the LoRA init"),
+    ):
+        sub.add_argument(flag, type=kind, default=default, metavar=metavar, help=f"{what} (default: %(default)s)")
+    sub.add_argument(
+        "--gradient-checkpointing", choices=("off", "on", "both"), default="both",
+        help="run with gradient checkpointing off, on, or both (default: %(default)s)",
+    )
+    sub.add_argument("--skip-peft", action="store_true", help="run only our PEFT, not the peft baseline")
+    sub.add_argument("--threads", type=positive_int, metavar="N", help="torch threads per run (default: torch's)")
+    sub.add_argument("--json", metavar="FILE", help="also write the whole report as JSON to FILE")
+
+
+def _at_least_two(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError("at least 2: the first step is not timed")
+    return value
 
 
 def _add_common_options(parser: argparse.ArgumentParser, workload: str) -> None:
@@ -102,3 +147,21 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'engine'}: {e['msg']}" for e in exc.errors())
         raise KernelCoreError(f"invalid engine option: {problems}") from None
     return options
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    """Run ``kcore bench finetune`` and print its report; errors propagate to ``kcore``'s handler."""
+    from kernel_core.bench import finetune
+    from kernel_core.bench.finetune_worker import OURS, WorkerConfig
+
+    folder = resolve_model(args.model)
+    template = WorkerConfig(
+        model=str(folder), side=OURS, gradient_checkpointing=False, steps=args.steps, batch_size=args.batch_size,
+        seq_len=args.seq_len, r=args.r, lora_alpha=args.lora_alpha, lr=args.lr, seed=args.seed, threads=args.threads,
+    )
+    settings = {"off": [False], "on": [True], "both": [False, True]}[args.gradient_checkpointing]
+    report = finetune.benchmark(template, settings, args.skip_peft, reference_model=args.model == EMBEDDED_MODEL_ID)
+    print(finetune.render(report), end="")
+    if args.json:
+        finetune.write_json(report, args.json)
+    return 0
