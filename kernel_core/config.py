@@ -43,6 +43,13 @@ class EngineConfig(BaseModel):
     request_timeout: float | None = Field(
         default=None, gt=0, description="Seconds after arrival when an unfinished request is aborted."
     )
+    enable_lora: bool = Field(default=False, description="Serve LoRA adapters, one per request.")
+    max_loras: int = Field(default=8, ge=1, description="Adapters that can run in one step (device slots).")
+    max_lora_rank: int = Field(default=16, ge=1, description="Highest adapter rank accepted at load.")
+    max_cpu_loras: int | None = Field(
+        default=None, ge=1, description="Converted adapters kept in host memory; default max_loras."
+    )
+    lora_kernel: str | None = Field(default=None, description="Plugin name; default by priority for the device.")
 
     @model_validator(mode="after")
     def _budget_holds_one_block(self) -> EngineConfig:
@@ -51,4 +58,6 @@ class EngineConfig(BaseModel):
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least "
                 f"block_size ({self.block_size})"
             )
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be at least max_loras ({self.max_loras})")
         return self

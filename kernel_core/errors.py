@@ -64,3 +64,11 @@ class InvalidAdapterConfigError(KernelCoreError, ValueError):
 class AdapterLoadError(KernelCoreError, ValueError):
     """An adapter folder cannot be loaded: files missing, pickled weights, or tensors that do
     not fit the model (another base model, corrupt file)."""
+
+
+class UnknownAdapterError(InvalidRequestError, LookupError):
+    """A request or call names an adapter the engine has not loaded."""
+
+
+class AdapterInUseError(KernelCoreError, RuntimeError):
+    """An adapter cannot be unloaded while queued or running requests use it."""

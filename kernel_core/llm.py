@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -11,6 +12,7 @@ from tqdm import tqdm
 from kernel_core.config import EngineConfig
 from kernel_core.engine.llm_engine import LLMEngine, Prompt
 from kernel_core.errors import InvalidRequestError
+from kernel_core.lora.registry import AdapterInfo
 from kernel_core.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from kernel_core.sampling_params import SamplingParams
 
@@ -33,21 +35,26 @@ class LLM:
         params: SamplingParams | Sequence[SamplingParams] | None = None,
         *,
         priority: int | Sequence[int] = 0,
+        adapter: str | None | Sequence[str | None] = None,
         use_tqdm: bool = False,
     ) -> list[RequestOutput]:
         """Complete every prompt (text or token ids), in input order.
 
         A prompt the engine refuses (e.g. longer than the context) gets an output with
-        ``finish_reason == "error"`` and the message; the others run normally.
+        ``finish_reason == "error"`` and the message; the others run normally. ``adapter`` names
+        a loaded LoRA adapter for every prompt, or gives one (or None, the base model) per prompt.
         """
         batch = _as_batch(prompts)
         params_list = _per_prompt(params or SamplingParams(), len(batch), SamplingParams, "params")
         priorities = _per_prompt(priority, len(batch), int, "priority")
+        adapters = [adapter] * len(batch) if adapter is None or isinstance(adapter, str) else list(adapter)
+        if len(adapters) != len(batch):
+            raise ValueError(f"adapter: {len(adapters)} values for {len(batch)} prompts")
         ids = [str(next(self._ids)) for _ in batch]
         results: dict[str, RequestOutput] = {}
-        for request_id, prompt, p, prio in zip(ids, batch, params_list, priorities):
+        for request_id, prompt, p, prio, name in zip(ids, batch, params_list, priorities, adapters):
             try:
-                self.engine.add_request(request_id, prompt, p, priority=prio)
+                self.engine.add_request(request_id, prompt, p, priority=prio, adapter=name)
             except InvalidRequestError as exc:
                 results[request_id] = _refused(request_id, prompt, p, str(exc))
         with tqdm(total=len(batch), desc="Generating", unit="req", disable=not use_tqdm) as bar:
@@ -58,6 +65,16 @@ class LLM:
                         results[output.request_id] = output
                         bar.update()
         return [results[request_id] for request_id in ids]
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a PEFT-format LoRA folder as ``name`` (needs ``enable_lora=True``)."""
+        self.engine.load_adapter(name, path)
+
+    def unload_adapter(self, name: str) -> None:
+        self.engine.unload_adapter(name)
+
+    def list_adapters(self) -> list[AdapterInfo]:
+        return self.engine.list_adapters()
 
     def chat(
         self,

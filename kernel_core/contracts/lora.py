@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -71,3 +72,37 @@ class LoRAKernel(ABC):
         ``[slots, out, R]``, all of the model's dtype and device. Called under
         ``torch.inference_mode()``.
         """
+
+
+@dataclass(eq=False)
+class LoRAStep:
+    """The current step's :class:`LoRABatch`, shared by every projection; the runner sets it
+    before a forward and clears it after."""
+
+    batch: LoRABatch | None = None
+
+
+@dataclass(eq=False)
+class LoRAProjection:
+    """One projection's adapter slots (``lora_a [slots, R, in]``, ``lora_b [slots, out, R]``)
+    and the kernel that applies them: what a model's linear layer calls after its GEMM."""
+
+    lora_a: torch.Tensor
+    lora_b: torch.Tensor
+    kernel: LoRAKernel
+    step: LoRAStep
+
+    def add_to(self, output: torch.Tensor, x: torch.Tensor) -> None:
+        batch = self.step.batch
+        if batch is not None and not batch.empty:
+            self.kernel.apply(output, x, self.lora_a, self.lora_b, batch)
+
+
+class LoRATarget(Protocol):
+    """A linear layer of a served model that LoRA can adapt: one GEMM computing one or more
+    Hugging Face modules (``parts``: module name -> its output columns), e.g. fused q/k/v.
+    The engine sets :attr:`lora`; the layer calls ``lora.add_to(output, x)`` after its GEMM."""
+
+    parts: dict[str, slice]
+    weight: torch.Tensor
+    lora: LoRAProjection | None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
+from kernel_core.contracts.lora import LoRATarget
 
 
 class ModelArchitecture(ABC):
@@ -47,3 +49,8 @@ class ModelArchitecture(ABC):
     @abstractmethod
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, vocab]`` for the ``[N, hidden]`` rows that sample."""
+
+    def lora_targets(self) -> Mapping[str, LoRATarget]:
+        """The linear layers LoRA adapters may adapt while serving, by a stable key; an
+        architecture without any cannot serve adapters (``enable_lora`` is refused)."""
+        return {}

@@ -18,6 +18,7 @@ from kernel_core.contracts.platform import Platform
 from kernel_core.contracts.records import PluginKind
 from kernel_core.contracts.scheduler import SchedulerPolicy
 from kernel_core.errors import InvalidModelFolderError, KernelCoreError, UnknownPluginError
+from kernel_core.lora.registry import AdapterRegistry
 from kernel_core.models import resolve_model
 from kernel_core.platforms import select_platform
 from kernel_core.plugins import PluginManager, Registration, get_plugin_manager
@@ -42,6 +43,7 @@ class Components:
     num_blocks: int
     cache: CacheManager
     policy: SchedulerPolicy
+    adapters: AdapterRegistry | None = None
 
 
 def build_components(config: EngineConfig, manager: PluginManager | None = None) -> Components:
@@ -69,8 +71,30 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     cache_class = manager.load(manager.select(PluginKind.CACHE_MANAGER, config.cache_manager))
     cache = cache_class(num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching)
     policy = manager.load(manager.select(PluginKind.SCHEDULER_POLICY, config.scheduler_policy))()
+    adapters = _adapter_registry(config, manager, model, dtype, device) if config.enable_lora else None
     return Components(
-        folder, platform, device, dtype, model, attention, tokenizer, max_model_len, num_blocks, cache, policy
+        folder, platform, device, dtype, model, attention, tokenizer, max_model_len, num_blocks, cache, policy, adapters
+    )
+
+
+def _adapter_registry(
+    config: EngineConfig, manager: PluginManager, model: ModelArchitecture, dtype: torch.dtype, device: torch.device
+) -> AdapterRegistry:
+    """Adapter slots on every LoRA target of the model, applied by the selected LoRA kernel."""
+    targets = model.lora_targets()
+    if not targets:
+        raise KernelCoreError(f"enable_lora: the {type(model).__name__} model plugin exposes no LoRA targets")
+    registration = manager.select(
+        PluginKind.LORA_KERNEL, config.lora_kernel, accept=lambda r: device.type in r.spec.device_types
+    )
+    return AdapterRegistry(
+        targets,
+        max_loras=config.max_loras,
+        max_rank=config.max_lora_rank,
+        max_cpu_loras=config.max_cpu_loras or config.max_loras,
+        kernel=manager.load(registration)(),
+        dtype=dtype,
+        device=device,
     )
 
 

@@ -9,11 +9,13 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from kernel_core.config import EngineConfig
 from kernel_core.contracts.events import RequestAdded, RequestFinished, StepDone
+from kernel_core.contracts.lora import NO_SLOT
 from kernel_core.engine.components import Components, build_components
 from kernel_core.engine.detokenizer import IncrementalDetokenizer
 from kernel_core.engine.group import Completion, RequestGroup
@@ -21,6 +23,7 @@ from kernel_core.engine.request import Request, RequestStatus
 from kernel_core.engine.scheduler import ScheduledStep, Scheduler
 from kernel_core.engine.stop import StopChecker
 from kernel_core.errors import InvalidRequestError
+from kernel_core.lora.registry import AdapterInfo, AdapterRegistry
 from kernel_core.outputs import RequestMetrics, RequestOutput
 from kernel_core.plugins import PluginManager, get_plugin_manager
 from kernel_core.runner.logprobs import prompt_logprobs
@@ -43,11 +46,14 @@ class LLMEngine:
         self.tokenizer = c.tokenizer
         self.max_model_len = c.max_model_len
         self.eos_token_ids = _eos_token_ids(c)
+        self.adapters: AdapterRegistry | None = c.adapters
         self.scheduler = Scheduler(
-            c.policy, c.cache, max_num_batched_tokens=config.max_num_batched_tokens, max_num_seqs=config.max_num_seqs
+            c.policy, c.cache, max_num_batched_tokens=config.max_num_batched_tokens, max_num_seqs=config.max_num_seqs,
+            adapters=self.adapters,
         )
         self.runner = ModelRunner(
-            c.model, c.attention, num_blocks=c.num_blocks, block_size=config.block_size, dtype=c.dtype, device=c.device
+            c.model, c.attention, num_blocks=c.num_blocks, block_size=config.block_size, dtype=c.dtype, device=c.device,
+            lora_step=self.adapters.slots.step if self.adapters is not None else None,
         )
         self.sampler = Sampler(self.eos_token_ids)
         torch.manual_seed(config.seed)  # the stream of unseeded sampling
@@ -75,8 +81,12 @@ class LLMEngine:
             raise InvalidRequestError(f"request {request_id!r}: params must be SamplingParams, not {type(params).__name__}")
         if request_id in self._groups:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        if adapter is not None and self.adapters is None:
+            raise InvalidRequestError(
+                f"request {request_id!r}: adapter {adapter!r} given, but LoRA serving is not enabled (enable_lora=True)"
+            )
         if adapter is not None:
-            raise InvalidRequestError(f"request {request_id!r}: adapter {adapter!r} given, but LoRA serving is not enabled")
+            self.adapters.key_of(adapter)  # unknown adapter: refused before anything is queued
         text, token_ids = self._tokenize(request_id, prompt)
         max_tokens = self._max_tokens(request_id, len(token_ids), params)
         arrival = time.time() if arrival_time is None else arrival_time
@@ -88,6 +98,7 @@ class LLMEngine:
             child_id = request_id if params.n == 1 else f"{request_id}#{index}"
             request = Request(
                 child_id, list(token_ids), max_tokens, arrival, priority=priority, adapter=adapter,
+                adapter_key=self.adapters.use(adapter) if adapter is not None else None,
                 deadline=arrival + timeout if timeout is not None else None,
                 skip_prefix_cache=params.prompt_logprobs is not None,
             )
@@ -146,6 +157,24 @@ class LLMEngine:
             )
         return max_tokens
 
+    # -- adapters ----------------------------------------------------------------------------
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a PEFT-format LoRA folder as ``name``; requests name it in ``adapter=``."""
+        self._registry().load(name, path)
+
+    def unload_adapter(self, name: str) -> None:
+        """Unload ``name``; refused (AdapterInUseError) while queued or running requests use it."""
+        self._registry().unload(name)
+
+    def list_adapters(self) -> list[AdapterInfo]:
+        return self._registry().info()
+
+    def _registry(self) -> AdapterRegistry:
+        if self.adapters is None:
+            raise InvalidRequestError("LoRA serving is not enabled: build the engine with enable_lora=True")
+        return self.adapters
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def abort_request(self, request_id: str) -> bool:
@@ -198,6 +227,7 @@ class LLMEngine:
                 scheduled.requests,
                 scheduled.num_new_tokens,
                 [self.components.cache.block_table(r.request_id) for r in scheduled.requests],
+                self._lora_slots(scheduled),
             )
             hidden = self.runner.execute(inputs)
             self._prompt_logprobs(scheduled, inputs, hidden)
@@ -224,6 +254,13 @@ class LLMEngine:
         if sampled is not None:
             for row, completion in enumerate(completions):
                 self._append(completion, sampled.token_ids[row], sampled.logprobs[row])
+
+    def _lora_slots(self, scheduled: ScheduledStep) -> list[int] | None:
+        if self.adapters is None:
+            return None
+        slots = [NO_SLOT if r.adapter is None else self.adapters.slot_of(r.adapter) for r in scheduled.requests]
+        assert None not in slots, "a scheduled request's adapter holds no slot"
+        return slots  # type: ignore[return-value]
 
     def _prompt_logprobs(self, scheduled: ScheduledStep, inputs: StepInputs, hidden: torch.Tensor) -> None:
         """Logprobs of the prompt tokens this step computed, for requests asking for them."""
@@ -272,6 +309,8 @@ class LLMEngine:
         """Every exit path ends here: the request leaves its queue and its blocks return."""
         request = completion.request
         self.scheduler.finish(request, status, error)
+        if request.adapter is not None and self.adapters is not None:
+            self.adapters.done(request.adapter)
         del self._completions[request.request_id]
         group = completion.group
         group.metrics.finished_time = time.time()

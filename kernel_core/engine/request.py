@@ -56,6 +56,9 @@ class Request:
     arrival_time: float
     priority: int = 0
     adapter: str | None = None
+    #: The loaded adapter's unique key: the prefix cache's ``extra_key``, so blocks are shared
+    #: only between requests of the same adapter load (None for the base model).
+    adapter_key: int | None = None
     deadline: float | None = None
     #: Compute every prompt token even when cached (prompt logprobs need their logits).
     skip_prefix_cache: bool = False

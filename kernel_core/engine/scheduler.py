@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from kernel_core.contracts.cache import CacheManager
 from kernel_core.contracts.scheduler import SchedulerPolicy
 from kernel_core.engine.request import Request, RequestStatus
+from kernel_core.lora.registry import AdapterRegistry
 
 
 @dataclass
@@ -44,8 +45,10 @@ class Scheduler:
         *,
         max_num_batched_tokens: int,
         max_num_seqs: int,
+        adapters: AdapterRegistry | None = None,
     ) -> None:
         self.policy = policy
+        self.adapters = adapters
         self.cache = cache
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
@@ -108,13 +111,20 @@ class Scheduler:
         if self._retry_above is not None and self.cache.stats().num_free_blocks <= self._retry_above:
             return
         self._retry_above = None
+        slot_blocked = False
         for request in self.policy.order(self.waiting):
             if budget == 0 or len(self.running) >= self.max_num_seqs:
                 return
+            if request.adapter is not None and self.adapters is not None:
+                # A request whose adapter finds no free slot waits; once one waits, later adapter
+                # requests wait too, so the slots drain for it rather than starve it.
+                if slot_blocked or not self.adapters.can_acquire(request.adapter):
+                    slot_blocked = True
+                    continue
             if self.cache.enable_prefix_caching and not request.skip_prefix_cache:
                 # Never the last token: the step must compute at least one to get logits.
                 request.num_computed_tokens = self.cache.match_prefix(
-                    request.request_id, request.all_token_ids[:-1], request.adapter
+                    request.request_id, request.all_token_ids[:-1], request.adapter_key
                 )
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
             if not self.cache.allocate(request.request_id, request.num_computed_tokens + num_new):
@@ -122,6 +132,8 @@ class Scheduler:
                 request.num_computed_tokens = 0
                 self._retry_above = self.cache.stats().num_free_blocks
                 return  # head of line waits for blocks; order is kept
+            if request.adapter is not None and self.adapters is not None:
+                self.adapters.acquire(request.adapter)
             self.waiting.remove(request)
             self.running.append(request)
             request.transition(RequestStatus.RUNNING)
@@ -132,11 +144,12 @@ class Scheduler:
     def _commit(self, request: Request, num_new: int) -> None:
         if self.cache.enable_prefix_caching:
             end = request.num_computed_tokens + num_new
-            self.cache.commit(request.request_id, request.token_slice(0, end), request.adapter)
+            self.cache.commit(request.request_id, request.token_slice(0, end), request.adapter_key)
 
     def preempt(self, request: Request) -> None:
         """Free a running request's blocks; it waits to be recomputed from scratch."""
         self.cache.free(request.request_id)
+        self._release_slot(request)
         self.running.remove(request)
         request.num_computed_tokens = 0
         request.num_preemptions += 1
@@ -149,6 +162,13 @@ class Scheduler:
         request.transition(status)
         request.error = error
         self.cache.free(request.request_id)
+        if request in self.running:
+            self._release_slot(request)
         for queue in (self.running, self.waiting):
             if request in queue:
                 queue.remove(request)
+
+    def _release_slot(self, request: Request) -> None:
+        """A running request leaves the running queue: its adapter slot is held by one fewer."""
+        if request.adapter is not None and self.adapters is not None:
+            self.adapters.release(request.adapter)

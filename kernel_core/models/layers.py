@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from kernel_core.contracts.lora import LoRAProjection
 from kernel_core.errors import UnsupportedModelError
 
 #: RoPE types whose frequencies do not depend on the sequence length within
@@ -28,18 +29,21 @@ class FusedLinear:
 
     ``weight`` stacks the projections' weights row-wise (``[sum(out), in]``); ``parts`` maps
     each HF module name (``model.layers.0.self_attn.q_proj``) to its rows of ``weight`` and
-    ``bias``, which are also its columns of the output. A runtime LoRA adds each adapted
-    module's delta ``(x @ A.T) @ B.T * scaling`` to ``output[:, parts[name]]`` after this call
-    (by wrapping the instance held by the layer); merging a delta adds ``B @ A * scaling`` to
-    ``weight[parts[name]]``.
+    ``bias``, which are also its columns of the output. When serving adapters, ``lora`` holds
+    the adapter slots, and each token's adapter update is added after the GEMM (a
+    :class:`~kernel_core.contracts.lora.LoRATarget`).
     """
 
     weight: torch.Tensor
     bias: torch.Tensor | None
     parts: dict[str, slice]
+    lora: LoRAProjection | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        output = F.linear(x, self.weight, self.bias)
+        if self.lora is not None:
+            self.lora.add_to(output, x)
+        return output
 
 
 class RotaryEmbedding:

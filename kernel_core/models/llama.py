@@ -129,6 +129,14 @@ class LlamaModel(ModelArchitecture):
             self.lm_head = load.tensor("lm_head.weight", (self.vocab_size, hidden))
         self.weight_slices = load.slices
 
+    def lora_targets(self) -> dict[str, FusedLinear]:
+        """Every projection of every decoder layer (q/k/v fused, o, gate/up fused, down)."""
+        return {
+            f"model.layers.{i}.{name}": getattr(layer, name)
+            for i, layer in enumerate(self.layers)
+            for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+        }
+
     def forward(
         self,
         input_ids: torch.Tensor,

@@ -1,0 +1,148 @@
+"""The engine's adapters: loaded by name, cached in host memory, placed in slots on demand.
+
+Disk -> host memory (an LRU of ``max_cpu_loras`` converted adapters; one that queued or running
+requests use is never evicted) -> active slots (``max_loras``, see :mod:`slots`). Every load gets
+a fresh key, so KV blocks cached for an adapter are never reused for another adapter, nor for a
+different adapter loaded later under the same name.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kernel_core.contracts.lora import LoRAKernel, LoRATarget
+from kernel_core.errors import AdapterInUseError, UnknownAdapterError
+from kernel_core.lora.adapter import ServingAdapter, load_serving_adapter
+from kernel_core.lora.slots import AdapterSlots
+
+log = logging.getLogger(__name__)
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What ``list_adapters`` reports about one loaded adapter."""
+
+    name: str
+    path: str
+    rank: int
+    in_host_memory: bool
+    slot: int | None
+    num_requests: int
+
+
+class AdapterRegistry:
+    """Loaded adapters by name; who uses them; where their weights are."""
+
+    def __init__(
+        self,
+        targets: Mapping[str, LoRATarget],
+        *,
+        max_loras: int,
+        max_rank: int,
+        max_cpu_loras: int,
+        kernel: LoRAKernel,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.targets, self.max_rank, self.max_cpu_loras, self.dtype = targets, max_rank, max_cpu_loras, dtype
+        self.slots = AdapterSlots(targets, max_loras=max_loras, max_rank=max_rank, kernel=kernel, dtype=dtype, device=device)
+        self._paths: dict[str, Path] = {}
+        self._keys: dict[str, int] = {}
+        self._host: OrderedDict[str, ServingAdapter] = OrderedDict()
+        self._users: Counter[str] = Counter()
+        self._next_key = itertools.count(1)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self, name: str, path: str | Path) -> None:
+        """Check, convert and cache one PEFT-format LoRA folder under ``name``."""
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise ValueError(f"adapter name {name!r} must be letters, digits, '.', '_' or '-'")
+        if name in self._paths:
+            raise ValueError(f"an adapter named {name!r} is already loaded; unload it first")
+        key = next(self._next_key)
+        adapter = load_serving_adapter(name, path, key, self.targets, self.max_rank, self.dtype)
+        self._paths[name], self._keys[name] = adapter.path, key
+        self._cache(adapter)
+
+    def unload(self, name: str) -> None:
+        """Forget an adapter; refused while queued or running requests use it."""
+        key = self.key_of(name)
+        if self._users[name]:
+            raise AdapterInUseError(
+                f"adapter {name!r} is used by {self._users[name]} queued or running request(s); "
+                "abort them or wait for them to finish before unloading it"
+            )
+        self.slots.forget(key)
+        self._host.pop(name, None)
+        del self._paths[name], self._keys[name], self._users[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._paths)
+
+    def info(self) -> list[AdapterInfo]:
+        return [
+            AdapterInfo(name, str(self._paths[name]), self._adapter(name).rank, name in self._host,
+                        self.slots.slot_of(self._keys[name]), self._users[name])
+            for name in self.names()
+        ]
+
+    def key_of(self, name: str) -> int:
+        if name not in self._keys:
+            loaded = ", ".join(self.names()) or "none"
+            raise UnknownAdapterError(f"unknown adapter {name!r} (loaded: {loaded}); load it with load_adapter first")
+        return self._keys[name]
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def use(self, name: str) -> int:
+        """A request for ``name`` was queued; returns the adapter's key. Its weights stay in
+        host memory until every such request is done."""
+        key = self.key_of(name)
+        self._adapter(name)
+        self._users[name] += 1
+        return key
+
+    def done(self, name: str) -> None:
+        self._users[name] -= 1
+
+    def can_acquire(self, name: str) -> bool:
+        return self.slots.can_acquire(self._keys[name])
+
+    def acquire(self, name: str) -> int | None:
+        """A slot for one running request of ``name``; None when every slot is held by others."""
+        return self.slots.acquire(self._adapter(name))
+
+    def release(self, name: str) -> None:
+        self.slots.release(self._keys[name])
+
+    def slot_of(self, name: str) -> int | None:
+        return self.slots.slot_of(self._keys[name])
+
+    # -- host cache --------------------------------------------------------------------------
+
+    def _adapter(self, name: str) -> ServingAdapter:
+        """The converted adapter, from the host cache or read again from disk."""
+        adapter = self._host.get(name)
+        if adapter is None:
+            adapter = load_serving_adapter(name, self._paths[name], self._keys[name], self.targets, self.max_rank, self.dtype)
+            self._cache(adapter)
+        self._host.move_to_end(name)
+        return adapter
+
+    def _cache(self, adapter: ServingAdapter) -> None:
+        self._host[adapter.name] = adapter
+        evictable = [name for name in self._host if not self._users[name] and name != adapter.name]
+        while len(self._host) > self.max_cpu_loras and evictable:
+            evicted = evictable.pop(0)
+            del self._host[evicted]
+            log.debug("adapter %r left host memory (max_cpu_loras=%d)", evicted, self.max_cpu_loras)
