@@ -39,10 +39,15 @@ def build_engine(folder: Path, options: Mapping[str, Any]) -> LLM:
     return llm
 
 
-def run_engine(llm: LLM, workload: Workload, engine: str = ENGINE_NAME) -> tuple[Measurement, list[RequestOutput]]:
-    """Submit all of the workload at once and time it to the last token; a failed request fails the run."""
+def run_engine(
+    llm: LLM, workload: Workload, engine: str = ENGINE_NAME, adapters: list[str | None] | None = None
+) -> tuple[Measurement, list[RequestOutput]]:
+    """Submit all of the workload at once and time it to the last token; a failed request fails the run.
+
+    ``adapters`` names the LoRA adapter of each prompt (None: the base model), as ``LLM.generate`` takes it.
+    """
     start = time.perf_counter()
-    outputs = llm.generate(workload.prompts, greedy(workload.max_tokens), use_tqdm=True)
+    outputs = llm.generate(workload.prompts, greedy(workload.max_tokens), adapter=adapters, use_tqdm=True)
     seconds = time.perf_counter() - start
     errors = [(o.request_id, c.error) for o in outputs for c in o.outputs if c.finish_reason == "error"]
     if errors:

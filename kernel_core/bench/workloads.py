@@ -7,6 +7,7 @@ so both engines run exactly the same prompts. This module finds that file and lo
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,8 @@ from kernel_core.errors import KernelCoreError
 
 ENV_WORKLOADS = "KERNEL_CORE_WORKLOADS"
 
-#: Workload name -> the prompt function of ``workload.py`` that builds it.
-_PROMPT_FUNCTIONS = {"W1": "prompts", "W3": "shared_prefix_prompts"}
+#: Workload name -> the prompt function of ``workload.py`` that builds it (W2 runs W1's prompts).
+_PROMPT_FUNCTIONS = {"W1": "prompts", "W2": "prompts", "W3": "shared_prefix_prompts"}
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def load(path: Path) -> ModuleType:
 def workload(
     path: Path, name: str, num_prompts: int | None = None, max_tokens: int | None = None
 ) -> Workload:
-    """Workload ``name`` (W1 or W3) from the file at ``path``, optionally shrunk for a quick run.
+    """Workload ``name`` (W1, W2 or W3) from the file at ``path``, optionally shrunk for a quick run.
 
     The prompt functions draw prompt after prompt from one seeded stream, so ``num_prompts=N`` gives
     exactly the first N prompts of the full workload.
@@ -82,6 +83,8 @@ def workload(
     except AttributeError as exc:
         raise KernelCoreError(f"workload file {path} does not define what {name} needs: {exc}") from None
     full_size, full_tokens = params["n"], params.pop("max_tokens")
+    accepted = inspect.signature(make_prompts).parameters
+    params = {key: value for key, value in params.items() if key in accepted}  # W2's adapter settings
     params["n"] = num_prompts or full_size
     tokens = max_tokens or full_tokens
     return Workload(
@@ -91,3 +94,22 @@ def workload(
         full=params["n"] == full_size and tokens == full_tokens,
         source=path,
     )
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """W2's LoRA adapters: how many, their rank, alpha and target modules."""
+
+    count: int
+    rank: int
+    alpha: int
+    targets: tuple[str, ...]
+
+
+def adapter_spec(path: Path) -> AdapterSpec:
+    """The adapters of W2 in the file at ``path`` (``W2 = dict(W1, adapters=8, rank=16, ...)``)."""
+    try:
+        params = load(path).W2
+        return AdapterSpec(int(params["adapters"]), int(params["rank"]), int(params["alpha"]), tuple(params["targets"]))
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise KernelCoreError(f"workload file {path} does not define W2's adapters: {exc!r}") from None

