@@ -178,8 +178,10 @@ class Linear(LoraLayer):
         dropout, scaling = self.lora_dropout[adapter_name], self.scaling[adapter_name]
         x = x.to(lora_a.weight.dtype)
         if not self.use_dora[adapter_name]:
-            return result + (lora_b(lora_a(dropout(x))) * scaling).to(result.dtype)
-        return result + self._dora_update(adapter_name, x, result).to(result.dtype)
+            # Scale the narrow [.., r] activation rather than the wide output, and add in place
+            # (the base GEMM's output is not saved for backward): two fewer output-sized passes.
+            return _add_into(result, lora_b(lora_a(dropout(x)) * scaling))
+        return _add_into(result, self._dora_update(adapter_name, x, result))
 
     def _dora_update(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         """DoRA: ``m / ||W + s B A|| * (W x + s B A x) - W x``, the norm treated as a constant."""
@@ -230,4 +232,13 @@ class Embedding(LoraLayer):
         lora_a, lora_b = self.factors(adapter_name)
         base = self.base_layer
         looked_up = F.embedding(x, lora_a.T, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq, base.sparse)
-        return result + (looked_up @ lora_b.T * self.scaling[adapter_name]).to(result.dtype)
+        return _add_into(result, (looked_up * self.scaling[adapter_name]) @ lora_b.T)
+
+
+def _add_into(result: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """``result + update`` in ``result``'s dtype, reusing ``result``'s memory when it is safe:
+    it is a fresh output that autograd did not save (a base layer's GEMM or lookup)."""
+    update = update.to(result.dtype)
+    if result.requires_grad and result.grad_fn is None:  # a leaf: in place would be refused
+        return result + update
+    return result.add_(update)
