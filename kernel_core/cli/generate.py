@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 #: The CLI runs one request at a time, so one id serves them all.
 REQUEST_ID = "kcore-cli"
+#: The name ``--adapter``'s folder is loaded under.
+ADAPTER_NAME = "cli-adapter"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,6 +46,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="wrap the prompt in the model's chat template as a user message (default: on); "
         "--no-chat continues the raw text",
     )
+    parser.add_argument(
+        "--adapter",
+        default=None,
+        metavar="PATH",
+        help="a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to generate "
+        "with, applied unmerged by the serving path",
+    )
+    parser.add_argument(
+        "--max-lora-rank",
+        type=positive_int,
+        default=None,
+        metavar="R",
+        help="highest adapter rank the engine accepts (default: the adapter's own rank)",
+    )
     add_sampling_options(parser, max_tokens=64)
     parser.set_defaults(func=run)
 
@@ -54,9 +70,12 @@ def run(args: argparse.Namespace) -> int:
     if not prompt:
         raise KernelCoreError("the prompt is empty")
     engine = build_engine(args)
+    if args.adapter is not None:
+        engine.load_adapter(ADAPTER_NAME, args.adapter)
     if args.chat:
         prompt = chat_prompt(engine, [{"role": "user", "content": prompt}])
-    stream_text(engine, prompt, sampling_params(args), sys.stdout)
+    adapter = ADAPTER_NAME if args.adapter is not None else None
+    stream_text(engine, prompt, sampling_params(args), sys.stdout, adapter=adapter)
     print()
     return 0
 
@@ -133,8 +152,29 @@ def build_engine(args: argparse.Namespace) -> LLMEngine:
     from kernel_core.config import EngineConfig
     from kernel_core.engine.llm_engine import LLMEngine
 
-    config = EngineConfig(model=args.model, max_model_len=args.max_model_len, kv_cache_memory=args.kv_cache_memory)
+    lora: dict[str, Any] = {}
+    adapter = getattr(args, "adapter", None)
+    if adapter is not None:
+        rank = getattr(args, "max_lora_rank", None) or _adapter_rank(adapter)
+        lora = dict(enable_lora=True, max_loras=1, max_lora_rank=rank)
+    config = EngineConfig(
+        model=args.model, max_model_len=args.max_model_len, kv_cache_memory=args.kv_cache_memory, **lora
+    )
     return LLMEngine(config)
+
+
+def _adapter_rank(folder: str) -> int:
+    """The highest rank an adapter's config declares (``r`` and ``rank_pattern``); 16 when the
+    config cannot say, and loading then names the problem."""
+    import json
+    from pathlib import Path
+
+    try:
+        config = json.loads((Path(folder) / "adapter_config.json").read_text())
+        ranks = [config.get("r", 16), *(config.get("rank_pattern") or {}).values()]
+        return max(int(rank) for rank in ranks if int(rank) >= 1)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 16
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
@@ -161,15 +201,17 @@ def chat_prompt(engine: LLMEngine, messages: Sequence[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
 
 
-def stream_text(engine: LLMEngine, prompt: str, params: SamplingParams, out: TextIO) -> str:
+def stream_text(
+    engine: LLMEngine, prompt: str, params: SamplingParams, out: TextIO, *, adapter: str | None = None
+) -> str:
     """Run one request to its end, writing its text to ``out`` as it grows (flushed each step) so
     the user reads it while it is generated; returns the whole text.
 
     Bad input raises :class:`~kernel_core.errors.InvalidRequestError`; a request that fails while
     generating raises :class:`KernelCoreError`. Interrupted (Ctrl-C), the request is aborted so its
-    KV blocks are free for the next one.
+    KV blocks are free for the next one. ``adapter`` names a loaded LoRA adapter to run with.
     """
-    engine.add_request(REQUEST_ID, prompt, params)
+    engine.add_request(REQUEST_ID, prompt, params, adapter=adapter)
     text = ""
     try:
         while engine.has_unfinished_requests():

@@ -15,10 +15,12 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from kernel_core.engine.llm_engine import LLMEngine, Prompt
+from kernel_core.lora.registry import AdapterInfo
 from kernel_core.errors import InvalidRequestError, KernelCoreError
 from kernel_core.outputs import RequestOutput
 from kernel_core.sampling_params import SamplingParams
@@ -126,11 +128,14 @@ class AsyncLLMEngine:
         *,
         priority: int = 0,
         timeout: float | None = None,
+        adapter: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Yield the request's cumulative output after every step with news; the last is finished.
 
-        Bad input raises :class:`InvalidRequestError` from the first ``__anext__``. Leaving the
-        loop early or cancelling the consuming task aborts the request, freeing its KV blocks.
+        ``adapter`` names a loaded LoRA adapter (None: the base model). Bad input, an unknown
+        adapter included, raises :class:`InvalidRequestError` from the first ``__anext__``.
+        Leaving the loop early or cancelling the consuming task aborts the request, freeing its
+        KV blocks.
         """
         self._check_accepting()
         request_id = uuid.uuid4().hex if request_id is None else request_id
@@ -142,7 +147,9 @@ class AsyncLLMEngine:
         finished = False
         try:
             add = self._submit(
-                lambda engine: engine.add_request(request_id, prompt, params, priority=priority, timeout=timeout)
+                lambda engine: engine.add_request(
+                    request_id, prompt, params, priority=priority, timeout=timeout, adapter=adapter
+                )
             )
             await asyncio.wrap_future(add)
             while not finished:
@@ -167,6 +174,34 @@ class AsyncLLMEngine:
             return await asyncio.wrap_future(self._submit(lambda engine: engine.abort_request(request_id)))
         except EngineNotRunningError:
             return False
+
+    # -- adapters ----------------------------------------------------------------------------
+
+    async def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a PEFT-format LoRA folder as ``name`` without pausing running requests: the read
+        and conversion run in a thread of their own, and only the registration (a few dict
+        updates) waits for the worker, between two steps. Raises
+        :class:`~kernel_core.errors.AdapterLoadError` for a folder the serving path refuses."""
+        registry = self.engine.adapters
+        if registry is None:
+            raise InvalidRequestError("LoRA serving is not enabled: build the engine with enable_lora=True")
+        adapter = await asyncio.to_thread(registry.prepare, name, path)
+        await self._call(lambda engine: registry.register(adapter))
+
+    async def unload_adapter(self, name: str) -> None:
+        """Unload ``name``; :class:`~kernel_core.errors.AdapterInUseError` while queued or
+        running requests use it."""
+        await self._call(lambda engine: engine.unload_adapter(name))
+
+    async def list_adapters(self) -> list[AdapterInfo]:
+        return await self._call(lambda engine: engine.list_adapters())
+
+    async def _call(self, command: Command) -> Any:
+        """Run ``command`` on the worker between two steps; before :meth:`start`, right here
+        (nothing steps the engine yet, e.g. while a server loads its adapters)."""
+        if self._thread is None:
+            return command(self.engine)
+        return await asyncio.wrap_future(self._submit(command))
 
     def _abort_nowait(self, request_id: str) -> None:
         """Queue an abort without waiting for it: callable from ``finally`` while cancelled."""

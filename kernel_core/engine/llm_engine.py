@@ -22,7 +22,7 @@ from kernel_core.engine.group import Completion, RequestGroup
 from kernel_core.engine.request import Request, RequestStatus
 from kernel_core.engine.scheduler import ScheduledStep, Scheduler
 from kernel_core.engine.stop import StopChecker
-from kernel_core.errors import InvalidRequestError
+from kernel_core.errors import AdapterLoadError, InvalidRequestError, UnknownAdapterError
 from kernel_core.lora.registry import AdapterInfo, AdapterRegistry
 from kernel_core.outputs import RequestMetrics, RequestOutput
 from kernel_core.plugins import PluginManager, get_plugin_manager
@@ -86,7 +86,10 @@ class LLMEngine:
                 f"request {request_id!r}: adapter {adapter!r} given, but LoRA serving is not enabled (enable_lora=True)"
             )
         if adapter is not None:
-            self.adapters.key_of(adapter)  # unknown adapter: refused before anything is queued
+            try:
+                self.adapters.key_of(adapter)  # unknown adapter: refused before anything is queued
+            except UnknownAdapterError as exc:
+                raise UnknownAdapterError(f"request {request_id!r}: {exc}") from None
         text, token_ids = self._tokenize(request_id, prompt)
         max_tokens = self._max_tokens(request_id, len(token_ids), params)
         arrival = time.time() if arrival_time is None else arrival_time
@@ -94,11 +97,12 @@ class LLMEngine:
         group = RequestGroup(request_id, text, token_ids, params, RequestMetrics(arrival))
         if params.prompt_logprobs is not None:
             group.prompt_logprobs = [None]
+        adapter_key = self._use_adapter(request_id, adapter, params.n)
         for index in range(params.n):
             child_id = request_id if params.n == 1 else f"{request_id}#{index}"
             request = Request(
                 child_id, list(token_ids), max_tokens, arrival, priority=priority, adapter=adapter,
-                adapter_key=self.adapters.use(adapter) if adapter is not None else None,
+                adapter_key=adapter_key,
                 deadline=arrival + timeout if timeout is not None else None,
                 skip_prefix_cache=params.prompt_logprobs is not None,
             )
@@ -158,6 +162,19 @@ class LLMEngine:
         return max_tokens
 
     # -- adapters ----------------------------------------------------------------------------
+
+    def _use_adapter(self, request_id: str, adapter: str | None, count: int) -> int | None:
+        """Count ``count`` more users of ``adapter`` (its weights then stay in host memory) and
+        return its key; an evicted adapter whose folder cannot be read again fails the request."""
+        if adapter is None or self.adapters is None:
+            return None
+        try:
+            key = self.adapters.use(adapter)
+        except AdapterLoadError as exc:
+            raise InvalidRequestError(f"request {request_id!r}: {exc}") from None
+        for _ in range(count - 1):
+            self.adapters.use(adapter)  # in host memory now: cannot fail
+        return key
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Load a PEFT-format LoRA folder as ``name``; requests name it in ``adapter=``."""

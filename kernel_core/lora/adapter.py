@@ -19,7 +19,7 @@ import torch
 from kernel_core.contracts.lora import LoRATarget
 from kernel_core.errors import AdapterLoadError, KernelCoreError
 from kernel_core.peft.config import config_from_dict
-from kernel_core.peft.state_dict import read_adapter
+from kernel_core.peft.state_dict import CONFIG_NAME, WEIGHTS_NAME, read_adapter
 from kernel_core.peft.targets import pattern_value
 
 _PREFIX = "base_model.model."
@@ -35,6 +35,8 @@ class ServingAdapter:
     path: Path
     rank: int
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  #: target key -> (A, B) padded to R
+    #: The files as they were read (see :func:`fingerprint`): a later re-read must find the same.
+    fingerprint: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -48,13 +50,14 @@ def load_serving_adapter(
     whatever the serving path cannot run."""
     source = Path(path)
     where = f"adapter {name!r} ({source})"
+    stamp = fingerprint(source)
     config_dict, tensors = read_adapter(source)
+    if config_dict.get("peft_type") != "LORA":  # before parsing: its method may not be installed
+        raise AdapterLoadError(f"{where}: serving runs LoRA adapters, not {config_dict.get('peft_type')!r}")
     try:
         config = config_from_dict(config_dict)
     except KernelCoreError as exc:
         raise AdapterLoadError(f"{where}: {exc}") from None
-    if config_dict.get("peft_type") != "LORA":
-        raise AdapterLoadError(f"{where}: serving runs LoRA adapters, not {config_dict.get('peft_type')}")
     unsupported = [
         reason for reason, present in (
             ("use_dora (DoRA)", getattr(config, "use_dora", False)),
@@ -66,14 +69,16 @@ def load_serving_adapter(
         raise AdapterLoadError(f"{where}: the serving path cannot run {', '.join(unsupported)}; merge it into a model instead")
     modules = _modules(tensors, where)
     owners = {module: (key_, index) for key_, target in targets.items() for index, module in enumerate(target.parts)}
+    unserved = sorted(module for module in modules if module not in owners)
+    if unserved:
+        raise AdapterLoadError(
+            f"{where}: targets module(s) {', '.join(map(repr, unserved))}, which the served model does not adapt "
+            f"(LoRA serving covers the attention and MLP projections, not embeddings or lm_head)"
+        )
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    mismatched: list[str] = []
     rank = 0
     for module, (lora_a, lora_b) in modules.items():
-        if module not in owners:
-            raise AdapterLoadError(
-                f"{where}: targets module {module!r}, which the served model does not adapt "
-                f"(LoRA serving covers the attention and MLP projections, not embeddings or lm_head)"
-            )
         target_key, index = owners[module]
         target = targets[target_key]
         rows = target.parts[module]
@@ -81,12 +86,13 @@ def load_serving_adapter(
         if r > max_rank:
             raise AdapterLoadError(f"{where}: rank {r} of {module} exceeds max_lora_rank {max_rank}")
         expected = {"lora_A": (r, target.weight.shape[1]), "lora_B": (rows.stop - rows.start, r)}
-        mismatched = [
+        wrong = [
             f"{module}.{part}.weight: file {tuple(t.shape)} vs model {shape}"
             for (part, shape), t in zip(expected.items(), (lora_a, lora_b)) if tuple(t.shape) != shape
         ]
-        if mismatched:
-            raise AdapterLoadError(f"{where}: shape mismatch (saved for another base model?): {'; '.join(mismatched)}")
+        if wrong or mismatched:  # every mismatched tensor is named, not only the first
+            mismatched += wrong
+            continue
         alpha = pattern_value(module, getattr(config, "alpha_pattern", {}), config.lora_alpha)
         scaling = alpha / (math.sqrt(r) if config.use_rslora else r)
         if target_key not in factors:
@@ -100,21 +106,42 @@ def load_serving_adapter(
         stacked_a[start : start + r] = lora_a.to(dtype)
         stacked_b[rows, start : start + r] = (lora_b.double() * scaling).to(dtype)
         rank = max(rank, r)
-    return ServingAdapter(name, key, source, rank, factors)
+    if mismatched:
+        shown = "; ".join(mismatched[:8]) + (f"; and {len(mismatched) - 8} more" if len(mismatched) > 8 else "")
+        raise AdapterLoadError(f"{where}: shape mismatch (saved for another base model?): {shown}")
+    return ServingAdapter(name, key, source, rank, factors, stamp)
+
+
+def fingerprint(folder: Path) -> tuple[tuple[int, int, int], ...]:
+    """(inode, size, mtime) of the adapter's files: what tells a re-read from host-cache
+    eviction that the folder changed on disk since the adapter was loaded."""
+    stamps = []
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        try:
+            stat = (folder / name).stat()
+        except OSError:
+            continue  # read_adapter names what is missing
+        stamps.append((stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(stamps)
 
 
 def _modules(tensors: Mapping[str, torch.Tensor], where: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Module name -> (A, B) from PEFT file keys; anything else in the file is refused."""
     found: dict[str, list[torch.Tensor | None]] = {}
+    foreign: list[str] = []
     for file_key, tensor in tensors.items():
         module, _, tail = file_key.removeprefix(_PREFIX).rpartition(".lora_")
         factor = _FACTORS.get(f"lora_{tail}")
         if not file_key.startswith(_PREFIX) or factor is None:
-            raise AdapterLoadError(
-                f"{where}: tensor {file_key!r} is not a LoRA A/B weight the serving path can run "
-                "(embedding LoRA, DoRA magnitudes, biases and saved modules are not served)"
-            )
-        found.setdefault(module, [None, None])[factor] = tensor
+            foreign.append(file_key)
+        else:
+            found.setdefault(module, [None, None])[factor] = tensor
+    if foreign:
+        shown = ", ".join(repr(key) for key in sorted(foreign)[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
+        raise AdapterLoadError(
+            f"{where}: tensor(s) {shown} are not LoRA A/B weights the serving path can run "
+            "(embedding LoRA, DoRA magnitudes, biases and saved modules are not served)"
+        )
     incomplete = sorted(module for module, pair in found.items() if None in pair)
     if incomplete:
         raise AdapterLoadError(f"{where}: lora_A or lora_B missing for {', '.join(incomplete)}")

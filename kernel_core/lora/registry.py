@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from kernel_core.contracts.lora import LoRAKernel, LoRATarget
-from kernel_core.errors import AdapterInUseError, UnknownAdapterError
+from kernel_core.errors import AdapterInUseError, AdapterLoadError, UnknownAdapterError
 from kernel_core.lora.adapter import ServingAdapter, load_serving_adapter
 from kernel_core.lora.slots import AdapterSlots
 
@@ -57,6 +57,8 @@ class AdapterRegistry:
         self.slots = AdapterSlots(targets, max_loras=max_loras, max_rank=max_rank, kernel=kernel, dtype=dtype, device=device)
         self._paths: dict[str, Path] = {}
         self._keys: dict[str, int] = {}
+        self._ranks: dict[str, int] = {}
+        self._fingerprints: dict[str, tuple[tuple[int, int, int], ...]] = {}
         self._host: OrderedDict[str, ServingAdapter] = OrderedDict()
         self._users: Counter[str] = Counter()
         self._next_key = itertools.count(1)
@@ -65,14 +67,27 @@ class AdapterRegistry:
 
     def load(self, name: str, path: str | Path) -> None:
         """Check, convert and cache one PEFT-format LoRA folder under ``name``."""
+        self.register(self.prepare(name, path))
+
+    def prepare(self, name: str, path: str | Path) -> ServingAdapter:
+        """Read, check and convert a folder without touching the registry's state, so that it
+        may run in another thread while the engine steps; :meth:`register` then adds it."""
+        self._check_free(name)
+        return load_serving_adapter(name, path, next(self._next_key), self.targets, self.max_rank, self.dtype)
+
+    def register(self, adapter: ServingAdapter) -> None:
+        """Make a :meth:`prepare`-d adapter usable by requests under its name."""
+        name = adapter.name
+        self._check_free(name)  # another load of the name may have won meanwhile
+        self._paths[name], self._keys[name] = adapter.path, adapter.key
+        self._ranks[name], self._fingerprints[name] = adapter.rank, adapter.fingerprint
+        self._cache(adapter)
+
+    def _check_free(self, name: str) -> None:
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise ValueError(f"adapter name {name!r} must be letters, digits, '.', '_' or '-'")
         if name in self._paths:
             raise ValueError(f"an adapter named {name!r} is already loaded; unload it first")
-        key = next(self._next_key)
-        adapter = load_serving_adapter(name, path, key, self.targets, self.max_rank, self.dtype)
-        self._paths[name], self._keys[name] = adapter.path, key
-        self._cache(adapter)
 
     def unload(self, name: str) -> None:
         """Forget an adapter; refused while queued or running requests use it."""
@@ -84,14 +99,14 @@ class AdapterRegistry:
             )
         self.slots.forget(key)
         self._host.pop(name, None)
-        del self._paths[name], self._keys[name], self._users[name]
+        del self._paths[name], self._keys[name], self._users[name], self._ranks[name], self._fingerprints[name]
 
     def names(self) -> list[str]:
         return sorted(self._paths)
 
     def info(self) -> list[AdapterInfo]:
         return [
-            AdapterInfo(name, str(self._paths[name]), self._adapter(name).rank, name in self._host,
+            AdapterInfo(name, str(self._paths[name]), self._ranks[name], name in self._host,
                         self.slots.slot_of(self._keys[name]), self._users[name])
             for name in self.names()
         ]
@@ -131,10 +146,16 @@ class AdapterRegistry:
     # -- host cache --------------------------------------------------------------------------
 
     def _adapter(self, name: str) -> ServingAdapter:
-        """The converted adapter, from the host cache or read again from disk."""
+        """The converted adapter, from the host cache or read again from disk. A folder that
+        changed since the load is refused: its key would name KV computed with other weights."""
         adapter = self._host.get(name)
         if adapter is None:
             adapter = load_serving_adapter(name, self._paths[name], self._keys[name], self.targets, self.max_rank, self.dtype)
+            if adapter.fingerprint != self._fingerprints[name]:
+                raise AdapterLoadError(
+                    f"adapter {name!r}: {str(self._paths[name])!r} changed on disk since it was loaded "
+                    "(it had left host memory, max_cpu_loras); unload it and load it again to serve the new files"
+                )
             self._cache(adapter)
         self._host.move_to_end(name)
         return adapter

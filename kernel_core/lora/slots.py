@@ -69,6 +69,8 @@ class AdapterSlots:
         slot = self.slot_of(adapter_key)
         assert slot is not None and self.holders[slot] > 0, f"adapter {adapter_key} holds no slot"
         self.holders[slot] -= 1
+        self._clock += 1
+        self._last_used[slot] = self._clock  # used until now: evicted after those idle longer
 
     def forget(self, adapter_key: int) -> None:
         """Drop an unloaded adapter's weights from its (unheld) slot."""
