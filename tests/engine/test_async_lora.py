@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from kernel_core.config import EngineConfig
 from kernel_core.engine.async_engine import AsyncLLMEngine, EngineNotRunningError
@@ -22,6 +24,15 @@ from ..lora.peft_adapters import ADAPTERS, Oracle, make_adapter
 GREEDY = SamplingParams(temperature=0, max_tokens=8)
 LONG = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
 PROMPTS = ["Hello, my name is", "The capital of France is a city with many museums and"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny GEMMs: torch's thread pool only adds overhead, and on a shared machine a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +97,10 @@ def test_loading_does_not_pause_running_requests(engine, folders, monkeypatch):
             stream = engine.generate(PROMPTS[0], LONG, request_id="long")
             await stream.__anext__()
             load = asyncio.create_task(engine.load_adapter("qv8", folders["qv8"]))
-            while not load.done():
-                output = await stream.__anext__()
+            async for output in stream:  # a step's output every few ms while the load reads
                 grown.append(len(output.outputs[0].token_ids))
+                if load.done():
+                    break
             await load
             used = await tokens(engine, PROMPTS[1], "qv8")
             await stream.aclose()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from kernel_core.config import EngineConfig
 from kernel_core.engine.llm_engine import LLMEngine
@@ -31,6 +32,15 @@ PROMPTS = [
     "Once upon a time, in a kingdom by the sea, there lived a princess who loved to read books about "
     "stars, ships and the people who sailed them across the",
 ]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny GEMMs: torch's thread pool only adds overhead, and on a shared machine a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
