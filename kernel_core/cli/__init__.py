@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from kernel_core import __version__
-from kernel_core.cli import bench, chat, finetune, generate, install, new_plugin, platform, plugins
+from kernel_core.cli import bench, chat, finetune, generate, install, new_plugin, platform, plugins, serve
 from kernel_core.errors import KernelCoreError
 
-COMMANDS = (plugins, platform, install, new_plugin, generate, chat, finetune, bench)
+COMMANDS = (plugins, platform, install, new_plugin, generate, chat, serve, finetune, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

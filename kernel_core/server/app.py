@@ -1,0 +1,99 @@
+"""The FastAPI app: routes, error bodies, auth on ``/v1``, ``/health`` and ``/metrics``, and the
+engine's start and stop tied to the app's lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from kernel_core import __version__
+from kernel_core.engine.async_engine import AsyncLLMEngine
+from kernel_core.server import chat, completions, errors, models, tokenize
+from kernel_core.server.auth import require_api_key
+from kernel_core.server.state import LoadedAdapter, ServerSettings, ServerState
+from kernel_core.server.streaming import ClientDisconnected
+
+log = logging.getLogger(__name__)
+#: Seconds the engine gets at the lifespan's end, when the HTTP server has already let
+#: in-flight requests finish (or cancelled them) within ``shutdown_timeout``.
+ENGINE_STOP_TIMEOUT = 5.0
+
+
+def create_app(
+    engine: AsyncLLMEngine, settings: ServerSettings, adapters: Mapping[str, str] | None = None
+) -> FastAPI:
+    """An app serving ``engine`` (not started: the app's lifespan starts and stops it);
+    ``adapters`` (name to folder) are those already loaded in the engine, served as models."""
+    state = ServerState(engine, settings)
+    for name, path in (adapters or {}).items():
+        state.adapters[name] = LoadedAdapter(name, str(path))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        try:
+            yield
+        finally:
+            state.draining = True
+            await engine.shutdown(timeout=ENGINE_STOP_TIMEOUT)
+
+    app = FastAPI(title="kernel-core", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.kcore = state
+    errors.install(app)
+
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(request: Request, exc: ClientDisconnected) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request": no one reads it
+
+    app.add_middleware(_CountResponses, state=state)
+
+    v1 = [Depends(require_api_key)]
+    for router in (completions.router, chat.router, models.router):
+        app.include_router(router, dependencies=v1)
+    app.include_router(tokenize.router)
+
+    @app.get("/health")
+    async def health() -> Response:
+        """200 while the engine runs and the server accepts requests; 503 when shutting down or
+        the engine failed."""
+        ok = engine.is_running and not state.draining
+        stats = engine.stats
+        body = {
+            "status": "ok" if ok else ("draining" if state.draining else "engine failed"),
+            "num_running": stats.num_running,
+            "num_waiting": stats.num_waiting,
+            "num_free_blocks": stats.num_free_blocks,
+            "num_blocks": stats.num_blocks,
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+class _CountResponses:
+    """Counts ``/v1`` responses by status (pure ASGI: a streamed body passes through untouched,
+    and the client's disconnect still reaches the route)."""
+
+    def __init__(self, app, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message) -> None:
+            if message["type"] == "http.response.start":
+                self.state.metrics.http.inc(label=str(message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
