@@ -240,11 +240,12 @@ class LLMEngine:
     def _run(self, scheduled: ScheduledStep) -> None:
         now = time.time()
         try:
+            slots = self._lora_slots(scheduled)
             inputs = self.runner.prepare(
                 scheduled.requests,
                 scheduled.num_new_tokens,
                 [self.components.cache.block_table(r.request_id) for r in scheduled.requests],
-                self._lora_slots(scheduled),
+                slots,
             )
             hidden = self.runner.execute(inputs)
             self._prompt_logprobs(scheduled, inputs, hidden)
@@ -273,11 +274,16 @@ class LLMEngine:
                 self._append(completion, sampled.token_ids[row], sampled.logprobs[row])
 
     def _lora_slots(self, scheduled: ScheduledStep) -> list[int] | None:
+        """Each scheduled request's adapter slot, after ordering the step by slot: each adapter's
+        tokens then form one run, which the LoRA kernel handles as slices rather than gathers."""
         if self.adapters is None:
             return None
         slots = [NO_SLOT if r.adapter is None else self.adapters.slot_of(r.adapter) for r in scheduled.requests]
         assert None not in slots, "a scheduled request's adapter holds no slot"
-        return slots  # type: ignore[return-value]
+        order = sorted(range(len(slots)), key=slots.__getitem__)
+        scheduled.requests = [scheduled.requests[i] for i in order]
+        scheduled.num_new_tokens = [scheduled.num_new_tokens[i] for i in order]
+        return [slots[i] for i in order]  # type: ignore[misc]
 
     def _prompt_logprobs(self, scheduled: ScheduledStep, inputs: StepInputs, hidden: torch.Tensor) -> None:
         """Logprobs of the prompt tokens this step computed, for requests asking for them."""
