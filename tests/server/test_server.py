@@ -271,7 +271,7 @@ def test_a_client_leaving_mid_stream_aborts_and_frees_its_blocks(server):
         connection = _open_stream(server, path, body)
         response = connection.getresponse()
         assert response.status == 200
-        response.fp.readline()  # the first event has arrived: the request is running
+        response.readline()  # the first event has arrived: the request is running
         connections.append((connection, response))
     health = server.health()
     assert health["num_running"] == 2 and health["num_free_blocks"] < health["num_blocks"]
@@ -298,7 +298,7 @@ def test_an_adapter_in_use_cannot_be_unloaded(server):
     connection = _open_stream(server, "/v1/completions", {"model": "qv8", "prompt": PROMPT, "max_tokens": 900,
                                                           "ignore_eos": True, "stream": True})
     response = connection.getresponse()
-    response.fp.readline()
+    response.readline()
     status, body = server.request("DELETE", "/v1/adapters/qv8")
     assert status == 409 and body["error"]["code"] == "adapter_in_use"
     connection.close()

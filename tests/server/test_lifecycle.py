@@ -1,0 +1,79 @@
+"""Graceful shutdown of a real ``kcore serve``: on SIGTERM it stops accepting, lets in-flight
+requests finish within ``--shutdown-timeout`` (cutting off what runs longer), and exits 0."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import start_server
+
+PROMPT = "Once upon a time"
+
+
+def _stream(port: int, max_tokens: int) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    body = {"model": "m", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+            "stream": True}
+    connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200
+    return connection, response
+
+
+def _events(response: http.client.HTTPResponse) -> list[str]:
+    try:
+        raw = response.read().decode()
+    except http.client.IncompleteRead as cut:  # the server closed the stream mid-way
+        raw = cut.partial.decode()
+    return [event for event in raw.split("\n\n") if event]
+
+
+@pytest.fixture
+def serve(tiny_model: Path, embedded_model_cache: Path, tmp_path: Path):
+    started = []
+
+    def start(*args: str):
+        server = start_server(tiny_model, tmp_path / f"server{len(started)}.log", "--served-model-name", "m",
+                              "--num-kv-blocks", "128", *args, env={"KERNEL_CORE_CACHE": str(embedded_model_cache)})
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+
+
+def test_sigterm_lets_in_flight_requests_finish_then_exits_0(serve):
+    server = serve("--shutdown-timeout", "60")
+    connection, response = _stream(server.port, max_tokens=300)
+    response.readline()  # running
+    server.process.terminate()
+    events = _events(response)
+    assert events[-1] == "data: [DONE]"
+    finished = json.loads(events[-2].removeprefix("data: "))
+    assert finished["choices"][0]["finish_reason"] == "length"
+    assert server.process.wait(30) == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+    assert "Application shutdown complete" in server.log.read_text()
+
+
+def test_sigterm_aborts_what_outlives_the_timeout_and_exits_0(serve):
+    server = serve("--shutdown-timeout", "0.5", "--max-num-seqs", "1")
+    connection, response = _stream(server.port, max_tokens=1000)
+    response.readline()
+    started = time.monotonic()
+    server.process.terminate()
+    events = _events(response)
+    assert server.process.wait(30) == 0
+    assert time.monotonic() - started < 15
+    assert not any('"finish_reason": "length"' in e or '"finish_reason":"length"' in e for e in events)
+    assert "timeout graceful shutdown exceeded" in server.log.read_text()
