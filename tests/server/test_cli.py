@@ -1,0 +1,32 @@
+"""``kcore serve``'s argument checks, before any model loads (serving itself: test_server.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kernel_core.cli import build_parser, main
+
+
+def test_serve_is_a_command_with_its_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--model", "--adapter NAME=PATH", "--adapter-dir", "--host", "--port", "--api-key",
+                   "--shutdown-timeout", "--max-loras", "--num-kv-blocks"):
+        assert option in text, option
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.api_key, args.adapter) == ("127.0.0.1", 8000, None, [])
+
+
+@pytest.mark.parametrize("bad", [["--adapter", "no-equals"], ["--adapter", "=path"], ["--port", "70000"]])
+def test_bad_options_are_usage_errors(bad, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["serve", *bad])
+    assert exit.value.code == 2
+
+
+def test_refused_before_the_model_loads(tmp_path, capsys):
+    assert main(["serve", "--adapter", "a=x", "--adapter", "a=y"]) == 2
+    assert "distinct" in capsys.readouterr().err
+    assert main(["serve", "--adapter-dir", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
