@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 
-from kernel_core.outputs import CompletionOutput, RequestOutput
+from kernel_core.outputs import CompletionOutput
 from kernel_core.server import errors
 from kernel_core.server.completions import token_text, usage
-from kernel_core.server.generation import failure, last, submit
+from kernel_core.server.generation import Outputs, failure, last, submit
 from kernel_core.server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -47,8 +47,10 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         params = body.sampling_params(max_tokens=body.max_completion_tokens or body.max_tokens, logprobs=logprobs)
     except ValueError as exc:
         raise errors.from_engine(exc, "messages") from None
-    outputs = await submit(state, prompt, params, adapter=adapter, priority=body.priority, prompt_param="messages",
-                           start=start)
+    outputs = await until_disconnect(
+        request,
+        submit(state, prompt, params, adapter=adapter, priority=body.priority, prompt_param="messages", start=start),
+    )
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
@@ -83,7 +85,7 @@ def render(state: ServerState, messages: list[ChatMessage]) -> str:
 
 
 async def _stream(
-    state: ServerState, body: ChatCompletionRequest, request_id: str, outputs: AsyncIterator[RequestOutput],
+    state: ServerState, body: ChatCompletionRequest, request_id: str, outputs: Outputs,
     include_usage: bool,
 ) -> AsyncIterator[str]:
     created = int(time.time())
@@ -95,22 +97,25 @@ async def _stream(
     sent_text = [0] * body.n
     sent_tokens = [0] * body.n
     final = None
-    async for final in outputs:
-        if (error := failure(final)) is not None:
-            raise error
-        choices = []
-        for c in final.outputs:
-            i = c.index
-            if len(c.token_ids) == sent_tokens[i] and c.finish_reason is None:
-                continue
-            text = c.text[sent_text[i]:]
-            logprobs = _logprobs(state, c, sent_tokens[i], body.top_logprobs or 0) if body.logprobs else None
-            sent_text[i], sent_tokens[i] = len(c.text), len(c.token_ids)
-            choices.append(
-                ChatChunkChoice(index=i, delta=Delta(content=text), logprobs=logprobs, finish_reason=c.finish_reason)
-            )
-        if choices:
-            yield chunk(choices)
+    try:
+        async for final in outputs:
+            if (error := failure(final)) is not None:
+                raise error
+            choices = []
+            for c in final.outputs:
+                i = c.index
+                if len(c.token_ids) == sent_tokens[i] and c.finish_reason is None:
+                    continue
+                text = c.text[sent_text[i]:]
+                logprobs = _logprobs(state, c, sent_tokens[i], body.top_logprobs or 0) if body.logprobs else None
+                sent_text[i], sent_tokens[i] = len(c.text), len(c.token_ids)
+                choices.append(
+                    ChatChunkChoice(index=i, delta=Delta(content=text), logprobs=logprobs, finish_reason=c.finish_reason)
+                )
+            if choices:
+                yield chunk(choices)
+    finally:
+        await outputs.aclose()
     if include_usage and final is not None:
         yield chunk([], usage=usage([final]))
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 
 from kernel_core.outputs import CompletionOutput, RequestOutput
 from kernel_core.server import errors
-from kernel_core.server.generation import failure, last, submit
+from kernel_core.server.generation import Outputs, failure, submit, submit_all
 from kernel_core.server.protocol import (
     CompletionChoice,
     CompletionLogprobs,
@@ -42,17 +42,11 @@ async def create_completion(body: CompletionRequest, request: Request):
     except ValueError as exc:
         raise errors.from_engine(exc, "prompt") from None
     request_id = f"cmpl-{uuid.uuid4().hex}"
-    streams = []
-    try:
-        for prompt in prompts:
-            streams.append(
-                await submit(state, prompt, params, adapter=adapter, priority=body.priority, prompt_param="prompt",
-                             start=start)
-            )
-    except BaseException:
-        for stream in streams:
-            await stream.aclose()
-        raise
+    submissions = [
+        submit(state, prompt, params, adapter=adapter, priority=body.priority, prompt_param="prompt", start=start)
+        for prompt in prompts
+    ]
+    streams = await until_disconnect(request, submit_all(submissions))
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return sse_response(_stream(state, body, request_id, streams, include_usage))
@@ -73,7 +67,7 @@ async def create_completion(body: CompletionRequest, request: Request):
     return CompletionResponse(id=request_id, model=body.model, choices=choices, usage=usage(finals))
 
 
-async def _collect(streams: list[AsyncIterator[RequestOutput]]) -> list[RequestOutput]:
+async def _collect(streams: list[Outputs]) -> list[RequestOutput]:
     finals: list[RequestOutput | None] = [None] * len(streams)
     async for index, output in merge(streams):
         finals[index] = output
@@ -81,7 +75,7 @@ async def _collect(streams: list[AsyncIterator[RequestOutput]]) -> list[RequestO
 
 
 async def _stream(
-    state: ServerState, body: CompletionRequest, request_id: str, streams: list[AsyncIterator[RequestOutput]],
+    state: ServerState, body: CompletionRequest, request_id: str, streams: list[Outputs],
     include_usage: bool,
 ) -> AsyncIterator[str]:
     created = int(time.time())

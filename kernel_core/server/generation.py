@@ -7,13 +7,15 @@ code, before any byte of a stream is sent.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable
 
 from kernel_core.engine.llm_engine import Prompt
 from kernel_core.outputs import RequestOutput
 from kernel_core.sampling_params import SamplingParams
 from kernel_core.server import errors
+from kernel_core.server.metrics import RequestTracker
 from kernel_core.server.state import ServerState
 
 
@@ -26,42 +28,86 @@ async def submit(
     priority: int,
     prompt_param: str,
     start: float | None = None,
-) -> AsyncIterator[RequestOutput]:
-    """The request's cumulative outputs, the first already received; closing the iterator early
-    (or cancelling its consumer) aborts the request in the engine and frees its KV blocks."""
+) -> Outputs:
+    """The request's cumulative outputs, the first already received. Closing them early
+    (``aclose``), or cancelling the task that awaits them, aborts the request in the engine and
+    frees its KV blocks."""
     state.check_accepting()
     tracker = state.metrics.track(params.n, time.monotonic() if start is None else start)
     stream = state.engine.generate(prompt, params, priority=priority, adapter=adapter)
     try:
         first = await anext(stream)
     except BaseException as exc:
-        tracker.closed = True  # refused: nothing to count as a completion
         await stream.aclose()
         if isinstance(exc, Exception):
+            tracker.closed = True  # refused: no completion to count
             raise errors.from_engine(exc, prompt_param) from None
+        tracker.close()  # cancelled (the client left) while it waited: counted as aborted
         raise
-    return _outputs(first, stream, tracker)
+    return Outputs(first, stream, tracker)
 
 
-async def _outputs(first: RequestOutput, stream: AsyncIterator[RequestOutput], tracker) -> AsyncIterator[RequestOutput]:
-    output = first
+async def submit_all(submissions: list[Awaitable[Outputs]]) -> list[Outputs]:
+    """Several :func:`submit` at once (their prompts then share the first engine step); if one
+    is refused, or this is cancelled, those already admitted are aborted."""
+    tasks = [asyncio.ensure_future(submission) for submission in submissions]
     try:
-        while True:
-            tracker.observe(output)
-            yield output
-            if output.finished:
-                return
-            output = await anext(stream)
-    finally:
-        tracker.close()
-        await stream.aclose()
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is None:
+                await task.result().aclose()
+        raise
 
 
-async def last(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
+class Outputs:
+    """An engine request's outputs as an async iterator that measures each one and that can be
+    closed (aborting the request) whether or not iteration has started."""
+
+    def __init__(self, first: RequestOutput, stream: AsyncGenerator[RequestOutput, None], tracker: RequestTracker):
+        self._next: RequestOutput | None = first
+        self._stream = stream
+        self._tracker = tracker
+        self._done = False
+
+    def __aiter__(self) -> Outputs:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._done:
+            raise StopAsyncIteration
+        if self._next is not None:
+            output, self._next = self._next, None
+        else:
+            try:
+                output = await anext(self._stream)
+            except BaseException:  # cancelled (the engine's generate has aborted it) or failed
+                await self.aclose()
+                raise
+        self._tracker.observe(output)
+        if output.finished:
+            await self.aclose()
+        return output
+
+    async def aclose(self) -> None:
+        """Abort the request unless it finished; idempotent."""
+        if not self._done:
+            self._done = True
+            self._tracker.close()
+            await self._stream.aclose()
+
+
+async def last(outputs: Outputs) -> RequestOutput:
     """Run a request to its end and return its final output."""
     final = None
-    async for final in outputs:
-        pass
+    try:
+        async for final in outputs:
+            pass
+    finally:
+        await outputs.aclose()
     assert final is not None and final.finished
     return final
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import start_server
+from .conftest import metric, start_server
 
 PROMPT = "Once upon a time"
 
@@ -66,10 +66,30 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0(serve):
     assert "Application shutdown complete" in server.log.read_text()
 
 
+def _wait(server, until, timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while not until(health := server.health()):
+        assert time.monotonic() < deadline, health
+        time.sleep(0.02)
+    return health
+
+
 def test_sigterm_aborts_what_outlives_the_timeout_and_exits_0(serve):
     server = serve("--shutdown-timeout", "0.5", "--max-num-seqs", "1")
     connection, response = _stream(server.port, max_tokens=1000)
     response.readline()
+    # a client that leaves while its request still waits for a slot aborts it there too
+    first_tokens = metric(server.metrics(), "kcore_time_to_first_token_seconds_count")
+    for stream in (True, False):
+        queued = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        body = {"model": "m", "prompt": PROMPT, "max_tokens": 50, "stream": stream}
+        queued.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        _wait(server, lambda h: h["num_waiting"] == 1)
+        queued.close()
+        assert _wait(server, lambda h: h["num_waiting"] == 0)["num_running"] == 1
+    text = server.metrics()
+    assert metric(text, "kcore_time_to_first_token_seconds_count") == first_tokens  # neither ever ran
+    assert metric(text, "kcore_requests_total", '{finish_reason="abort"}') == 2
     started = time.monotonic()
     server.process.terminate()
     events = _events(response)
