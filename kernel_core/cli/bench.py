@@ -1,5 +1,6 @@
 """``kcore bench throughput|prefix``: the engine on the shared reference workloads, beside a baseline;
 ``kcore bench lora``: W1 base only beside W2 on 8 LoRA adapters, on our engine;
+``kcore bench serve``: W1's prompts as a Poisson load on a ``kcore serve`` process, over HTTP;
 ``kcore bench finetune``: LoRA training steps with our PEFT beside Hugging Face ``peft``.
 
 The benchmarks (and torch) are imported inside ``run`` so that ``kcore --help`` stays fast.
@@ -13,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kernel_core.bench.workloads import ENV_WORKLOADS
-from kernel_core.cli.generate import positive_int
+from kernel_core.cli.arguments import positive_int
 from kernel_core.config import EngineConfig
 from kernel_core.errors import KernelCoreError
 from kernel_core.models import EMBEDDED_MODEL_ID, resolve_model
@@ -25,6 +26,8 @@ _ENGINE_OPTIONS = (
     ("--kv-cache-memory", "kv_cache_memory", float, "GIB"),
     ("--block-size", "block_size", int, "N"),
 )
+#: The engine options ``kcore serve`` takes too (it has no --block-size).
+_SERVE_ENGINE_OPTIONS = tuple(option for option in _ENGINE_OPTIONS if option[1] != "block_size")
 #: Benchmark -> (workload it runs, what it compares).
 _BENCHMARKS = {
     "throughput": ("W1", "our engine and HF transformers batched generate, side by side in one run"),
@@ -53,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             )
             sub.add_argument("--skip-hf", action="store_true", help="run only our engine, not the HF baseline")
     _register_lora(benchmarks)
+    _register_serve(benchmarks)
     _register_finetune(benchmarks)
 
 
@@ -86,6 +90,40 @@ def _register_lora(benchmarks: argparse._SubParsersAction) -> None:
         help="also run W2-style with K distinct adapters for each K (no K: 1 8 32 128)",
     )
     sub.add_argument("--seed", type=int, default=0, metavar="S", help="adapter i is drawn from seed S + i (default: 0)")
+
+
+def _register_serve(benchmarks: argparse._SubParsersAction) -> None:
+    sub = benchmarks.add_parser(
+        "serve",
+        help="W1's prompts as a Poisson load on a kcore serve process: throughput, TTFT, ITL, latency",
+        description="Start kcore serve on the model (a subprocess on 127.0.0.1, a free port), warm it up, then "
+        "send W1's prompts as streaming /v1/completions requests (greedy, ignore_eos) arriving as a Poisson "
+        "process at --rate requests/s drawn from --seed. Reports output tok/s and requests/s over the run, and "
+        "the mean, p50, p90 and p99 of time to first token, inter-token latency, time per output token and "
+        "end-to-end latency, as seen by the client.",
+    )
+    _add_common_options(sub, "W1", _SERVE_ENGINE_OPTIONS)
+    sub.set_defaults(func=run_serve)
+    sub.add_argument("--limit", dest="num_prompts", type=positive_int, metavar="N", help="the same as --num-prompts")
+    sub.add_argument(
+        "--rate", type=_request_rate, default=1.0, metavar="R",
+        help="mean requests per second of the Poisson arrivals; inf sends them all at once (default: %(default)s)",
+    )
+    sub.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the arrival times (default: 0)")
+    sub.add_argument(
+        "--startup-timeout", type=float, default=600.0, metavar="SECONDS",
+        help="how long the server may take to start listening (default: %(default)s)",
+    )
+
+
+def _request_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:  # nan is refused too
+        raise argparse.ArgumentTypeError(f"must be more than 0 (or inf), got {value}")
+    return value
 
 
 def _register_finetune(benchmarks: argparse._SubParsersAction) -> None:
@@ -130,7 +168,11 @@ def _at_least_two(text: str) -> int:
     return value
 
 
-def _add_common_options(parser: argparse.ArgumentParser, workload: str) -> None:
+def _add_common_options(
+    parser: argparse.ArgumentParser,
+    workload: str,
+    engine_options: tuple[tuple[str, str, type, str], ...] = _ENGINE_OPTIONS,
+) -> None:
     parser.add_argument(
         "--model", default=EMBEDDED_MODEL_ID, help="a known model id or a model folder (default: %(default)s)"
     )
@@ -146,7 +188,7 @@ def _add_common_options(parser: argparse.ArgumentParser, workload: str) -> None:
     )
     parser.add_argument("--json", metavar="FILE", help="also write the whole report as JSON to FILE")
     engine = parser.add_argument_group("engine options (default: the engine's defaults)")
-    for flag, field, kind, metavar in _ENGINE_OPTIONS:
+    for flag, field, kind, metavar in engine_options:
         engine.add_argument(
             flag, dest=field, type=kind, metavar=metavar, help=EngineConfig.model_fields[field].description
         )
@@ -174,7 +216,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """The engine options given on the command line, checked before any model loads."""
-    options = {field: getattr(args, field) for _, field, _, _ in _ENGINE_OPTIONS if getattr(args, field) is not None}
+    options = {
+        field: getattr(args, field) for _, field, _, _ in _ENGINE_OPTIONS if getattr(args, field, None) is not None
+    }
     try:
         EngineConfig(model=args.model, **options)
     except ValidationError as exc:
@@ -205,6 +249,24 @@ def run_lora(args: argparse.Namespace) -> int:
     )
     report = lora.benchmark(resolve_model(args.model), w1, w2, spec, options, run)
     print(lora.render_report(report), end="")
+    if args.json:
+        write_json(report, args.json)
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run ``kcore bench serve`` and print its report; errors propagate to ``kcore``'s handler."""
+    from kernel_core.bench import serve
+    from kernel_core.bench.report import write_json
+    from kernel_core.bench.workloads import locate, workload
+
+    options = _engine_options(args)
+    flags = {field: flag for flag, field, _, _ in _SERVE_ENGINE_OPTIONS}
+    server_args = tuple(arg for field, value in options.items() for arg in (flags[field], str(value)))
+    chosen = workload(locate(args.workloads), "W1", args.num_prompts, args.max_tokens)
+    run = serve.ServeRun(rate=args.rate, seed=args.seed, server_args=server_args, startup_timeout=args.startup_timeout)
+    report = serve.benchmark(resolve_model(args.model), chosen, run)
+    print(serve.render_report(report), end="")
     if args.json:
         write_json(report, args.json)
     return 0

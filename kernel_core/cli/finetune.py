@@ -7,11 +7,9 @@ that ``kcore --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from kernel_core.cli.generate import positive_int
+from kernel_core.cli.arguments import fraction, non_negative_float, non_negative_int, positive_float, positive_int
 from kernel_core.models import EMBEDDED_MODEL_ID
 
 _DESCRIPTION = """\
@@ -45,26 +43,6 @@ see docs/finetuning.md for the details."""
 
 
 
-def _number(kind: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
-    """An argparse type: ``kind(text)`` when ``ok`` accepts it, else a usage error naming the option."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
-        if not ok(value):  # comparisons are false for nan, so nan is refused too
-            raise argparse.ArgumentTypeError(f"must be {expected}, got {value}")
-        return value
-
-    return parse
-
-
-_non_negative_int = _number(int, lambda v: v >= 0, "0 or more")
-_positive_float = _number(float, lambda v: v > 0, "more than 0")
-_non_negative_float = _number(float, lambda v: v >= 0, "0 or more")
-_ratio = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
-_dropout = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def _target_modules(text: str) -> str | list[str]:
@@ -117,11 +95,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     adapter.add_argument("--method", default="lora", help="PEFT method, a tuner plugin's name (default: %(default)s)")
     adapter.add_argument("--r", type=positive_int, default=16, metavar="RANK", help="LoRA rank (default: %(default)s)")
     adapter.add_argument(
-        "--alpha", type=_positive_float, default=32.0, metavar="ALPHA",
+        "--alpha", type=positive_float, default=32.0, metavar="ALPHA",
         help="LoRA alpha; updates are scaled by alpha / r (default: %(default)s)",
     )
     adapter.add_argument(
-        "--dropout", type=_dropout, default=0.05, metavar="P", help="LoRA dropout on the adapter's input (default: %(default)s)"
+        "--dropout", type=fraction, default=0.05, metavar="P", help="LoRA dropout on the adapter's input (default: %(default)s)"
     )
     adapter.add_argument(
         "--target-modules",
@@ -137,9 +115,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     optim.add_argument(
         "--max-steps", type=positive_int, metavar="N", help="stop after N optimizer steps (overrides --epochs)"
     )
-    optim.add_argument("--lr", type=_positive_float, default=2e-4, metavar="LR", help="peak learning rate (default: %(default)s)")
+    optim.add_argument("--lr", type=positive_float, default=2e-4, metavar="LR", help="peak learning rate (default: %(default)s)")
     optim.add_argument(
-        "--weight-decay", type=_non_negative_float, default=0.0, metavar="W", help="AdamW weight decay (default: %(default)s)"
+        "--weight-decay", type=non_negative_float, default=0.0, metavar="W", help="AdamW weight decay (default: %(default)s)"
     )
     optim.add_argument("--batch-size", type=positive_int, default=4, metavar="ROWS", help="rows per batch (default: %(default)s)")
     optim.add_argument(
@@ -148,12 +126,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     warmup = optim.add_mutually_exclusive_group()
     warmup.add_argument(
-        "--warmup-ratio", type=_ratio, default=0.0, metavar="R",
+        "--warmup-ratio", type=fraction, default=0.0, metavar="R",
         help="share of the steps spent warming the learning rate up from 0 (default: %(default)s)",
     )
-    warmup.add_argument("--warmup-steps", type=_non_negative_int, metavar="N", help="warm-up steps (instead of a ratio)")
+    warmup.add_argument("--warmup-steps", type=non_negative_int, metavar="N", help="warm-up steps (instead of a ratio)")
     optim.add_argument(
-        "--max-grad-norm", type=_non_negative_float, default=1.0, metavar="NORM",
+        "--max-grad-norm", type=non_negative_float, default=1.0, metavar="NORM",
         help="clip the gradients' global L2 norm to NORM; 0 turns clipping off (default: %(default)s)",
     )
     optim.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the adapter's init, data order and dropout (default: %(default)s)")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from kernel_core.cli.arguments import non_empty, non_negative_float, non_negative_int, number, positive_float, positive_int
 from kernel_core.errors import KernelCoreError
 from kernel_core.models import EMBEDDED_MODEL_ID
 
@@ -99,7 +100,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--kv-cache-memory",
-        type=_number(float, lambda v: v > 0, "more than 0"),
+        type=positive_float,
         default=None,
         metavar="GIB",
         help="KV-cache budget in GiB (default: a share of free memory)",
@@ -117,21 +118,21 @@ def add_sampling_options(parser: argparse.ArgumentParser, *, max_tokens: int) ->
     )
     parser.add_argument(
         "--temperature",
-        type=_number(float, lambda v: v >= 0, "0 or more"),
+        type=non_negative_float,
         default=0.0,
         metavar="T",
         help="sampling temperature; 0 means greedy (default: %(default)s)",
     )
     parser.add_argument(
         "--top-p",
-        type=_number(float, lambda v: 0 < v <= 1, "in (0, 1]"),
+        type=number(float, lambda v: 0 < v <= 1, "in (0, 1]"),
         default=1.0,
         metavar="P",
         help="nucleus sampling: keep the fewest tokens whose probabilities sum to P (default: 1, off)",
     )
     parser.add_argument(
         "--top-k",
-        type=_number(int, lambda v: v >= 0, "0 or more"),
+        type=non_negative_int,
         default=0,
         metavar="K",
         help="keep the K most likely tokens (default: 0, off)",
@@ -139,7 +140,7 @@ def add_sampling_options(parser: argparse.ArgumentParser, *, max_tokens: int) ->
     parser.add_argument("--seed", type=int, default=None, metavar="N", help="random seed, for reproducible sampling")
     parser.add_argument(
         "--stop",
-        type=_non_empty,
+        type=non_empty,
         action="append",
         default=[],
         metavar="TEXT",
@@ -155,7 +156,7 @@ def build_engine(args: argparse.Namespace) -> LLMEngine:
     lora: dict[str, Any] = {}
     adapter = getattr(args, "adapter", None)
     if adapter is not None:
-        rank = getattr(args, "max_lora_rank", None) or _adapter_rank(adapter)
+        rank = getattr(args, "max_lora_rank", None) or adapter_rank(adapter)
         lora = dict(enable_lora=True, max_loras=1, max_lora_rank=rank)
     config = EngineConfig(
         model=args.model, max_model_len=args.max_model_len, kv_cache_memory=args.kv_cache_memory, **lora
@@ -163,7 +164,7 @@ def build_engine(args: argparse.Namespace) -> LLMEngine:
     return LLMEngine(config)
 
 
-def _adapter_rank(folder: str) -> int:
+def adapter_rank(folder: str) -> int:
     """The highest rank an adapter's config declares (``r`` and ``rank_pattern``); 16 when the
     config cannot say, and loading then names the problem."""
     import json
@@ -226,31 +227,4 @@ def stream_text(
         if engine.abort_request(REQUEST_ID):
             while engine.has_unfinished_requests():
                 engine.step()
-    return text
-
-
-# -- argument types: a bad value is a usage error naming its option ------------------------------
-
-
-def _number(kind: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
-    """An argparse type: ``kind(text)`` if ``ok`` accepts it (comparisons refuse nan too)."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {expected}, got {value}")
-        return value
-
-    return parse
-
-
-positive_int = _number(int, lambda v: v >= 1, "at least 1")  # shared with ``kcore bench``
-
-
-def _non_empty(text: str) -> str:
-    if not text:
-        raise argparse.ArgumentTypeError("must not be empty")
     return text

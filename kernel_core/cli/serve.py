@@ -9,7 +9,8 @@ import argparse
 import os
 from pathlib import Path
 
-from kernel_core.cli.generate import _adapter_rank, _number, add_engine_options, positive_int
+from kernel_core.cli.arguments import non_negative_float, number, positive_float, positive_int
+from kernel_core.cli.generate import adapter_rank, add_engine_options
 from kernel_core.errors import KernelCoreError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_engine_options(parser)
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=_number(int, lambda v: 0 <= v < 65536, "a port (0-65535)"),
+    parser.add_argument("--port", type=number(int, lambda v: 0 <= v < 65536, "a port (0-65535)"),
                         default=DEFAULT_PORT, help="port to listen on; 0 picks a free one (default: %(default)s)")
     parser.add_argument(
         "--served-model-name", default=None, metavar="NAME",
@@ -60,14 +61,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="token budget of one engine step (default: 2048)")
     parser.add_argument("--num-kv-blocks", type=positive_int, default=None, metavar="N",
                         help="exact number of KV-cache blocks (overrides --kv-cache-memory)")
-    parser.add_argument("--request-timeout", type=_number(float, lambda v: v > 0, "more than 0"), default=None,
+    parser.add_argument("--request-timeout", type=positive_float, default=None,
                         metavar="SECONDS", help="abort a request this long after it arrived (default: never)")
-    parser.add_argument("--shutdown-timeout", type=_number(float, lambda v: v >= 0, "0 or more"), default=30.0,
+    parser.add_argument("--shutdown-timeout", type=non_negative_float, default=30.0,
                         metavar="SECONDS",
                         help="on SIGTERM, how long in-flight requests may finish before they are aborted "
                         "(default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (default: %(default)s)")
+    parser.add_argument(
+        "--print-examples", action="store_true",
+        help="once listening, print a ready-to-paste curl command and openai script for this server (stdout)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -94,7 +99,16 @@ def run(args: argparse.Namespace) -> int:
         model_name=model_name, api_key=api_key, adapter_dir=adapter_dir, shutdown_timeout=args.shutdown_timeout
     )
     app = create_app(AsyncLLMEngine(llm_engine), settings, adapters=dict(args.adapter))
-    serve(app, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout, log_level=args.log_level)
+    on_ready = None
+    if args.print_examples:
+        from kernel_core.server import examples
+
+        def on_ready(host: str, port: int) -> None:
+            text = examples.render(examples.base_url(host, port), model_name, names, api_key=api_key is not None)
+            print(f"\n{text}", flush=True)
+
+    serve(app, host=args.host, port=args.port, shutdown_timeout=args.shutdown_timeout, log_level=args.log_level,
+          on_ready=on_ready)
     return 0
 
 
@@ -109,7 +123,7 @@ def build_engine(args: argparse.Namespace):
         request_timeout=args.request_timeout, max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras,
     )
     if args.adapter or args.adapter_dir is not None:
-        rank = args.max_lora_rank or max([16, *(_adapter_rank(path) for _, path in args.adapter)])
+        rank = args.max_lora_rank or max([16, *(adapter_rank(path) for _, path in args.adapter)])
         options.update(enable_lora=True, max_lora_rank=rank)
     try:
         config = EngineConfig(model=args.model, **{key: value for key, value in options.items() if value is not None})
