@@ -116,9 +116,11 @@ class Scheduler:
             if budget == 0 or len(self.running) >= self.max_num_seqs:
                 return
             if request.adapter is not None and self.adapters is not None:
-                # A request whose adapter finds no free slot waits; once one waits, later adapter
-                # requests wait too, so the slots drain for it rather than starve it.
-                if slot_blocked or not self.adapters.can_acquire(request.adapter):
+                # An adapter already in a slot takes more requests. One that needs a slot waits
+                # when none is free, and once one waits, later requests needing a slot wait
+                # behind it: freed slots go in arrival order, not to whoever asks next.
+                in_slot = self.adapters.slot_of(request.adapter) is not None
+                if not in_slot and (slot_blocked or not self.adapters.can_acquire(request.adapter)):
                     slot_blocked = True
                     continue
             if self.cache.enable_prefix_caching and not request.skip_prefix_cache:

@@ -292,14 +292,29 @@ def test_aborted_and_n_requests_return_their_slots_and_users(tiny_model, adapter
     engine.add_request("wait", PROMPTS[0], GREEDY, adapter="rs16")  # no free slot: waits
     engine.add_request("n", PROMPTS[0], SamplingParams(temperature=0.8, seed=1, n=3, max_tokens=4), adapter="qv8")
     engine.step()
-    # n's adapter has the slot, but n arrived after "wait": it queues behind it, so the slot
-    # drains for "wait" instead of starving it
-    assert [r.request_id for r in engine.scheduler.waiting] == ["wait", "n#0", "n#1", "n#2"]
+    # n's adapter already has the slot: n joins it, while "wait" waits for a free slot
+    assert [r.request_id for r in engine.scheduler.waiting] == ["wait"]
     assert {i.name: i.num_requests for i in engine.list_adapters()} == {"qv8": 4, "rs16": 1}
-    assert engine.adapters.slots.holders == [1]
+    assert engine.adapters.slots.holders == [4]
     assert engine.abort_request("run") and engine.abort_request("wait")
     done = _run(engine)
     assert {c.finish_reason for c in done["n"].outputs} == {"length"}
+    assert_idle(engine)
+
+
+def test_freed_slots_go_in_arrival_order(tiny_model, adapters):
+    """With every slot held, the first request needing a slot gets the next one freed, and a later
+    one needing a slot does not overtake it."""
+    llm = make_llm(tiny_model, {name: adapters[name] for name in ("qv8", "rs16", "pattern8")}, max_loras=1)
+    engine = llm.engine
+    engine.add_request("run", PROMPTS[2], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True), adapter="qv8")
+    engine.add_request("first", PROMPTS[0], GREEDY, adapter="rs16")
+    engine.add_request("second", PROMPTS[1], GREEDY, adapter="pattern8")
+    order = []
+    while engine.has_unfinished_requests():
+        engine.step()
+        order += [r.adapter for r in engine.scheduler.running if r.adapter not in order]
+    assert order == ["qv8", "rs16", "pattern8"]
     assert_idle(engine)
 
 
