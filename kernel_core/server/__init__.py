@@ -13,6 +13,7 @@
 - ``errors``     OpenAI's error bodies and statuses
 - ``state``      what the routes share
 - ``lifecycle``  uvicorn, and the graceful stop on SIGTERM
+- ``examples``   the curl and openai examples ``--print-examples`` shows once listening
 
 FastAPI and uvicorn are imported only here: ``import kernel_core`` does not need them.
 """
