@@ -115,3 +115,15 @@ def tiny_model(embedded_model_cache: Path, tmp_path_factory: pytest.TempPathFact
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """For modules of tiny-model engine tests: tiny GEMMs gain nothing from torch's thread pool,
+    and on a shared machine its spinning threads cost a lot. Use with ``pytestmark``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

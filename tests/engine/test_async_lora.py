@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from kernel_core.config import EngineConfig
 from kernel_core.engine.async_engine import AsyncLLMEngine, EngineNotRunningError
@@ -26,13 +24,7 @@ LONG = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
 PROMPTS = ["Hello, my name is", "The capital of France is a city with many museums and"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny GEMMs: torch's thread pool only adds overhead, and on a shared machine a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
