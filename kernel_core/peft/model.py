@@ -211,11 +211,15 @@ class PeftModel(nn.Module):
             return self.model(*args, **kwargs)
 
     def _forward_signature(self) -> inspect.Signature:
-        signature = inspect.signature(self.model.forward)
-        parameters = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        extra = inspect.Parameter("adapter_names", inspect.Parameter.KEYWORD_ONLY, default=None)
-        rest = [p for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
-        return signature.replace(parameters=[*parameters, extra, *rest])
+        """Computed once per model: ``forward`` is looked up on every call, token by token."""
+        cached = self.__dict__.get("_cached_forward_signature")
+        if cached is None:
+            signature = inspect.signature(self.model.forward)
+            parameters = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+            extra = inspect.Parameter("adapter_names", inspect.Parameter.KEYWORD_ONLY, default=None)
+            rest = [p for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
+            cached = self.__dict__["_cached_forward_signature"] = signature.replace(parameters=[*parameters, extra, *rest])
+        return cached
 
     def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """The transformers model's ``generate``, with per-row adapters like :meth:`forward`."""
