@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from kernel_core.contracts.lora import LoRAProjection
 from kernel_core.errors import UnsupportedModelError
+from kernel_core.models.gemm import linear
 
 #: RoPE types whose frequencies do not depend on the sequence length within
 #: ``max_position_embeddings`` (``dynamic`` only rescales beyond it), so one cos/sin table,
@@ -40,7 +40,7 @@ class FusedLinear:
     lora: LoRAProjection | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        output = F.linear(x, self.weight, self.bias)
+        output = linear(x, self.weight, self.bias)
         if self.lora is not None:
             self.lora.add_to(output, x)
         return output

@@ -18,6 +18,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
 from kernel_core.contracts.model import ModelArchitecture
 from kernel_core.errors import InvalidModelFolderError, UnsupportedModelError
+from kernel_core.models.gemm import linear
 from kernel_core.models.layers import FusedLinear, RotaryEmbedding
 from kernel_core.models.weights import SafetensorsCheckpoint
 
@@ -153,7 +154,7 @@ class LlamaModel(ModelArchitecture):
         return F.rms_norm(hidden, (self.hidden_size,), self.norm, self.eps)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.lm_head)
+        return linear(hidden, self.lm_head)
 
     def _attention_block(
         self,

@@ -12,11 +12,12 @@ from kernel_core_attn_torch.plan import BUCKET_BYTES, DecodeBucket, PrefillChunk
 class TorchAttention(AttentionBackend):
     """Writes the step's keys and values into their slots, then attends.
 
-    Decode requests go in buckets: one gather of their keys (and values) from the cache into a
-    buffer shared by all layers of the step, one batched matmul for the scores, one softmax, one
-    for the output, whatever the number of requests. Grouped-query heads are never repeated:
-    the queries sharing a KV head are the rows of one matrix against that head's keys. Each
-    prefill chunk is one ``scaled_dot_product_attention`` call.
+    Decode requests go in buckets: one gather of their keys from the cache into a buffer shared
+    by all layers of the step, one batched matmul for the scores, one softmax, and one
+    ``embedding_bag`` that sums the values weighted by the probabilities straight from the
+    cache, whatever the number of requests. Grouped-query heads are never repeated: the queries
+    sharing a KV head are the rows of one matrix against that head's keys. Each prefill chunk is
+    one ``scaled_dot_product_attention`` call.
     """
 
     def __init__(self, bucket_bytes: int = BUCKET_BYTES) -> None:
@@ -37,26 +38,26 @@ class TorchAttention(AttentionBackend):
         keys.index_copy_(0, metadata.slot_mapping, key)
         values.index_copy_(0, metadata.slot_mapping, value)
 
-        plan = step_plan(metadata, num_kv_heads, head_size, query.dtype, self.bucket_bytes)
+        plan = step_plan(metadata, query.shape[1], num_kv_heads, head_size, query.dtype, self.bucket_bytes)
         out = torch.empty_like(query)
         if plan.decode:
-            buffers = _buffers(metadata, plan.buffer_numel, kv_cache)
+            buffer = _key_buffer(metadata, plan.buffer_numel, kv_cache)
             for bucket in plan.decode:
-                out.index_copy_(0, bucket.rows, _decode(query, keys, values, bucket, buffers, metadata.scale))
+                out.index_copy_(0, bucket.rows, _decode(query, keys, values, bucket, buffer, metadata.scale))
         for chunk in plan.prefill:
             out[chunk.start : chunk.stop] = _prefill(query, key, value, keys, values, chunk, metadata.scale)
         return out
 
 
-def _buffers(metadata: AttentionMetadata, numel: int, kv_cache: torch.Tensor) -> torch.Tensor:
-    """``[2, numel]`` gather buffers, allocated once per step: a fresh allocation per layer costs
-    more than the gather itself on a CPU (the pages are faulted in anew each time)."""
+def _key_buffer(metadata: AttentionMetadata, numel: int, kv_cache: torch.Tensor) -> torch.Tensor:
+    """The keys' gather buffer, allocated once per step: a fresh allocation per layer costs more
+    than the gather itself on a CPU (the pages are faulted in anew each time)."""
     key = ("kernel_core_attn_torch.buffers", kv_cache.dtype, kv_cache.device)
-    buffers = metadata.scratch.get(key)
-    if buffers is None or buffers.shape[1] < numel:
-        buffers = torch.empty(2, numel, dtype=kv_cache.dtype, device=kv_cache.device)
-        metadata.scratch[key] = buffers
-    return buffers
+    buffer = metadata.scratch.get(key)
+    if buffer is None or buffer.numel() < numel:
+        buffer = torch.empty(numel, dtype=kv_cache.dtype, device=kv_cache.device)
+        metadata.scratch[key] = buffer
+    return buffer
 
 
 def _decode(
@@ -64,22 +65,26 @@ def _decode(
     keys: torch.Tensor,
     values: torch.Tensor,
     bucket: DecodeBucket,
-    buffers: torch.Tensor,
+    buffer: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """Outputs ``[n, heads, head]`` of one bucket's decode requests."""
+    """Outputs ``[n, heads, head]`` of one bucket's decode requests.
+
+    The values are never gathered: ``embedding_bag`` reads each bag's rows of the cache and sums
+    them weighted by the probabilities in one pass, which saves writing and re-reading a copy.
+    """
     num_kv_heads, head_size = keys.shape[1:]
     n, num_heads = len(bucket.rows), query.shape[1]
     group = num_heads // num_kv_heads
     shape = (num_kv_heads * n, bucket.width, head_size)  # per (KV head, request): its context
-    k_buffer, v_buffer = buffers[:, : len(bucket.kv_rows) * head_size].view(2, -1, head_size)
+    k_buffer = buffer[: len(bucket.kv_rows) * head_size].view(-1, head_size)
     k = torch.index_select(keys.view(-1, head_size), 0, bucket.kv_rows, out=k_buffer).view(shape)
     # Query head h uses KV head h // group: [n, kv_heads, group, head] -> [kv_heads * n, group, head].
     q = query.index_select(0, bucket.rows).view(n, num_kv_heads, group, head_size).transpose(0, 1)
     scores = torch.baddbmm(bucket.mask, q.reshape(-1, group, head_size), k.transpose(1, 2), alpha=scale)
-    probs = torch.softmax(scores, dim=-1)
-    v = torch.index_select(values.view(-1, head_size), 0, bucket.kv_rows, out=v_buffer).view(shape)
-    out = torch.bmm(probs, v)  # [kv_heads * n, group, head]
+    probs = torch.softmax(scores, dim=-1)  # [kv_heads * n, group, width]: one bag per row
+    weights = probs.view(-1, bucket.width)
+    out = F.embedding_bag(bucket.bag_rows, values.view(-1, head_size), per_sample_weights=weights, mode="sum")
     return out.view(num_kv_heads, n, group, head_size).transpose(0, 1).reshape(n, num_heads, head_size)
 
 

@@ -2,7 +2,8 @@
 first layer, and reused by every other layer (they share the step's metadata and its scratch).
 
 Decode requests (one new token) are batched: sorted by context length and cut into buckets,
-each padded to its longest context, so one gather and two batched matmuls serve a bucket.
+each padded to its longest context, so one gather of keys, two batched operations on them and
+one weighted sum of values serve a bucket.
 Sorting keeps the padding small; the byte cap keeps a bucket's gathered keys and values in the
 CPU's cache between the gather and the matmul that reads them. Prefill chunks (several new
 tokens) each get their own causal attention call.
@@ -26,6 +27,9 @@ class DecodeBucket:
 
     rows: torch.Tensor  # [n] int64: each request's query row in the step's batch
     kv_rows: torch.Tensor  # [kv_heads * n * width] int64: rows of the cache as [slots * kv_heads, head]
+    #: [kv_heads * n * group, width] int64: ``kv_rows`` once per query head, the bags of values
+    #: each head's probabilities weight.
+    bag_rows: torch.Tensor
     mask: torch.Tensor  # [kv_heads * n, 1, width]: 0 where a position exists, -inf where it pads
     width: int  # longest context in the bucket
 
@@ -56,22 +60,23 @@ class StepPlan:
 
 def step_plan(
     metadata: AttentionMetadata,
+    num_heads: int,
     num_kv_heads: int,
     head_size: int,
     dtype: torch.dtype,
     bucket_bytes: int = BUCKET_BYTES,
 ) -> StepPlan:
     """The plan for this step and layer shape, built on first use and kept in ``metadata.scratch``."""
-    key = ("kernel_core_attn_torch", num_kv_heads, head_size, dtype, bucket_bytes)
+    key = ("kernel_core_attn_torch", num_heads, num_kv_heads, head_size, dtype, bucket_bytes)
     plan = metadata.scratch.get(key)
     if plan is None:
-        plan = _build(metadata, num_kv_heads, head_size, dtype, bucket_bytes)
+        plan = _build(metadata, num_heads // num_kv_heads, num_kv_heads, head_size, dtype, bucket_bytes)
         metadata.scratch[key] = plan
     return plan
 
 
 def _build(
-    metadata: AttentionMetadata, num_kv_heads: int, head_size: int, dtype: torch.dtype, bucket_bytes: int
+    metadata: AttentionMetadata, group: int, num_kv_heads: int, head_size: int, dtype: torch.dtype, bucket_bytes: int
 ) -> StepPlan:
     starts = [0]
     for length in metadata.query_lens_host:
@@ -80,7 +85,7 @@ def _build(
     decoding.sort(key=lambda i: metadata.seq_lens_host[i])
     row_bytes = num_kv_heads * head_size * torch.finfo(dtype).bits // 8
     buckets = _bucket(decoding, metadata.seq_lens_host, max(1, bucket_bytes // row_bytes))
-    decode = [_decode_bucket(metadata, members, starts, num_kv_heads, dtype) for members in buckets]
+    decode = [_decode_bucket(metadata, members, starts, group, num_kv_heads, dtype) for members in buckets]
     prefill = [
         _prefill_chunk(metadata, i, starts)
         for i, length in enumerate(metadata.query_lens_host)
@@ -102,7 +107,7 @@ def _bucket(requests: list[int], seq_lens: tuple[int, ...], max_positions: int) 
 
 
 def _decode_bucket(
-    metadata: AttentionMetadata, members: list[int], starts: list[int], num_kv_heads: int, dtype: torch.dtype
+    metadata: AttentionMetadata, members: list[int], starts: list[int], group: int, num_kv_heads: int, dtype: torch.dtype
 ) -> DecodeBucket:
     device = metadata.block_tables.device
     width = max(metadata.seq_lens_host[i] for i in members)
@@ -115,10 +120,11 @@ def _decode_bucket(
     slots = _slots(metadata.block_tables.index_select(0, index).long(), positions, metadata.block_size)
     heads = torch.arange(num_kv_heads, device=device)[:, None, None]
     kv_rows = (slots * num_kv_heads + heads).flatten()  # head-major: [kv_heads, n, width]
+    bag_rows = kv_rows.view(-1, 1, width).expand(-1, group, -1).reshape(-1, width)
     mask = torch.zeros(present.shape, dtype=dtype, device=device).masked_fill_(~present, float("-inf"))
     mask = mask.expand(num_kv_heads, *mask.shape).reshape(-1, 1, width)
     rows = torch.tensor([starts[i] for i in members], device=device)
-    return DecodeBucket(rows, kv_rows, mask, width)
+    return DecodeBucket(rows, kv_rows, bag_rows, mask, width)
 
 
 def _prefill_chunk(metadata: AttentionMetadata, i: int, starts: list[int]) -> PrefillChunk:

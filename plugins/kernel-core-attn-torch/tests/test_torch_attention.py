@@ -125,7 +125,7 @@ def test_many_decodes_across_buckets(generator: torch.Generator) -> None:
     batch.step(backend, {i: n for i, n in enumerate(lengths)})
     batch.step(backend, {**{i: 1 for i in range(len(lengths))}, len(lengths): 80}, num_layers=2)
     metadata = batch.metadata(list(range(24)), lengths, [1] * 24)
-    plan = step_plan(metadata, NUM_KV_HEADS, HEAD_SIZE, torch.float32, bucket_bytes=64 * 1024)
+    plan = step_plan(metadata, NUM_HEADS, NUM_KV_HEADS, HEAD_SIZE, torch.float32, bucket_bytes=64 * 1024)
     assert len(plan.decode) > 3
 
 
@@ -143,7 +143,7 @@ def test_buckets_sort_by_context_and_respect_the_cap(generator: torch.Generator)
     batch = Batch(lengths, generator)
     metadata = batch.metadata(list(range(6)), [n - 1 for n in lengths], [1] * 6)
     row_bytes = NUM_KV_HEADS * HEAD_SIZE * 4
-    plan = step_plan(metadata, NUM_KV_HEADS, HEAD_SIZE, torch.float32, bucket_bytes=700 * row_bytes)
+    plan = step_plan(metadata, NUM_HEADS, NUM_KV_HEADS, HEAD_SIZE, torch.float32, bucket_bytes=700 * row_bytes)
     assert [bucket.width for bucket in plan.decode] == [40, 310, 700]
     assert [len(bucket.rows) for bucket in plan.decode] == [3, 2, 1]
     assert all(len(b.rows) * b.width <= 700 for b in plan.decode)
@@ -152,6 +152,6 @@ def test_buckets_sort_by_context_and_respect_the_cap(generator: torch.Generator)
 def test_plan_is_built_once_per_step_and_layer_shape(generator: torch.Generator) -> None:
     batch = Batch([10, 20], generator)
     metadata = batch.metadata([0, 1], [9, 0], [1, 20])
-    plan = step_plan(metadata, NUM_KV_HEADS, HEAD_SIZE, torch.float32)
-    assert step_plan(metadata, NUM_KV_HEADS, HEAD_SIZE, torch.float32) is plan
-    assert step_plan(metadata, 1, HEAD_SIZE, torch.float32) is not plan
+    plan = step_plan(metadata, NUM_HEADS, NUM_KV_HEADS, HEAD_SIZE, torch.float32)
+    assert step_plan(metadata, NUM_HEADS, NUM_KV_HEADS, HEAD_SIZE, torch.float32) is plan
+    assert step_plan(metadata, NUM_HEADS, 1, HEAD_SIZE, torch.float32) is not plan
