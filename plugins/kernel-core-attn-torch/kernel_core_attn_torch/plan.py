@@ -4,8 +4,8 @@ first layer, and reused by every other layer (they share the step's metadata and
 Decode requests (one new token) are batched: sorted by context length and cut into buckets,
 each padded to its longest context, so one gather of keys, two batched operations on them and
 one weighted sum of values serve a bucket.
-Sorting keeps the padding small; the byte cap keeps a bucket's gathered keys and values in the
-CPU's cache between the gather and the matmul that reads them. Prefill chunks (several new
+Sorting keeps the padding small; the byte cap keeps a bucket's gathered keys in the CPU's cache
+between the gather and the matmul that reads them. Prefill chunks (several new
 tokens) each get their own causal attention call.
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from kernel_core.contracts.attention import AttentionMetadata
 
-#: Most bytes of gathered keys (and as many of values) one decode bucket may hold.
+#: Most bytes of gathered keys one decode bucket may hold.
 BUCKET_BYTES = 4 << 20
 
 
@@ -107,7 +107,12 @@ def _bucket(requests: list[int], seq_lens: tuple[int, ...], max_positions: int) 
 
 
 def _decode_bucket(
-    metadata: AttentionMetadata, members: list[int], starts: list[int], group: int, num_kv_heads: int, dtype: torch.dtype
+    metadata: AttentionMetadata,
+    members: list[int],
+    starts: list[int],
+    group: int,
+    num_kv_heads: int,
+    dtype: torch.dtype,
 ) -> DecodeBucket:
     device = metadata.block_tables.device
     width = max(metadata.seq_lens_host[i] for i in members)
