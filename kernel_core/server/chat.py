@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from kernel_core.outputs import CompletionOutput
 from kernel_core.server import errors
 from kernel_core.server.completions import token_text, usage
-from kernel_core.server.generation import Outputs, failure, last, submit
+from kernel_core.server.generation import Outputs, admit, failure, last, submit
 from kernel_core.server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -36,9 +36,7 @@ router = APIRouter()
 async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     start = time.monotonic()
     state: ServerState = request.app.state.kcore
-    adapter = state.resolve_model(body.model)
-    if (field := body.unsupported()) is not None:
-        raise errors.unsupported(field)
+    adapter = admit(body, state)
     if body.top_logprobs is not None and not body.logprobs:
         raise errors.bad_request("top_logprobs: requires logprobs to be true", param="top_logprobs")
     prompt = render(state, body.messages)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 
 from kernel_core.outputs import CompletionOutput, RequestOutput
 from kernel_core.server import errors
-from kernel_core.server.generation import Outputs, failure, submit, submit_all
+from kernel_core.server.generation import Outputs, admit, failure, submit, submit_all
 from kernel_core.server.protocol import (
     CompletionChoice,
     CompletionLogprobs,
@@ -31,9 +31,7 @@ router = APIRouter()
 async def create_completion(body: CompletionRequest, request: Request):
     start = time.monotonic()
     state: ServerState = request.app.state.kcore
-    adapter = state.resolve_model(body.model)
-    if (field := body.unsupported()) is not None:
-        raise errors.unsupported(field)
+    adapter = admit(body, state)
     prompts = body.prompts()
     if not prompts:
         raise errors.bad_request("prompt: at least one prompt is required", param="prompt")

@@ -16,7 +16,17 @@ from kernel_core.outputs import RequestOutput
 from kernel_core.sampling_params import SamplingParams
 from kernel_core.server import errors
 from kernel_core.server.metrics import RequestTracker
+from kernel_core.server.protocol import SamplingFields
 from kernel_core.server.state import ServerState
+
+
+def admit(body: SamplingFields, state: ServerState) -> str | None:
+    """The adapter a generation request's ``model`` names (None: the base model), after refusing
+    the fields this server does not implement, as both generation routes must first."""
+    adapter = state.resolve_model(body.model)
+    if (field := body.unsupported()) is not None:
+        raise errors.unsupported(field)
+    return adapter
 
 
 async def submit(
