@@ -2,9 +2,8 @@
 Poisson process, each a streaming ``/v1/completions`` request; throughput and per-request latencies.
 
 The server runs in a subprocess on 127.0.0.1 (a free port), as a user would run it, so the numbers
-include HTTP, JSON and server-sent events, not just the engine. The client is a few dozen lines of
-asyncio over raw HTTP/1.1 (stdlib only: kernel-core needs no HTTP client at run time, and one
-event loop drives every stream without threads competing with the server for the CPU).
+include HTTP, JSON and server-sent events, not just the engine. The client is
+:mod:`kernel_core.bench.http_client` (asyncio over raw HTTP/1.1, stdlib only).
 
 Per request, timed on the client from just before the request is sent:
 
@@ -37,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kernel_core.bench import ENGINE_NAME
+from kernel_core.bench import ENGINE_NAME, http_client
+from kernel_core.bench.http_client import HOST
 from kernel_core.bench.prefix import _percentile
 from kernel_core.bench.report import Measurement, Report, _table
 from kernel_core.bench.workloads import Workload
@@ -45,7 +45,6 @@ from kernel_core.errors import KernelCoreError
 
 #: What uvicorn logs once the socket listens; the port is the one bound (``--port 0``).
 READY = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
-HOST = "127.0.0.1"
 PERCENTILES = (0.5, 0.9, 0.99)
 #: The latency series of the report: key prefix, label.
 SERIES = (("ttft", "time to first token"), ("itl", "inter-token latency"), ("tpot", "time per output token"),
@@ -178,7 +177,7 @@ def _measurement(workload: Workload, run: ServeRun, results: list[RequestResult]
         "e2e": [r.e2e for r in results if r.e2e is not None],
     }
     for key, values in series.items():
-        extra.update(_stats(key, values))
+        extra.update(latency_stats(key, values))
     extra["itl_count"] = len(series["itl"])
     return Measurement(
         engine=f"{ENGINE_NAME} serve",
@@ -191,7 +190,8 @@ def _measurement(workload: Workload, run: ServeRun, results: list[RequestResult]
     )
 
 
-def _stats(key: str, values: Sequence[float]) -> dict[str, float | None]:
+def latency_stats(key: str, values: Sequence[float]) -> dict[str, float | None]:
+    """Mean, p50, p90 and p99 of one latency series (``<key>_p50_s``, ...); None for an empty one."""
     ordered = sorted(values)
     stats: dict[str, float | None] = {f"{key}_mean_s": sum(ordered) / len(ordered) if ordered else None}
     for q in PERCENTILES:
@@ -242,37 +242,24 @@ async def _request(port: int, model: str, prompt: str, max_tokens: int, index: i
 
 
 async def _stream(port: int, body: bytes, result: RequestResult) -> None:
-    reader, writer = await asyncio.open_connection(HOST, port)
+    reader, writer = await http_client.send(port, "POST", "/v1/completions", body, accept="text/event-stream")
     try:
-        writer.write(
-            b"POST /v1/completions HTTP/1.1\r\nHost: " + f"{HOST}:{port}".encode()
-            + b"\r\nContent-Type: application/json\r\nAccept: text/event-stream\r\nConnection: close\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
-        )
-        await writer.drain()
-        status, headers = await _head(reader)
+        status, headers = await http_client.read_head(reader)
         if status != 200:
-            raw = b"".join([piece async for piece in _body(reader, headers)])
+            raw = await http_client.read_all(reader, headers)
             result.error = f"HTTP {status}: {raw.decode(errors='replace')[:500]}"
             return
-        buffer = b""
-        async for piece in _body(reader, headers):
-            buffer += piece
-            while b"\n\n" in buffer:
-                event, buffer = buffer.split(b"\n\n", 1)
-                if _event(event.decode(), result):
-                    return
+        async for data in http_client.events(reader, headers):
+            if _event(data, result):
+                return
         result.error = "the stream ended without data: [DONE]"
     finally:
         writer.close()
 
 
-def _event(event: str, result: RequestResult) -> bool:
-    """Apply one server-sent event to ``result``; True at ``[DONE]``."""
+def _event(data: str, result: RequestResult) -> bool:
+    """Apply one server-sent event's data to ``result``; True at ``[DONE]``."""
     now = time.perf_counter() - result.sent
-    data = "".join(line[len("data:"):].strip() for line in event.splitlines() if line.startswith("data:"))
-    if not data:
-        return False
     if data == "[DONE]":
         result.e2e = now
         return True
@@ -289,36 +276,6 @@ def _event(event: str, result: RequestResult) -> bool:
         result.prompt_tokens = chunk["usage"]["prompt_tokens"]
         result.output_tokens = chunk["usage"]["completion_tokens"]
     return False
-
-
-async def _head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    status_line = (await reader.readline()).decode("latin-1")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP response: {status_line!r}")
-    headers = {}
-    while (line := (await reader.readline()).decode("latin-1").strip()):
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers
-
-
-async def _body(reader: asyncio.StreamReader, headers: dict[str, str]):
-    """The body's bytes as they arrive: chunked, sized, or up to the connection's end."""
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        while True:
-            size = int((await reader.readline()).split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                await reader.readline()  # the empty trailer
-                return
-            data = await reader.readexactly(size)
-            await reader.readexactly(2)  # CRLF
-            yield data
-    elif "content-length" in headers:
-        yield await reader.readexactly(int(headers["content-length"]))
-    else:
-        while data := await reader.read(65536):
-            yield data
 
 
 # -- the server process ------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """``kcore bench throughput|prefix``: the engine on the shared reference workloads, beside a baseline;
 ``kcore bench lora``: W1 base only beside W2 on 8 LoRA adapters, on our engine;
 ``kcore bench serve``: W1's prompts as a Poisson load on a ``kcore serve`` process, over HTTP;
+``kcore bench soak``: a mixed load on a ``kcore serve`` process for a set time, failing on leaks;
 ``kcore bench finetune``: LoRA training steps with our PEFT beside Hugging Face ``peft``.
 
 The benchmarks (and torch) are imported inside ``run`` so that ``kcore --help`` stays fast.
@@ -9,18 +10,21 @@ The benchmarks (and torch) are imported inside ``run`` so that ``kcore --help`` 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from kernel_core.bench.workloads import ENV_WORKLOADS
-from kernel_core.cli.arguments import positive_int
+from kernel_core.cli.arguments import non_negative_float, non_negative_int, positive_float, positive_int
 from kernel_core.config import EngineConfig
 from kernel_core.errors import KernelCoreError
 from kernel_core.models import EMBEDDED_MODEL_ID, resolve_model
 
 #: Engine options a benchmark run may set: (flag, EngineConfig field, type, metavar).
-_ENGINE_OPTIONS = (
+_EngineOptions = tuple[tuple[str, str, type, str], ...]
+_ENGINE_OPTIONS: _EngineOptions = (
     ("--max-num-batched-tokens", "max_num_batched_tokens", int, "N"),
     ("--max-num-seqs", "max_num_seqs", int, "N"),
     ("--kv-cache-memory", "kv_cache_memory", float, "GIB"),
@@ -28,6 +32,10 @@ _ENGINE_OPTIONS = (
 )
 #: The engine options ``kcore serve`` takes too (it has no --block-size).
 _SERVE_ENGINE_OPTIONS = tuple(option for option in _ENGINE_OPTIONS if option[1] != "block_size")
+#: What ``kcore bench soak`` passes on to ``kcore serve``: a fixed pool size and the adapter slots too.
+_SOAK_ENGINE_OPTIONS = (
+    *_SERVE_ENGINE_OPTIONS, ("--num-kv-blocks", "num_kv_blocks", int, "N"), ("--max-loras", "max_loras", int, "N"),
+)
 #: Benchmark -> (workload it runs, what it compares).
 _BENCHMARKS = {
     "throughput": ("W1", "our engine and HF transformers batched generate, side by side in one run"),
@@ -57,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             sub.add_argument("--skip-hf", action="store_true", help="run only our engine, not the HF baseline")
     _register_lora(benchmarks)
     _register_serve(benchmarks)
+    _register_soak(benchmarks)
     _register_finetune(benchmarks)
 
 
@@ -116,6 +125,49 @@ def _register_serve(benchmarks: argparse._SubParsersAction) -> None:
     )
 
 
+def _register_soak(benchmarks: argparse._SubParsersAction) -> None:
+    sub = benchmarks.add_parser(
+        "soak",
+        help="a mixed load on a kcore serve process for a set time; fails on RSS growth, leaked KV blocks, errors",
+        description="Start kcore serve on the model with --adapters LoRA adapters (a subprocess on 127.0.0.1, a "
+        "free port) and keep --concurrency clients busy for --duration seconds with a seeded mix: completions "
+        "and chat, streamed and not, base model and adapters, n > 1, prompt lists, logprobs, stop strings, "
+        "clients leaving mid-stream and before any answer. Samples /health and /metrics over time (RSS, KV "
+        "blocks, queues), waits for the server to go idle, and exits 1 if its RSS grew past --rss-growth-mib "
+        "after the warm-up, if a KV block is still in use once idle, or if any request failed unexpectedly.",
+    )
+    sub.set_defaults(func=run_soak, max_num_seqs=8, max_loras=2)
+    sub.add_argument(
+        "--model", default=EMBEDDED_MODEL_ID, help="a known model id or a model folder (default: %(default)s)"
+    )
+    sub.add_argument(
+        "--duration", type=positive_float, required=True, metavar="SECONDS", help="how long the load runs"
+    )
+    for flag, kind, default, metavar, what in (
+        ("--concurrency", positive_int, 16, "N", "clients, each sending one request after another"),
+        ("--seed", int, 0, "S", "seed of the request mix and of the adapters"),
+        ("--adapters", non_negative_int, 4, "N", "LoRA adapters served as models beside the base"),
+        ("--max-tokens", positive_int, 32, "M", "most output tokens per choice (each request draws 1..M)"),
+        ("--sample-interval", positive_float, 5.0, "SECONDS", "seconds between two samples of /health and /metrics"),
+        ("--rss-growth-mib", non_negative_float, 64.0, "MIB", "most the server's RSS may grow after the warm-up"),
+        ("--startup-timeout", positive_float, 600.0, "SECONDS", "how long the server may take to start listening"),
+        ("--request-timeout", positive_float, 300.0, "SECONDS", "how long one request may take before it fails"),
+        ("--idle-timeout", positive_float, 120.0, "SECONDS", "how long the server may take to go idle at the end"),
+    ):
+        sub.add_argument(flag, type=kind, default=default, metavar=metavar, help=f"{what} (default: %(default)s)")
+    sub.add_argument(
+        "--warmup", type=non_negative_float, metavar="SECONDS",
+        help="seconds of load before the RSS baseline is taken (default: a quarter of --duration, at most 120)",
+    )
+    sub.add_argument(
+        "--adapter-dir", metavar="DIR", help="where the adapters are made or reused (default: a folder per model "
+        "and settings under $KERNEL_CORE_CACHE/bench/lora-adapters)",
+    )
+    sub.add_argument("--json", metavar="FILE", help="also write the whole report, every sample included, to FILE")
+    _add_engine_options(sub, _SOAK_ENGINE_OPTIONS, "engine options of kcore serve (default: the engine's, except "
+                        "--max-num-seqs 8 and --max-loras 2, so requests queue and adapters take turns in slots)")
+
+
 def _request_rate(text: str) -> float:
     try:
         value = float(text)
@@ -171,7 +223,7 @@ def _at_least_two(text: str) -> int:
 def _add_common_options(
     parser: argparse.ArgumentParser,
     workload: str,
-    engine_options: tuple[tuple[str, str, type, str], ...] = _ENGINE_OPTIONS,
+    engine_options: _EngineOptions = _ENGINE_OPTIONS,
 ) -> None:
     parser.add_argument(
         "--model", default=EMBEDDED_MODEL_ID, help="a known model id or a model folder (default: %(default)s)"
@@ -187,7 +239,13 @@ def _add_common_options(
         "--max-tokens", type=positive_int, metavar="M", help=f"output tokens per request instead of {workload}'s"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the whole report as JSON to FILE")
-    engine = parser.add_argument_group("engine options (default: the engine's defaults)")
+    _add_engine_options(parser, engine_options, "engine options (default: the engine's defaults)")
+
+
+def _add_engine_options(
+    parser: argparse.ArgumentParser, engine_options: _EngineOptions, title: str
+) -> None:
+    engine = parser.add_argument_group(title)
     for flag, field, kind, metavar in engine_options:
         engine.add_argument(
             flag, dest=field, type=kind, metavar=metavar, help=EngineConfig.model_fields[field].description
@@ -214,10 +272,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+def _engine_options(
+    args: argparse.Namespace, engine_options: _EngineOptions = _ENGINE_OPTIONS
+) -> dict[str, Any]:
     """The engine options given on the command line, checked before any model loads."""
     options = {
-        field: getattr(args, field) for _, field, _, _ in _ENGINE_OPTIONS if getattr(args, field, None) is not None
+        field: getattr(args, field) for _, field, _, _ in engine_options if getattr(args, field, None) is not None
     }
     try:
         EngineConfig(model=args.model, **options)
@@ -229,8 +289,6 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_lora(args: argparse.Namespace) -> int:
     """Run ``kcore bench lora`` and print its report; errors propagate to ``kcore``'s handler."""
-    from pathlib import Path
-
     from kernel_core.bench import lora
     from kernel_core.bench.report import write_json
     from kernel_core.bench.workloads import adapter_spec, locate, workload
@@ -260,15 +318,41 @@ def run_serve(args: argparse.Namespace) -> int:
     from kernel_core.bench.report import write_json
     from kernel_core.bench.workloads import locate, workload
 
-    options = _engine_options(args)
-    flags = {field: flag for flag, field, _, _ in _SERVE_ENGINE_OPTIONS}
-    server_args = tuple(arg for field, value in options.items() for arg in (flags[field], str(value)))
+    server_args = _server_args(args, _SERVE_ENGINE_OPTIONS)
     chosen = workload(locate(args.workloads), "W1", args.num_prompts, args.max_tokens)
     run = serve.ServeRun(rate=args.rate, seed=args.seed, server_args=server_args, startup_timeout=args.startup_timeout)
     report = serve.benchmark(resolve_model(args.model), chosen, run)
     print(serve.render_report(report), end="")
     if args.json:
         write_json(report, args.json)
+    return 0
+
+
+def _server_args(args: argparse.Namespace, engine_options: _EngineOptions) -> tuple[str, ...]:
+    """The engine options given, checked, as ``kcore serve`` arguments."""
+    flags = {field: flag for flag, field, _, _ in engine_options}
+    options = _engine_options(args, engine_options)
+    return tuple(arg for field, value in options.items() for arg in (flags[field], str(value)))
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    """Run ``kcore bench soak``, print its report; 1 with the reasons on stderr if the soak failed."""
+    from kernel_core.bench import soak
+
+    run = soak.SoakRun(
+        duration=args.duration, concurrency=args.concurrency, seed=args.seed, adapters=args.adapters,
+        max_tokens=args.max_tokens, warmup=args.warmup, sample_interval=args.sample_interval,
+        rss_growth_mib=args.rss_growth_mib, server_args=_server_args(args, _SOAK_ENGINE_OPTIONS),
+        adapter_dir=Path(args.adapter_dir) if args.adapter_dir else None, startup_timeout=args.startup_timeout,
+        request_timeout=args.request_timeout, idle_timeout=args.idle_timeout,
+    )
+    report = soak.benchmark(resolve_model(args.model), run)
+    print(soak.render(report), end="")
+    if args.json:
+        soak.write_json(report, args.json)
+    if report["problems"]:
+        print(f"kcore bench soak: FAILED: {'; '.join(report['problems'])}", file=sys.stderr)
+        return 1
     return 0
 
 

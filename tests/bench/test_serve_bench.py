@@ -43,10 +43,10 @@ def test_latencies_of_one_request_from_its_events() -> None:
     result.ttft, result.e2e, result.output_tokens = 0.5, 1.5, 3
     assert result.itl == [0.25, 0.5]
     assert result.tpot == pytest.approx((1.5 - 0.5) / 2)
-    stats = serve._stats("itl", [0.25, 0.5])
+    stats = serve.latency_stats("itl", [0.25, 0.5])
     assert stats["itl_mean_s"] == pytest.approx(0.375) and stats["itl_p50_s"] == pytest.approx(0.375)
     assert stats["itl_p99_s"] == pytest.approx(0.4975)
-    assert serve._stats("ttft", []) == {"ttft_mean_s": None, "ttft_p50_s": None, "ttft_p90_s": None, "ttft_p99_s": None}
+    assert serve.latency_stats("ttft", []) == {"ttft_mean_s": None, "ttft_p50_s": None, "ttft_p90_s": None, "ttft_p99_s": None}
 
 
 @pytest.mark.parametrize("rate", ["0", "-1", "nan", "fast"])
