@@ -75,11 +75,15 @@ async def events(reader: asyncio.StreamReader, headers: dict[str, str]) -> Async
                 yield data
 
 
-async def get(port: int, path: str) -> tuple[int, bytes]:
-    """One ``GET``: its status and whole body."""
-    reader, writer = await send(port, "GET", path)
-    try:
-        status, headers = await read_head(reader)
-        return status, await read_all(reader, headers)
-    finally:
-        writer.close()
+async def get(port: int, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
+    """One ``GET``: its status and whole body; ``asyncio.TimeoutError`` after ``timeout`` seconds."""
+
+    async def exchange() -> tuple[int, bytes]:
+        reader, writer = await send(port, "GET", path)
+        try:
+            status, headers = await read_head(reader)
+            return status, await read_all(reader, headers)
+        finally:
+            writer.close()
+
+    return await asyncio.wait_for(exchange(), timeout)

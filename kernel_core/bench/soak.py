@@ -103,6 +103,7 @@ class Load:
     outcomes: list[Outcome] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     final: Sample | None = None
+    #: The server's ``/metrics`` as last read (at the idle sample, when the run got that far).
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     #: Why the load stopped before its time, if it did.
@@ -147,7 +148,7 @@ async def _load(port: int, base: str, adapters: list[str], run: SoakRun, alive: 
 
     async def sampler() -> None:
         while not stop.is_set():
-            sample = await _sample(port, time.perf_counter() - start, load.outcomes)
+            sample = await _sample(port, start, load)
             load.samples.append(sample)
             print(_progress(sample, load.outcomes), file=sys.stderr, flush=True)
             if sample.error is not None and not alive():
@@ -164,19 +165,19 @@ async def _load(port: int, base: str, adapters: list[str], run: SoakRun, alive: 
     stop.set()
     await sampling
     if load.stopped_early is None:
-        load.final = await _wait_idle(port, start, load.outcomes, run.idle_timeout)
-        load.metrics = parse_metrics((await http_client.get(port, "/metrics"))[1].decode())
+        load.final = await _wait_idle(port, start, load, run.idle_timeout)
     return load
 
 
-async def _sample(port: int, t: float, outcomes: Sequence[Outcome]) -> Sample:
-    sample = Sample(t=t, served=sum(o.status == "ok" for o in outcomes))
+async def _sample(port: int, start: float, load: Load) -> Sample:
+    """The server now; its metrics also go to ``load.metrics``."""
+    sample = Sample(t=time.perf_counter() - start, served=sum(o.status == "ok" for o in load.outcomes))
     try:
         sample.health_status, body = await http_client.get(port, "/health")
         health = json.loads(body)
         for key in ("num_running", "num_waiting", "num_free_blocks", "num_blocks"):
             setattr(sample, {"num_free_blocks": "kv_free_blocks", "num_blocks": "kv_blocks"}.get(key, key), health[key])
-        metrics = parse_metrics((await http_client.get(port, "/metrics"))[1].decode())
+        load.metrics = metrics = parse_metrics((await http_client.get(port, "/metrics"))[1].decode())
         sample.kv_usage = metrics.get("kcore_kv_cache_usage_ratio")
         rss = metrics.get("kcore_process_resident_memory_bytes")
         sample.rss_bytes = None if rss is None else int(rss)
@@ -185,11 +186,11 @@ async def _sample(port: int, t: float, outcomes: Sequence[Outcome]) -> Sample:
     return sample
 
 
-async def _wait_idle(port: int, start: float, outcomes: Sequence[Outcome], timeout: float) -> Sample:
+async def _wait_idle(port: int, start: float, load: Load, timeout: float) -> Sample:
     """Poll until nothing runs or waits and the pool is whole, or ``timeout``; the last sample."""
     deadline = time.perf_counter() + timeout
     while True:
-        sample = await _sample(port, time.perf_counter() - start, outcomes)
+        sample = await _sample(port, start, load)
         idle = sample.num_running == 0 and sample.num_waiting == 0 and sample.pool_whole
         if idle or sample.error is not None or time.perf_counter() > deadline:
             return sample
@@ -274,7 +275,7 @@ def judge(
     if unexercised:
         problems.append(f"mix elements never exercised: {', '.join(unexercised)}")
     if exit_code != 0:
-        problems.append(f"kcore serve exited with {exit_code} on SIGTERM")
+        problems.append(f"kcore serve exited with status {exit_code} (0 expected, after SIGTERM)")
     return problems, rss
 
 

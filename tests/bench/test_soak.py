@@ -82,7 +82,7 @@ def test_blocks_not_back_in_the_pool_once_idle_are_a_leak() -> None:
     ({"failures": {"HTTP 500": 2, "TimeoutError": 1}}, "3 unexpected failures (HTTP 500: 2, TimeoutError: 1)"),
     ({"server_5xx": 4}, "the server answered 4 requests with a 5xx status (kcore_http_requests_total)"),
     ({"unexercised": ["n>1", "logprobs"]}, "mix elements never exercised: n>1, logprobs"),
-    ({"exit_code": -9}, "kcore serve exited with -9 on SIGTERM"),
+    ({"exit_code": -9}, "kcore serve exited with status -9 (0 expected, after SIGTERM)"),
 ])
 def test_each_kind_of_failure_fails_the_run(overrides: dict, expected: str) -> None:
     assert _judge(_samples([500] * 6), _idle(30, 500), **overrides)[0] == [expected]
