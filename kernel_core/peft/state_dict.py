@@ -118,8 +118,10 @@ def read_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
         raise AdapterLoadError(f"{str(path)!r} has no {WEIGHTS_NAME}")
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # garbage bytes are not even UTF-8
         raise AdapterLoadError(f"{str(config_path)!r} is not valid JSON: {exc}") from None
+    except OSError as exc:  # removed or made unreadable since the checks above
+        raise AdapterLoadError(f"{str(config_path)!r} cannot be read: {exc}") from None
     if not isinstance(config, dict):
         raise AdapterLoadError(f"{str(config_path)!r} must hold a JSON object")
     try:

@@ -88,11 +88,23 @@ def test_failed_load_adapter_leaves_the_model_as_it_was(saved: Path) -> None:
     [(lambda f: (f / "adapter_model.safetensors").unlink(), "has no adapter_model.safetensors"),
      (lambda f: (f / "adapter_config.json").unlink(), "has no adapter_config.json"),
      (lambda f: (f / "adapter_config.json").write_text("{oops"), "is not valid JSON"),
+     (lambda f: (f / "adapter_config.json").write_bytes(b"\xff\xfe\x00garbage"), "is not valid JSON"),
      (lambda f: (f / "adapter_config.json").write_text("[1]"), "must hold a JSON object")],
 )
 def test_broken_folders(saved: Path, damage: object, message: str) -> None:
     damage(saved)  # type: ignore[operator]
     with pytest.raises(AdapterLoadError, match=message):
+        PeftModel.from_pretrained(tiny_llama(), saved)
+
+
+def test_a_config_that_cannot_be_read_is_named(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Removed or made unreadable between the checks and the read (a folder deleted under a
+    running server): an AdapterLoadError naming the file, not a bare OSError."""
+    def unreadable(self: Path, *args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    with pytest.raises(AdapterLoadError, match=r"adapter_config\.json' cannot be read: .*Permission denied"):
         PeftModel.from_pretrained(tiny_llama(), saved)
 
 
