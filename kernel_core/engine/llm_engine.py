@@ -153,11 +153,21 @@ class LLMEngine:
                 f"request {request_id!r}: the prompt has {prompt_len} tokens, but max_model_len is "
                 f"{self.max_model_len} (prompt plus at least one output token must fit)"
             )
-        max_tokens = min(params.max_tokens or room, room)
-        if prompt_len + max_tokens > self.scheduler.capacity_tokens:
+        # The request must fit the KV pool whole: a longer one could never finish, and preempting
+        # every other request would not make room for it.
+        capacity = self.scheduler.capacity_tokens
+        if prompt_len >= capacity:
             raise InvalidRequestError(
-                f"request {request_id!r}: {prompt_len} prompt + {max_tokens} output tokens exceed the "
-                f"KV cache ({self.scheduler.capacity_tokens} tokens): raise kv_cache_memory or lower max_tokens"
+                f"request {request_id!r}: the prompt has {prompt_len} tokens, but the KV cache holds {capacity} "
+                "(prompt plus at least one output token must fit): raise kv_cache_memory or num_kv_blocks"
+            )
+        if params.max_tokens is None:  # as many as fit
+            return min(room, capacity - prompt_len)
+        max_tokens = min(params.max_tokens, room)
+        if prompt_len + max_tokens > capacity:
+            raise InvalidRequestError(
+                f"request {request_id!r}: {prompt_len} prompt + {params.max_tokens} output tokens exceed the KV cache "
+                f"({capacity} tokens): lower max_tokens to at most {capacity - prompt_len}, or raise kv_cache_memory"
             )
         return max_tokens
 

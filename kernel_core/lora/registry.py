@@ -150,7 +150,13 @@ class AdapterRegistry:
         changed since the load is refused: its key would name KV computed with other weights."""
         adapter = self._host.get(name)
         if adapter is None:
-            adapter = load_serving_adapter(name, self._paths[name], self._keys[name], self.targets, self.max_rank, self.dtype)
+            try:
+                adapter = load_serving_adapter(name, self._paths[name], self._keys[name], self.targets, self.max_rank, self.dtype)
+            except AdapterLoadError as exc:  # its folder was deleted, truncated or overwritten
+                raise AdapterLoadError(
+                    f"adapter {name!r} had left host memory (max_cpu_loras={self.max_cpu_loras}) and cannot be read "
+                    f"again from {str(self._paths[name])!r}: {exc}"
+                ) from None
             if adapter.fingerprint != self._fingerprints[name]:
                 raise AdapterLoadError(
                     f"adapter {name!r}: {str(self._paths[name])!r} changed on disk since it was loaded "
