@@ -31,8 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Chat with a model through its chat template, replies streamed as they are generated; "
             f"the conversation so far goes with every message. Type {RESET} to start over, {EXIT} "
-            "or Ctrl-D to quit. With stdin not a terminal, every line is one message and every "
-            "reply is printed followed by a newline."
+            "or Ctrl-D to quit; Ctrl-C stops a reply, and at the prompt quits with status 130. With "
+            "stdin not a terminal, every line is one message and every reply is printed followed by "
+            "a newline; Ctrl-C quits with status 130."
         ),
         epilog='example: printf "Hi!\\nWhat did I just say?\\n" | kcore chat --system "Be brief."',
     )
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     """Answer every message until /exit or end of input.
 
     On a terminal, a failed or interrupted (Ctrl-C) reply is reported and the conversation goes
-    on without it; piped, a failure ends the command with ``kcore``'s one-line error.
+    on without it; piped, a failure ends the command with ``kcore``'s one-line error. Ctrl-C
+    anywhere else ends it through ``kcore``'s one line and status 130.
     """
     interactive = sys.stdin.isatty()
     engine = build_engine(args)
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _lines(interactive: bool) -> Iterator[str]:
-    """The user's messages: stdin's lines, or prompted ones on a terminal until Ctrl-D / Ctrl-C."""
+    """The user's messages: stdin's lines, or prompted ones on a terminal until Ctrl-D."""
     if not interactive:
         yield from sys.stdin
         return
@@ -88,6 +90,6 @@ def _lines(interactive: bool) -> Iterator[str]:
     while True:
         try:
             yield input(">>> ")
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
             print(file=sys.stderr)
             return

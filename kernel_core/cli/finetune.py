@@ -195,6 +195,19 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         train=config,
     )
-    run_finetune(job)
+    try:
+        run_finetune(job)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_left_after_interrupt(args.output)) from None
     return 0
+
+
+def _left_after_interrupt(output: Path) -> str:
+    """What an interrupted run leaves to resume from: checkpoints are complete or ignored."""
+    from kernel_core.finetune.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(output)
+    if last is None:
+        return "no checkpoint was saved (--save-steps N saves one every N steps)"
+    return f"{last} is kept: the same command with --resume continues from it"
 
