@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 GREEDY_TEMPERATURE = 1e-5
 #: Most top-N logprobs a request may ask for (vLLM's default ``max_logprobs``).
 MAX_LOGPROBS = 20
+#: Most completions of one prompt (OpenAI's limit): each is a request of its own, so an
+#: unbounded ``n`` would let one call queue millions of them.
+MAX_N = 128
 
 
 class SamplingParams(BaseModel):
@@ -22,7 +25,7 @@ class SamplingParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    n: int = Field(default=1, ge=1, description="Independent completions of the prompt.")
+    n: int = Field(default=1, ge=1, le=MAX_N, description="Independent completions of the prompt.")
     temperature: float = Field(default=1.0, ge=0.0, description="0 means greedy.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus: smallest set reaching p.")
     top_k: int = Field(default=0, ge=-1, description="Keep the k most likely tokens; 0 or -1 = off.")

@@ -81,6 +81,7 @@ class LLMEngine:
             raise InvalidRequestError(f"request {request_id!r}: params must be SamplingParams, not {type(params).__name__}")
         if request_id in self._groups:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        self._check_stop_token_ids(request_id, params)
         if adapter is not None and self.adapters is None:
             raise InvalidRequestError(
                 f"request {request_id!r}: adapter {adapter!r} given, but LoRA serving is not enabled (enable_lora=True)"
@@ -145,6 +146,16 @@ class LLMEngine:
                 f"request {request_id!r}: token ids {bad[:5]} are outside the vocabulary (0..{vocab - 1})"
             )
         return None, list(prompt)
+
+    def _check_stop_token_ids(self, request_id: str, params: SamplingParams) -> None:
+        """Stop token ids index the logits while ``min_tokens`` masks them: one outside the
+        vocabulary would fail the whole step's batch, so it is refused here."""
+        vocab = self.components.model.vocab_size
+        bad = [t for t in params.stop_token_ids if t >= vocab]
+        if bad:
+            raise InvalidRequestError(
+                f"request {request_id!r}: stop_token_ids {bad[:5]} are outside the vocabulary (0..{vocab - 1})"
+            )
 
     def _max_tokens(self, request_id: str, prompt_len: int, params: SamplingParams) -> int:
         room = self.max_model_len - prompt_len

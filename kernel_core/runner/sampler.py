@@ -51,8 +51,11 @@ class SamplerOutput:
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """The private random stream of a seeded request; create it once, when the request arrives."""
-    return torch.Generator(device=device).manual_seed(seed)
+    """The private random stream of a seeded request; create it once, when the request arrives.
+
+    Any int seeds it: torch takes 64 bits, so the seed is reduced modulo 2**64 (torch maps a
+    negative seed the same way), and ``seed + index`` of the n-th sample never overflows."""
+    return torch.Generator(device=device).manual_seed(seed % 2**64)
 
 
 class Sampler:
