@@ -10,7 +10,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 class EngineConfig(BaseModel):
     """Everything ``LLM(model=..., **engine_config)`` accepts besides the model."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf is no size and no timeout (None means "none"): refused like NaN, naming the field.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: str = Field(description="A known model id or a Hugging Face model folder.")
     dtype: str = Field(default="float32", pattern=f"^({'|'.join(DTYPES)})$")
@@ -39,7 +40,9 @@ class EngineConfig(BaseModel):
         default=None, description="Plugin name; default the platform's default backend."
     )
     platform: str | None = Field(default=None, description="Plugin name; default KERNEL_CORE_PLATFORM or auto.")
-    seed: int = Field(default=0, description="Seed of the global generator for unseeded sampling.")
+    seed: int = Field(
+        default=0, ge=-(2**63), lt=2**64, description="Seed of the global generator for unseeded sampling."
+    )
     request_timeout: float | None = Field(
         default=None, gt=0, description="Seconds after arrival when an unfinished request is aborted."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from decimal import Decimal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from kernel_core.contracts.records import PluginKind
 from kernel_core.contracts.scheduler import SchedulerPolicy
 from kernel_core.errors import InvalidModelFolderError, KernelCoreError, UnknownPluginError
 from kernel_core.lora.registry import AdapterRegistry
+from kernel_core.lora.slots import slots_nbytes
 from kernel_core.models import resolve_model
 from kernel_core.platforms import select_platform
 from kernel_core.plugins import PluginManager, Registration, get_plugin_manager
@@ -63,6 +65,10 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     max_model_len = _max_model_len(config, folder, model_config)
     num_blocks = config.num_kv_blocks or _num_blocks(config, platform, attention, model, dtype)
+    _check_fits(
+        platform, num_blocks * bytes_per_block(attention, model, config.block_size, dtype),
+        f"a KV cache of num_kv_blocks {num_blocks} of block_size {config.block_size}",
+    )
     if num_blocks * config.block_size < max_model_len:
         log.warning(
             "the KV cache holds %d tokens, less than max_model_len %d: longer requests are refused",
@@ -71,19 +77,28 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     cache_class = manager.load(manager.select(PluginKind.CACHE_MANAGER, config.cache_manager))
     cache = cache_class(num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching)
     policy = manager.load(manager.select(PluginKind.SCHEDULER_POLICY, config.scheduler_policy))()
-    adapters = _adapter_registry(config, manager, model, dtype, device) if config.enable_lora else None
+    adapters = _adapter_registry(config, manager, platform, model, dtype, device) if config.enable_lora else None
     return Components(
         folder, platform, device, dtype, model, attention, tokenizer, max_model_len, num_blocks, cache, policy, adapters
     )
 
 
 def _adapter_registry(
-    config: EngineConfig, manager: PluginManager, model: ModelArchitecture, dtype: torch.dtype, device: torch.device
+    config: EngineConfig,
+    manager: PluginManager,
+    platform: Platform,
+    model: ModelArchitecture,
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> AdapterRegistry:
     """Adapter slots on every LoRA target of the model, applied by the selected LoRA kernel."""
     targets = model.lora_targets()
     if not targets:
         raise KernelCoreError(f"enable_lora: the {type(model).__name__} model plugin exposes no LoRA targets")
+    _check_fits(
+        platform, slots_nbytes(targets, config.max_loras, config.max_lora_rank, dtype),
+        f"LoRA slots for max_loras {config.max_loras} of max_lora_rank {config.max_lora_rank}",
+    )
     registration = manager.select(
         PluginKind.LORA_KERNEL, config.lora_kernel, accept=lambda r: device.type in r.spec.device_types
     )
@@ -137,16 +152,28 @@ def _max_model_len(config: EngineConfig, folder: Path, model_config: dict[str, A
     return config.max_model_len
 
 
+def _check_fits(platform: Platform, nbytes: int, what: str) -> None:
+    """Refuse up front what the device cannot hold: allocating it would fail deep inside torch
+    (or fill memory page by page until the machine swaps), naming no setting."""
+    free = platform.memory_info().free_bytes
+    if nbytes > free:
+        # Decimal: an int beyond float range (block_size=10**400) still prints.
+        raise KernelCoreError(
+            f"{what} needs {Decimal(nbytes) / GiB:.4g} GiB, but the {platform.name} device has "
+            f"{free / GiB:.4g} GiB free"
+        )
+
+
 def _num_blocks(
     config: EngineConfig, platform: Platform, attention: AttentionBackend, model: ModelArchitecture, dtype: torch.dtype
 ) -> int:
     """Blocks that fit the budget: ``kv_cache_memory`` GiB, else a fraction of free memory."""
-    budget = (
-        config.kv_cache_memory * GiB
-        if config.kv_cache_memory is not None
-        else platform.memory_info().free_bytes * config.kv_cache_memory_fraction
-    )
-    blocks = int(budget // bytes_per_block(attention, model, config.block_size, dtype))
+    if config.kv_cache_memory is not None:
+        budget = config.kv_cache_memory * GiB
+        _check_fits(platform, budget, f"kv_cache_memory {config.kv_cache_memory:g} GiB")  # inf bytes included
+    else:
+        budget = platform.memory_info().free_bytes * config.kv_cache_memory_fraction
+    blocks = int(budget) // bytes_per_block(attention, model, config.block_size, dtype)
     if blocks < 1:
         raise KernelCoreError(f"a KV-cache budget of {budget / GiB:.3f} GiB holds no block: raise kv_cache_memory")
     return blocks

@@ -15,6 +15,14 @@ from kernel_core.contracts.lora import LoRAKernel, LoRAProjection, LoRAStep, LoR
 from kernel_core.lora.adapter import ServingAdapter
 
 
+def slots_nbytes(targets: Mapping[str, LoRATarget], max_loras: int, max_rank: int, dtype: torch.dtype) -> int:
+    """Bytes :class:`AdapterSlots` allocates for these targets: checked before allocating."""
+    return sum(
+        max_loras * len(t.parts) * max_rank * (t.weight.shape[0] + t.weight.shape[1]) * dtype.itemsize
+        for t in targets.values()
+    )
+
+
 class AdapterSlots:
     """``max_loras`` slots, their adapters and how many running requests hold each."""
 
