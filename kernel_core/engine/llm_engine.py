@@ -132,6 +132,7 @@ class LLMEngine:
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidRequestError(f"request {request_id!r}: the prompt is empty")
+            _check_encodable(request_id, prompt)
             return prompt, self.tokenizer.encode(prompt, add_special_tokens=False)
         if not isinstance(prompt, Sequence) or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             raise InvalidRequestError(
@@ -373,6 +374,18 @@ class LLMEngine:
                 error=error,
             ),
         )
+
+
+def _check_encodable(request_id: str, prompt: str) -> None:
+    """A lone UTF-16 surrogate (``"\\ud800"``, from a bad JSON escape or a cut string) is no
+    character: the tokenizer would fail with a TypeError that names nothing."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(
+            f"request {request_id!r}: the prompt holds a lone surrogate {prompt[exc.start]!r} at index "
+            f"{exc.start}, which is not a character (text must be valid Unicode)"
+        ) from None
 
 
 def _sampling_row(completion: Completion) -> SamplingRow:
