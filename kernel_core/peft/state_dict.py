@@ -4,7 +4,7 @@ In the model an adapter's tensors sit in containers keyed by adapter name
 (``...q_proj.lora_A.default.weight``, ``...lm_head.modules_to_save.default.weight``); the file
 drops the adapter-name segment (``...q_proj.lora_A.weight``, ``...lm_head.weight``). Base
 parameters a method trains (biases) are stored under their own names. Only safetensors are read:
-pickled weights are refused.
+pickled weights are refused. Writes are crash-safe (:func:`write_adapter`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kernel_core.atomic import atomic_files
 from kernel_core.errors import AdapterLoadError
 
 CONFIG_NAME = "adapter_config.json"
@@ -93,10 +94,12 @@ def _some(keys: list[str], limit: int = 5) -> str:
 
 
 def write_adapter(folder: Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
-    """Write one adapter folder in PEFT's format."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    save_file(dict(tensors), str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    """Write one adapter folder in PEFT's format, crash-safe: the config is the commit record, so a
+    folder holding ``adapter_config.json`` always holds the weights saved with it (other files of
+    the folder are left alone)."""
+    with atomic_files(folder, commit=CONFIG_NAME) as staging:
+        save_file(dict(tensors), str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def read_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
