@@ -48,6 +48,19 @@ class InvalidRequestError(KernelCoreError, ValueError):
     """A request was refused at submission: bad prompt, too long, unknown adapter, duplicate id."""
 
 
+class ContextLengthError(InvalidRequestError):
+    """A prompt, or a prompt plus the ``max_tokens`` asked for, does not fit ``max_model_len``.
+
+    Carries the numbers, so a server can word the refusal as OpenAI does."""
+
+    def __init__(self, message: str, *, prompt_tokens: int, max_tokens: int | None, max_model_len: int) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        #: The output tokens asked for; None when the prompt alone leaves no room.
+        self.max_tokens = max_tokens
+        self.max_model_len = max_model_len
+
+
 class FinetuneDataError(KernelCoreError, ValueError):
     """A fine-tuning data file is missing, empty, or has a malformed row (the message names the
     file and the line)."""

@@ -3,7 +3,7 @@
 :class:`LLMEngine` is not thread-safe and its steps are long, so one worker thread owns it: the
 thread runs the steps (torch releases the GIL in its kernels, so the event loop stays responsive)
 and applies, between two steps, the adds and aborts the event loop queued. Each step's outputs go
-back to the event loop with ``call_soon_threadsafe``, into one queue per request.
+back to the event loop with ``call_soon_threadsafe``, into one :class:`Mailbox` per request.
 """
 
 from __future__ import annotations
@@ -47,6 +47,32 @@ class EngineStats:
     num_preemptions: int
 
 
+class Mailbox:
+    """A request's pending output for its consumer: the newest one only.
+
+    Outputs are cumulative (each holds all tokens so far), so a consumer that reads slower than
+    the engine produces (an HTTP client on a slow link) loses nothing by getting only the newest,
+    and what is held per request stays one output instead of a queue of ever longer copies. A
+    failure, once posted, is never replaced: the consumer must see it.
+    """
+
+    def __init__(self) -> None:
+        self._item: RequestOutput | BaseException | None = None
+        self._ready = asyncio.Event()
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        if not isinstance(self._item, BaseException):
+            self._item = item
+            self._ready.set()
+
+    async def get(self) -> RequestOutput | BaseException:
+        await self._ready.wait()
+        item, self._item = self._item, None
+        self._ready.clear()
+        assert item is not None
+        return item
+
+
 class AsyncLLMEngine:
     """Streams each request's outputs to asyncio while one thread steps the engine for all of them.
 
@@ -63,7 +89,7 @@ class AsyncLLMEngine:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker_done: asyncio.Future[None] | None = None
-        self._streams: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
+        self._streams: dict[str, Mailbox] = {}
         self._idle = asyncio.Event()  # set while no stream is open
         self._idle.set()
         self._accepting = False
@@ -129,10 +155,13 @@ class AsyncLLMEngine:
         priority: int = 0,
         timeout: float | None = None,
         adapter: str | None = None,
+        clip_max_tokens: bool = True,
     ) -> AsyncIterator[RequestOutput]:
-        """Yield the request's cumulative output after every step with news; the last is finished.
+        """Yield the request's cumulative output after steps with news; the last is finished. A
+        consumer slower than the engine skips intermediate outputs (see :class:`Mailbox`).
 
-        ``adapter`` names a loaded LoRA adapter (None: the base model). Bad input, an unknown
+        ``adapter`` names a loaded LoRA adapter (None: the base model); ``clip_max_tokens`` is
+        :meth:`LLMEngine.add_request`'s. Bad input, an unknown
         adapter included, raises :class:`InvalidRequestError` from the first ``__anext__``.
         Leaving the loop early or cancelling the consuming task aborts the request, freeing its
         KV blocks.
@@ -141,19 +170,20 @@ class AsyncLLMEngine:
         request_id = uuid.uuid4().hex if request_id is None else request_id
         if request_id in self._streams:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        self._streams[request_id] = queue
+        mailbox = Mailbox()
+        self._streams[request_id] = mailbox
         self._idle.clear()
         finished = False
         try:
             add = self._submit(
                 lambda engine: engine.add_request(
-                    request_id, prompt, params, priority=priority, timeout=timeout, adapter=adapter
+                    request_id, prompt, params, priority=priority, timeout=timeout, adapter=adapter,
+                    clip_max_tokens=clip_max_tokens,
                 )
             )
             await asyncio.wrap_future(add)
             while not finished:
-                item = await queue.get()
+                item = await mailbox.get()
                 if isinstance(item, BaseException):
                     raise item
                 finished = item.finished
@@ -271,15 +301,15 @@ class AsyncLLMEngine:
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         for output in outputs:
-            queue = self._streams.get(output.request_id)
-            if queue is not None:  # None: its consumer left, and its abort is queued
-                queue.put_nowait(output)
+            mailbox = self._streams.get(output.request_id)
+            if mailbox is not None:  # None: its consumer left, and its abort is queued
+                mailbox.put(output)
 
     def _fail(self, exc: BaseException) -> None:
         self.error = exc
         self._accepting = False
-        for queue in self._streams.values():
-            queue.put_nowait(EngineNotRunningError(f"the engine failed: {exc}"))
+        for mailbox in self._streams.values():
+            mailbox.put(EngineNotRunningError(f"the engine failed: {exc}"))
 
     def _read_stats(self) -> EngineStats:
         scheduler = self.engine.scheduler

@@ -22,7 +22,7 @@ from kernel_core.engine.group import Completion, RequestGroup
 from kernel_core.engine.request import Request, RequestStatus
 from kernel_core.engine.scheduler import ScheduledStep, Scheduler
 from kernel_core.engine.stop import StopChecker
-from kernel_core.errors import AdapterLoadError, InvalidRequestError, UnknownAdapterError
+from kernel_core.errors import AdapterLoadError, ContextLengthError, InvalidRequestError, UnknownAdapterError
 from kernel_core.lora.registry import AdapterInfo, AdapterRegistry
 from kernel_core.outputs import RequestMetrics, RequestOutput
 from kernel_core.plugins import PluginManager, get_plugin_manager
@@ -74,8 +74,13 @@ class LLMEngine:
         adapter: str | None = None,
         arrival_time: float | None = None,
         timeout: float | None = None,
+        clip_max_tokens: bool = True,
     ) -> None:
-        """Queue a request; raises :class:`InvalidRequestError` (a ValueError) naming what is wrong."""
+        """Queue a request; raises :class:`InvalidRequestError` (a ValueError) naming what is wrong.
+
+        A ``max_tokens`` beyond what ``max_model_len`` leaves after the prompt is clipped to it
+        (as vLLM's offline engine does); ``clip_max_tokens=False`` refuses it instead with
+        :class:`ContextLengthError`, as OpenAI's API does and ``kcore serve`` therefore must."""
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError(f"request {request_id!r}: params must be SamplingParams, not {type(params).__name__}")
@@ -92,7 +97,7 @@ class LLMEngine:
             except UnknownAdapterError as exc:
                 raise UnknownAdapterError(f"request {request_id!r}: {exc}") from None
         text, token_ids = self._tokenize(request_id, prompt)
-        max_tokens = self._max_tokens(request_id, len(token_ids), params)
+        max_tokens = self._max_tokens(request_id, len(token_ids), params, clip_max_tokens)
         arrival = time.time() if arrival_time is None else arrival_time
         timeout = timeout if timeout is not None else self.config.request_timeout
         group = RequestGroup(request_id, text, token_ids, params, RequestMetrics(arrival))
@@ -158,12 +163,19 @@ class LLMEngine:
                 f"request {request_id!r}: stop_token_ids {bad[:5]} are outside the vocabulary (0..{vocab - 1})"
             )
 
-    def _max_tokens(self, request_id: str, prompt_len: int, params: SamplingParams) -> int:
+    def _max_tokens(self, request_id: str, prompt_len: int, params: SamplingParams, clip: bool) -> int:
         room = self.max_model_len - prompt_len
         if room < 1:
-            raise InvalidRequestError(
+            raise ContextLengthError(
                 f"request {request_id!r}: the prompt has {prompt_len} tokens, but max_model_len is "
-                f"{self.max_model_len} (prompt plus at least one output token must fit)"
+                f"{self.max_model_len} (prompt plus at least one output token must fit)",
+                prompt_tokens=prompt_len, max_tokens=None, max_model_len=self.max_model_len,
+            )
+        if not clip and params.max_tokens is not None and params.max_tokens > room:
+            raise ContextLengthError(
+                f"request {request_id!r}: {prompt_len} prompt + {params.max_tokens} output tokens exceed "
+                f"max_model_len {self.max_model_len}: lower max_tokens to at most {room}",
+                prompt_tokens=prompt_len, max_tokens=params.max_tokens, max_model_len=self.max_model_len,
             )
         # The request must fit the KV pool whole: a longer one could never finish, and preempting
         # every other request would not make room for it.

@@ -115,6 +115,24 @@ def test_streams_one_growing_output_per_step_ending_with_the_finished_one(engine
     assert outputs[-1].outputs[0].finish_reason == "length"
 
 
+def test_a_slow_consumer_gets_only_the_newest_output_and_loses_nothing(engine, llm_engine):
+    """Outputs are cumulative: one consumer that cannot keep up skips intermediate ones (nothing
+    piles up for it) and still ends with the whole, finished output."""
+    expected = alone(llm_engine, PROMPTS[0])
+
+    async def main() -> list[RequestOutput]:
+        async with engine:
+            outputs = []
+            async for output in engine.generate(PROMPTS[0], GREEDY):
+                outputs.append(output)
+                await until(lambda: output.finished or engine.stats.num_running == 0)  # the engine runs ahead
+            return outputs
+
+    outputs = run(main())
+    assert len(outputs) < GREEDY.max_tokens
+    assert outputs[-1].finished and outputs[-1].outputs[0].token_ids == expected
+
+
 def test_concurrent_requests_are_batched_and_each_equals_it_run_alone(engine, llm_engine, observed):
     expected = [alone(llm_engine, prompt) for prompt in PROMPTS]
     observed.steps.clear()
