@@ -68,6 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         metavar="SECONDS",
                         help="on SIGTERM or Ctrl-C, how long in-flight requests may finish before they are aborted "
                         "(default: %(default)s)")
+    parser.add_argument("--max-request-bytes", type=positive_int, default=8 * 2**20, metavar="BYTES",
+                        help="largest request body accepted; larger ones get 413 (default: %(default)s, 8 MiB)")
+    parser.add_argument("--request-read-timeout", type=positive_float, default=30.0, metavar="SECONDS",
+                        help="a request body must arrive in full within this time, else 408 (default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (default: %(default)s)")
     parser.add_argument(
@@ -97,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     for name, path in args.adapter:
         llm_engine.load_adapter(name, path)
     settings = ServerSettings(
-        model_name=model_name, api_key=api_key, adapter_dir=adapter_dir, shutdown_timeout=args.shutdown_timeout
+        model_name=model_name, api_key=api_key, adapter_dir=adapter_dir, shutdown_timeout=args.shutdown_timeout,
+        max_request_bytes=args.max_request_bytes, request_read_timeout=args.request_read_timeout,
     )
     app = create_app(AsyncLLMEngine(llm_engine), settings, adapters=dict(args.adapter))
     on_ready = None

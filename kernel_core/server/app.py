@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator, Mapping
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
 
 from kernel_core import __version__
 from kernel_core.engine.async_engine import AsyncLLMEngine
-from kernel_core.server import chat, completions, errors, models, tokenize
+from kernel_core.server import chat, completions, errors, models, openapi, tokenize
 from kernel_core.server.auth import require_api_key
+from kernel_core.server.limits import RequestLimits
 from kernel_core.server.state import LoadedAdapter, ServerSettings, ServerState
 from kernel_core.server.streaming import ClientDisconnected
 
@@ -44,11 +46,13 @@ def create_app(
     app = FastAPI(title="kernel-core", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.kcore = state
     errors.install(app)
+    openapi.install(app, settings)
 
     @app.exception_handler(ClientDisconnected)
     async def _gone(request: Request, exc: ClientDisconnected) -> Response:
         return Response(status_code=499)  # nginx's "client closed request": no one reads it
 
+    app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes, read_timeout=settings.request_read_timeout)
     app.add_middleware(_CountResponses, state=state)
 
     v1 = [Depends(require_api_key)]
@@ -56,26 +60,36 @@ def create_app(
         app.include_router(router, dependencies=v1)
     app.include_router(tokenize.router)
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health, responses={503: {"model": Health, "description": "Shutting down"}})
     async def health() -> Response:
         """200 while the engine runs and the server accepts requests; 503 when shutting down or
         the engine failed."""
         ok = engine.is_running and not state.draining
         stats = engine.stats
-        body = {
-            "status": "ok" if ok else ("draining" if state.draining else "engine failed"),
-            "num_running": stats.num_running,
-            "num_waiting": stats.num_waiting,
-            "num_free_blocks": stats.num_free_blocks,
-            "num_blocks": stats.num_blocks,
-        }
-        return JSONResponse(body, status_code=200 if ok else 503)
+        body = Health(
+            status="ok" if ok else ("draining" if state.draining else "engine failed"),
+            num_running=stats.num_running,
+            num_waiting=stats.num_waiting,
+            num_free_blocks=stats.num_free_blocks,
+            num_blocks=stats.num_blocks,
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+class Health(BaseModel):
+    """``GET /health``'s body, with 200 and with 503 alike."""
+
+    status: str
+    num_running: int
+    num_waiting: int
+    num_free_blocks: int
+    num_blocks: int
 
 
 class _CountResponses:

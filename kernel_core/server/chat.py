@@ -32,7 +32,7 @@ from kernel_core.server.streaming import event, sse_response, until_disconnect
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses={200: {"model": ChatCompletionResponse}})
 async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     start = time.monotonic()
     state: ServerState = request.app.state.kcore

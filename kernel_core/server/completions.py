@@ -27,7 +27,7 @@ from kernel_core.server.streaming import event, merge, sse_response, until_disco
 router = APIRouter()
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses={200: {"model": CompletionResponse}})
 async def create_completion(body: CompletionRequest, request: Request):
     start = time.monotonic()
     state: ServerState = request.app.state.kcore

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kernel_core.engine.async_engine import EngineNotRunningError
-from kernel_core.errors import AdapterInUseError, InvalidRequestError, UnknownAdapterError
+from kernel_core.errors import AdapterInUseError, ContextLengthError, InvalidRequestError, UnknownAdapterError
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,16 @@ def from_validation(exc: ValidationError | RequestValidationError) -> APIError:
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     # a union's branch names (``str``, ``list[int]``) are pydantic's, not the client's
     loc = [part for part in loc if not any(ch in part for ch in "[]") and part not in ("str", "int")]
-    param = ".".join(loc) or None
     message = first.get("msg", "invalid request")
+    context = first.get("ctx") or {}
     if first.get("type") == "json_invalid":
-        return bad_request(f"the body is not valid JSON: {first.get('ctx', {}).get('error', message)}")
-    return bad_request(f"{param}: {message}" if param else message, param=param)
+        return bad_request(f"the body is not valid JSON: {context.get('error', message)}", code="invalid_json")
+    if "field" in context:  # a check of the whole body that found the culprit itself, e.g. lone surrogates
+        return bad_request(message, param=context["field"] or None)
+    param = ".".join(loc) or None
+    if param is None:  # the body as a whole, e.g. a JSON array where an object is expected
+        return bad_request(f"the body: {message}", code="invalid_body")
+    return bad_request(f"{param}: {message}", param=param)
 
 
 def from_engine(exc: Exception, prompt_param: str) -> APIError:
@@ -74,6 +79,8 @@ def from_engine(exc: Exception, prompt_param: str) -> APIError:
     field (``prompt`` or ``messages``): the engine's refusals name the prompt or the output budget."""
     if isinstance(exc, UnknownAdapterError):
         return APIError(404, str(exc), param="model", code="model_not_found")
+    if isinstance(exc, ContextLengthError):
+        return context_length_exceeded(exc, prompt_param)
     if isinstance(exc, InvalidRequestError):
         # The engine says which limit was hit in words only; the KV-cache refusal is about max_tokens.
         param = "max_tokens" if "KV cache" in str(exc) else prompt_param
@@ -85,6 +92,19 @@ def from_engine(exc: Exception, prompt_param: str) -> APIError:
     if isinstance(exc, ValidationError):
         return from_validation(exc)
     raise exc
+
+
+def context_length_exceeded(exc: ContextLengthError, prompt_param: str) -> APIError:
+    """OpenAI's wording and code; ``param`` is ``max_tokens`` when the prompt alone would fit."""
+    where = "messages" if prompt_param == "messages" else "prompt"
+    completion = exc.max_tokens or 0
+    message = (
+        f"This model's maximum context length is {exc.max_model_len} tokens. However, you requested "
+        f"{exc.prompt_tokens + completion} tokens ({exc.prompt_tokens} in the {where}, {completion} in the "
+        f"completion). Please reduce the length of the {where} or completion."
+    )
+    param = prompt_param if exc.max_tokens is None else "max_tokens"
+    return bad_request(message, param=param, code="context_length_exceeded")
 
 
 def service_unavailable(message: str = "the server is shutting down") -> APIError:
@@ -109,7 +129,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return APIError(exc.status_code, str(exc.detail), type=kind).response()
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not decode the body
+            cause = exc.__cause__
+            return bad_request(f"the body is not UTF-8 JSON: {type(cause).__name__}: {cause}", code="invalid_json").response()
+        response = APIError(exc.status_code, str(exc.detail), type=kind).response()
+        response.headers.update(exc.headers or {})  # e.g. 405's Allow
+        return response
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

@@ -44,7 +44,7 @@ async def submit(
     frees its KV blocks."""
     state.check_accepting()
     tracker = state.metrics.track(params.n, time.monotonic() if start is None else start)
-    stream = state.engine.generate(prompt, params, priority=priority, adapter=adapter)
+    stream = state.engine.generate(prompt, params, priority=priority, adapter=adapter, clip_max_tokens=False)
     try:
         first = await anext(stream)
     except BaseException as exc:

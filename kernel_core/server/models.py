@@ -70,7 +70,10 @@ def inside(root: Path, path: str) -> Path:
     """``path`` (relative to ``root``, or absolute) resolved, if it is a folder inside ``root``
     whose entries do not link out of it; else a 400 naming ``path``."""
     base = root.resolve()
-    folder = (base / path).resolve()
+    try:
+        folder = (base / path).resolve()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a link loop
+        raise errors.bad_request(f"path `{path}` is not a usable path: {exc}", param="path") from None
     if not folder.is_relative_to(base):
         raise errors.bad_request(f"path `{path}` is outside the adapter folder", param="path", code="path_not_allowed")
     if not folder.is_dir():

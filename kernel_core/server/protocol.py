@@ -9,9 +9,10 @@ client talks to the server unchanged. Unknown fields are ignored, as OpenAI-comp
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from kernel_core.sampling_params import MAX_LOGPROBS, SamplingParams
 
@@ -21,6 +22,41 @@ MAX_STOP = 4
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        """JSON's ``\\ud800`` escapes decode to lone UTF-16 surrogates, which no tokenizer (nor
+        UTF-8) can encode: refuse them here, naming the field, instead of failing deep inside."""
+        if isinstance(data, dict) and (path := lone_surrogate(data)) is not None:  # not a dict: pydantic refuses it
+            field = ".".join(str(part) for part in path)
+            raise PydanticCustomError(
+                "lone_surrogate", "{field}: holds a lone UTF-16 surrogate, which is not valid Unicode text",
+                {"field": field},
+            )
+        return data
+
+
+def lone_surrogate(value: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """Where in ``value`` (nested lists and dicts, keys included) a string holds a code point of
+    the surrogate range, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")  # strict UTF-8 refuses exactly the surrogates
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if (found := lone_surrogate(key, (*path, str(key)))) is not None:
+                return found
+            if (found := lone_surrogate(item, (*path, key))) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := lone_surrogate(item, (*path, index))) is not None:
+                return found
+    return None
 
 
 class StreamOptions(_Body):
@@ -174,7 +210,7 @@ class TokenizeRequest(_Body):
 
 class DetokenizeRequest(_Body):
     model: str | None = None
-    tokens: list[int]
+    tokens: list[Annotated[int, Field(ge=0)]]
 
 
 class LoadAdapterRequest(_Body):

@@ -25,6 +25,10 @@ class ServerSettings:
     adapter_dir: Path | None = None
     #: Seconds in-flight requests get to finish on shutdown before they are aborted.
     shutdown_timeout: float = 30.0
+    #: Largest request body accepted (413 beyond): a prompt of a whole context is well under it.
+    max_request_bytes: int = 8 * 2**20
+    #: Seconds a request's body may take to arrive in full (408 beyond).
+    request_read_timeout: float = 30.0
 
 
 @dataclass

@@ -58,8 +58,9 @@ def sse_response(chunks: AsyncIterator[str]) -> StreamingResponse:
 
 
 async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
-    """Items of several streams as they come, each with its stream's index; leaving early closes
-    every stream (aborting their requests)."""
+    """Items of several streams of cumulative outputs as they come, each with its stream's index;
+    a consumer slower than the streams gets only each stream's newest item (nothing piles up
+    behind a slow client). Leaving early closes every stream (aborting their requests)."""
     if len(streams) == 1:
         try:
             async for item in streams[0]:
@@ -67,29 +68,33 @@ async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int,
         finally:
             await streams[0].aclose()
         return
-    queue: asyncio.Queue[tuple[int, T] | tuple[int, BaseException] | None] = asyncio.Queue()
+    newest: dict[int, T | BaseException] = {}
+    ready = asyncio.Event()
+    running = len(streams)
 
     async def pump(index: int, stream: AsyncIterator[T]) -> None:
+        nonlocal running
         try:
             async for item in stream:
-                await queue.put((index, item))
+                newest[index] = item
+                ready.set()
         except Exception as exc:  # noqa: BLE001 - handed to the consumer
-            await queue.put((index, exc))
+            newest[index] = exc
         finally:
             await stream.aclose()
-            await queue.put(None)
+            running -= 1
+            ready.set()
 
     tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
     try:
-        remaining = len(tasks)
-        while remaining:
-            item = await queue.get()
-            if item is None:
-                remaining -= 1
-                continue
-            if isinstance(item[1], BaseException):
-                raise item[1]
-            yield item
+        while running or newest:
+            await ready.wait()
+            ready.clear()
+            for index in sorted(newest):
+                item = newest.pop(index)
+                if isinstance(item, BaseException):
+                    raise item
+                yield index, item
     finally:
         for task in tasks:
             task.cancel()
