@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--api-key", default=None, metavar="KEY",
-        help="require `Authorization: Bearer KEY` on every /v1 route (default: $KERNEL_CORE_API_KEY, else none)",
+        help="require `Authorization: Bearer KEY` on every route but /health and /metrics "
+        "(default: $KERNEL_CORE_API_KEY, else none)",
     )
     parser.add_argument(
         "--adapter", action="append", default=[], type=_adapter_arg, metavar="NAME=PATH",

@@ -55,10 +55,9 @@ def create_app(
     app.add_middleware(RequestLimits, max_bytes=settings.max_request_bytes, read_timeout=settings.request_read_timeout)
     app.add_middleware(_CountResponses, state=state)
 
-    v1 = [Depends(require_api_key)]
-    for router in (completions.router, chat.router, models.router):
-        app.include_router(router, dependencies=v1)
-    app.include_router(tokenize.router)
+    keyed = [Depends(require_api_key)]
+    for router in (completions.router, chat.router, models.router, tokenize.router):
+        app.include_router(router, dependencies=keyed)
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health, "description": "Shutting down"}})
     async def health() -> Response:

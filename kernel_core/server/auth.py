@@ -1,8 +1,10 @@
-"""``--api-key``: every ``/v1`` route then requires ``Authorization: Bearer <key>``.
+"""``--api-key``: every route but :data:`OPEN_PATHS` then requires ``Authorization: Bearer <key>``.
 
 The key is compared with :func:`hmac.compare_digest` on bytes, so the time taken does not reveal
-how many leading characters of a guess were right. ``/health`` and ``/metrics`` stay open (probes
-and scrapers), as do ``/tokenize`` and ``/detokenize``, which read no model output.
+how many leading characters of a guess were right. ``/health`` and ``/metrics`` stay open for
+probes and scrapers (they carry counters, no text). ``/tokenize`` and ``/detokenize`` need the key
+too: they read no model output, but tokenizing megabytes of text is work an anonymous client
+should not get for free.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from kernel_core.server.errors import APIError
 
 #: Read by ``kcore serve`` when ``--api-key`` is not given.
 ENV_API_KEY = "KERNEL_CORE_API_KEY"
+#: Routes answered without the key (and the schema at ``/openapi.json``).
+OPEN_PATHS = frozenset({"/health", "/metrics"})
 
 
 def key_matches(header: str | None, key: str) -> bool:
@@ -27,7 +31,7 @@ def key_matches(header: str | None, key: str) -> bool:
 
 
 async def require_api_key(request: Request) -> None:
-    """FastAPI dependency of the ``/v1`` routers: 401 in OpenAI's body without the key."""
+    """FastAPI dependency of every router but the open routes: 401 in OpenAI's body without the key."""
     key = request.app.state.kcore.settings.api_key
     if key is None:
         return

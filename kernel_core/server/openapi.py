@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from kernel_core.server.auth import OPEN_PATHS
 from kernel_core.server.state import ServerSettings
 
 
@@ -85,7 +86,7 @@ def install(app: FastAPI, settings: ServerSettings) -> None:
 
 def build(app: FastAPI, settings: ServerSettings) -> dict[str, Any]:
     """FastAPI's schema with each route's real statuses, OpenAI's error body, the SSE media type
-    of streaming routes, and the bearer scheme on ``/v1`` when an API key is set."""
+    of streaming routes, and the bearer scheme on the keyed routes when an API key is set."""
     schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     error_body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -101,7 +102,7 @@ def build(app: FastAPI, settings: ServerSettings) -> dict[str, Any]:
             responses = operation["responses"]
             responses.pop("422", None)
             statuses = [*ROUTE_STATUSES.get((path, method), ()), "431"]
-            if settings.api_key is not None and path.startswith("/v1/"):
+            if settings.api_key is not None and path not in OPEN_PATHS:
                 operation["security"] = [{"bearer": []}]
                 statuses.append("401")
             for status in statuses:

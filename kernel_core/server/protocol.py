@@ -1,7 +1,8 @@
 """The OpenAI wire format: request bodies validated by pydantic, response bodies built from them.
 
 Field names, defaults and ranges follow OpenAI's API reference (and vLLM's extras), so any OpenAI
-client talks to the server unchanged. Unknown fields are ignored, as OpenAI-compatible servers do
+client talks to the server unchanged. Types are strict (no coercion from strings or booleans; an
+integer is accepted where a number is). Unknown fields are ignored, as OpenAI-compatible servers do
 (clients send fields of newer API versions). Fields the engine cannot honour are refused with a
 400 naming them, never silently dropped: see :data:`UNSUPPORTED`.
 """
@@ -21,7 +22,9 @@ MAX_STOP = 4
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: a JSON value of another type is refused, not coerced ("5" or true for an integer,
+    # "yes" for a boolean), so what is accepted is exactly what the published schema says
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     @model_validator(mode="before")
     @classmethod

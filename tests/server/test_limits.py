@@ -198,3 +198,14 @@ def test_a_stream_nobody_reads_still_frees_its_blocks(limited):
     limited.wait_idle(timeout=60)  # finished in the engine although the client read nothing
     sock.close()
     assert limited.health()["status"] == "ok"
+
+
+def test_an_idle_keep_alive_connection_is_closed(limited):
+    sock = _connect(limited)
+    sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n".encode())
+    status, _ = _read_response(sock)
+    assert status == 200
+    started = time.monotonic()
+    assert sock.recv(1) == b""  # closed by the server (recv's own timeout is 30 s)
+    assert time.monotonic() - started < 15
+    sock.close()

@@ -178,9 +178,11 @@ def test_adapter_paths_outside_the_folder_are_refused(server, adapter_dir, tmp_p
 
 
 def test_tokenize_and_detokenize(server):
-    status, body = server.request("POST", "/tokenize", {"prompt": PROMPT}, key=None)
+    assert server.request("POST", "/tokenize", {"prompt": PROMPT}, key=None)[0] == 401
+    assert server.request("POST", "/detokenize", {"tokens": [1]}, key=None)[0] == 401
+    status, body = server.request("POST", "/tokenize", {"prompt": PROMPT})
     assert status == 200 and body["count"] == len(body["tokens"]) and body["max_model_len"] == 1024
-    status, text = server.request("POST", "/detokenize", {"tokens": body["tokens"]}, key=None)
+    status, text = server.request("POST", "/detokenize", {"tokens": body["tokens"]})
     assert status == 200 and text["prompt"] == PROMPT
     status, chat = server.request("POST", "/tokenize", {"messages": MESSAGES})
     assert status == 200 and chat["count"] > body["count"]
@@ -319,3 +321,15 @@ def test_metrics_cover_the_issue_list(server):
     assert metric(text, "kcore_inter_token_latency_seconds_count") >= 11
     assert metric(text, "kcore_generation_tokens_per_second") > 0
     assert metric(text, "kcore_kv_cache_blocks") == 128
+
+
+def test_health_and_metrics_carry_no_text_names_or_paths(server, adapter_dir):
+    """The open routes (no key) say how much and how fast, never what: no prompt, output,
+    adapter name or folder."""
+    secret = "zebra-umbrella-4711"
+    status, body = server.request("POST", "/v1/completions", {"model": "qv8", "prompt": secret, "max_tokens": 4})
+    assert status == 200
+    output = body["choices"][0]["text"]
+    for text in (server.metrics(), json.dumps(server.health())):
+        assert secret not in text and "qv8" not in text and str(adapter_dir) not in text
+        assert not output.strip() or output.strip() not in text
