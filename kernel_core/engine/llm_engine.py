@@ -104,6 +104,28 @@ class LLMEngine:
         if params.prompt_logprobs is not None:
             group.prompt_logprobs = [None]
         adapter_key = self._use_adapter(request_id, adapter, params.n)
+        try:
+            self._build_completions(group, max_tokens, priority, adapter, adapter_key, timeout)
+        except BaseException:
+            for _ in range(params.n if adapter_key is not None else 0):
+                self.adapters.done(adapter)  # nothing was queued: the adapter is not in use
+            raise
+        self._groups[request_id] = group
+        for completion in group.completions:
+            self._completions[completion.request.request_id] = completion
+            self.scheduler.add(completion.request)
+        self.plugins.notify(
+            "kernel_core_request_added",
+            event=RequestAdded(request_id, len(token_ids), adapter, arrival),
+        )
+
+    def _build_completions(
+        self, group: RequestGroup, max_tokens: int, priority: int, adapter: str | None, adapter_key: int | None,
+        timeout: float | None,
+    ) -> None:
+        """The group's ``n`` completions, each with its scheduler request, stop checker and detokenizer."""
+        params, token_ids, request_id = group.params, group.prompt_token_ids, group.request_id
+        arrival = group.metrics.arrival_time
         for index in range(params.n):
             child_id = request_id if params.n == 1 else f"{request_id}#{index}"
             request = Request(
@@ -124,14 +146,6 @@ class LLMEngine:
                     logprobs=[] if params.logprobs is not None else None,
                 )
             )
-        self._groups[request_id] = group
-        for completion in group.completions:
-            self._completions[completion.request.request_id] = completion
-            self.scheduler.add(completion.request)
-        self.plugins.notify(
-            "kernel_core_request_added",
-            event=RequestAdded(request_id, len(token_ids), adapter, arrival),
-        )
 
     def _tokenize(self, request_id: str, prompt: Prompt) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):

@@ -349,3 +349,21 @@ def test_request_timeout_aborts_requests_waiting_on_a_full_pool(tiny_model, alon
         assert (output.finish_reason, output.error, output.token_ids) == ("abort", "timed out after 10 s", [])
     assert finished["big"].outputs[0].token_ids == alone(big, CAPACITY - 28)
     assert_whole(e)
+
+
+def test_a_request_failing_while_it_is_built_leaves_its_adapter_unused(tiny_model, adapters, monkeypatch):
+    """Counting a request as a user of its adapter comes before its completions are built; if
+    building them fails, the count is undone, or the adapter could never be unloaded."""
+    e = engine(tiny_model, enable_lora=True, max_lora_rank=16, **SMALL_POOL)
+    e.load_adapter("qv8", adapters["qv8"])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("detokenizer could not be built")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(llm_engine, "IncrementalDetokenizer", broken)
+        with pytest.raises(RuntimeError, match="could not be built"):
+            e.add_request("broken", tokens(6, 500), greedy(4, n=2), adapter="qv8")
+    assert not e.has_unfinished_requests()
+    e.unload_adapter("qv8")  # AdapterInUseError if the failed request still counted
+    assert e.list_adapters() == []
