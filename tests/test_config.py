@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -19,34 +19,12 @@ from kernel_core.engine.llm_engine import LLMEngine
 from kernel_core.errors import InvalidRequestError, KernelCoreError
 from kernel_core.sampling_params import SamplingParams
 
-FIELDS = tuple(EngineConfig.model_fields)
-#: The autouse plugin-environment fixture is function-scoped; it holds no state between examples.
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+from .properties import FAST, LONG, arbitrary_kwargs, check_construction
+
 ENGINE_FAST = settings(FAST, max_examples=25)
 PLUGIN_FIELDS = ("scheduler_policy", "cache_manager", "model_architecture", "attention_backend", "platform", "lora_kernel")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-#: Any JSON-ish or Python value a caller might pass by mistake, numbers at every scale included.
-ANYTHING = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    st.integers(min_value=-(2**300), max_value=2**300),
-    st.floats(),
-    st.sampled_from(["", "1", " 16 ", "0.5", "nan", "inf", "1e400", "true", "float32", "float32\n", "\ud800"]),
-    st.text(st.characters(exclude_categories=()), max_size=6),
-    st.binary(max_size=4),
-    st.lists(st.one_of(st.integers(), st.text(max_size=3)), max_size=3),
-    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-)
-
-
-@st.composite
-def arbitrary_kwargs(draw: st.DrawFn) -> dict[str, Any]:
-    """Some fields with arbitrary values (model always given: it is required)."""
-    names = draw(st.lists(st.sampled_from([f for f in FIELDS if f != "model"]), unique=True, max_size=6))
-    return {"model": "m", **{name: draw(ANYTHING) for name in names}}
 
 
 def assert_within_documented_ranges(config: EngineConfig) -> None:
@@ -71,32 +49,21 @@ def assert_within_documented_ranges(config: EngineConfig) -> None:
     assert type(config.enable_lora) is bool and type(config.enable_prefix_caching) is bool
 
 
-def check_construction(kwargs: dict[str, Any]) -> None:
-    try:
-        config = EngineConfig(**kwargs)
-    except ValidationError as exc:
-        errors = exc.errors()
-        assert errors
-        for error in errors:
-            if error["loc"]:
-                assert error["loc"][0] in kwargs, error
-            else:  # a check across fields: its message names them
-                assert any(name in error["msg"] for name in kwargs), error
-        return
-    assert_within_documented_ranges(config)
+#: model is required: always given, so that the other fields' checks are what is tested.
+ARBITRARY = arbitrary_kwargs([f for f in EngineConfig.model_fields if f != "model"], model="m")
 
 
 @FAST
-@given(arbitrary_kwargs())
+@given(ARBITRARY)
 def test_arbitrary_values_are_accepted_within_range_or_refused_naming_the_field(kwargs: dict[str, Any]) -> None:
-    check_construction(kwargs)
+    check_construction(EngineConfig, kwargs, assert_within_documented_ranges)
 
 
 @pytest.mark.slow
-@settings(FAST, max_examples=5000)
-@given(arbitrary_kwargs())
+@LONG
+@given(ARBITRARY)
 def test_arbitrary_values_long_run(kwargs: dict[str, Any]) -> None:
-    check_construction(kwargs)
+    check_construction(EngineConfig, kwargs, assert_within_documented_ranges)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -20,37 +20,12 @@ from kernel_core.errors import InvalidRequestError
 from kernel_core.outputs import RequestOutput
 from kernel_core.sampling_params import MAX_LOGPROBS, MAX_N, SamplingParams
 
-FIELDS = tuple(SamplingParams.model_fields)
-#: The autouse plugin-environment fixture is function-scoped; it holds no state between examples.
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+from .properties import FAST, LONG, arbitrary_kwargs, check_construction
+
 ENGINE_FAST = settings(FAST, max_examples=40)
 MAX_MODEL_LEN = 24
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-#: Any JSON-ish or Python value a caller might pass by mistake, numbers at every scale included.
-ANYTHING = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    st.integers(min_value=-(2**300), max_value=2**300),
-    st.floats(),
-    st.sampled_from(["", "1", " 2 ", "0.5", "nan", "inf", "-inf", "1e400", "true", "\ud800"]),
-    st.text(st.characters(exclude_categories=()), max_size=6),
-    st.binary(max_size=4),
-    st.lists(st.one_of(st.integers(), st.text(max_size=3), st.none(), st.floats()), max_size=4),
-    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-)
-
-
-@st.composite
-def arbitrary_kwargs(draw: st.DrawFn) -> dict[str, Any]:
-    """Some fields with arbitrary values, sometimes a misspelt one."""
-    names = draw(st.lists(st.sampled_from(FIELDS), unique=True, max_size=6))
-    kwargs = {name: draw(ANYTHING) for name in names}
-    if draw(st.booleans()) and draw(st.booleans()):
-        kwargs[draw(st.sampled_from(["temprature", "max_token", "stop_tokens"]))] = draw(ANYTHING)
-    return kwargs
 
 
 def assert_within_documented_ranges(params: SamplingParams) -> None:
@@ -76,30 +51,17 @@ def assert_within_documented_ranges(params: SamplingParams) -> None:
         assert type(getattr(params, name)) is bool, name
 
 
-def check_construction(kwargs: dict[str, Any]) -> None:
-    try:
-        params = SamplingParams(**kwargs)
-    except ValidationError as exc:
-        errors = exc.errors()
-        assert errors
-        for error in errors:
-            assert error["loc"] and error["loc"][0] in kwargs, error  # names a field the caller gave
-            assert str(error["loc"][0]) in str(exc)
-        return
-    assert_within_documented_ranges(params)
-
-
 @FAST
-@given(arbitrary_kwargs())
+@given(arbitrary_kwargs(tuple(SamplingParams.model_fields)))
 def test_arbitrary_values_are_accepted_within_range_or_refused_naming_the_field(kwargs: dict[str, Any]) -> None:
-    check_construction(kwargs)
+    check_construction(SamplingParams, kwargs, assert_within_documented_ranges)
 
 
 @pytest.mark.slow
-@settings(FAST, max_examples=5000)
-@given(arbitrary_kwargs())
+@LONG
+@given(arbitrary_kwargs(tuple(SamplingParams.model_fields)))
 def test_arbitrary_values_long_run(kwargs: dict[str, Any]) -> None:
-    check_construction(kwargs)
+    check_construction(SamplingParams, kwargs, assert_within_documented_ranges)
 
 
 @pytest.mark.parametrize(
