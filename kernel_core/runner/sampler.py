@@ -196,9 +196,14 @@ def _sample_candidates(logits: torch.Tensor, rows: Sequence[SamplingRow], min_wi
 
 
 def _scale(shifted: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
-    """Divide each row by its temperature, in place."""
-    temperature = torch.tensor([row.params.temperature for row in rows], device=shifted.device)
-    return shifted.div_(temperature.unsqueeze(1))
+    """Divide each row by its temperature, in place.
+
+    A temperature beyond the logits' dtype (over 3.4e38 in float32) would become inf there and
+    turn masked -inf logits into NaN, which the race then picks: it is capped at the dtype's
+    largest value, which flattens the row just the same.
+    """
+    temperature = torch.tensor([row.params.temperature for row in rows], dtype=shifted.dtype, device=shifted.device)
+    return shifted.div_(temperature.clamp_(max=torch.finfo(shifted.dtype).max).unsqueeze(1))
 
 
 def _mask_min_p(scaled: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
