@@ -20,7 +20,7 @@ from kernel_core.errors import InvalidRequestError
 from kernel_core.outputs import RequestOutput
 from kernel_core.sampling_params import MAX_LOGPROBS, MAX_N, SamplingParams
 
-from .properties import FAST, LONG, arbitrary_kwargs, check_construction
+from .properties import ANYTHING, FAST, LONG, arbitrary_kwargs, check_construction
 
 ENGINE_FAST = settings(FAST, max_examples=40)
 MAX_MODEL_LEN = 24
@@ -107,6 +107,14 @@ def valid_extremes(draw: st.DrawFn) -> dict[str, Any]:
     )
     limit = kwargs["max_tokens"] if kwargs["max_tokens"] is not None else 2**70
     kwargs["min_tokens"] = draw(st.one_of(st.integers(0, min(limit, 8)), st.integers(0, limit)))
+    # One field given any value instead, kept when accepted (a numeric string, a bool, bytes for
+    # a stop string...): what validation lets through must run as well.
+    field, value = draw(st.sampled_from(tuple(SamplingParams.model_fields))), draw(ANYTHING)
+    try:
+        if SamplingParams(**{**kwargs, field: value}).n <= 3:
+            kwargs[field] = value
+    except ValidationError:
+        pass
     return kwargs
 
 
