@@ -19,7 +19,7 @@ from kernel_core.engine.llm_engine import LLMEngine
 from kernel_core.errors import InvalidRequestError, KernelCoreError
 from kernel_core.sampling_params import SamplingParams
 
-from .properties import FAST, LONG, arbitrary_kwargs, check_construction
+from .properties import ANYTHING, FAST, LONG, arbitrary_kwargs, check_construction
 
 ENGINE_FAST = settings(FAST, max_examples=25)
 PLUGIN_FIELDS = ("scheduler_policy", "cache_manager", "model_architecture", "attention_backend", "platform", "lora_kernel")
@@ -124,7 +124,21 @@ def valid_extremes(draw: st.DrawFn) -> dict[str, Any]:
     extreme = draw(st.sampled_from([None, *EXTREMES]))
     if extreme is not None:
         kwargs |= draw(EXTREMES[extreme])
+    # One field that sizes no memory given any value instead, kept when accepted (a numeric
+    # string, a bool...): what validation lets through must build and run as well. (An arbitrary
+    # size within the machine's memory would really be allocated on this shared box.)
+    field, value = draw(st.sampled_from(UNSIZED)), draw(ANYTHING)
+    try:
+        EngineConfig(model="m", **{**kwargs, field: value})
+        kwargs[field] = value
+    except ValidationError:
+        pass
     return kwargs
+
+
+UNSIZED = [f for f in EngineConfig.model_fields if f not in (
+    "model", "num_kv_blocks", "kv_cache_memory", "kv_cache_memory_fraction", "block_size", "max_loras", "max_lora_rank"
+)]
 
 
 def assert_names_its_culprit(exc: BaseException, kwargs: dict[str, Any]) -> None:
