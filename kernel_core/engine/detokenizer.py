@@ -66,12 +66,17 @@ class IncrementalDetokenizer:
         return self._backend.decode(ids, skip_special_tokens=self._skip_special_tokens)
 
     def _prompt_context(self, prompt_token_ids: Sequence[int]) -> Sequence[int]:
-        """The last few prompt tokens, extended back until they start on a character boundary.
+        """The last few prompt tokens, extended back until they start on a character boundary
+        with at least one character in them.
 
         The prompt may end inside a character that the output completes: all of its bytes must
-        be in the window for it to decode whole.
+        be in the window for it to decode whole. Skipped special tokens decode to nothing, so a
+        window of only those says nothing of a split character before them: it grows too.
         """
         start = max(0, len(prompt_token_ids) - _CONTEXT_TOKENS)
-        while start > 0 and self._decode(list(prompt_token_ids[start:])).startswith(_BROKEN):
+        while start > 0:
+            window = self._decode(list(prompt_token_ids[start:]))
+            if window and not window.startswith(_BROKEN):
+                break
             start -= 1
         return prompt_token_ids[start:]
