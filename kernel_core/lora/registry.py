@@ -129,6 +129,8 @@ class AdapterRegistry:
 
     def done(self, name: str) -> None:
         self._users[name] -= 1
+        if not self._users[name]:
+            self._trim()  # adapters cached while this one was in use may exceed max_cpu_loras
 
     def can_acquire(self, name: str) -> bool:
         return self.slots.can_acquire(self._keys[name])
@@ -168,7 +170,12 @@ class AdapterRegistry:
 
     def _cache(self, adapter: ServingAdapter) -> None:
         self._host[adapter.name] = adapter
-        evictable = [name for name in self._host if not self._users[name] and name != adapter.name]
+        self._trim(keep=adapter.name)
+
+    def _trim(self, keep: str | None = None) -> None:
+        """Evict the least recently used adapters no request uses (nor ``keep``) until at most
+        ``max_cpu_loras`` remain; adapters in use may keep the cache above it for a while."""
+        evictable = [name for name in self._host if not self._users[name] and name != keep]
         while len(self._host) > self.max_cpu_loras and evictable:
             evicted = evictable.pop(0)
             del self._host[evicted]

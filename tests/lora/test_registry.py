@@ -102,6 +102,8 @@ def test_the_host_lru_keeps_max_cpu_loras_and_never_evicts_an_adapter_in_use(reg
     assert {"a1", "a2", "a3"} <= in_host and len(in_host) == 3
     registry.use("a4")  # every cached one is in use now: the cache grows past max_cpu_loras
     assert {i.name for i in registry.info() if i.in_host_memory} == {"a1", "a2", "a3", "a4"}
+    registry.done("a1")  # ...and shrinks back once one is no longer used (found by hypothesis)
+    assert {i.name for i in registry.info() if i.in_host_memory} == {"a2", "a3", "a4"}
 
 
 def test_listing_adapters_reads_nothing_from_disk(registry, folders):
