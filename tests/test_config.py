@@ -141,9 +141,14 @@ UNSIZED = [f for f in EngineConfig.model_fields if f not in (
 )]
 
 
-def assert_names_its_culprit(exc: BaseException, kwargs: dict[str, Any]) -> None:
+def assert_names_its_culprit(exc: BaseException, config: EngineConfig) -> None:
+    """The message names a field, or quotes a plugin name as validation left it."""
     message = str(exc)
-    culprits = [name for name, value in kwargs.items() if name in message or (isinstance(value, str) and repr(value) in message)]
+    values = config.model_dump()
+    culprits = [
+        name for name, value in values.items()
+        if name in message or (name in PLUGIN_FIELDS and isinstance(value, str) and repr(value) in message)
+    ]
     assert culprits, f"{type(exc).__name__} names no field: {message}"
 
 
@@ -156,7 +161,7 @@ def check_engine(tiny_model: Path, kwargs: dict[str, Any]) -> None:
     try:
         engine = LLMEngine(config)
     except KernelCoreError as exc:
-        assert_names_its_culprit(exc, kwargs)
+        assert_names_its_culprit(exc, config)
         event(f"engine refused: {type(exc).__name__}")
         return
     try:
