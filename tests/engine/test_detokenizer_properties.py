@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
@@ -25,7 +25,7 @@ from kernel_core.sampling_params import SamplingParams
 BROKEN = "\ufffd"
 #: The autouse plugin-environment fixture is function-scoped; it holds no state between examples.
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-LONG = settings(FAST, max_examples=5000)
+LONG = settings(FAST, max_examples=30000)
 
 #: Pieces plain random text rarely holds: multi-token characters, ZWJ and modifier sequences,
 #: combining marks, scripts, controls, the special tokens' own spelling, U+FFFD itself.
@@ -102,6 +102,9 @@ def check_ids(tokenizer: Any, ids: list[int], cut_fraction: float, skip: bool) -
 
 @FAST
 @given(ids=TOKEN_IDS, cut_fraction=st.floats(0, 1, exclude_max=True), skip=st.booleans())
+# Found by the long run: a prompt ending inside a character (byte token 111), then four skipped
+# special tokens, left the byte out of the context window and the output lost the U+FFFD.
+@example(ids=[111] + [0] * 9, cut_fraction=0.5, skip=True)
 def test_any_token_ids_stream_to_their_full_decode(tokenizer: Any, ids: list[int], cut_fraction: float, skip: bool) -> None:
     check_ids(tokenizer, ids, cut_fraction, skip)
 
