@@ -40,33 +40,47 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 @contextlib.contextmanager
 def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty staging folder; when the block ends without error it replaces ``target``.
-
-    An existing ``target`` is set aside, the staging renamed in, then the old one deleted. A writer
-    killed between the two renames leaves no ``target``; :func:`remove_stale` puts the old one back.
-    """
+    """Yield an empty staging folder; when the block ends without error it replaces ``target``
+    (:func:`publish_folder`)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(target.parent)
-    staging = _new_hidden(target, "tmp")
-    aside = None
+    staging = hidden_staging(target)
     try:
         yield staging
-        _sync_tree(staging)
-        if target.exists():
-            aside = _hidden_name(target, "old")
-            os.replace(target, aside)
-        try:
-            os.replace(staging, target)
-        except BaseException:
-            if aside is not None:
-                os.replace(aside, target)
-            raise
-        _sync(target.parent)
+        publish_folder(staging, target)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         _raise_if_disk_full(exc, target)
         raise
+
+
+def hidden_staging(target: str | os.PathLike[str]) -> Path:
+    """A new, empty hidden folder beside ``target`` to write into before :func:`publish_folder`;
+    :func:`remove_stale` removes it once its maker is gone. For writers that cannot use
+    :func:`atomic_folder`'s block, such as several processes filling one checkpoint."""
+    return _new_hidden(Path(target), "tmp")
+
+
+def publish_folder(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Flush ``staging`` to disk and rename it to ``target`` (replacing one that exists).
+
+    An existing ``target`` is set aside, the staging renamed in, then the old one deleted. A writer
+    killed between the two renames leaves no ``target``; :func:`remove_stale` puts the old one back.
+    """
+    staging, target = Path(staging), Path(target)
+    _sync_tree(staging)
+    aside = None
+    if target.exists():
+        aside = _hidden_name(target, "old")
+        os.replace(target, aside)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside, target)
+        raise
+    _sync(target.parent)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
 

@@ -216,6 +216,18 @@ class Tuner(ABC):
         adapter, e.g. LoRA's ``bias="all"``; ``wrapped`` names the wrapped modules."""
         return []
 
+    def on_optimizer_step(self, model: Any, adapter_name: str, step: int) -> None:
+        """Called while ``adapter_name`` trains, after each optimizer step and before the gradients
+        are cleared (``step`` counts optimizer steps from 1): a method whose adapter changes as it
+        trains (AdaLoRA's rank allocation) acts here. ``model`` is the
+        :class:`kernel_core.peft.PeftModel`. ``kcore finetune`` calls it, and so does any
+        ``Trainer`` given :class:`kernel_core.finetune.callbacks.TunerTrainingCallback`. Since API 1.2."""
+
+    def training_loss(self, model: Any, adapter_name: str) -> torch.Tensor | None:
+        """A term the method adds to the loss while ``adapter_name`` trains and the forward is
+        given labels (AdaLoRA's orthogonality regulariser), or ``None``. Since API 1.2."""
+        return None
+
     def add_weighted_adapter(self, model: Any, adapters: Sequence[str], weights: Sequence[float], adapter_name: str, **options: Any) -> None:
         """Add ``adapter_name`` to ``model`` (a :class:`kernel_core.peft.PeftModel`) as a weighted
         combination of existing adapters; methods that can combine adapters override this."""

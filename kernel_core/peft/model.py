@@ -51,15 +51,22 @@ class AdaptedModel(nn.Module):
 class _ForwardWithModelSignature:
     """``PeftModel.forward`` showing the wrapped model's parameters (plus ``adapter_names``), so
     tools that read the signature, like transformers' ``Trainer`` choosing dataset columns, see
-    the real inputs rather than ``*args, **kwargs``."""
+    the real inputs rather than ``*args, **kwargs``. On the class, where no model is known yet, it
+    shows ``labels`` too: ``Trainer`` reads the class's signature to find the label columns, without
+    which it would measure no eval loss."""
 
     def __init__(self, function: Callable[..., Any]) -> None:
         self.function = function
         functools.update_wrapper(self, function)
+        self.unbound = functools.wraps(function)(lambda *args, **kwargs: function(*args, **kwargs))
+        signature = inspect.signature(function)
+        labels = inspect.Parameter("labels", inspect.Parameter.KEYWORD_ONLY, default=None)
+        parameters = list(signature.parameters.values())
+        self.unbound.__signature__ = signature.replace(parameters=[*parameters[:-1], labels, parameters[-1]])  # type: ignore[attr-defined]
 
     def __get__(self, instance: PeftModel | None, owner: type) -> Callable[..., Any]:
         if instance is None:
-            return self.function
+            return self.unbound
         bound = functools.partial(self.function, instance)
         bound.__signature__ = instance._forward_signature()  # type: ignore[attr-defined]
         return bound
@@ -208,7 +215,23 @@ class PeftModel(nn.Module):
         """The transformers model's forward; ``adapter_names`` gives one adapter (or
         ``"__base__"``) per row, computed as one batch per adapter group."""
         with self._rows(adapter_names):
-            return self.model(*args, **kwargs)
+            output = self.model(*args, **kwargs)
+        if self.training and kwargs.get("labels") is not None and getattr(output, "loss", None) is not None:
+            terms = [term for term in map(self._training_loss, self.active_adapters) if term is not None]
+            if terms:
+                output.loss = output.loss + sum(terms)
+        return output
+
+    def _training_loss(self, adapter_name: str) -> torch.Tensor | None:
+        return self._methods[adapter_name].tuner.training_loss(self, adapter_name)
+
+    def on_optimizer_step(self, step: int) -> None:
+        """Run each training adapter's tuner hook after optimizer step ``step`` (see
+        :meth:`kernel_core.contracts.tuner.Tuner.on_optimizer_step`); training loops call this,
+        ``Trainer`` through :class:`kernel_core.finetune.callbacks.TunerTrainingCallback`."""
+        for name in self.active_adapters:
+            if not self.peft_config[name].inference_mode:
+                self._methods[name].tuner.on_optimizer_step(self, name, step)
 
     def _forward_signature(self) -> inspect.Signature:
         """Computed once per model: ``forward`` is looked up on every call, token by token."""
