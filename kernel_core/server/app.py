@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from kernel_core import __version__
@@ -76,7 +77,7 @@ def create_app(
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
-        return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return PlainTextResponse(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -106,7 +107,7 @@ class _CountResponses:
 
         async def counting_send(message) -> None:
             if message["type"] == "http.response.start":
-                self.state.metrics.http.inc(label=str(message["status"]))
+                self.state.metrics.http.labels(code=str(message["status"])).inc()
             await send(message)
 
         await self.app(scope, receive, counting_send)

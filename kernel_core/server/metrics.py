@@ -1,9 +1,17 @@
-"""``GET /metrics``: Prometheus text exposition (format 0.0.4), written here in a few lines.
+"""``GET /metrics`` through ``prometheus_client``: its registry, metric types and text exposition.
 
-Why not ``prometheus_client``: the server needs three metric types, one registry per app, and
-no push or multiprocess mode; the format is a few lines of text, and the project keeps its
-chosen dependencies. Counters and histograms are updated on the event loop only (no lock needed);
-gauges are read at scrape time from the engine's published stats.
+Each app gets its own :class:`~prometheus_client.CollectorRegistry`, never the library's global
+one, so two servers or engines in one process (tests start several) neither clash on names nor
+add up each other's counts. Counters and histograms are the library's, updated as each output
+arrives (see :class:`RequestTracker`); gauges are read at scrape time by one custom collector
+(:class:`_ScrapeTimeGauges`), so a scrape reads a single snapshot of the engine's published stats.
+
+Series names are vLLM's with a ``kcore_`` prefix. Counters are declared with their exposed
+``_total`` name (the library strips it and writes it back). The library also gives every
+counter and histogram a ``_created`` sample, written in this text format as extra
+``*_created`` gauge families; they are dropped for this registry only (:class:`_WithoutCreated`):
+the library's own switch, ``disable_created_metrics()``, is process-wide and would change every
+other registry in the process.
 
 Request-level series are measured by the server around each engine request (see
 :class:`RequestTracker`): time to first token from the moment the HTTP request was accepted,
@@ -13,12 +21,14 @@ brought, and each completion's finish reason.
 
 from __future__ import annotations
 
-import bisect
-import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from kernel_core.outputs import RequestOutput
 
@@ -28,75 +38,6 @@ ITL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0
 E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
 #: Seconds of history behind the tokens-per-second gauges.
 RATE_WINDOW = 10.0
-
-
-def _value(number: float) -> str:
-    if math.isinf(number):
-        return "+Inf" if number > 0 else "-Inf"
-    return repr(float(number)) if not float(number).is_integer() else str(int(number))
-
-
-def _labels(pairs: Iterable[tuple[str, str]]) -> str:
-    escaped = [
-        f'{key}="{value.replace(chr(92), chr(92) * 2).replace(chr(10), chr(92) + "n").replace(chr(34), chr(92) + chr(34))}"'
-        for key, value in pairs
-    ]
-    return "{" + ",".join(escaped) + "}" if escaped else ""
-
-
-class Counter:
-    def __init__(self, name: str, help: str, label: str | None = None) -> None:
-        self.name, self.help, self.label = name, help, label
-        self.values: dict[str, float] = {}
-
-    def inc(self, amount: float = 1.0, label: str = "") -> None:
-        self.values[label] = self.values.get(label, 0.0) + amount
-
-    def get(self, label: str = "") -> float:
-        return self.values.get(label, 0.0)
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        values = self.values or ({} if self.label else {"": 0.0})
-        for label, value in sorted(values.items()):
-            pairs = [(self.label, label)] if self.label else []
-            lines.append(f"{self.name}{_labels(pairs)} {_value(value)}")
-        return lines
-
-
-class Gauge:
-    """A value read when scraped; ``read`` returning None leaves the sample out."""
-
-    def __init__(self, name: str, help: str, read: Callable[[], float | None]) -> None:
-        self.name, self.help, self.read = name, help, read
-
-    def render(self) -> list[str]:
-        value = self.read()
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge"]
-        return lines + ([f"{self.name} {_value(value)}"] if value is not None else [])
-
-
-class Histogram:
-    def __init__(self, name: str, help: str, buckets: tuple[float, ...]) -> None:
-        self.name, self.help = name, help
-        self.bounds = tuple(sorted(buckets))
-        self.counts = [0] * (len(self.bounds) + 1)  # the last is +Inf
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float, times: int = 1) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += times
-        self.sum += value * times
-        self.count += times
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        cumulative = 0
-        for bound, count in zip((*self.bounds, math.inf), self.counts):
-            cumulative += count
-            lines.append(f"{self.name}_bucket{_labels([('le', _value(bound))])} {cumulative}")
-        lines += [f"{self.name}_sum {_value(self.sum)}", f"{self.name}_count {self.count}"]
-        return lines
 
 
 class _Rate:
@@ -124,51 +65,83 @@ def resident_memory_bytes() -> int | None:
         return None
 
 
+class _ScrapeTimeGauges(Collector):
+    """Gauges read when scraped, from one snapshot of the engine's stats per scrape; a value of
+    None leaves its sample out (the family's HELP and TYPE stay)."""
+
+    def __init__(self, stats: Callable[[], object],
+                 gauges: list[tuple[str, str, Callable[[object], float | None]]]) -> None:
+        self.stats = stats
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.stats()
+        for name, help, read in self.gauges:
+            family = GaugeMetricFamily(name, help)
+            value = read(snapshot)
+            if value is not None:
+                family.add_metric([], value)
+            yield family
+
+
+class _WithoutCreated(Collector):
+    """A registry's families without their ``_created`` samples (see the module docstring)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():  # fresh snapshots: changing them touches no metric
+            family.samples = [s for s in family.samples if s.name != f"{family.name}_created"]
+            yield family
+
+
 class Metrics:
-    """Every series of ``/metrics``; ``stats`` returns the engine's latest :class:`EngineStats`
-    and ``num_adapters`` the loaded adapters, both read at scrape time."""
+    """Every series of ``/metrics``, in a registry of their own; ``stats`` returns the engine's
+    latest :class:`EngineStats` and ``num_adapters`` the loaded adapters, both read at scrape time."""
 
     def __init__(self, stats: Callable[[], object], num_adapters: Callable[[], int]) -> None:
-        self.requests = Counter(
-            "kcore_requests_total", "Finished completions by finish reason (stop, length, abort, error).",
-            "finish_reason",
-        )
-        self.http = Counter("kcore_http_requests_total", "HTTP responses of /v1 routes by status code.", "code")
-        self.prompt_tokens = Counter("kcore_prompt_tokens_total", "Prompt tokens of admitted requests.")
-        self.generation_tokens = Counter("kcore_generation_tokens_total", "Tokens generated.")
-        self.ttft = Histogram(
-            "kcore_time_to_first_token_seconds", "From the HTTP request to the first generated token.", TTFT_BUCKETS
-        )
-        self.itl = Histogram("kcore_inter_token_latency_seconds", "Time between two tokens of a completion.", ITL_BUCKETS)
-        self.e2e = Histogram("kcore_e2e_request_latency_seconds", "From the HTTP request to its last token.", E2E_BUCKETS)
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("kcore_requests_total",
+                                "Finished completions by finish reason (stop, length, abort, error).",
+                                ["finish_reason"], registry=r)
+        self.http = Counter("kcore_http_requests_total", "HTTP responses of /v1 routes by status code.", ["code"],
+                            registry=r)
+        self.prompt_tokens = Counter("kcore_prompt_tokens_total", "Prompt tokens of admitted requests.", registry=r)
+        self.generation_tokens = Counter("kcore_generation_tokens_total", "Tokens generated.", registry=r)
+        self.ttft = Histogram("kcore_time_to_first_token_seconds", "From the HTTP request to the first generated token.",
+                              buckets=TTFT_BUCKETS, registry=r)
+        self.itl = Histogram("kcore_inter_token_latency_seconds", "Time between two tokens of a completion.",
+                             buckets=ITL_BUCKETS, registry=r)
+        self.e2e = Histogram("kcore_e2e_request_latency_seconds", "From the HTTP request to its last token.",
+                             buckets=E2E_BUCKETS, registry=r)
         self._prompt_rate = _Rate()
         self._generation_rate = _Rate()
-        s = stats
-        self.gauges = [
-            Gauge("kcore_generation_tokens_per_second", f"Generated tokens per second over the last {RATE_WINDOW:g} s.",
-                  lambda: self._generation_rate.per_second(time.monotonic())),
-            Gauge("kcore_prompt_tokens_per_second", f"Prompt tokens admitted per second over the last {RATE_WINDOW:g} s.",
-                  lambda: self._prompt_rate.per_second(time.monotonic())),
-            Gauge("kcore_num_requests_running", "Requests scheduled in the engine.", lambda: s().num_running),
-            Gauge("kcore_num_requests_waiting", "Requests queued in the engine.", lambda: s().num_waiting),
-            Gauge("kcore_kv_cache_usage_ratio", "Share of KV-cache blocks in use (0-1).", lambda: s().kv_cache_usage),
-            Gauge("kcore_kv_cache_free_blocks", "Free KV-cache blocks.", lambda: s().num_free_blocks),
-            Gauge("kcore_kv_cache_blocks", "KV-cache blocks in all.", lambda: s().num_blocks),
-            Gauge("kcore_prefix_cache_hit_rate", "Share of looked-up prompt tokens found in the prefix cache.",
-                  lambda: s().prefix_cache_hit_rate),
-            Gauge("kcore_num_preemptions", "Preemptions since the engine started.", lambda: s().num_preemptions),
-            Gauge("kcore_adapters_loaded", "LoRA adapters loaded.", num_adapters),
-            Gauge("kcore_process_resident_memory_bytes", "Resident memory of the server process.",
-                  resident_memory_bytes),
-        ]
+        r.register(_ScrapeTimeGauges(stats, [
+            ("kcore_generation_tokens_per_second", f"Generated tokens per second over the last {RATE_WINDOW:g} s.",
+             lambda _: self._generation_rate.per_second(time.monotonic())),
+            ("kcore_prompt_tokens_per_second", f"Prompt tokens admitted per second over the last {RATE_WINDOW:g} s.",
+             lambda _: self._prompt_rate.per_second(time.monotonic())),
+            ("kcore_num_requests_running", "Requests scheduled in the engine.", lambda s: s.num_running),
+            ("kcore_num_requests_waiting", "Requests queued in the engine.", lambda s: s.num_waiting),
+            ("kcore_kv_cache_usage_ratio", "Share of KV-cache blocks in use (0-1).", lambda s: s.kv_cache_usage),
+            ("kcore_kv_cache_free_blocks", "Free KV-cache blocks.", lambda s: s.num_free_blocks),
+            ("kcore_kv_cache_blocks", "KV-cache blocks in all.", lambda s: s.num_blocks),
+            ("kcore_prefix_cache_hit_rate", "Share of looked-up prompt tokens found in the prefix cache.",
+             lambda s: s.prefix_cache_hit_rate),
+            ("kcore_num_preemptions", "Preemptions since the engine started.", lambda s: s.num_preemptions),
+            ("kcore_adapters_loaded", "LoRA adapters loaded.", lambda _: num_adapters()),
+            ("kcore_process_resident_memory_bytes", "Resident memory of the server process.",
+             lambda _: resident_memory_bytes()),
+        ]))
+        self._exposed = _WithoutCreated(r)
 
     def track(self, n: int, start: float) -> RequestTracker:
         return RequestTracker(self, n, start)
 
-    def render(self) -> str:
-        series = [self.requests, self.http, self.prompt_tokens, self.generation_tokens, self.ttft, self.itl, self.e2e,
-                  *self.gauges]
-        return "\n".join(line for metric in series for line in metric.render()) + "\n"
+    def exposition(self) -> bytes:
+        """The Prometheus text exposition of every series (``Content-Type``: ``CONTENT_TYPE_LATEST``)."""
+        return generate_latest(self._exposed)
 
 
 class RequestTracker:
@@ -199,14 +172,16 @@ class RequestTracker:
                     self.first_token = True
                     m.ttft.observe(now - self.start)
                 elif self.tokens[i] > 0:
-                    m.itl.observe((now - self.last[i]) / new, new)
+                    gap = (now - self.last[i]) / new
+                    for _ in range(new):  # one observation per token the output brought
+                        m.itl.observe(gap)
                 self.tokens[i] += new
                 self.last[i] = now
                 m.generation_tokens.inc(new)
                 m._generation_rate.add(new, now)
             if completion.finish_reason is not None and self.reasons[i] is None:
                 self.reasons[i] = completion.finish_reason
-                m.requests.inc(label=completion.finish_reason)
+                m.requests.labels(finish_reason=completion.finish_reason).inc()
         if output.finished:
             self.close()
 
@@ -218,6 +193,6 @@ class RequestTracker:
         for i, reason in enumerate(self.reasons):
             if reason is None:
                 self.reasons[i] = "abort"
-                self.metrics.requests.inc(label="abort")
+                self.metrics.requests.labels(finish_reason="abort").inc()
         if self.first_token:
             self.metrics.e2e.observe(time.monotonic() - self.start)
