@@ -51,7 +51,7 @@ def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
         publish_folder(staging, target)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        _raise_if_disk_full(exc, target)
+        raise_if_disk_full(exc, target)
         raise
 
 
@@ -103,7 +103,7 @@ def atomic_files(folder: str | os.PathLike[str], commit: str) -> Iterator[Path]:
             os.replace(staging / name, folder / name)
         _sync(folder)
     except BaseException as exc:
-        _raise_if_disk_full(exc, folder)
+        raise_if_disk_full(exc, folder)
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -180,8 +180,9 @@ def _sync_tree(folder: Path) -> None:
         _sync(Path(root))
 
 
-def _raise_if_disk_full(exc: BaseException, target: Path) -> None:
-    """Say which write a full disk stopped, in words a user acts on, rather than a bare ENOSPC."""
+def raise_if_disk_full(exc: BaseException, target: Path) -> None:
+    """Say which write a full disk stopped, in words a user acts on, rather than a bare ENOSPC
+    (a :class:`DiskFullError` naming ``target``); any other exception is left alone."""
     if not (isinstance(exc, OSError) and exc.errno in _DISK_FULL):
         return
     error = DiskFullError(

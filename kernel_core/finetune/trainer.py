@@ -28,7 +28,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging as hf_logging
 
-from kernel_core.atomic import hidden_staging, publish_folder, remove_stale
+from kernel_core.atomic import hidden_staging, publish_folder, raise_if_disk_full, remove_stale
 from kernel_core.errors import CheckpointError
 
 #: ``TrainingArguments`` of the run, as JSON, in every checkpoint and the final output.
@@ -53,14 +53,19 @@ class AdapterTrainer(Trainer):
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         run_dir = Path(super()._get_output_dir(trial))
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        self._staging_root = self._shared_staging(run_dir / name)
+        staging = self._staging_root = self._shared_staging(run_dir / name)
         try:
             super()._save_checkpoint(model, trial)
+            self.accelerator.wait_for_everyone()  # every rank's RNG state is in the staging folder
+            if self.args.should_save:
+                publish_folder(staging / name, run_dir / name)
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise_if_disk_full(exc, run_dir / name)
+            raise
         finally:
-            staging, self._staging_root = self._staging_root, None
-        self.accelerator.wait_for_everyone()  # every rank's RNG state is in the staging folder
+            self._staging_root = None
         if self.args.should_save:
-            publish_folder(staging / name, run_dir / name)
             shutil.rmtree(staging, ignore_errors=True)
             if self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint).parent == staging:
                 self.state.best_model_checkpoint = str(run_dir / Path(self.state.best_model_checkpoint).name)
