@@ -36,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``KeyboardInterrupt(note)`` to say what the interruption left behind.
     """
     logging.basicConfig(level=logging.WARNING, format="kcore: %(levelname)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # for a command that starts itself again (kcore finetune --nproc)
     try:
         return args.func(args)
     except KernelCoreError as exc:

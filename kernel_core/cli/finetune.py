@@ -1,4 +1,4 @@
-"""``kcore finetune``: train a PEFT adapter (LoRA by default) on a JSONL file.
+"""``kcore finetune``: train a PEFT adapter (LoRA by default) with transformers' ``Trainer``.
 
 torch and transformers are imported inside ``run`` (through :mod:`kernel_core.finetune.run`) so
 that ``kcore --help`` stays fast.
@@ -7,42 +7,53 @@ that ``kcore --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kernel_core.cli.arguments import fraction, non_negative_float, non_negative_int, positive_float, positive_int
+from kernel_core.errors import KernelCoreError
 from kernel_core.models import EMBEDDED_MODEL_ID
 
 _DESCRIPTION = """\
 Fine-tune an adapter on a model and save it in Hugging Face PEFT's format (it loads back with
-kernel-core's PeftModel.from_pretrained and with HF peft's). Only the adapter trains;
-the base model stays frozen.
+kernel-core's PeftModel.from_pretrained and with HF peft's). Only the adapter trains; the base
+model stays frozen. Training runs on transformers' Trainer (Accelerate underneath).
 
-Data (--data, --eval-data, --eval-exact-match): JSON lines, one row each, either
-  {"prompt": "...", "completion": "..."}          raw text; EOS is added after the completion
-  {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
-                                                   rendered with the tokenizer's chat template
+Data (--data, --eval-data, --eval-exact-match): JSON lines, JSON, CSV, Parquet or a folder saved
+with datasets' save_to_disk, read through Hugging Face datasets; each row one of
+  {"prompt": "...", "completion": "..."}           raw text; EOS is added after the completion
+  {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}   the chat template
+  {"prompt": [messages], "completion": [messages]}  TRL's conversational prompt-completion
+  {"text": "..."}                                   language modelling: every token is learned
 The loss is on the completion / assistant tokens only. A malformed row stops the run before the
 model loads, naming the file and line.
 
-Optimisation: AdamW; the learning rate warms up linearly then decays on a cosine to 0; a step is
---grad-accum batches of --batch-size rows; gradients are clipped to --max-grad-norm.
+Training arguments: every field of transformers' TrainingArguments is reachable. Layers, each
+over the one before: kernel-core's defaults (cosine schedule, lr 2e-4, batch 4, a loss logged
+every step, no checkpoints, no reports), --training-args FILE.json, the flags below, then
+--set key=value. Unknown fields and wrong types are refused by name (--list-training-args lists
+every field with its type, default and meaning).
 
-Output: DIR/checkpoint-<step>/ every --save-steps steps (adapter + optimizer, scheduler, RNG and
-step state, safetensors and JSON, never pickle); the final adapter and train_log.json in DIR.
---resume continues from the last checkpoint onto the same trajectory as an uninterrupted run."""
+Output: DIR/checkpoint-<step>/ every --save-steps steps (complete or absent, never half-written);
+the final adapter, trainer_state.json, training_args.json and loss.png in DIR. --resume continues
+from the last checkpoint onto the same trajectory as an uninterrupted run.
+
+Several processes: --nproc N trains with DDP on N local processes (one per GPU, or CPU cores with
+gloo); torchrun / accelerate launch -m kernel_core finetune ... run the same entry on many nodes."""
 
 _EPILOG = """\
 examples:
   kcore finetune --data train.jsonl --output adapters/capitals
-  kcore finetune --model path/to/hf-model --data train.jsonl --eval-data dev.jsonl \\
+  kcore finetune --model path/to/hf-model --data train.parquet --eval-data dev.jsonl \\
       --eval-exact-match held_out.jsonl --r 8 --alpha 16 --target-modules q_proj,v_proj \\
       --epochs 3 --lr 1e-4 --batch-size 8 --grad-accum 4 --save-steps 50 --output out
+  kcore finetune ... --set report_to=tensorboard --set lr_scheduler_type=linear
+  kcore finetune ... --training-args fsdp.json --nproc 2
   kcore finetune ... --output out --resume      # after an interruption: same command, plus --resume
+  kcore finetune --list-training-args
 
-see docs/finetuning.md for the details."""
-
-
-
+see docs/finetune.md for the details."""
 
 
 def _target_modules(text: str) -> str | list[str]:
@@ -57,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``finetune`` sub-parser; ``kernel_core.cli.main`` calls this once per process."""
     parser = subparsers.add_parser(
         "finetune",
-        help="train a LoRA (or other PEFT) adapter on a JSONL file",
+        help="train a LoRA (or other PEFT) adapter with transformers' Trainer",
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -68,15 +79,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=EMBEDDED_MODEL_ID,
         help="a known model id or a Hugging Face model folder with safetensors weights (default: %(default)s)",
     )
-    io.add_argument("--data", type=Path, required=True, metavar="FILE.jsonl", help="training rows (required)")
+    io.add_argument("--data", type=Path, metavar="FILE", help="training rows: .jsonl, .json, .csv, .parquet or a saved dataset folder (required)")
     io.add_argument(
-        "--output", type=Path, required=True, metavar="DIR", help="where checkpoints and the final adapter go (required)"
+        "--output", type=Path, metavar="DIR", help="where checkpoints and the final adapter go (required)"
     )
-    io.add_argument("--eval-data", type=Path, metavar="FILE.jsonl", help="rows to measure the eval loss on")
+    io.add_argument("--eval-data", type=Path, metavar="FILE", help="rows to measure the eval loss on")
     io.add_argument(
         "--eval-exact-match",
         type=Path,
-        metavar="FILE.jsonl",
+        metavar="FILE",
         help="held-out rows: greedy-generate each completion before and after training and print the "
         "share that matches exactly (whitespace stripped)",
     )
@@ -89,6 +100,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     io.add_argument(
         "--max-len", type=positive_int, default=1024, metavar="TOKENS",
         help="cut rows to this many tokens, from the end (default: %(default)s)",
+    )
+    io.add_argument(
+        "--streaming", action="store_true",
+        help="read the training data as it trains, for files larger than memory (needs --max-steps)",
+    )
+    io.add_argument(
+        "--packing", action="store_true",
+        help="pack several rows into each --max-len row (each still attends only to itself): fewer pad tokens",
     )
 
     adapter = parser.add_argument_group("adapter")
@@ -110,42 +129,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "name suffixes such as q_proj,v_proj, or a regex over full names (default: %(default)s)",
     )
 
-    optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=positive_int, default=1, metavar="N", help="passes over the data (default: %(default)s)")
+    optim = parser.add_argument_group(
+        "training (shortcuts for TrainingArguments fields; defaults are kernel-core's)"
+    )
+    for flags, kind, metavar, text in _TRAINING_FLAGS:
+        optim.add_argument(*flags, type=kind, metavar=metavar, help=text)
     optim.add_argument(
-        "--max-steps", type=positive_int, metavar="N", help="stop after N optimizer steps (overrides --epochs)"
+        "--precision", choices=("fp32", "bf16", "fp16"),
+        help="fp32 (default); bf16: mixed precision in bfloat16 (CPU and GPU); fp16: float16 with loss "
+        "scaling (GPU). Weights stay fp32",
     )
-    optim.add_argument("--lr", type=positive_float, default=2e-4, metavar="LR", help="peak learning rate (default: %(default)s)")
     optim.add_argument(
-        "--weight-decay", type=non_negative_float, default=0.0, metavar="W", help="AdamW weight decay (default: %(default)s)"
-    )
-    optim.add_argument("--batch-size", type=positive_int, default=4, metavar="ROWS", help="rows per batch (default: %(default)s)")
-    optim.add_argument(
-        "--grad-accum", type=positive_int, default=1, metavar="N",
-        help="batches accumulated per optimizer step; the effective batch is batch-size x N (default: %(default)s)",
-    )
-    warmup = optim.add_mutually_exclusive_group()
-    warmup.add_argument(
-        "--warmup-ratio", type=fraction, default=0.0, metavar="R",
-        help="share of the steps spent warming the learning rate up from 0 (default: %(default)s)",
-    )
-    warmup.add_argument("--warmup-steps", type=non_negative_int, metavar="N", help="warm-up steps (instead of a ratio)")
-    optim.add_argument(
-        "--max-grad-norm", type=non_negative_float, default=1.0, metavar="NORM",
-        help="clip the gradients' global L2 norm to NORM; 0 turns clipping off (default: %(default)s)",
-    )
-    optim.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the adapter's init, data order and dropout (default: %(default)s)")
-
-    runtime = parser.add_argument_group("memory, precision and checkpoints")
-    runtime.add_argument(
-        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-        help="fp32; bf16: autocast to bfloat16 (CPU and GPU); fp16: autocast to float16 with loss "
-        "scaling. Weights stay fp32 (default: %(default)s)",
-    )
-    runtime.add_argument(
         "--gradient-checkpointing", action="store_true",
         help="recompute activations during backward instead of storing them: less memory, ~30%% slower",
     )
+    optim.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    every = parser.add_argument_group("every TrainingArguments field")
+    every.add_argument(
+        "--training-args", type=Path, metavar="FILE.json",
+        help="a JSON object of TrainingArguments fields (e.g. an FSDP set-up; see docs/finetune.md)",
+    )
+    every.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="one TrainingArguments field (repeatable; JSON values such as 1e-4, true, [..] are typed), "
+        "applied last: --set report_to=tensorboard --set logging_steps=5",
+    )
+    every.add_argument(
+        "--list-training-args", action="store_true", help="print every TrainingArguments field with its type, default and help, and exit"
+    )
+
+    runtime = parser.add_argument_group("checkpoints and processes")
     runtime.add_argument(
         "--save-steps", type=positive_int, metavar="N",
         help="write DIR/checkpoint-<step> (and measure the eval loss) every N steps (default: only the final adapter)",
@@ -154,29 +168,86 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--resume", action="store_true",
         help="continue from the last checkpoint in DIR (starts from scratch when there is none)",
     )
-    runtime.add_argument("--no-progress", action="store_true", help="no progress bar")
+    runtime.add_argument(
+        "--nproc", type=positive_int, default=1, metavar="N",
+        help="train on N local processes with DDP (gloo on the CPU, NCCL on GPUs); the batch flags are "
+        "per process, so the global batch is N x --batch-size x --grad-accum (default: %(default)s)",
+    )
     parser.set_defaults(func=run)
 
 
+#: ``(flags, type, metavar, help)`` of the shortcuts; :func:`shortcut_values` maps them to fields.
+_TRAINING_FLAGS = (
+    (("--epochs",), positive_float, "N", "passes over the data: num_train_epochs (default: 1)"),
+    (("--max-steps",), positive_int, "N", "stop after N optimizer steps, overriding --epochs: max_steps"),
+    (("--lr",), positive_float, "LR", "peak learning rate: learning_rate (default: 2e-4)"),
+    (("--weight-decay",), non_negative_float, "W", "AdamW weight decay: weight_decay (default: 0)"),
+    (("--batch-size",), positive_int, "ROWS", "rows per batch and process: per_device_train/eval_batch_size (default: 4)"),
+    (("--grad-accum",), positive_int, "N", "batches accumulated per optimizer step: gradient_accumulation_steps (default: 1)"),
+    (("--warmup-ratio",), fraction, "R", "share of the steps warming the learning rate up from 0: warmup_steps as a ratio"),
+    (("--warmup-steps",), non_negative_int, "N", "warm-up steps: warmup_steps (default: 0)"),
+    (("--max-grad-norm",), non_negative_float, "NORM", "clip the gradients' global L2 norm; 0 turns clipping off (default: 1)"),
+    (("--seed",), int, "N", "seed of the adapter's init, data order and dropout: seed (default: 0)"),
+)
+
+
+def shortcut_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainingArguments fields the shortcut flags given on the command line set."""
+    values: dict[str, Any] = {}
+    pairs = {
+        "epochs": "num_train_epochs", "max_steps": "max_steps", "lr": "learning_rate",
+        "weight_decay": "weight_decay", "grad_accum": "gradient_accumulation_steps",
+        "warmup_ratio": "warmup_steps", "warmup_steps": "warmup_steps", "max_grad_norm": "max_grad_norm", "seed": "seed",
+    }
+    for option, name in pairs.items():
+        if getattr(args, option) is not None:
+            values[name] = getattr(args, option)
+    if args.batch_size is not None:
+        values |= {"per_device_train_batch_size": args.batch_size, "per_device_eval_batch_size": args.batch_size}
+    if args.precision is not None:
+        values |= {"bf16": args.precision == "bf16", "fp16": args.precision == "fp16"}
+    if args.gradient_checkpointing:
+        values |= {"activation_checkpointing": True, "activation_checkpointing_kwargs": {"use_reentrant": False}}
+    if args.save_steps is not None:
+        values |= {"save_strategy": "steps", "save_steps": args.save_steps}
+    if args.no_progress:
+        values["disable_tqdm"] = True
+    return values
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the job; errors propagate to ``kcore``'s one-line error handler."""
-    from kernel_core.finetune.loop import TrainConfig
+    """Run the job (on ``--nproc`` processes); errors propagate to ``kcore``'s one-line error handler."""
+    from kernel_core.finetune import arguments
+
+    if args.list_training_args:
+        print(arguments.describe())
+        return 0
+    missing = [option for option in ("data", "output") if getattr(args, option) is None]
+    if missing:
+        raise KernelCoreError(f"kcore finetune needs {' and '.join('--' + m for m in missing)} (see kcore finetune --help)")
+    if args.warmup_ratio is not None and args.warmup_steps is not None:
+        raise KernelCoreError("--warmup-ratio and --warmup-steps both set warmup_steps: give one")
+    layers = []
+    if args.training_args is not None:
+        layers.append((f"--training-args {args.training_args}", arguments.read_file(args.training_args)))
+    layers.append(("the command-line flags", shortcut_values(args)))
+    layers.append(("--set", arguments.parse_set(args.set)))
+    for source, values in layers:
+        arguments.check(values, source)  # a typo fails here, before any process or model starts
+
+    from kernel_core.finetune.launch import launch, launched
+
+    if args.nproc > 1 and not launched():
+        try:
+            launch(args.nproc, _argv_without_nproc(args.argv[args.argv.index("finetune") + 1 :]))
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(_left_after_interrupt(args.output)) from None
+        except KernelCoreError as exc:
+            raise KernelCoreError(f"{exc}; {_left_after_interrupt(args.output)}") from None
+        return 0
+
     from kernel_core.finetune.run import FinetuneJob, run_finetune
 
-    config = TrainConfig(
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        warmup_ratio=args.warmup_ratio,
-        max_grad_norm=args.max_grad_norm or None,
-        save_steps=args.save_steps,
-        seed=args.seed,
-        precision=args.precision,
-    )
     job = FinetuneJob(
         model=args.model,
         data=args.data,
@@ -187,13 +258,14 @@ def run(args: argparse.Namespace) -> int:
         dropout=args.dropout,
         target_modules=args.target_modules,
         max_len=args.max_len,
-        gradient_checkpointing=args.gradient_checkpointing,
         eval_data=args.eval_data,
         eval_exact_match=args.eval_exact_match,
         max_new_tokens=args.max_new_tokens,
         resume=args.resume,
+        streaming=args.streaming,
+        packing=args.packing,
         progress=not args.no_progress,
-        train=config,
+        training_args=layers,
     )
     try:
         run_finetune(job)
@@ -202,12 +274,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _left_after_interrupt(output: Path) -> str:
-    """What an interrupted run leaves to resume from: checkpoints are complete or ignored."""
-    from kernel_core.finetune.checkpoint import latest_checkpoint
+def _argv_without_nproc(argv: Sequence[str]) -> list[str]:
+    """The command's own arguments for each rank: everything but ``--nproc N``."""
+    result, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            result.append(item)
+    return result
 
-    last = latest_checkpoint(output)
+
+def _left_after_interrupt(output: Path) -> str:
+    """What an interrupted run leaves to resume from: checkpoints are complete or absent."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(output)) if output.is_dir() else None
     if last is None:
         return "no checkpoint was saved (--save-steps N saves one every N steps)"
     return f"{last} is kept: the same command with --resume continues from it"
-

@@ -1,11 +1,6 @@
-"""Training precision: the weights stay fp32; bf16 and fp16 run the forward under autocast.
-
-- ``fp32``: no autocast.
-- ``bf16``: ``torch.autocast`` with bfloat16 (on CPU and CUDA). bf16 has fp32's range, so no loss
-  scaling is needed.
-- ``fp16``: ``torch.autocast`` with float16 plus a ``torch.amp.GradScaler``: fp16's narrow range
-  would flush small gradients to zero, so the loss is scaled up before backward and the gradients
-  are unscaled before clipping and the optimizer step (a step whose gradients overflowed is skipped).
+"""The precision exact-match generation runs in, the one training used: the weights stay fp32 and
+``bf16``/``fp16`` run the forward under ``torch.autocast`` (training's own mixed precision, with
+fp16's loss scaling, is ``Trainer``'s: ``TrainingArguments.bf16``/``fp16``).
 """
 
 from __future__ import annotations
@@ -36,9 +31,3 @@ def autocast(precision: str, device: torch.device | str) -> Iterator[None]:
     with torch.autocast(device_type=torch.device(device).type, dtype=dtype):
         yield
 
-
-def grad_scaler(precision: str, device: torch.device | str) -> torch.amp.GradScaler | None:
-    """A loss scaler for fp16 (the only precision that needs one), else ``None``."""
-    if autocast_dtype(precision) is not torch.float16:
-        return None
-    return torch.amp.GradScaler(torch.device(device).type)
