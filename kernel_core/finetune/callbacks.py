@@ -4,7 +4,9 @@ that shows what a user watches, and the loss plot at the end.
 :class:`TunerTrainingCallback` is the one a user's own ``Trainer`` (or TRL's ``SFTTrainer``) needs to
 train any kernel-core adapter the way ``kcore finetune`` does: a method whose adapter changes during
 training (AdaLoRA reallocating ranks) does so from its tuner's ``on_optimizer_step`` hook, which
-this callback calls after every optimizer step, gradients still in place.
+this callback calls after every optimizer step, gradients still in place. A trainer that must be
+handed the transformers model inside the adapter wrapper (TRL's ``SFTTrainer``) is given
+``peft_model.get_base_model()``, and the callback the wrapper: ``TunerTrainingCallback(peft_model)``.
 """
 
 from __future__ import annotations
@@ -17,17 +19,39 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from kernel_core.finetune.plot import LOSS_PLOT, plot_losses
+from kernel_core.peft import PeftModel
 
 
 class TunerTrainingCallback(TrainerCallback):
     """Calls ``PeftModel.on_optimizer_step`` (each training adapter's tuner hook) after every
-    optimizer step; pass it to any ``Trainer`` that trains a :class:`kernel_core.peft.PeftModel`."""
+    optimizer step; pass it to any ``Trainer`` that trains a :class:`kernel_core.peft.PeftModel`,
+    or give it the ``PeftModel`` whose transformers model the trainer trains.
+
+    Training starts only if there is a ``PeftModel`` to call: without one the hooks would be
+    skipped without a word, and a method that changes its adapter as it trains would not."""
+
+    def __init__(self, model: PeftModel | None = None) -> None:
+        self.model = model
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self._peft_model(kwargs.get("model"))
 
     def on_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        model = kwargs.get("model")
-        hook = getattr(model, "on_optimizer_step", None)
-        if hook is not None:
-            hook(state.global_step + 1)  # Trainer counts the step after this callback
+        self._peft_model(kwargs.get("model")).on_optimizer_step(state.global_step + 1)  # Trainer counts the step after this callback
+
+    def _peft_model(self, trained: Any) -> PeftModel:
+        if self.model is None:
+            if not isinstance(trained, PeftModel):
+                raise TypeError(
+                    f"TunerTrainingCallback needs a kernel_core.peft.PeftModel, but the Trainer trains a {type(trained).__name__}: "
+                    "give the callback the PeftModel it belongs to, TunerTrainingCallback(peft_model)"
+                )
+            return trained
+        if not isinstance(self.model, PeftModel):
+            raise TypeError(f"TunerTrainingCallback needs a kernel_core.peft.PeftModel, got a {type(self.model).__name__}")
+        if trained is not self.model and trained is not self.model.get_base_model():
+            raise ValueError("TunerTrainingCallback was given a PeftModel that is neither the model the Trainer trains nor the one inside it")
+        return self.model
 
 
 class ProgressBar(TrainerCallback):

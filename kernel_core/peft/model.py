@@ -99,6 +99,14 @@ class PeftModel(nn.Module):
         """The transformers model, with wrapped layers."""
         return self.base_model.model
 
+    def get_base_model(self) -> nn.Module:
+        """The transformers model with the adapter layers in it (PEFT's name for :attr:`model`).
+
+        Training it trains the adapter: hand it to a trainer that takes only transformers models,
+        such as TRL's ``SFTTrainer``, which treats any model that is not ``peft``'s own as one and
+        patches its forward (see docs/peft.md)."""
+        return self.model
+
     # -- adapters ----------------------------------------------------------------------------
 
     def add_adapter(self, adapter_name: str, config: TunerConfig) -> None:

@@ -73,3 +73,38 @@ def test_plain_trainer_measures_the_eval_loss(tmp_path: Path) -> None:
     arguments = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to="none", use_cpu=True)
     metrics = Trainer(model=_model(), args=arguments, eval_dataset=_rows(4)).evaluate()
     assert metrics["eval_loss"] > 0
+
+
+def _arguments(tmp_path: Path) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=2, save_strategy="no", report_to="none",
+        use_cpu=True, disable_tqdm=True,
+    )
+
+
+def test_callback_given_the_peft_model_runs_its_hooks_while_a_trainer_trains_the_model_inside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """How TRL's ``SFTTrainer`` trains an adapter: it is handed ``get_base_model()``, the transformers
+    model holding the adapter layers, so the callback is given the ``PeftModel`` itself."""
+    model = _model()
+    steps: list[int] = []
+    monkeypatch.setattr(type(_tuner(model)), "on_optimizer_step", lambda self, peft_model, name, step: steps.append(step))
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    inner = model.get_base_model()
+    assert inner is model.base_model.model
+    Trainer(model=inner, args=_arguments(tmp_path), train_dataset=_rows(4), callbacks=[TunerTrainingCallback(model)]).train()
+    assert steps == [1, 2]
+    changed = [name for name, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[name])]
+    assert changed and all("lora_" in name for name in changed)
+
+
+def test_callback_refuses_a_trainer_without_a_peft_model(tmp_path: Path) -> None:
+    """Without a PeftModel the hooks would silently not run; training does not start."""
+    plain = tiny_llama()
+    with pytest.raises(TypeError, match="the Trainer trains a LlamaForCausalLM.*TunerTrainingCallback\\(peft_model\\)"):
+        Trainer(model=plain, args=_arguments(tmp_path), train_dataset=_rows(4), callbacks=[TunerTrainingCallback()]).train()
+
+
+def test_callback_refuses_a_peft_model_the_trainer_does_not_train(tmp_path: Path) -> None:
+    other = _model()
+    with pytest.raises(ValueError, match="neither the model the Trainer trains"):
+        Trainer(model=_model(), args=_arguments(tmp_path), train_dataset=_rows(4), callbacks=[TunerTrainingCallback(other)]).train()
