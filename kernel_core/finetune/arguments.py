@@ -71,9 +71,14 @@ def _hints() -> dict[str, Any]:
     return typing.get_type_hints(TrainingArguments)
 
 
+#: Fields whose annotation is narrower than what ``TrainingArguments`` takes: ``fsdp`` is typed
+#: ``str | None`` for its command-line parser but means ``True`` or a legacy option string.
+_ACCEPTS = {"fsdp": bool | str | list[str] | None}
+
+
 @cache
 def _adapter(name: str) -> TypeAdapter[Any]:
-    return TypeAdapter(_enum_not_any_string(_hints()[name]))
+    return TypeAdapter(_ACCEPTS.get(name) or _enum_not_any_string(_hints()[name]))
 
 
 def _enum_not_any_string(hint: Any) -> Any:

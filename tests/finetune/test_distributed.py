@@ -101,3 +101,14 @@ def test_a_dead_rank_fails_the_run_clearly_and_nothing_is_left_running(tiny_mode
     assert last.startswith("kcore: error: rank ") and f"(pid {victim}) was killed by SIGKILL" in last, last
     assert "nothing is left running" in last and "--resume continues from it" in last, last
     assert all(not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3] for pid in ranks)
+
+
+@pytest.mark.slow
+def test_fsdp_from_the_documented_file_trains_what_ddp_does(tiny_model: Path, data: Path, tmp_path: Path) -> None:
+    fsdp_file = Path(__file__).parents[2] / "examples" / "distributed" / "fsdp.json"
+    ddp = _train(tiny_model, data, tmp_path / "ddp", "--batch-size", "2", "--nproc", "2")
+    fsdp = _train(tiny_model, data, tmp_path / "fsdp", "--batch-size", "2", "--nproc", "2", "--training-args", str(fsdp_file))
+    assert json.loads((tmp_path / "fsdp" / "training_args.json").read_text())["fsdp"]
+    assert fsdp == ddp
+    reference = _logits(tiny_model, tmp_path / "ddp")
+    assert torch.equal(_logits(tiny_model, tmp_path / "fsdp"), reference)
