@@ -56,6 +56,24 @@ examples:
 see docs/finetune.md for the details."""
 
 
+class _HelpWithFields(argparse.Action):
+    """``--help`` that also names every ``TrainingArguments`` field ``--set`` and ``--training-args``
+    take; read from transformers at that moment (a second's import), so the list never goes stale."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+        import textwrap
+
+        from kernel_core.finetune.arguments import fields
+
+        names = textwrap.fill(", ".join(sorted(fields())), width=100, initial_indent="  ", subsequent_indent="  ")
+        parser.epilog = f"{parser.epilog}\n\nTrainingArguments fields (--set KEY=VALUE, --training-args FILE.json; --list-training-args explains each):\n{names}"
+        parser.print_help()
+        parser.exit()
+
+
 def _target_modules(text: str) -> str | list[str]:
     """``all-linear`` (or a regex, passed on as one string when it has no comma) or a comma list."""
     names = [name.strip() for name in text.split(",") if name.strip()]
@@ -72,7 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
     )
+    parser.add_argument("-h", "--help", action=_HelpWithFields, help="show this help, with every TrainingArguments field, and exit")
     io = parser.add_argument_group("model and data")
     io.add_argument(
         "--model",
