@@ -24,6 +24,11 @@ def describe_cpu() -> dict[str, Any]:
     }
 
 
+def summary(cpu: dict[str, Any]) -> str:
+    """One line for a report: the model, the key flags and the usable CPUs of :func:`describe_cpu`."""
+    return f"CPU: {cpu['model']}, key flags: {' '.join(cpu['key_flags']) or 'none'}; {cpu['usable_cpus']} usable CPUs"
+
+
 def parse_lscpu(text: str) -> dict[str, str]:
     """``Name: value`` lines of ``lscpu``'s output."""
     fields = {}

@@ -32,7 +32,7 @@ from typing import Any
 
 from kernel_core.bench import http_client
 from kernel_core.bench.adapters import ensure_adapters
-from kernel_core.bench.machine import describe_cpu
+from kernel_core.bench.machine import describe_cpu, summary
 from kernel_core.bench.report import _table
 from kernel_core.bench.serve import ServerProcess, latency_stats
 from kernel_core.bench.soak_mix import ELEMENTS, Outcome, draw_job, run_job
@@ -349,7 +349,7 @@ def render(report: dict[str, Any]) -> str:
     parts = [
         f"soak of kcore serve on {report['model']}: {report['seconds']:.0f} s of load, concurrency "
         f"{settings['concurrency']}, seed {settings['seed']}, adapters {', '.join(settings['adapters']) or 'none'}\n"
-        f"CPU: {cpu['model']}, key flags: {' '.join(cpu['key_flags']) or 'none'}; {cpu['usable_cpus']} usable CPUs",
+        + summary(cpu),
         _table(["sent", "served", "aborted", "failed", "completion tokens"],
                [[requests[k] for k in ("sent", "served", "aborted", "failed", "completion_tokens")]]),
         "Mix (served requests per element; aborts as they happened)",

@@ -2,7 +2,7 @@
 ``kcore bench lora``: W1 base only beside W2 on 8 LoRA adapters, on our engine;
 ``kcore bench serve``: W1's prompts as a Poisson load on a ``kcore serve`` process, over HTTP;
 ``kcore bench soak``: a mixed load on a ``kcore serve`` process for a set time, failing on leaks;
-``kcore bench finetune``: LoRA training steps with our PEFT beside Hugging Face ``peft``.
+``kcore bench finetune``: LoRA training under ``Trainer``, our PEFT beside Hugging Face ``peft``, and DDP.
 
 The benchmarks (and torch) are imported inside ``run`` so that ``kcore --help`` stays fast.
 """
@@ -181,11 +181,14 @@ def _request_rate(text: str) -> float:
 def _register_finetune(benchmarks: argparse._SubParsersAction) -> None:
     sub = benchmarks.add_parser(
         "finetune",
-        help="LoRA training steps: our PEFT and Hugging Face peft, gradient checkpointing off and on",
-        description="Train LoRA (all linear layers, dropout 0) for a few AdamW steps on one fixed batch, fp32, "
-        "with our PEFT and with Hugging Face peft, gradient checkpointing off and on, each configuration in "
-        "its own process. Reports seconds per step (median, first step excluded), peak RSS, every step's "
-        "loss, ratios ours / peft and the largest loss difference.",
+        help="LoRA training under transformers' Trainer: our PEFT and Hugging Face peft, gradient checkpointing "
+        "off and on, optionally ours on N processes (DDP)",
+        description="Train LoRA (all linear layers, dropout 0) for a few steps on one fixed batch, fp32, under "
+        "transformers' Trainer with the same TrainingArguments: our PEFT with kernel-core's AdapterTrainer and "
+        "Hugging Face peft with the plain Trainer, gradient checkpointing off and on, each configuration in its "
+        "own process; with --nproc N, ours also on N processes (DDP, the same global batch). Reports the CPU, "
+        "seconds per step (median, first step excluded), peak RSS, every step's loss, ratios ours / peft and "
+        "N processes / 1, and the largest loss differences.",
     )
     sub.set_defaults(func=run_finetune)
     sub.add_argument(
@@ -200,7 +203,7 @@ def _register_finetune(benchmarks: argparse._SubParsersAction) -> None:
         ("--seq-len", positive_int, 256, "T", "tokens per sequence"),
         ("--r", positive_int, 16, "R", "LoRA rank"),
         ("--lora-alpha", positive_int, 32, "A", "LoRA alpha"),
-        ("--lr", float, 1e-4, "LR", "AdamW learning rate, fixed"),
+        ("--lr", float, 1e-4, "LR", "learning rate, constant"),
         ("--seed", int, 0, "S", "seed of the batch and of the LoRA init"),
     ):
         sub.add_argument(flag, type=kind, default=default, metavar=metavar, help=f"{what} (default: %(default)s)")
@@ -210,6 +213,11 @@ def _register_finetune(benchmarks: argparse._SubParsersAction) -> None:
     )
     sub.add_argument("--skip-peft", action="store_true", help="run only our PEFT, not the peft baseline")
     sub.add_argument("--threads", type=positive_int, metavar="N", help="torch threads per run (default: torch's)")
+    sub.add_argument(
+        "--nproc", type=positive_int, default=1, metavar="N",
+        help="also run ours on N processes (DDP, each on batch/N sequences, torch threads split between them) "
+        "beside 1 process, at the first checkpointing setting run (default: %(default)s, no DDP run)",
+    )
     sub.add_argument("--json", metavar="FILE", help="also write the whole report as JSON to FILE")
 
 
@@ -359,16 +367,23 @@ def run_soak(args: argparse.Namespace) -> int:
 def run_finetune(args: argparse.Namespace) -> int:
     """Run ``kcore bench finetune`` and print its report; errors propagate to ``kcore``'s handler."""
     from kernel_core.bench import finetune
+    from kernel_core.bench.finetune_render import render
     from kernel_core.bench.finetune_worker import OURS, WorkerConfig
+    from kernel_core.finetune.launch import check_nproc
 
+    if args.batch_size % args.nproc:
+        raise KernelCoreError(f"--batch-size {args.batch_size} does not split over --nproc {args.nproc} processes")
+    check_nproc(args.nproc)
     folder = resolve_model(args.model)
     template = WorkerConfig(
         model=str(folder), side=OURS, gradient_checkpointing=False, steps=args.steps, batch_size=args.batch_size,
         seq_len=args.seq_len, r=args.r, lora_alpha=args.lora_alpha, lr=args.lr, seed=args.seed, threads=args.threads,
     )
     settings = {"off": [False], "on": [True], "both": [False, True]}[args.gradient_checkpointing]
-    report = finetune.benchmark(template, settings, args.skip_peft, reference_model=args.model == EMBEDDED_MODEL_ID)
-    print(finetune.render(report), end="")
+    report = finetune.benchmark(
+        template, settings, args.skip_peft, reference_model=args.model == EMBEDDED_MODEL_ID, nproc=args.nproc
+    )
+    print(render(report), end="")
     if args.json:
         finetune.write_json(report, args.json)
     return 0

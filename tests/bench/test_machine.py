@@ -26,3 +26,9 @@ def test_without_lscpu_the_model_says_so(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(machine.shutil, "which", lambda name: None)
     cpu = machine.describe_cpu()
     assert cpu["model"] == "unknown (no lscpu)" and cpu["key_flags"] == [] and cpu["flags"] == ""
+
+
+def test_summary_names_the_model_key_flags_and_cpus() -> None:
+    cpu = {"model": "Example Xeon", "key_flags": ["avx2", "amx_bf16"], "flags": "fpu avx2 amx_bf16", "usable_cpus": 2}
+    assert machine.summary(cpu) == "CPU: Example Xeon, key flags: avx2 amx_bf16; 2 usable CPUs"
+    assert machine.summary({**cpu, "key_flags": []}) == "CPU: Example Xeon, key flags: none; 2 usable CPUs"
