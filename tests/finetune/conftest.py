@@ -29,6 +29,15 @@ def _write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 
 @pytest.fixture
+def datasets_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``$KERNEL_CORE_CACHE`` of the test's own, where ``datasets`` caches the data files it parses
+    (instead of the user's cache)."""
+    cache = tmp_path_factory.mktemp("kernel_core_cache")
+    monkeypatch.setenv("KERNEL_CORE_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
 def capital_rows() -> list[dict[str, Any]]:
     """Twelve short rows, six of each format (a few tokens each: steps stay fast on the tiny model)."""
     return _capital_rows()

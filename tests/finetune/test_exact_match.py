@@ -11,9 +11,14 @@ import pytest
 import torch
 
 from kernel_core.errors import FinetuneDataError
+from kernel_core.finetune.data import encode_prompt
 from kernel_core.finetune.exact_match import ExactMatchResult, exact_match, load_exact_match_rows
 
+from .data.samples import FORMATS, write_source
+
 NEW_TOKENS = 4
+
+pytestmark = pytest.mark.usefixtures("datasets_cache")
 
 
 def _alone(model: torch.nn.Module, tokenizer: Any, prompt_ids: list[int]) -> str:
@@ -68,4 +73,19 @@ def test_a_conversation_must_end_with_the_reply_to_reproduce(tokenizer: Any, tmp
     chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
     path = write_jsonl(tmp_path / "held_out.jsonl", [{"prompt": "a", "completion": "b"}, {"messages": chat}])
     with pytest.raises(FinetuneDataError, match=r"held_out.jsonl:2: .*last message of a conversation must be the assistant's"):
+        load_exact_match_rows(path, tokenizer)
+
+
+@pytest.mark.parametrize("kind", ["json", "csv", "parquet", "folder"])
+def test_held_out_rows_come_from_any_source_kind(kind: str, tokenizer: Any, tmp_path: Path) -> None:
+    names = ["prompt-completion"] if kind == "csv" else ["messages", "conversational"]
+    rows = [FORMATS[name] for name in names]
+    assert load_exact_match_rows(write_source(tmp_path / "held_out", kind, rows), tokenizer) == [
+        encode_prompt(row, tokenizer) for row in rows
+    ]
+
+
+def test_a_row_without_a_reply_names_its_row(tokenizer: Any, tmp_path: Path) -> None:
+    path = write_source(tmp_path / "held_out", "parquet", [FORMATS["prompt-completion"], FORMATS["text"]])
+    with pytest.raises(FinetuneDataError, match=rf"^{path}: row 2: for exact match, a row needs a prompt and a completion"):
         load_exact_match_rows(path, tokenizer)
