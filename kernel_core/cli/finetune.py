@@ -255,9 +255,10 @@ def run(args: argparse.Namespace) -> int:
     for source, values in layers:
         arguments.check(values, source)  # a typo fails here, before any process or model starts
 
-    from kernel_core.finetune.launch import launch, launched
+    from kernel_core.finetune.launch import check_nproc, launch, launched
 
     if args.nproc > 1 and not launched():
+        check_nproc(args.nproc)  # before any rank starts, so the error has no note about checkpoints
         try:
             launch(args.nproc, _argv_without_nproc(args.argv[args.argv.index("finetune") + 1 :]))
         except KeyboardInterrupt:

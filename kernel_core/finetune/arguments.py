@@ -170,7 +170,8 @@ def describe() -> str:
         default = field.default if field.default is not dataclasses.MISSING else "(required)"
         if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = field.default_factory()  # type: ignore[misc]
-        hint = str(_hints()[name]).replace("typing.", "")
+        hint = _hints()[name]
+        hint = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")  # float, not <class 'float'>
         text = " ".join(str(field.metadata.get("help", "")).split())
         lines.append(f"{name} ({hint}, default {default!r}){os.linesep}    {text}" if text else f"{name} ({hint}, default {default!r})")
     return "\n".join(lines)

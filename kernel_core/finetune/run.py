@@ -97,7 +97,13 @@ def training_arguments(job: FinetuneJob, eval_data: bool) -> Any:
         # the eval loss is measured at every checkpoint (and once more at the end)
         defaults |= {"eval_strategy": "steps", "eval_steps": user.get("save_steps")}
     layers = [("kernel-core defaults", defaults), *job.training_args]
-    return arguments.build(job.output, layers)
+    args = arguments.build(job.output, layers)
+    if args.fp16 and (args.use_cpu or args.device.type == "cpu"):
+        raise arguments.TrainingArgumentsError(
+            "fp16 mixed precision needs a GPU: on the CPU, Accelerate would silently train in fp32 instead; "
+            "use --precision bf16 (mixed precision the CPU runs) or fp32"
+        )
+    return args
 
 
 def run_finetune(job: FinetuneJob, out: TextIO | None = None) -> FinetuneReport:
@@ -116,6 +122,12 @@ def run_finetune(job: FinetuneJob, out: TextIO | None = None) -> FinetuneReport:
     args = training_arguments(job, eval_data=job.eval_data is not None)
     main = args.process_index == 0
     say = (lambda text: print(text, file=out, flush=True)) if main else (lambda text: None)
+    if job.packing and args.use_cache:
+        raise arguments.TrainingArgumentsError(
+            "--packing needs use_cache false: with a KV cache transformers ignores where packed rows end, and they would attend to each other"
+        )
+    if job.streaming and args.max_steps <= 0:
+        raise KernelCoreError("--streaming reads the data as it trains, so the run's length must be given: --max-steps N")
     folder = resolve_model(job.model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -125,8 +137,6 @@ def run_finetune(job: FinetuneJob, out: TextIO | None = None) -> FinetuneReport:
     train_data = load_training_data(job.data, tokenizer, job.max_len, streaming=job.streaming, packing=job.packing)
     eval_data = load_training_data(job.eval_data, tokenizer, job.max_len) if job.eval_data else None
     em_rows = load_exact_match_rows(job.eval_exact_match, tokenizer) if job.eval_exact_match and main else None
-    if job.streaming and args.max_steps <= 0:
-        raise KernelCoreError("--streaming reads the data as it trains, so the run's length must be given: --max-steps N")
     resume_from = _resume_point(job, get_last_checkpoint)
     if resume_from is not None:
         check_resumable(resume_from, args)

@@ -15,6 +15,8 @@ callbacks, ``report_to``, resuming). What it cannot know about our adapters, thi
 - **No pickle.** ``Trainer`` stores its ``TrainingArguments`` with ``torch.save`` (a pickle of an
   arbitrary object); here they go to ``training_args.json``. The optimizer, scheduler and RNG
   files are ``Trainer``'s own, read back only with ``torch.load(weights_only=True)``.
+- **The eval loss is the mean over target tokens**, like the training loss. ``Trainer`` averages
+  the batches' mean losses, which weighs a token of a short batch more than one of a long batch.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging as hf_logging
 
 from kernel_core.atomic import hidden_staging, publish_folder, raise_if_disk_full, remove_stale
 from kernel_core.errors import CheckpointError
+from kernel_core.finetune.data import IGNORE_INDEX
 
 #: ``TrainingArguments`` of the run, as JSON, in every checkpoint and the final output.
 TRAINING_ARGS_JSON = "training_args.json"
@@ -43,6 +47,8 @@ class AdapterTrainer(Trainer):
     """``Trainer`` that saves and resumes adapters, with crash-safe, pickle-free checkpoints."""
 
     _staging_root: Path | None = None
+    #: During an evaluation, ``[rows, 2]`` tensors: each row's summed loss and target-token count.
+    _eval_rows: list[torch.Tensor] | None = None
 
     def _get_output_dir(self, trial: Any) -> str:
         """During a checkpoint save, the staging folder every rank writes into."""
@@ -118,3 +124,33 @@ class AdapterTrainer(Trainer):
         if self.state.best_model_checkpoint is not None:
             self._load_from_checkpoint(self.state.best_model_checkpoint)
 
+    def evaluation_loop(
+        self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval",
+    ) -> Any:
+        """``Trainer``'s loop, with ``<prefix>_loss`` the mean over every target token of the set."""
+        self._eval_rows = []
+        try:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+            total, count = torch.cat(self._eval_rows).sum(0).tolist() if self._eval_rows else (0.0, 0.0)
+        finally:
+            self._eval_rows = None
+        if count and f"{metric_key_prefix}_loss" in output.metrics:
+            output.metrics[f"{metric_key_prefix}_loss"] = total / count
+        return output
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if self._eval_rows is not None and inputs.get("labels") is not None:
+            # every rank's rows, without the ones a rank repeated to fill its last batch
+            self._eval_rows.append(self.accelerator.gather_for_metrics(_row_losses(outputs["logits"], inputs["labels"])).cpu())
+        return (loss, outputs) if return_outputs else loss
+
+
+def _row_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[rows, 2]``: each row's summed next-token loss and its number of target tokens (float64)."""
+    targets = labels[:, 1:]
+    losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return torch.stack([losses.sum(1), (targets != IGNORE_INDEX).sum(1).to(losses.dtype)], dim=1).double()

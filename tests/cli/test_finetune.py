@@ -1,11 +1,14 @@
-"""``kcore finetune``: options, one-line errors before the model loads, and end to end on the tiny
-model: train with checkpoints, resume onto the same trajectory, and a final adapter that loads in
-kernel-core's PeftModel and in HF peft alike."""
+"""``kcore finetune``: help, options and the TrainingArguments fields they set, one-line errors naming
+the culprit before the model loads, and end to end on the tiny model: train with checkpoints, resume
+onto the same trajectory, and a final adapter that loads in kernel-core's PeftModel and in HF peft alike.
+What a job does while it trains is tested in tests/finetune/test_run.py."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,9 @@ import pytest
 import torch
 
 from kernel_core.cli import finetune, main
+from kernel_core.finetune import arguments
+
+from ..finetune.trajectory import assert_same_adapter, log_history, trajectory
 
 ROWS = [
     {"prompt": "Capital of France:", "completion": " Paris"},
@@ -23,6 +29,8 @@ ROWS = [
     {"prompt": "Capital of Peru:", "completion": " Lima"},
     {"prompt": "Capital of Cuba:", "completion": " Havana"},
 ]
+#: Neither exists: an error about anything else shows that nothing was read or loaded first.
+NOTHING = ["--model", "/nonexistent/model", "--data", "/nonexistent/train.jsonl", "--output", "/nonexistent/out"]
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -36,60 +44,132 @@ def _write(path: Path, rows: list[Any]) -> Path:
     return path
 
 
-def test_help_explains_data_checkpoints_and_options(capsys: pytest.CaptureFixture[str]) -> None:
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("kcore: error: ") and err.count("\n") == 1, err
+    return err.removeprefix("kcore: error: ").rstrip("\n")
+
+
+def test_help_explains_data_training_arguments_and_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])
     text = capsys.readouterr().out
-    for needle in ('{"prompt"', '{"messages"', "checkpoint-<step>", "--resume", "--gradient-checkpointing",
+    for needle in ('{"prompt"', '{"messages"', '{"text"', "Parquet", "checkpoint-<step>", "--resume", "--gradient-checkpointing",
                    "--precision {fp32,bf16,fp16}", "--eval-exact-match", "--warmup-ratio", "--max-grad-norm",
-                   "never pickle", "docs/finetuning.md"):
+                   "--training-args FILE.json", "--set KEY=VALUE", "--list-training-args", "--nproc N", "--streaming",
+                   "--packing", "TrainingArguments", "docs/finetune.md"):
         assert needle in text, needle
 
 
-def test_defaults_and_option_types() -> None:
+def test_flags_set_their_training_arguments_fields_and_nothing_else() -> None:
     args = _parse("--data", "d.jsonl", "--output", "out")
-    assert (args.method, args.r, args.alpha, args.target_modules, args.precision) == ("lora", 16, 32.0, "all-linear", "fp32")
-    assert (args.epochs, args.batch_size, args.grad_accum, args.max_grad_norm, args.resume) == (1, 4, 1, 1.0, False)
+    assert (args.method, args.r, args.alpha, args.target_modules, args.nproc) == ("lora", 16, 32.0, "all-linear", 1)
+    assert finetune.shortcut_values(args) == {}  # kernel-core's defaults stay (arguments.kcore_defaults)
+    args = _parse(
+        "--data", "d", "--output", "o", "--epochs", "2", "--max-steps", "9", "--lr", "1e-4", "--weight-decay", "0.1",
+        "--batch-size", "8", "--grad-accum", "4", "--warmup-ratio", "0.1", "--max-grad-norm", "0", "--seed", "3",
+        "--precision", "bf16", "--gradient-checkpointing", "--save-steps", "5", "--no-progress",
+    )
+    assert finetune.shortcut_values(args) == {
+        "num_train_epochs": 2.0, "max_steps": 9, "learning_rate": 1e-4, "weight_decay": 0.1,
+        "per_device_train_batch_size": 8, "per_device_eval_batch_size": 8, "gradient_accumulation_steps": 4,
+        "warmup_steps": 0.1, "max_grad_norm": 0.0, "seed": 3, "bf16": True, "fp16": False,
+        "activation_checkpointing": True, "activation_checkpointing_kwargs": {"use_reentrant": False},
+        "save_strategy": "steps", "save_steps": 5, "disable_tqdm": True,
+    }
+    built = arguments.build(Path("o"), [("defaults", {"use_cpu": True}), ("flags", {"warmup_steps": 0.1})])
+    assert built.get_warmup_steps(25) == 3  # --warmup-ratio: a share of the steps, rounded up
     assert _parse("--data", "d", "--output", "o", "--target-modules", "q_proj, v_proj").target_modules == ["q_proj", "v_proj"]
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--output", "o"], "the following arguments are required: --data"),
-        (["--data", "d", "--output", "o", "--lr", "0"], "argument --lr: must be more than 0"),
-        (["--data", "d", "--output", "o", "--batch-size", "0"], "argument --batch-size: must be at least 1"),
-        (["--data", "d", "--output", "o", "--warmup-ratio", "0.1", "--warmup-steps", "2"], "not allowed with"),
-        (["--data", "d", "--output", "o", "--precision", "fp8"], "invalid choice: 'fp8'"),
-        (["--data", "d", "--output", "o", "--target-modules", ","], "must name at least one module"),
+        (["--lr", "0"], "argument --lr: must be more than 0"),
+        (["--batch-size", "0"], "argument --batch-size: must be at least 1"),
+        (["--warmup-ratio", "1"], "argument --warmup-ratio: must be in [0, 1)"),
+        (["--nproc", "0"], "argument --nproc: must be at least 1"),
+        (["--precision", "fp8"], "invalid choice: 'fp8'"),
+        (["--target-modules", ","], "must name at least one module"),
     ],
 )
-def test_bad_options_are_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_option_values_are_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
-        _parse(*argv)
+        _parse("--data", "d", "--output", "o", *argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
 
 
+def _training_args_files(folder: Path) -> dict[str, Path]:
+    files = {"missing": folder / "missing.json", "bad": folder / "bad.json", "list": folder / "list.json", "typo": folder / "typo.json"}
+    files["bad"].write_text('{"learning_rate": 1e-4,\n}')
+    files["list"].write_text("[1, 2]")
+    files["typo"].write_text(json.dumps({"lerning_rate": 1e-4}))
+    return files
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--set", "lerning_rate=1e-4"], "--set: 'lerning_rate' is not a TrainingArguments field (did you mean 'learning_rate'?); "
+                                         "kcore finetune --list-training-args lists them"),
+        (["--set", "save_strategy=sometimes"], "--set: save_strategy='sometimes' is invalid: "),
+        (["--set", "output_dir=elsewhere"], "--set: output_dir is set by --output, not here"),
+        (["--set", "learning_rate"], "--set 'learning_rate': expected key=value"),
+        (["--training-args", "{missing}"], "--training-args {missing} does not exist"),
+        (["--training-args", "{bad}"], "--training-args {bad}:2: not valid JSON"),
+        (["--training-args", "{list}"], "--training-args {list} must hold a JSON object of TrainingArguments fields"),
+        (["--training-args", "{typo}"], "--training-args {typo}: 'lerning_rate' is not a TrainingArguments field"),
+        (["--warmup-ratio", "0.1", "--warmup-steps", "2"], "--warmup-ratio and --warmup-steps both set warmup_steps: give one"),
+    ],
+)
+def test_bad_training_arguments_are_named_before_anything_loads(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = _training_args_files(tmp_path)
+    assert main(["finetune", *NOTHING, *(item.format(**files) for item in argv)]) == 2
+    assert _one_line_error(capsys).startswith(message.format(**files))
+
+
+def test_more_processes_than_cores_is_refused_before_any_starts(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KERNEL_CORE_PLATFORM", "cpu")
+    cores = len(os.sched_getaffinity(0))
+    assert main(["finetune", *NOTHING, "--nproc", str(cores + 1)]) == 2
+    assert _one_line_error(capsys) == f"--nproc {cores + 1} is more than this machine allows: it has {cores} usable CPU core(s)"
+
+
+def test_missing_data_or_output_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["finetune", "--output", "o"]) == 2
+    assert _one_line_error(capsys) == "kcore finetune needs --data (see kcore finetune --help)"
+    assert main(["finetune"]) == 2
+    assert _one_line_error(capsys).startswith("kcore finetune needs --data and --output")
+
+
+def test_list_training_args_prints_every_field(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["finetune", "--list-training-args"]) == 0
+    out = capsys.readouterr().out
+    assert set(re.findall(r"^(\w+) \(", out, re.MULTILINE)) == set(arguments.fields())
+    assert "learning_rate (float, default 5e-05)" in out  # transformers' own default, with its type
+
+
 def test_a_malformed_row_is_a_one_line_error(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = _write(tmp_path / "train.jsonl", [ROWS[0], '{"prompt": "no completion"}'])
-    code = main(["finetune", "--model", str(tiny_model), "--data", str(data), "--output", str(tmp_path / "out")])
-    assert code == 2
-    err = capsys.readouterr().err
-    assert err == f"kcore: error: {data}:2: missing key 'completion': a row is either " \
-        '{"prompt": ..., "completion": ...} or {"messages": [...]}\n'
+    assert main(["finetune", "--model", str(tiny_model), "--data", str(data), "--output", str(tmp_path / "out")]) == 2
+    error = _one_line_error(capsys)
+    assert error.startswith(f"{data}:2: missing key 'completion'"), error
     assert not (tmp_path / "out").exists()
 
 
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "adapter_model.safetensors"))
-
-
-def test_train_checkpoint_resume_and_load_the_adapter(
-    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("rows", "flags"), [([], []), ([{"prompt": "A long prompt, longer than three tokens", "completion": " x"}], ["--max-len", "3"])])
+def test_a_data_file_with_no_usable_rows_is_named(
+    rows: list[Any], flags: list[str], tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    data = _write(tmp_path / "train.jsonl", rows)
+    assert main(["finetune", "--model", str(tiny_model), "--data", str(data), "--output", str(tmp_path / "out"), *flags]) == 2
+    assert _one_line_error(capsys).startswith(f"data file {data}")
+
+
+def test_train_checkpoint_resume_and_load_the_adapter(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import peft
     from transformers import AutoModelForCausalLM
 
@@ -97,12 +177,11 @@ def test_train_checkpoint_resume_and_load_the_adapter(
 
     data = _write(tmp_path / "train.jsonl", ROWS)
     held_out = _write(tmp_path / "held_out.jsonl", ROWS[:3])
-    monkeypatch.setattr(torch, "save", lambda *a, **k: pytest.fail("torch.save pickles; checkpoints must not"))
     argv = [
         "finetune", "--model", str(tiny_model), "--data", str(data), "--eval-data", str(held_out),
         "--eval-exact-match", str(held_out), "--max-new-tokens", "3", "--max-steps", "4", "--save-steps", "2",
-        "--batch-size", "2", "--r", "4", "--alpha", "8", "--dropout", "0.1", "--lr", "1e-2", "--warmup-steps", "1",
-        "--seed", "7", "--no-progress",
+        "--batch-size", "2", "--r", "4", "--alpha", "8", "--dropout", "0.1", "--target-modules", "q_proj,v_proj",
+        "--lr", "1e-2", "--warmup-steps", "1", "--seed", "7", "--no-progress",
     ]
     whole = tmp_path / "whole"
     assert main([*argv, "--output", str(whole)]) == 0
@@ -110,26 +189,26 @@ def test_train_checkpoint_resume_and_load_the_adapter(
     assert "exact match before training: " in out and "exact match after training: " in out
     assert "trained 4 steps" in out and "eval loss at step 4" in out
     assert sorted(p.name for p in whole.iterdir()) == [
-        "adapter_config.json", "adapter_model.safetensors", "checkpoint-2", "checkpoint-4", "train_log.json"
+        "adapter_config.json", "adapter_model.safetensors", "checkpoint-2", "checkpoint-4", "loss.png",
+        "trainer_state.json", "training_args.json",
     ]
-    assert not [p for p in whole.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
-    log = json.loads((whole / "train_log.json").read_text())
-    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
-    assert [r["step"] for r in log if "eval_loss" in r] == [2, 4]
+    assert not list(whole.rglob("training_args.bin"))  # Trainer's pickle of the arguments: JSON instead
+    config = json.loads((whole / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == ["q_proj", "v_proj"] and config["r"] == 4
+    history = log_history(whole)
+    assert [r["step"] for r in history if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in history if "eval_loss" in r] == [2, 4]
 
-    # The same output folder again without --resume would mix two runs: refused.
-    assert main([*argv, "--output", str(whole)]) == 2
-    assert "already holds checkpoints" in capsys.readouterr().err
-
-    # A run interrupted after its step-2 checkpoint, continued with --resume: the same trajectory.
+    # A run interrupted after its step-2 checkpoint, continued with --resume: the same trajectory
+    # (LoRA dropout included: the random state comes back too).
     cut = tmp_path / "cut"
     cut.mkdir()
     shutil.copytree(whole / "checkpoint-2", cut / "checkpoint-2")
     assert main([*argv, "--output", str(cut), "--resume"]) == 0
     assert f"resuming from {cut / 'checkpoint-2'}" in capsys.readouterr().out
-    assert json.loads((cut / "train_log.json").read_text()) == log
-    for name, tensor in _tensors(whole).items():
-        assert torch.equal(_tensors(cut)[name], tensor), name
+    assert trajectory(cut) == trajectory(whole)
+    for folder in ("checkpoint-4", "."):
+        assert_same_adapter(cut / folder, whole / folder)
 
     # The final adapter loads in kernel-core's PeftModel and in HF peft, to the same model.
     ids = torch.tensor([[1, 2, 3, 4, 5]])
@@ -142,41 +221,3 @@ def test_train_checkpoint_resume_and_load_the_adapter(
         theirs_logits = theirs(input_ids=ids).logits
     torch.testing.assert_close(ours_logits, theirs_logits)
     assert not torch.allclose(ours_logits, base_logits)  # training moved the adapter off its zero start
-
-
-def test_gradient_checkpointing_and_precision_reach_the_loop(
-    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from kernel_core.finetune import run as run_module
-
-    seen: dict[str, Any] = {}
-    real_train = run_module.train
-
-    def spy(model: Any, examples: Any, config: Any, **kwargs: Any) -> Any:
-        seen["precision"] = config.precision
-        hf_model = model.base_model.model
-        seen["checkpointing"] = getattr(hf_model, "is_activation_checkpointing", None) or hf_model.is_gradient_checkpointing
-        return real_train(model, examples, config, **kwargs)
-
-    monkeypatch.setattr(run_module, "train", spy)
-    data = _write(tmp_path / "train.jsonl", ROWS[:2])
-    argv = ["finetune", "--model", str(tiny_model), "--data", str(data), "--output", str(tmp_path / "out"),
-            "--max-steps", "1", "--batch-size", "2", "--r", "2", "--target-modules", "q_proj,v_proj",
-            "--gradient-checkpointing", "--precision", "bf16", "--no-progress"]
-    assert main(argv) == 0
-    assert seen == {"precision": "bf16", "checkpointing": True}
-    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
-    assert sorted(config["target_modules"]) == ["q_proj", "v_proj"] and config["r"] == 2
-    assert "bf16" in capsys.readouterr().out
-
-
-def test_resume_without_a_checkpoint_starts_from_scratch(
-    tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
-) -> None:
-    data = _write(tmp_path / "train.jsonl", ROWS[:1])
-    argv = ["finetune", "--model", str(tiny_model), "--data", str(data), "--output", str(tmp_path / "out"),
-            "--max-steps", "1", "--r", "2", "--no-progress", "--resume"]
-    assert main(argv) == 0
-    assert "no checkpoint under" in caplog.text and "starting from scratch" in caplog.text
-    assert "trained 1 step:" in capsys.readouterr().out
-    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
