@@ -92,6 +92,10 @@ def training_arguments(job: FinetuneJob, eval_data: bool) -> Any:
         defaults["use_cpu"] = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one rank of a launched run
         defaults["ddp_backend"] = platform.distributed_backend()
+        if job.streaming:
+            # each rank reads the stream and keeps its share of every global batch: the main rank
+            # cannot hand out batches padded to different lengths (Accelerate's dispatch)
+            defaults["accelerator_config"] = {"dispatch_batches": False}
     user = {key: value for _, values in job.training_args for key, value in values.items()}
     if eval_data and user.get("save_strategy") == "steps" and "eval_strategy" not in user:
         # the eval loss is measured at every checkpoint (and once more at the end)

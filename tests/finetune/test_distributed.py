@@ -112,3 +112,10 @@ def test_fsdp_from_the_documented_file_trains_what_ddp_does(tiny_model: Path, da
     assert fsdp == ddp
     reference = _logits(tiny_model, tmp_path / "ddp")
     assert torch.equal(_logits(tiny_model, tmp_path / "fsdp"), reference)
+
+
+@pytest.mark.slow
+def test_streamed_data_on_two_processes_trains_what_one_does(tiny_model: Path, data: Path, tmp_path: Path) -> None:
+    one = _train(tiny_model, data, tmp_path / "one", "--batch-size", "4", "--streaming")
+    two = _train(tiny_model, data, tmp_path / "two", "--batch-size", "2", "--nproc", "2", "--streaming")
+    assert max(abs(a - b) for a, b in zip(one, two, strict=True)) <= 8 * torch.finfo(torch.float32).eps * max(one)
