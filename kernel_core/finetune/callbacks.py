@@ -84,6 +84,11 @@ class ProgressBar(TrainerCallback):
             self.bar.write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the bar, on a line of its own; ``Trainer`` calls no callback when training stops on
+        an error or Ctrl-C, so the caller closes it then, before saying what happened."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None

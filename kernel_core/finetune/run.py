@@ -175,8 +175,12 @@ def run_finetune(job: FinetuneJob, out: TextIO | None = None) -> FinetuneReport:
         processing_class=tokenizer,
         callbacks=[TunerTrainingCallback()],
     )
-    _use_progress_bar(trainer, job.progress and not args.disable_tqdm)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    bar = _use_progress_bar(trainer, job.progress and not args.disable_tqdm)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()  # also on an error or Ctrl-C: what is printed next gets a line of its own
     if eval_data is not None and not _evaluated_at(trainer.state.log_history, trainer.state.global_step):
         trainer.evaluate()
 
@@ -235,16 +239,20 @@ def _resume_point(job: FinetuneJob, last_checkpoint: Any) -> Path | None:
     return None
 
 
-def _use_progress_bar(trainer: Any, show: bool) -> None:
-    """Our bar (loss and tokens/s in its postfix) instead of ``Trainer``'s, which prints a dict per log."""
+def _use_progress_bar(trainer: Any, show: bool) -> Any:
+    """Our bar (loss and tokens/s in its postfix) instead of ``Trainer``'s, which prints a dict per
+    log; the :class:`~kernel_core.finetune.callbacks.ProgressBar` added, if ``show``."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from kernel_core.finetune.callbacks import ProgressBar
 
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    if show:
-        trainer.add_callback(ProgressBar())
+    if not show:
+        return None
+    bar = ProgressBar()
+    trainer.add_callback(bar)
+    return bar
 
 
 def _evaluated_at(log_history: Sequence[Mapping[str, Any]], step: int) -> bool:

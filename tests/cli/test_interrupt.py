@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-
-from kernel_core.finetune.checkpoint import CHECKPOINT_PREFIX, latest_checkpoint, load_training_state
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .kcore_process import KCORE, Output, assert_stopped_by_ctrl_c, wait_until
 
@@ -85,6 +84,12 @@ def test_chat_on_a_terminal_drops_an_interrupted_reply_and_quits_at_the_prompt(t
     assert_stopped_by_ctrl_c(code, err, "chat")
 
 
+def _last_checkpoint(output: Path) -> Path | None:
+    """The checkpoint ``--resume`` would continue from."""
+    found = get_last_checkpoint(str(output)) if output.is_dir() else None
+    return Path(found) if found is not None else None
+
+
 def test_finetune_stops_keeping_its_last_complete_checkpoint(tiny_model: Path, kcore: Start, tmp_path: Path) -> None:
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Row {i}:", "completion": f" {i}"}) + "\n" for i in range(64)))
@@ -93,15 +98,16 @@ def test_finetune_stops_keeping_its_last_complete_checkpoint(tiny_model: Path, k
                     "--batch-size", "2", "--max-steps", "100000", "--save-steps", "1", stdout=subprocess.DEVNULL)
     stderr = Output(process.stderr.fileno())
     # training: a checkpoint is written after each step
-    wait_until(lambda: latest_checkpoint(out), process, lambda: f"a checkpoint in {out}:\n{stderr.text}")
+    wait_until(lambda: _last_checkpoint(out), process, lambda: f"a checkpoint in {out}:\n{stderr.text}")
     code, err = _ctrl_c(process, stderr)
 
-    last = latest_checkpoint(out)
+    last = _last_checkpoint(out)
     note = f"; {last} is kept: the same command with --resume continues from it"
     assert_stopped_by_ctrl_c(code, err, "finetune", note)
-    checkpoints = [path for path in out.iterdir() if re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", path.name)]
-    for folder in checkpoints:  # what --resume could pick is whole: one written in part is still *.partial
-        assert load_training_state(folder).step == int(folder.name.removeprefix(CHECKPOINT_PREFIX))
+    checkpoints = [path for path in out.iterdir() if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", path.name)]
+    for folder in checkpoints:  # what --resume could pick is whole: one written in part is still hidden, staged
+        state = json.loads((folder / "trainer_state.json").read_text())
+        assert state["global_step"] == int(folder.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-"))
         assert load_file(folder / "adapter_model.safetensors")
         assert json.loads((folder / "adapter_config.json").read_text())["r"] == 16
     assert last in checkpoints

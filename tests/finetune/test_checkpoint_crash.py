@@ -1,36 +1,33 @@
 """``kcore finetune`` killed with SIGKILL at random times, again and again, each run resuming the
 last one with ``--resume`` (runs are real processes, forked by a :class:`~tests.crash.Zygote` so
 that each starts in a fraction of a second): every folder that looks complete is (each checkpoint
-equals the uninterrupted run's), and the run that finally finishes ends with the uninterrupted
-run's adapter, checkpoints and log, bit for bit. A checkpoint killed at each write point is whole
-or absent; a full disk while checkpointing is a clear error, and ``--resume`` continues from the
-previous checkpoint."""
+holds the uninterrupted run's adapter, bit for bit, and its logged losses, gradient norms, learning
+rates and eval losses), and the run that finally finishes ends with the uninterrupted run's output.
+
+A checkpoint killed at each of its write points, and a full disk while checkpointing, are tested on
+``AdapterTrainer`` itself, in tests/finetune/test_trainer.py."""
 
 from __future__ import annotations
 
-import errno
 import itertools
 import json
-import os
 import random
-import shutil
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from kernel_core.atomic import is_leftover
-from kernel_core.cli import main
-from kernel_core.finetune import checkpoint
-from kernel_core.finetune.run import TRAIN_LOG
-from kernel_core.peft.state_dict import CONFIG_NAME, WEIGHTS_NAME, read_adapter
+from kernel_core.finetune.plot import LOSS_PLOT
+from kernel_core.finetune.trainer import TRAINING_ARGS_JSON
+from kernel_core.peft.state_dict import CONFIG_NAME, WEIGHTS_NAME
 
-from ..crash import Child, Zygote, killed_before_write
+from ..crash import Child, Zygote
 from .conftest import CAPITALS
+from .trajectory import assert_same_adapter, trajectory
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the children run on one thread too: same sums
 
@@ -41,7 +38,12 @@ SETTINGS = [
 ]
 STARTED = "trainable parameters"  # the line run_finetune prints once the model is loaded, before training
 KILLS = 8
-PRELOAD = ("torch", "transformers", "transformers.models.llama.modeling_llama", "kernel_core.cli", "kernel_core.finetune.run")
+PRELOAD = (
+    "torch", "transformers", "transformers.models.llama.modeling_llama", "transformers.trainer", "datasets",
+    "kernel_core.cli", "kernel_core.finetune.run", "kernel_core.finetune.trainer", "kernel_core.finetune.data",
+)
+#: What the finished run writes beside its checkpoints; the adapter's config comes last.
+FINAL_FILES = {"trainer_state.json", LOSS_PLOT, WEIGHTS_NAME, TRAINING_ARGS_JSON, CONFIG_NAME}
 
 
 @pytest.fixture(scope="module")
@@ -69,23 +71,24 @@ def _finetune(zygote: Zygote, argv: list[str], output: Path) -> Child:
 
 @pytest.fixture(scope="module")
 def uninterrupted(zygote: Zygote, argv: list[str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    """The output folder of a run nobody killed, and how long it took (to spread kills over)."""
+    """The output folder of a run nobody killed, and how long it took from the model loaded to the
+    end (to spread kills over: loading writes nothing, and takes most of a run this small)."""
     output = tmp_path_factory.mktemp("uninterrupted") / "out"
-    started = time.perf_counter()
     run = _finetune(zygote, argv, output)
+    run.wait_for(STARTED)
+    started = time.perf_counter()
     assert run.wait() == 0, run.output()
     return output, time.perf_counter() - started
 
 
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    return read_adapter(folder)[1]
+def _arguments(folder: Path) -> dict[str, object]:
+    """The training arguments written in ``folder``, but the output folder they name."""
+    return {key: value for key, value in json.loads((folder / TRAINING_ARGS_JSON).read_text()).items() if key != "output_dir"}
 
 
-def _same_adapter(folder: Path, reference: Path) -> None:
-    expected, found = _tensors(reference), _tensors(folder)
-    assert found.keys() == expected.keys(), folder
-    for name, tensor in expected.items():
-        assert torch.equal(found[name], tensor), f"{folder}: {name} differs from the uninterrupted run"
+def _last_checkpoint(output: Path) -> Path | None:
+    found = get_last_checkpoint(str(output)) if output.is_dir() else None
+    return Path(found) if found is not None else None
 
 
 def _check_nothing_half_written(output: Path, reference: Path) -> None:
@@ -93,16 +96,16 @@ def _check_nothing_half_written(output: Path, reference: Path) -> None:
     for path in output.iterdir() if output.exists() else ():
         if is_leftover(path):
             continue
-        if path.name.startswith(checkpoint.CHECKPOINT_PREFIX):
-            state = checkpoint.load_training_state(path)
-            assert state.log == checkpoint.load_training_state(reference / path.name).log
-            _same_adapter(path, reference / path.name)
-        elif path.name == TRAIN_LOG:
-            assert json.loads(path.read_text()) == json.loads((reference / TRAIN_LOG).read_text())
+        if path.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
+            assert trajectory(path) == trajectory(reference / path.name), path
+            assert_same_adapter(path, reference / path.name)
+            assert _arguments(path) == _arguments(reference / path.name)
         else:
-            assert path.name in (CONFIG_NAME, WEIGHTS_NAME), f"unexpected {path}"
-    if (output / CONFIG_NAME).exists():
-        _same_adapter(output, reference)
+            assert path.name in FINAL_FILES, f"unexpected {path}"
+    if (output / CONFIG_NAME).exists():  # the final output is all there
+        assert trajectory(output) == trajectory(reference)
+        assert_same_adapter(output, reference)
+        assert (output / LOSS_PLOT).read_bytes() == (reference / LOSS_PLOT).read_bytes()
 
 
 @pytest.mark.parametrize("kills", [KILLS, pytest.param(4 * KILLS, marks=pytest.mark.slow)])
@@ -114,14 +117,16 @@ def test_killed_at_random_times_then_resumed_it_ends_as_if_never_killed(
     rng = random.Random(kills)
     landed = 0
     for attempt in itertools.count():
-        latest = checkpoint.latest_checkpoint(output)
+        latest = _last_checkpoint(output)
         run = _finetune(zygote, argv, output)
         if attempt == kills:
             assert run.wait() == 0, run.output()
             assert latest is None or f"resuming from {latest}" in run.output()
             break
-        # Run k is killed within the k-th of `kills` slices of what it has left to do: early to late.
+        # Once its model is loaded, run k is killed within the k-th of `kills` slices of what it has
+        # left to do: early to late.
         left = duration * (STEPS - (int(latest.name.split("-")[1]) if latest else 0)) / STEPS
+        run.wait_for(STARTED)
         time.sleep(left * (attempt + rng.random()) / kills)
         run.kill()
         status = run.wait()
@@ -134,65 +139,4 @@ def test_killed_at_random_times_then_resumed_it_ends_as_if_never_killed(
     assert landed >= kills // 2, f"most runs finished before their kill ({duration:.2f} s each)"
     _check_nothing_half_written(output, reference)
     assert sorted(path.name for path in output.iterdir()) == sorted(path.name for path in reference.iterdir())
-
-
-def _save(output: Path, model: Any, step: int) -> None:
-    state = checkpoint.TrainingState(
-        step=step, optimizer={"state": {}, "param_groups": []}, scheduler={"last_epoch": step}, scaler=None,
-        rng=checkpoint.rng_state(), trainable_parameters=["w"], run={"seed": 7}, log=[{"step": step}],
-    )
-    checkpoint.save_checkpoint(output, state, model.save_pretrained)
-
-
-def test_killed_at_any_write_point_a_checkpoint_is_whole_or_absent(tiny_model: Path, tmp_path: Path) -> None:
-    from transformers import AutoModelForCausalLM
-
-    from kernel_core.peft import get_config, get_peft_model
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), get_config("lora", r=2, target_modules=["q_proj"]))
-    _save(tmp_path, model, 2)
-    seen = set()
-    for n in itertools.count(1):
-        killed = killed_before_write(lambda: _save(tmp_path, model, 4), n)
-        latest = checkpoint.latest_checkpoint(tmp_path)
-        seen.add(latest.name)
-        assert checkpoint.load_training_state(latest).log == [{"step": int(latest.name.split("-")[1])}]
-        read_adapter(latest)
-        assert [p.name for p in tmp_path.iterdir() if not is_leftover(p)] in (["checkpoint-2"], ["checkpoint-2", "checkpoint-4"])
-        _save(tmp_path, model, 4)  # the resumed run saves step 4 again
-        assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "checkpoint-4"]
-        if not killed:
-            break
-        shutil.rmtree(tmp_path / "checkpoint-4")  # back to before the kill, for the next write point
-    assert seen == {"checkpoint-2", "checkpoint-4"}
-
-
-def test_a_full_disk_while_checkpointing_is_a_clear_error_and_resume_continues(
-    argv: list[str], uninterrupted: tuple[Path, float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    reference, _ = uninterrupted
-    real_save_file = checkpoint.save_file
-
-    def full_at_step_4(tensors: dict[str, torch.Tensor], filename: str, **kwargs: Any) -> None:
-        if "checkpoint-4" not in filename:
-            return real_save_file(tensors, filename, **kwargs)
-        with open(filename, "wb") as half:
-            half.write(b"\0" * 100)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
-
-    monkeypatch.setenv("KERNEL_CORE_PLATFORM", "cpu")  # where the uninterrupted run trained
-    monkeypatch.setattr(checkpoint, "save_file", full_at_step_4)
-    descriptors = len(os.listdir("/proc/self/fd"))
-    assert main([*argv, "--output", str(tmp_path)]) == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith(f"kcore: error: no space left on the device while writing {tmp_path / 'checkpoint-4'};")
-    assert len(os.listdir("/proc/self/fd")) == descriptors
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2"]
-    _check_nothing_half_written(tmp_path, reference)
-
-    monkeypatch.setattr(checkpoint, "save_file", real_save_file)  # space freed
-    assert main([*argv, "--output", str(tmp_path)]) == 0
-    assert f"resuming from {tmp_path / 'checkpoint-2'}" in capsys.readouterr().out
-    _check_nothing_half_written(tmp_path, reference)
-    assert sorted(os.listdir(tmp_path)) == sorted(os.listdir(reference))
+    assert _arguments(output) == _arguments(reference)
