@@ -11,6 +11,7 @@ handed the transformers model inside the adapter wrapper (TRL's ``SFTTrainer``) 
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ class ProgressBar(TrainerCallback):
             tokens = (state.num_input_tokens_seen - self.tokens_at_start) / seconds
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0.0):.2e}", tok_s=f"{tokens:.0f}")
         if "eval_loss" in logs:
-            self.bar.write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
+            self.bar.write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}", file=sys.stderr)  # with the bar
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self.close()

@@ -30,6 +30,7 @@ def plot_losses(log_history: Sequence[Mapping[str, Any]], path: str | os.PathLik
 
     matplotlib.use("Agg")  # no display needed, and never a GUI backend's side effects
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     path = Path(path)
     curves = loss_curves(log_history)
@@ -39,6 +40,7 @@ def plot_losses(log_history: Sequence[Mapping[str, Any]], path: str | os.PathLik
         if points:
             steps, losses = zip(*points, strict=True)
             axes.plot(steps, losses, style, label=label, markersize=4)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("loss (mean per target token)")
     axes.grid(alpha=0.3)
