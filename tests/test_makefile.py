@@ -5,7 +5,6 @@ adapter as a run nobody killed."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -14,9 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from kernel_core.peft.state_dict import CONFIG_NAME, WEIGHTS_NAME, read_adapter
+from kernel_core.peft.state_dict import CONFIG_NAME, WEIGHTS_NAME
+
+from .finetune.trajectory import assert_same_adapter, trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
 FINETUNE = "/kcore finetune "
@@ -83,7 +83,6 @@ def test_make_example_adapter_killed_at_random_times_then_rerun(embedded_model: 
     started = time.perf_counter()
     assert start(reference := tmp_path / "reference").wait(timeout=900) == 0
     duration = time.perf_counter() - started
-    expected = read_adapter(reference)[1]
     adapter, rng, kills = tmp_path / "person-records", random.Random(3), 3
     for attempt in range(kills):
         make = start(adapter)
@@ -96,6 +95,5 @@ def test_make_example_adapter_killed_at_random_times_then_rerun(embedded_model: 
         assert _would_train(adapter)
     assert start(adapter).wait(timeout=900) == 0
     assert _serves(adapter) and not _would_train(adapter) and not Path(f"{adapter}.partial").exists()
-    found = read_adapter(adapter)[1]
-    assert found.keys() == expected.keys() and all(torch.equal(found[k], v) for k, v in expected.items())
-    assert json.loads((adapter / "train_log.json").read_text()) == json.loads((reference / "train_log.json").read_text())
+    assert_same_adapter(adapter, reference)
+    assert trajectory(adapter) == trajectory(reference)
