@@ -209,13 +209,12 @@ def precision(args: Any) -> str:
 
 
 def check_resumable(checkpoint: Path, args: Any) -> None:
-    """Refuse a resume whose settings would leave the interrupted run's trajectory, naming the setting."""
-    from kernel_core.finetune.trainer import TRAINING_ARGS_JSON
+    """Refuse a resume from a damaged checkpoint, or whose settings would leave the interrupted
+    run's trajectory, naming the file or the setting."""
+    from kernel_core.finetune.trainer import TRAINING_ARGS_JSON, check_checkpoint
 
-    saved_path = checkpoint / TRAINING_ARGS_JSON
-    if not saved_path.is_file():
-        raise CheckpointError(f"cannot resume from {checkpoint}: it has no {TRAINING_ARGS_JSON} (not written by kcore finetune)")
-    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    check_checkpoint(checkpoint, args.world_size)
+    saved = json.loads((checkpoint / TRAINING_ARGS_JSON).read_text(encoding="utf-8"))
     current = {**json.loads(args.to_json_string()), "world_size": args.world_size}
     for key in RESUME_MUST_MATCH:
         if saved.get(key) != current.get(key):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,25 @@ def _row_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
     )
     return torch.stack([losses.sum(1), (targets != IGNORE_INDEX).sum(1).to(losses.dtype)], dim=1).double()
+
+
+def check_checkpoint(folder: Path, world_size: int) -> None:
+    """Refuse to resume from a checkpoint that is not whole, naming the file: ``Trainer`` would
+    resume without a missing optimizer state (leaving the trajectory) or fail deep inside on a
+    damaged file. Checkpoints this trainer writes are published whole; this catches later damage."""
+    rng = ["rng_state.pth"] if world_size == 1 else [f"rng_state_{rank}.pth" for rank in range(world_size)]
+    needed = ["adapter_config.json", "adapter_model.safetensors", "trainer_state.json", TRAINING_ARGS_JSON, "optimizer.pt", "scheduler.pt", *rng]
+    for name in needed:
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"cannot resume from {folder}: {name} is missing, so the run would not continue where it stopped")
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix in (".pt", ".pth"):
+                with zipfile.ZipFile(path) as archive:  # torch.save's format: a zip whose CRCs catch damage
+                    bad = archive.testzip()
+                if bad is not None:
+                    raise ValueError(f"{bad} fails its checksum")
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+            raise CheckpointError(f"cannot resume from {folder}: {name} is damaged ({exc})") from None

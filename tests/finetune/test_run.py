@@ -238,9 +238,36 @@ def test_a_resume_with_other_settings_is_refused_before_training(one_step_checkp
     other = dataclasses.replace(job, output=tmp_path, resume=True, training_args=[*job.training_args, ("--set", {"seed": 4})])
     with pytest.raises(CheckpointError, match="it was written with seed=0, this run has seed=4"):
         _finetune(other)
-    (tmp_path / checkpoint.name / TRAINING_ARGS_JSON).unlink()
-    with pytest.raises(CheckpointError, match=f"it has no {TRAINING_ARGS_JSON} \\(not written by kcore finetune\\)"):
-        _finetune(dataclasses.replace(other, training_args=job.training_args))
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        (TRAINING_ARGS_JSON, "remove", f"{TRAINING_ARGS_JSON} is missing"),
+        ("optimizer.pt", "remove", "optimizer.pt is missing, so the run would not continue where it stopped"),
+        ("trainer_state.json", "truncate", r"trainer_state.json is damaged \("),
+        ("rng_state.pth", "truncate", r"rng_state.pth is damaged \("),
+        ("optimizer.pt", "flip", r"optimizer.pt is damaged \("),
+    ],
+)
+def test_a_damaged_checkpoint_is_refused_naming_the_file(
+    one_step_checkpoint: tuple[FinetuneJob, Path], tmp_path: Path, name: str, damage: str, message: str
+) -> None:
+    import shutil
+
+    job, checkpoint = one_step_checkpoint
+    copy = shutil.copytree(checkpoint, tmp_path / checkpoint.name)
+    path = copy / name
+    if damage == "remove":
+        path.unlink()
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:  # one byte flipped inside the archive's data
+        data = bytearray(path.read_bytes())
+        data[len(data) // 3] ^= 0xFF
+        path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"cannot resume from {copy}: {message}"):
+        run.check_resumable(copy, run.training_arguments(job, eval_data=False))
 
 
 def test_a_folder_holding_checkpoints_needs_resume(tiny_model: Path, data: Path, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from kernel_core.peft.state_dict import read_adapter
 from kernel_core_sdk.tiny_models import tiny_llama, token_ids
 
 from ..crash import killed_before_write
+from .trajectory import assert_same_adapter, trajectory
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,17 +46,6 @@ def _trainer(output: Path, **overrides: Any) -> AdapterTrainer:
         logging_steps=1, report_to="none", use_cpu=True, disable_tqdm=True, seed=3,
     ) | overrides
     return AdapterTrainer(model=model, args=TrainingArguments(**settings), train_dataset=rows, data_collator=default_data_collator)
-
-
-def _curve(output: Path) -> list[tuple[Any, ...]]:
-    history = json.loads((output / "trainer_state.json").read_text())["log_history"]
-    return [(r["step"], r["loss"], r["grad_norm"], r["learning_rate"]) for r in history if "loss" in r]
-
-
-def _same_adapter(folder: Path, reference: Path) -> None:
-    expected, found = read_adapter(reference)[1], read_adapter(folder)[1]
-    assert found.keys() == expected.keys()
-    assert all(torch.equal(found[name], expected[name]) for name in expected), f"{folder} differs from {reference}"
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +74,9 @@ def test_resume_continues_the_exact_trajectory(reference: Path, tmp_path: Path) 
     trainer = _trainer(tmp_path)
     trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     trainer.save_state()
-    assert _curve(tmp_path) == _curve(reference)  # dropout included: the RNG state came back too
+    assert trajectory(tmp_path) == trajectory(reference)  # dropout included: the RNG state came back too
     for checkpoint in ("checkpoint-4", "checkpoint-6"):
-        _same_adapter(tmp_path / checkpoint, reference / checkpoint)
+        assert_same_adapter(tmp_path / checkpoint, reference / checkpoint)
 
 
 def test_killed_at_any_write_point_a_checkpoint_is_whole_or_absent(reference: Path, tmp_path: Path) -> None:
