@@ -8,6 +8,7 @@ the launcher stops the others and this module says which rank died and how; noth
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -60,6 +61,8 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
         max_restarts=0,
         monitor_interval=0.2,
     )
+    # the launcher's own log lines repeat, less readably, what describe_failure says
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "kernel_core", "finetune", *argv)
     except ChildFailedError as exc:
