@@ -1,4 +1,10 @@
-"""The contract a mixture-of-experts kernel plugin implements."""
+"""The contract a mixture-of-experts kernel plugin implements.
+
+Expert weights arrive stacked, one slice per expert, either in the activations' dtype or as int8
+weight-only quantized tensors with per-expert, per-output-channel scales (``moe_quantization``
+"int8"). A kernel lists the quantizations it consumes in its :class:`MoEKernelSpec` record, so
+that selection never hands it weights it cannot read.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +25,39 @@ class MoEKernel(ABC):
         w_down: torch.Tensor,
         top_k: int,
         renormalize: bool = True,
+        *,
+        w_gate_up_scale: torch.Tensor | None = None,
+        w_down_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return ``[T, H]``.
+        """Return ``[T, H]`` in ``hidden``'s dtype.
 
         ``hidden`` is ``[T, H]``; ``router_logits`` ``[T, E]``; ``w_gate_up`` ``[E, 2 * I, H]``
         (gate rows then up rows); ``w_down`` ``[E, H, I]``. Routing weights are the softmax of
-        the logits over the chosen top-k, renormalised to sum to one when ``renormalize``.
+        the logits over all experts, kept for the top-k, renormalised to sum to one when
+        ``renormalize`` (ties between equal logits go to the lower expert index, as
+        ``torch.topk`` breaks them). Expert ``e`` computes
+        ``down_e(silu(gate_e(x)) * up_e(x))``.
+
+        With the scales given (plugin API 1.3), ``w_gate_up`` and ``w_down`` are int8 and the
+        real weights are ``w.float() * scale[..., None]``: ``w_gate_up_scale`` is ``[E, 2 * I]``
+        and ``w_down_scale`` ``[E, H]``, float32, one scale per expert and output channel. Only
+        kernels whose record lists ``"int8"`` in ``quantizations`` receive them.
         """
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 weight-only quantization of stacked expert weights ``[E, out, in]``.
+
+    Returns the int8 weights and float32 scales ``[E, out]`` (``max |w| / 127`` per expert and
+    output channel, 1 for an all-zero row), so that ``q.float() * scale[..., None]`` is within
+    half a step of ``weight``.
+    """
+    absmax = weight.detach().abs().amax(dim=-1).float()
+    scale = torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax))
+    quantized = torch.round(weight.float() / scale[..., None]).clamp_(-127, 127).to(torch.int8)
+    return quantized, scale
+
+
+def dequantize_int8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The real weights ``[..., out, in]`` in ``dtype`` from int8 ones and their scales ``[..., out]``."""
+    return (weight.float() * scale[..., None]).to(dtype)

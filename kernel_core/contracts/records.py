@@ -11,10 +11,12 @@ import enum
 import importlib
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
 TARGET_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+#: Quantizations of expert weights an MoE kernel may consume besides unquantized weights.
+MOE_QUANTIZATIONS = frozenset({"int8"})
 
 
 def import_target(target: str) -> Any:
@@ -114,6 +116,23 @@ class MoEKernelSpec(ImplementationSpec):
 
     kind: ClassVar[PluginKind] = PluginKind.MOE_KERNEL
     contract: ClassVar[str] = "kernel_core.contracts.moe:MoEKernel"
+    device_types: frozenset[str] = Field(
+        default=frozenset({"cpu", "cuda", "xpu"}),
+        description="torch device types the kernel runs on.",
+    )
+    quantizations: frozenset[str] = Field(
+        default=frozenset(),
+        description="Quantized expert weights its forward consumes besides unquantized ones, e.g. int8 "
+        "(plugin API 1.3).",
+    )
+
+    @field_validator("quantizations")
+    @classmethod
+    def _known_quantizations(cls, value: frozenset[str]) -> frozenset[str]:
+        unknown = sorted(value - MOE_QUANTIZATIONS)
+        if unknown:
+            raise ValueError(f"unknown quantizations {unknown}; known: {sorted(MOE_QUANTIZATIONS)}")
+        return value
 
 
 class LoRAKernelSpec(ImplementationSpec):
