@@ -2,7 +2,8 @@
 ``kcore bench lora``: W1 base only beside W2 on 8 LoRA adapters, on our engine;
 ``kcore bench serve``: W1's prompts as a Poisson load on a ``kcore serve`` process, over HTTP;
 ``kcore bench soak``: a mixed load on a ``kcore serve`` process for a set time, failing on leaks;
-``kcore bench finetune``: LoRA training under ``Trainer``, our PEFT beside Hugging Face ``peft``, and DDP.
+``kcore bench finetune``: LoRA training under ``Trainer``, our PEFT beside Hugging Face ``peft``, and DDP;
+``kcore bench moe``: a random MoE model beside HF ``generate``, and the MoE layer beside HF's expert loop.
 
 The benchmarks (and torch) are imported inside ``run`` so that ``kcore --help`` stays fast.
 """
@@ -67,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_serve(benchmarks)
     _register_soak(benchmarks)
     _register_finetune(benchmarks)
+    _register_moe(benchmarks)
 
 
 def _register_lora(benchmarks: argparse._SubParsersAction) -> None:
@@ -221,6 +223,46 @@ def _register_finetune(benchmarks: argparse._SubParsersAction) -> None:
     sub.add_argument("--json", metavar="FILE", help="also write the whole report as JSON to FILE")
 
 
+def _register_moe(benchmarks: argparse._SubParsersAction) -> None:
+    from kernel_core.bench.moe_layer import DEFAULT_TOKEN_COUNTS
+
+    sub = benchmarks.add_parser(
+        "moe",
+        help="a random Mixtral-style MoE model: our engine beside HF generate on W1, and the MoE layer alone "
+        "beside HF's expert loop",
+        description="Build (once, seeded) a mid-size random Mixtral-style model (8 experts, top-2, hidden 1024, "
+        "8 layers, the embedded model's tokenizer) and serve W1's prompts on our engine with float32 experts, "
+        "with int8 experts, and on HF transformers batched generate. Before that, time the MoE layer alone: "
+        "every installed MoE kernel that runs on the CPU (and its int8 variant) beside transformers' expert loop "
+        "and its default grouped_mm, at each token count, each output checked against the loop's. Targets: "
+        "engine >= 3x HF output tok/s, each kernel >= 2x the loop from 16 tokens, int8 within 10% of float32.",
+    )
+    sub.set_defaults(func=run_moe, model="the benchmark MoE model")
+    sub.add_argument(
+        "--workloads", metavar="PATH",
+        help=f"the workload.py file (default: ${ENV_WORKLOADS}, else <repo root>/../shared/bench/workload.py)",
+    )
+    sub.add_argument("--num-prompts", type=positive_int, metavar="N", help="run only the first N prompts of W1")
+    sub.add_argument("--max-tokens", type=positive_int, metavar="M", help="output tokens per request instead of W1's")
+    sub.add_argument(
+        "--hf-batch-size", type=positive_int, default=16, metavar="B",
+        help="batch size of the HF transformers baseline (default: %(default)s)",
+    )
+    sub.add_argument("--skip-hf", action="store_true", help="do not run the HF generate baseline")
+    sub.add_argument("--skip-int8", action="store_true", help="do not serve the model with int8 experts")
+    sub.add_argument("--layer-only", action="store_true", help="time the MoE layer only, not the engine")
+    sub.add_argument(
+        "--tokens", type=positive_int, nargs="+", default=list(DEFAULT_TOKEN_COUNTS), metavar="T",
+        help="token counts of the layer benchmark (default: %(default)s)",
+    )
+    sub.add_argument(
+        "--dtypes", nargs="+", choices=("float32", "bfloat16"), default=["float32", "bfloat16"],
+        help="dtypes of the layer benchmark (default: %(default)s)",
+    )
+    sub.add_argument("--json", metavar="FILE", help="also write the whole report as JSON to FILE")
+    _add_engine_options(sub, _ENGINE_OPTIONS, "engine options (default: the engine's defaults)")
+
+
 def _at_least_two(text: str) -> int:
     value = positive_int(text)
     if value < 2:
@@ -333,6 +375,33 @@ def run_serve(args: argparse.Namespace) -> int:
     print(serve.render_report(report), end="")
     if args.json:
         write_json(report, args.json)
+    return 0
+
+
+def run_moe(args: argparse.Namespace) -> int:
+    """Run ``kcore bench moe`` and print its report; errors propagate to ``kcore``'s handler."""
+    import json
+
+    from kernel_core.bench import moe
+    from kernel_core.bench.moe_model import model_folder
+    from kernel_core.bench.workloads import locate, workload
+    from kernel_core.plugins import get_plugin_manager
+
+    options = _engine_options(args)  # checked against EngineConfig before the model is built
+    chosen = None if args.layer_only else workload(locate(args.workloads), "W1", args.num_prompts, args.max_tokens)
+    report = moe.run(
+        get_plugin_manager(),
+        None if args.layer_only else model_folder(),
+        chosen,
+        options,
+        None if args.skip_hf else args.hf_batch_size,
+        not args.skip_int8,
+        args.tokens,
+        args.dtypes,
+    )
+    print(moe.render(report), end="")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return 0
 
 
