@@ -5,7 +5,7 @@ torch) and then the behaviour the kind's contract promises; each class docstring
 fixtures to supply. See the README of kernel-core-sdk for an example.
 """
 
-from kernel_core_sdk.conformance._reference import ReferenceAttentionBackend
+from kernel_core_sdk.conformance._reference import ReferenceAttentionBackend, ReferenceMoEKernel
 from kernel_core_sdk.conformance._reference import lora as reference_lora
 from kernel_core_sdk.conformance._requests import FakeRequest
 from kernel_core_sdk.conformance.attention import AttentionBackendConformance
@@ -30,6 +30,7 @@ __all__ = [
     "PlatformContractChecks",
     "PrefixCachingConformance",
     "ReferenceAttentionBackend",
+    "ReferenceMoEKernel",
     "RegistrationChecks",
     "SchedulerConformance",
     "TunerConformance",

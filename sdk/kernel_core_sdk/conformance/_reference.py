@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
+from kernel_core.contracts.moe import MoEKernel, dequantize_int8
 
 
 def write_kv(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -80,7 +81,8 @@ def moe(
     top_k: int,
     renormalize: bool,
 ) -> torch.Tensor:
-    """What :meth:`MoEKernel.forward` must compute, one token at a time."""
+    """What :meth:`MoEKernel.forward` must compute, one token at a time, in float64 (so that a
+    bfloat16 kernel is compared with the exact result of its own rounded inputs)."""
     intermediate = w_down.shape[2]
     out = torch.zeros(hidden.shape, dtype=torch.float64)
     for t in range(hidden.shape[0]):
@@ -92,7 +94,7 @@ def moe(
             gate_up = w_gate_up[expert].double() @ x
             gate, up = gate_up[:intermediate], gate_up[intermediate:]
             out[t] += weight * (w_down[expert].double() @ (F.silu(gate) * up))
-    return out.to(hidden.dtype)
+    return out
 
 
 def lora(
@@ -108,3 +110,26 @@ def lora(
             shrunk = lora_a[slot].cpu().double() @ x[t].cpu().double()
             out[t] += lora_b[slot].cpu().double() @ shrunk
     return out
+
+
+class ReferenceMoEKernel(MoEKernel):
+    """:func:`moe` as a kernel (int8 weights through their dequantized values), in the
+    activations' dtype and device: what a model's tests can run its MoE layers on."""
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        router_logits: torch.Tensor,
+        w_gate_up: torch.Tensor,
+        w_down: torch.Tensor,
+        top_k: int,
+        renormalize: bool = True,
+        *,
+        w_gate_up_scale: torch.Tensor | None = None,
+        w_down_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if w_gate_up_scale is not None and w_down_scale is not None:
+            w_gate_up = dequantize_int8(w_gate_up, w_gate_up_scale, torch.float64)
+            w_down = dequantize_int8(w_down, w_down_scale, torch.float64)
+        out = moe(hidden.cpu(), router_logits.cpu(), w_gate_up.cpu(), w_down.cpu(), top_k, renormalize)
+        return out.to(device=hidden.device, dtype=hidden.dtype)
