@@ -1,0 +1,1 @@
+"""The portable mixture-of-experts kernel for kernel-core: plain torch, any device torch runs on."""
