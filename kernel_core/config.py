@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -53,6 +55,16 @@ class EngineConfig(BaseModel):
         default=None, ge=1, description="Converted adapters kept in host memory; default max_loras."
     )
     lora_kernel: str | None = Field(default=None, description="Plugin name; default by priority for the device.")
+    moe_kernel: str | None = Field(
+        default=None,
+        description="MoE kernel plugin name; default by priority among those running on the device (and "
+        "consuming moe_quantization). Only for models whose plugin takes MoE options; refused for others.",
+    )
+    moe_quantization: Literal["int8"] | None = Field(
+        default=None,
+        description="Store MoE expert weights as int8 (per expert and output channel scales), quantized at load. "
+        "Only for models whose plugin takes MoE options; refused for others.",
+    )
 
     @model_validator(mode="after")
     def _budget_holds_one_block(self) -> EngineConfig:

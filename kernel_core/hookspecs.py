@@ -99,7 +99,8 @@ def kernel_core_moe_kernels() -> Iterable[MoEKernelSpec]:
 
     Called once per process when the plugin manager collects registrations; not firstresult.
     Takes no parameters. Mixture-of-experts layers use the kernel named by the ``moe_kernel``
-    setting, or the highest-priority one; its implementation subclasses
+    setting, or the highest-priority one whose record runs on the model's device and lists the
+    ``moe_quantization`` asked for in ``quantizations``; its implementation subclasses
     :class:`kernel_core.contracts.moe.MoEKernel`.
     """
 

@@ -22,7 +22,9 @@ from kernel_core.sampling_params import SamplingParams
 from .properties import ANYTHING, FAST, LONG, arbitrary_kwargs, check_construction
 
 ENGINE_FAST = settings(FAST, max_examples=25)
-PLUGIN_FIELDS = ("scheduler_policy", "cache_manager", "model_architecture", "attention_backend", "platform", "lora_kernel")
+PLUGIN_FIELDS = (
+    "scheduler_policy", "cache_manager", "model_architecture", "attention_backend", "platform", "lora_kernel", "moe_kernel",
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -47,6 +49,7 @@ def assert_within_documented_ranges(config: EngineConfig) -> None:
         value = getattr(config, name)
         assert value is None or type(value) is str, name
     assert type(config.enable_lora) is bool and type(config.enable_prefix_caching) is bool
+    assert config.moe_quantization in (None, "int8")
 
 
 #: model is required: always given, so that the other fields' checks are what is tested.

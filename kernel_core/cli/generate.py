@@ -105,6 +105,18 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         metavar="GIB",
         help="KV-cache budget in GiB (default: a share of free memory)",
     )
+    parser.add_argument(
+        "--moe-kernel",
+        default=None,
+        metavar="NAME",
+        help="MoE kernel plugin for mixture-of-experts models (default: by priority for the device)",
+    )
+    parser.add_argument(
+        "--moe-quantization",
+        choices=["int8"],
+        default=None,
+        help="store MoE expert weights as int8, quantized at load (default: the model's dtype)",
+    )
 
 
 def add_sampling_options(parser: argparse.ArgumentParser, *, max_tokens: int) -> None:
@@ -159,7 +171,8 @@ def build_engine(args: argparse.Namespace) -> LLMEngine:
         rank = getattr(args, "max_lora_rank", None) or adapter_rank(adapter)
         lora = dict(enable_lora=True, max_loras=1, max_lora_rank=rank)
     config = EngineConfig(
-        model=args.model, max_model_len=args.max_model_len, kv_cache_memory=args.kv_cache_memory, **lora
+        model=args.model, max_model_len=args.max_model_len, kv_cache_memory=args.kv_cache_memory,
+        moe_kernel=args.moe_kernel, moe_quantization=args.moe_quantization, **lora,
     )
     return LLMEngine(config)
 

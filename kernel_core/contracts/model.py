@@ -34,7 +34,12 @@ class ModelArchitecture(ABC):
         dtype: torch.dtype,
         device: torch.device,
     ) -> ModelArchitecture:
-        """Build the model from ``config.json`` and safetensors weights in ``folder``."""
+        """Build the model from ``config.json`` and safetensors weights in ``folder``.
+
+        A plugin running mixture-of-experts models may add a keyword parameter
+        ``moe: kernel_core.modeling.moe.MoEOptions | None`` (plugin API 1.3): the engine passes
+        the selected MoE kernel and expert quantization only when the signature names it.
+        """
 
     @abstractmethod
     def forward(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from decimal import Decimal
@@ -21,6 +22,7 @@ from kernel_core.contracts.scheduler import SchedulerPolicy
 from kernel_core.errors import InvalidModelFolderError, KernelCoreError, UnknownPluginError
 from kernel_core.lora.registry import AdapterRegistry
 from kernel_core.lora.slots import slots_nbytes
+from kernel_core.modeling.moe import MoEOptions
 from kernel_core.models import resolve_model
 from kernel_core.platforms import select_platform
 from kernel_core.plugins import PluginManager, Registration, get_plugin_manager
@@ -61,7 +63,8 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     attention = manager.load(manager.select(PluginKind.ATTENTION_BACKEND, attention_name))()
     model_config = json.loads((folder / "config.json").read_text())
     model_class = manager.load(_architecture(manager, folder, model_config, config.model_architecture))
-    model = model_class.from_pretrained(folder, attention=attention, dtype=dtype, device=device)
+    moe = _moe_options(config, manager, model_class, device)
+    model = model_class.from_pretrained(folder, attention=attention, dtype=dtype, device=device, **moe)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     max_model_len = _max_model_len(config, folder, model_config)
     num_blocks = config.num_kv_blocks or _num_blocks(config, platform, attention, model, dtype)
@@ -111,6 +114,29 @@ def _adapter_registry(
         dtype=dtype,
         device=device,
     )
+
+
+def _moe_options(
+    config: EngineConfig, manager: PluginManager, model_class: type[ModelArchitecture], device: torch.device
+) -> dict[str, MoEOptions]:
+    """``moe=``, the selected MoE kernel and quantization, for a model plugin whose
+    ``from_pretrained`` has a ``moe`` parameter; none for older plugins, which keep working.
+    MoE settings for a plugin without it are refused: ignoring them would serve something other
+    than what was asked for (full-size experts when int8 was set, another kernel than the one named)."""
+    if "moe" in inspect.signature(model_class.from_pretrained).parameters:
+        return {
+            "moe": MoEOptions.select(
+                device, kernel=config.moe_kernel, quantization=config.moe_quantization, manager=manager
+            )
+        }
+    settings = {"moe_kernel": config.moe_kernel, "moe_quantization": config.moe_quantization}
+    asked = [f"{field} {value!r}" for field, value in settings.items() if value is not None]
+    if asked:
+        raise KernelCoreError(
+            f"{', '.join(asked)}: the {model_class.__name__} model plugin takes no MoE options (a dense model, "
+            "or a plugin whose from_pretrained has no moe parameter); leave the MoE settings unset for it"
+        )
+    return {}
 
 
 def _dtype(name: str, platform: Platform) -> torch.dtype:

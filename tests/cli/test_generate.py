@@ -56,6 +56,7 @@ def test_defaults() -> None:
     assert (args.prompt, args.model, args.chat, args.max_tokens, args.temperature, args.seed) == (
         "hello", EMBEDDED_MODEL_ID, True, 64, 0.0, None)
     assert (args.max_model_len, args.kv_cache_memory, args.top_p, args.top_k, args.stop) == (None, None, 1.0, 0, [])
+    assert (args.moe_kernel, args.moe_quantization) == (None, None)
     assert _parse("--no-chat", "hello").chat is False
     assert generate.sampling_params(args) == SamplingParams(temperature=0.0, max_tokens=64)
 
@@ -75,7 +76,7 @@ def test_sampling_options_map_onto_sampling_params() -> None:
     [
         ["--max-tokens", "0"], ["--max-tokens", "x"], ["--temperature", "-1"], ["--temperature", "nan"],
         ["--top-p", "0"], ["--top-p", "1.5"], ["--top-k", "-1"], ["--max-model-len", "0"],
-        ["--kv-cache-memory", "0"], ["--stop", ""],
+        ["--kv-cache-memory", "0"], ["--stop", ""], ["--moe-quantization", "int4"],
     ],
 )
 def test_bad_options_are_usage_errors_naming_the_option(option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -109,6 +110,15 @@ def test_a_prompt_the_engine_refuses_is_one_error_line(tiny_model: Path, capsys:
     assert captured.out == ""
     assert captured.err.startswith("kcore: error: request 'kcore-cli': the prompt has ")
     assert captured.err.endswith("but max_model_len is 16 (prompt plus at least one output token must fit)\n")
+
+
+def test_moe_settings_reach_the_engine(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The tiny model is dense: the engine refuses MoE settings in one line naming them."""
+    argv = ["generate", "--model", str(tiny_model), *SMALL, "--moe-kernel", "torch", "--moe-quantization", "int8"]
+    assert main([*argv, "hello"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "kcore: error: moe_kernel 'torch', moe_quantization 'int8': the "
+    )
 
 
 def test_text_is_streamed_as_it_is_generated(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:

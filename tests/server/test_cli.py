@@ -12,7 +12,7 @@ def test_serve_is_a_command_with_its_options(capsys):
         main(["serve", "--help"])
     text = capsys.readouterr().out
     for option in ("--model", "--adapter NAME=PATH", "--adapter-dir", "--host", "--port", "--api-key",
-                   "--shutdown-timeout", "--max-loras", "--num-kv-blocks"):
+                   "--shutdown-timeout", "--max-loras", "--num-kv-blocks", "--moe-kernel NAME", "--moe-quantization"):
         assert option in text, option
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port, args.api_key, args.adapter) == ("127.0.0.1", 8000, None, [])
@@ -30,3 +30,15 @@ def test_refused_before_the_model_loads(tmp_path, capsys):
     assert "distinct" in capsys.readouterr().err
     assert main(["serve", "--adapter-dir", str(tmp_path / "missing")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_moe_options_reach_the_engine_config(tiny_model, monkeypatch):
+    """serve's engine gets --moe-kernel and --moe-quantization (the dense tiny model refuses them)."""
+    from kernel_core.cli import serve
+    from kernel_core.errors import KernelCoreError
+
+    args = build_parser().parse_args(
+        ["serve", "--model", str(tiny_model), "--num-kv-blocks", "8", "--moe-kernel", "torch", "--moe-quantization", "int8"]
+    )
+    with pytest.raises(KernelCoreError, match="^moe_kernel 'torch', moe_quantization 'int8': "):
+        serve.build_engine(args)
