@@ -1,0 +1,1 @@
+"""A fused mixture-of-experts kernel in Triton for kernel-core, shaped like vLLM's fused_moe."""
