@@ -2,7 +2,8 @@
 # Check the hardware platform plugins for real on a GPU machine: install kernel-core, the SDK
 # and every platform into a fresh venv, show what `kcore platform` detects, and run the
 # platforms' tests (where a platform's hardware is present, its full conformance suite runs
-# instead of being skipped). Logs go to $OUT when it is set, else to a new temporary folder.
+# instead of being skipped), then the Triton MoE kernel's tests compiled on the GPU and its timing
+# (the MoE section). Logs go to $OUT when it is set, else to a new temporary folder.
 #
 #   scripts/gpu_check.sh                  # torch==2.13.0 from PyPI: a CUDA build on Linux x86-64,
 #                                         # so this checks the cuda platform on NVIDIA GPUs
@@ -60,5 +61,23 @@ step torch-build 120 "$python" -c 'import torch; print("torch", torch.__version_
   torch.cuda.device_count())'
 step kcore-platform 120 "$venv/bin/kcore" platform
 step pytest 900 "$python" -m pytest platforms -v -rfE -p no:cacheprovider
+
+# ---- MoE kernels (kernel-core-moe-triton) -------------------------------------------------
+# The Triton MoE kernel's tests compiled on the GPU (its tests/conftest.py uses the interpreter
+# only where torch sees no CUDA device), then a timing of it beside the portable torch kernel
+# (when that plugin exists) for 1 to 4096 tokens, with the GPU's name from nvidia-smi.
+moe_plugins=()
+for dir in plugins/kernel-core-moe-triton/ plugins/kernel-core-moe-torch/; do
+  [ -d "$dir" ] && moe_plugins+=(-e "$dir")
+done
+if [ "$offline" = 1 ]; then
+  step moe-install 300 "$python" -m pip install -q --no-index --no-deps --no-build-isolation "${moe_plugins[@]}"
+else
+  step moe-install 600 "$python" -m pip install -q "${moe_plugins[@]}"
+fi
+step moe-pytest 900 env -u TRITON_INTERPRET "$python" -m pytest plugins/kernel-core-moe-triton -v -rfE -p no:cacheprovider
+step moe-bench 900 env -u TRITON_INTERPRET "$python" plugins/kernel-core-moe-triton/bench_moe.py --device cuda
+# -------------------------------------------------------------------------------------------
+
 echo "== logs: $logs"
 exit "$failed"
