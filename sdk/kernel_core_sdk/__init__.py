@@ -26,7 +26,7 @@ from kernel_core.contracts.records import (
 
 __version__ = "0.1.0"
 
-#: Base class name → the contract module defining it, imported on first access.
+#: Base class or building-block name → the module defining it, imported on first access.
 _LAZY: dict[str, str] = {
     "Platform": "kernel_core.contracts.platform",
     "MemoryInfo": "kernel_core.contracts.platform",
@@ -44,6 +44,14 @@ _LAZY: dict[str, str] = {
     "TunerConfig": "kernel_core.contracts.tuner",
     "TunerLayer": "kernel_core.contracts.tuner",
     "ModelArchitecture": "kernel_core.contracts.model",
+    # The public model-building surface (plugin API 1.3): what a model plugin builds its forward from.
+    **dict.fromkeys(
+        (
+            "AttentionHeads", "AttentionOptions", "DecoderLayer", "DecoderModel", "FusedLinear", "GatedMLP",
+            "MLPBlock", "RotaryEmbedding", "SafetensorsCheckpoint", "SelfAttention", "WeightLoader", "linear",
+        ),
+        "kernel_core.modeling",
+    ),
 }
 
 __all__ = [

@@ -117,10 +117,11 @@ TEMPLATES: dict[PluginKind, KindTemplate] = {
         impl_module="model",
         class_suffix="Model",
         suite="ModelArchitectureConformance",
-        description="A Llama-family model to adapt: runs LlamaForCausalLM folders, at priority -10.",
+        description="A decoder on kernel_core.modeling to adapt: runs LlamaForCausalLM folders, at priority -10.",
         usage="Select it by name with the engine's `model_architecture=\"${name}\"` setting: at priority "
-        "-10 the built-in `llama` architecture wins for the same folders otherwise. Change "
-        "`architectures` in `plugin.py` to the config.json names your model uses.",
+        "-10 the `llama` architecture of kernel-core-llama wins for the same folders otherwise. Change "
+        "`architectures` in `plugin.py` and `supported_architectures` in `model.py` to the config.json "
+        "names your model uses.",
         spec_fields='\n            architectures=frozenset({"LlamaForCausalLM"}),\n            priority=-10,',
         test_fixtures="""
 

@@ -1,7 +1,8 @@
-"""Building blocks of the Llama-family forward: fused projections and rotary position embedding.
+"""Fused projections and rotary position embedding, the layers every decoder model here is made of.
 
 Everything works on flattened tokens (``[T, ...]``, all requests of a step in one batch), so
-each projection is one GEMM per step and RoPE is indexed by each token's own position.
+each projection is one GEMM per step and RoPE is indexed by each token's own position. Public
+(:mod:`kernel_core.modeling`, plugin API 1.3): the engine serves LoRA on :class:`FusedLinear`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from kernel_core.contracts.lora import LoRAProjection
 from kernel_core.errors import UnsupportedModelError
-from kernel_core.models.gemm import linear
+from kernel_core.modeling.gemm import linear
 
 #: RoPE types whose frequencies do not depend on the sequence length within
 #: ``max_position_embeddings`` (``dynamic`` only rescales beyond it), so one cos/sin table,

@@ -1,5 +1,6 @@
-"""The Llama-family model against Hugging Face transformers, the oracle: logits within 1e-4 (fp32)
-and identical greedy tokens, over one step, flattened batches, chunked prefill and decode."""
+"""The Llama family (Llama, Mistral, Qwen2, Qwen3) against Hugging Face transformers, the oracle:
+logits within 1e-4 (fp32) and identical greedy tokens, over one step, flattened batches, chunked
+prefill and decode."""
 
 from __future__ import annotations
 
@@ -19,15 +20,16 @@ from transformers import (
     PreTrainedConfig,
     PreTrainedModel,
     Qwen2Config,
+    Qwen3Config,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from kernel_core.contracts.attention import AttentionBackend
 from kernel_core.errors import InvalidModelFolderError, UnsupportedModelError
-from kernel_core.models import layers, plugin
-from kernel_core.models.llama import SUPPORTED_ARCHITECTURES, LlamaModel
+from kernel_core_llama import plugin
+from kernel_core_llama.model import LlamaModel
 from kernel_core_sdk.conformance import ModelArchitectureConformance, ReferenceAttentionBackend
-
-from .paged_runner import PagedRunner, greedy
+from kernel_core_sdk.paged_runner import PagedRunner, greedy
 
 TOLERANCE = 1e-4
 CPU = torch.device("cpu")
@@ -76,6 +78,9 @@ CONFIGS: dict[str, Callable[[], PreTrainedConfig]] = {
             "rope_theta": 10000.0,
         },
         tie_word_embeddings=True,
+    ),
+    "qwen3-qk-norm-biases": lambda: Qwen3Config(
+        **TINY, head_dim=16, attention_bias=True, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}
     ),
 }
 PROMPT_LENGTHS = (13, 5, 22)
@@ -183,32 +188,41 @@ def test_weight_slices_address_every_hf_parameter(folder: Path, hf_model: PreTra
         assert torch.equal(tensor[rows], parameter), name
 
 
-def test_rope_table_grows_on_demand(
-    folder: Path, hf_model: PreTrainedModel, prompts: list[list[int]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(layers, "_INITIAL_ROPE_POSITIONS", 8)
-    attention = ReferenceAttentionBackend()
-    model = load(folder, attention)
-    assert len(model.rotary.cos_sin) == 8
-    logits = PagedRunner(model, attention).step({0: prompts[2]})[0]
-    assert len(model.rotary.cos_sin) >= len(prompts[2])
-    assert max_diff(logits, hf_logits(hf_model, prompts[2])) <= TOLERANCE
-
-
 def test_record_lists_exactly_the_supported_architectures() -> None:
     (spec,) = plugin.kernel_core_model_architectures()
-    assert spec.architectures == SUPPORTED_ARCHITECTURES
+    assert spec.architectures == LlamaModel.supported_architectures
+    assert {MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config().model_type] for config in CONFIGS.values()} == spec.architectures
     assert spec.load() is LlamaModel
 
 
-class TestLlamaConformance(ModelArchitectureConformance):
+class LlamaFamilyConformance(ModelArchitectureConformance):
+    """The SDK's suite, once per architecture of the record (subclasses below)."""
+
+    config_name: str
+
     @pytest.fixture
     def plugin_module(self) -> ModuleType:
         return plugin
 
-    @pytest.fixture(params=sorted(CONFIGS))
-    def hf_config(self, request: pytest.FixtureRequest) -> PreTrainedConfig:
-        return CONFIGS[request.param]()
+    @pytest.fixture
+    def hf_config(self) -> PreTrainedConfig:
+        return CONFIGS[self.config_name]()
+
+
+class TestLlamaConformance(LlamaFamilyConformance):
+    config_name = "llama-llama3-rope"
+
+
+class TestMistralConformance(LlamaFamilyConformance):
+    config_name = "mistral-dynamic-rope-mqa"
+
+
+class TestQwen2Conformance(LlamaFamilyConformance):
+    config_name = "qwen2-yarn-rope-tied"
+
+
+class TestQwen3Conformance(LlamaFamilyConformance):
+    config_name = "qwen3-qk-norm-biases"
 
 
 # --- loading: sharded checkpoints and clear errors naming the culprit -------------------------
@@ -260,35 +274,6 @@ def test_shape_mismatch_names_tensor_and_both_shapes(llama_folder: Path) -> None
         InvalidModelFolderError,
         match=r"'model\.layers\.0\.self_attn\.k_proj\.weight' .* has shape \[16, 64\], expected \[32, 64\]",
     ):
-        load(llama_folder)
-
-
-def test_missing_shard_is_named(tmp_path: Path) -> None:
-    folder = save_tiny(CONFIGS["llama-llama3-rope"](), tmp_path / "sharded", max_shard_size="100KB")
-    shard = sorted(folder.glob("*.safetensors"))[-1]
-    shard.unlink()
-    with pytest.raises(InvalidModelFolderError, match=f"shards that are not in the folder: {shard.name}"):
-        load(folder)
-
-
-def test_pickled_weights_are_refused(llama_folder: Path) -> None:
-    (llama_folder / "model.safetensors").rename(llama_folder / "pytorch_model.bin")
-    with pytest.raises(InvalidModelFolderError, match=r"no \*\.safetensors"):
-        load(llama_folder)
-
-
-def test_unsupported_rope_type_is_named(llama_folder: Path) -> None:
-    edit_config(
-        llama_folder,
-        rope_parameters={
-            "rope_type": "longrope",
-            "rope_theta": 10000.0,
-            "short_factor": [1.0] * 8,
-            "long_factor": [2.0] * 8,
-            "original_max_position_embeddings": 64,
-        },
-    )
-    with pytest.raises(UnsupportedModelError, match="rope_type 'longrope'"):
         load(llama_folder)
 
 

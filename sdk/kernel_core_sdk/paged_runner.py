@@ -1,4 +1,5 @@
-"""The smallest serving loop for model tests: paged caches, blocks handed out in order, greedy decode.
+"""The smallest serving loop for model plugins' oracle tests: paged caches, blocks handed out in
+order, chunked prefill beside greedy decode, step by step as the engine runs a model.
 
 The engine's runner is written separately; this one only has to be obviously right.
 """

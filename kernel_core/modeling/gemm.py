@@ -6,6 +6,9 @@ on the 2-core AVX2 development machine, W1 ran 3-6% faster end to end with it (s
 alternating runs, identical greedy tokens; docs/benchmarks.md). Prefill-sized batches keep
 ``F.linear``, which is the faster form there (about 1.7x at 2,048 rows). Other devices and
 dtypes always take ``F.linear``.
+
+Part of the public model-building surface (:mod:`kernel_core.modeling`, plugin API 1.3): a model
+plugin computing its own projections calls this rather than ``F.linear`` to get the same speed.
 """
 
 from __future__ import annotations

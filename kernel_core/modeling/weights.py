@@ -2,7 +2,8 @@
 
 safetensors never unpickles, so loading a model folder cannot run code. Tensors are read one at
 a time and copied straight into their final (possibly fused) place, so peak memory stays near
-the model's size.
+the model's size. Public (:mod:`kernel_core.modeling`, plugin API 1.3), so that every model plugin
+reads weights with the same guarantees and errors.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernel_core.models.gemm import TRANSPOSED_MAX_ROWS, linear
+from kernel_core.modeling.gemm import TRANSPOSED_MAX_ROWS, linear
 
 
 @pytest.mark.parametrize("rows", [0, 1, 15, 16, 62, TRANSPOSED_MAX_ROWS, TRANSPOSED_MAX_ROWS + 1, 300])

@@ -1,0 +1,130 @@
+"""The self-attention block of a decoder layer: fused QKV, RoPE, the backend over paged KV, o_proj.
+
+Every decoder family here (Llama, Mistral, Qwen2/3, their MoE variants) shares this block and
+differs only in biases, per-head q/k RMSNorm and the layer's sliding window, so a model plugin
+states those (:class:`AttentionOptions`) instead of writing its own attention. Public
+(:mod:`kernel_core.modeling`, plugin API 1.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedConfig
+
+from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
+from kernel_core.errors import InvalidModelFolderError
+from kernel_core.modeling.layers import FusedLinear, RotaryEmbedding
+from kernel_core.modeling.loader import WeightLoader
+
+
+@dataclass(frozen=True)
+class AttentionHeads:
+    """Query heads, key/value heads (fewer: grouped-query attention) and the size of each."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_size: int
+
+    @classmethod
+    def from_config(cls, config: PreTrainedConfig) -> AttentionHeads:
+        """Read as transformers does: ``head_dim`` when set, else ``hidden_size / heads``."""
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        if heads % kv_heads:
+            raise InvalidModelFolderError(
+                f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+            )
+        return cls(heads, kv_heads, getattr(config, "head_dim", None) or config.hidden_size // heads)
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    """What one layer's attention does beyond the common block, as its transformers class does."""
+
+    #: Whether the q/k/v projections carry a bias (Qwen2: yes), and whether o_proj does.
+    qkv_bias: bool = False
+    o_bias: bool = False
+    #: RMSNorm of each query and key head before RoPE (``q_norm``/``k_norm`` weights: Qwen3).
+    qk_norm: bool = False
+    #: A query at position q sees keys at positions p with ``q - sliding_window < p <= q``.
+    sliding_window: int | None = None
+
+
+class SelfAttention:
+    """One layer's attention over flattened tokens: ``[T, hidden]`` normed input → ``[T, hidden]``.
+
+    ``qkv_proj`` computes queries, keys and values in one GEMM; queries and keys are rotated in
+    place in one pass; the backend writes the new keys/values to the paged cache and attends.
+    """
+
+    def __init__(
+        self,
+        qkv_proj: FusedLinear,
+        o_proj: FusedLinear,
+        backend: AttentionBackend,
+        heads: AttentionHeads,
+        *,
+        sliding_window: int | None = None,
+        qk_norm: tuple[torch.Tensor, torch.Tensor] | None = None,
+        eps: float = 1e-6,
+    ) -> None:
+        self.qkv_proj, self.o_proj, self.backend = qkv_proj, o_proj, backend
+        self.num_heads, self.num_kv_heads, self.head_size = heads.num_heads, heads.num_kv_heads, heads.head_size
+        self.sliding_window, self.qk_norm, self.eps = sliding_window, qk_norm, eps
+
+    @classmethod
+    def load(
+        cls,
+        config: PreTrainedConfig,
+        loader: WeightLoader,
+        prefix: str,
+        backend: AttentionBackend,
+        options: AttentionOptions = AttentionOptions(),
+    ) -> SelfAttention:
+        """The block whose HF modules are ``{prefix}.q_proj``, ``.k_proj``, ``.v_proj``, ``.o_proj``
+        (and ``.q_norm``/``.k_norm`` with ``options.qk_norm``), e.g. ``model.layers.0.self_attn``."""
+        heads = AttentionHeads.from_config(config)
+        q_size, kv_size = heads.num_heads * heads.head_size, heads.num_kv_heads * heads.head_size
+        qkv = {f"{prefix}.q_proj": q_size, f"{prefix}.k_proj": kv_size, f"{prefix}.v_proj": kv_size}
+        qk_norm = None
+        if options.qk_norm:
+            shape = (heads.head_size,)
+            qk_norm = (loader.tensor(f"{prefix}.q_norm.weight", shape), loader.tensor(f"{prefix}.k_norm.weight", shape))
+        return cls(
+            loader.linear(qkv, config.hidden_size, options.qkv_bias),
+            loader.linear({f"{prefix}.o_proj": config.hidden_size}, q_size, options.o_bias),
+            backend,
+            heads,
+            sliding_window=options.sliding_window,
+            qk_norm=qk_norm,
+            eps=config.rms_norm_eps,
+        )
+
+    def __call__(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Attention of ``hidden`` (already normed) with this step's ``cos``/``sin``
+        (:meth:`RotaryEmbedding.cos_sin_at`, computed once per step for every layer)."""
+        tokens, heads, kv_heads, size = hidden.shape[0], self.num_heads, self.num_kv_heads, self.head_size
+        qkv = self.qkv_proj(hidden)
+        qk = qkv[:, : (heads + kv_heads) * size].view(tokens, heads + kv_heads, size)
+        if self.qk_norm is not None:
+            q_norm, k_norm = self.qk_norm
+            qk[:, :heads] = F.rms_norm(qk[:, :heads], (size,), q_norm, self.eps)
+            qk[:, heads:] = F.rms_norm(qk[:, heads:], (size,), k_norm, self.eps)
+        RotaryEmbedding.rotate_(qk, cos, sin)  # q and k heads in one pass
+        value = qkv[:, (heads + kv_heads) * size :].view(tokens, kv_heads, size)
+        out = self.backend.forward(qk[:, :heads], qk[:, heads:], value, kv_cache, metadata)
+        return self.o_proj(out.reshape(tokens, heads * size))
+
+    def lora_projections(self) -> dict[str, FusedLinear]:
+        """The projections LoRA may adapt, by name within the layer."""
+        return {"qkv_proj": self.qkv_proj, "o_proj": self.o_proj}

@@ -1,0 +1,104 @@
+"""DecoderModel, the generic skeleton: what a subclass changes (architectures, MLP block, attention
+options) changes only that; checked against transformers on tiny random models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedConfig, Qwen2Config
+
+from kernel_core.errors import InvalidModelFolderError, UnsupportedModelError
+from kernel_core.modeling import AttentionHeads, DecoderModel, GatedMLP, WeightLoader
+from kernel_core_sdk.conformance import ReferenceAttentionBackend
+from kernel_core_sdk.paged_runner import PagedRunner
+
+CPU = torch.device("cpu")
+TINY = dict(
+    vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.1,
+)
+
+
+class Plain(DecoderModel):
+    supported_architectures = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM"})
+
+
+class OpaqueMLP:
+    """An MLP block offering no projections to LoRA (as a block of another kind might)."""
+
+    def __init__(self, mlp: GatedMLP) -> None:
+        self.mlp = mlp
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.mlp(hidden)
+
+
+class WithOpaqueMLP(Plain):
+    def build_mlp(self, index: int, prefix: str, loader: WeightLoader) -> OpaqueMLP:
+        return OpaqueMLP(super().build_mlp(index, prefix, loader))
+
+
+def save(config: PreTrainedConfig, folder: Path) -> Path:
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def load(model_class: type[DecoderModel], folder: Path) -> DecoderModel:
+    return model_class.from_pretrained(folder, attention=ReferenceAttentionBackend(), dtype=torch.float32, device=CPU)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save(LlamaConfig(**TINY), tmp_path_factory.mktemp("llama"))
+
+
+@pytest.mark.parametrize("model_class", [Plain, WithOpaqueMLP])
+def test_logits_match_transformers(model_class: type[DecoderModel], llama: Path) -> None:
+    prompt = torch.randint(TINY["vocab_size"], (11,), generator=torch.Generator().manual_seed(1)).tolist()
+    model = load(model_class, llama)
+    runner = PagedRunner(model, ReferenceAttentionBackend())
+    logits = torch.cat([runner.step({0: prompt[:6]})[0], runner.step({0: prompt[6:]})[0]])
+    with torch.inference_mode():
+        expected = AutoModelForCausalLM.from_pretrained(llama, dtype=torch.float32)(torch.tensor([prompt])).logits[0]
+    assert (logits - expected).abs().max().item() <= 1e-4
+
+
+def test_lora_targets_are_every_fused_projection_the_blocks_offer(llama: Path) -> None:
+    per_layer = {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
+    assert set(load(Plain, llama).lora_targets()) == {f"model.layers.{i}.{p}" for i in range(2) for p in per_layer}
+    targets = load(WithOpaqueMLP, llama).lora_targets()
+    assert set(targets) == {f"model.layers.{i}.{p}" for i in range(2) for p in ("qkv_proj", "o_proj")}
+    assert list(targets["model.layers.1.qkv_proj"].parts) == [
+        f"model.layers.1.self_attn.{p}_proj" for p in "qkv"
+    ]
+
+
+def test_sliding_window_per_layer_type(tmp_path: Path) -> None:
+    config = Qwen2Config(
+        **TINY, use_sliding_window=True, sliding_window=16, layer_types=["sliding_attention", "full_attention"]
+    )
+    model = load(Plain, save(config, tmp_path / "qwen2"))
+    assert [layer.attention.sliding_window for layer in model.layers] == [16, None]
+
+
+def test_architecture_outside_the_subclass_is_named(llama: Path) -> None:
+    with pytest.raises(UnsupportedModelError, match=r"\['LlamaForCausalLM'\] are not supported by DecoderModel \(supported: none\)"):
+        load(DecoderModel, llama)
+
+
+def test_unsupported_activation_is_named(tmp_path: Path) -> None:
+    folder = save(LlamaConfig(**TINY), tmp_path / "gelu")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))
+    with pytest.raises(UnsupportedModelError, match="hidden_act 'gelu'"):
+        load(Plain, folder)
+
+
+def test_heads_must_group_evenly() -> None:
+    with pytest.raises(InvalidModelFolderError, match="num_attention_heads 4 is not a multiple of num_key_value_heads 3"):
+        AttentionHeads.from_config(LlamaConfig(**{**TINY, "num_key_value_heads": 3}))
+    assert AttentionHeads.from_config(LlamaConfig(**TINY)) == AttentionHeads(4, 2, 16)
