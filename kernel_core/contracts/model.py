@@ -23,6 +23,10 @@ class ModelArchitecture(ABC):
     num_kv_heads: int
     head_size: int
     vocab_size: int
+    #: The sliding windows its layers attend within, passed to the backend per layer through
+    #: ``AttentionMetadata.for_layer`` (plugin API 1.3); empty when every layer attends to the
+    #: whole context. The engine refuses a backend without ``supports_sliding_window`` otherwise.
+    sliding_windows: frozenset[int] = frozenset()
 
     @classmethod
     @abstractmethod

@@ -60,11 +60,13 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     dtype = _dtype(config.dtype, platform)
     device = platform.device()
     attention_name = config.attention_backend or platform.default_attention_backend
-    attention = manager.load(manager.select(PluginKind.ATTENTION_BACKEND, attention_name))()
+    attention_registration = manager.select(PluginKind.ATTENTION_BACKEND, attention_name)
+    attention = manager.load(attention_registration)()
     model_config = json.loads((folder / "config.json").read_text())
     model_class = manager.load(_architecture(manager, folder, model_config, config.model_architecture))
     moe = _moe_options(config, manager, model_class, device)
     model = model_class.from_pretrained(folder, attention=attention, dtype=dtype, device=device, **moe)
+    check_sliding_window_support(model, attention, attention_registration.spec.name)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     max_model_len = _max_model_len(config, folder, model_config)
     num_blocks = config.num_kv_blocks or _num_blocks(config, platform, attention, model, dtype)
@@ -84,6 +86,18 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     return Components(
         folder, platform, device, dtype, model, attention, tokenizer, max_model_len, num_blocks, cache, policy, adapters
     )
+
+
+def check_sliding_window_support(model: ModelArchitecture, attention: AttentionBackend, attention_name: str) -> None:
+    """Refuse a model whose layers attend within sliding windows on a backend that cannot apply
+    them: it would attend to the whole context and silently compute another model."""
+    if model.sliding_windows and not attention.supports_sliding_window:
+        windows = ", ".join(map(str, sorted(model.sliding_windows)))
+        raise KernelCoreError(
+            f"the {type(model).__name__} model attends within a sliding window ({windows} tokens), but the "
+            f"attention backend {attention_name!r} ({type(attention).__name__}) does not support sliding windows "
+            "(supports_sliding_window is False): choose another with the attention_backend setting"
+        )
 
 
 def _adapter_registry(

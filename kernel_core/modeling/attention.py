@@ -52,12 +52,19 @@ class AttentionOptions:
     #: A query at position q sees keys at positions p with ``q - sliding_window < p <= q``.
     sliding_window: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window < 1):
+            raise InvalidModelFolderError(
+                f"sliding_window {self.sliding_window!r} in config.json is not a positive number of tokens"
+            )
+
 
 class SelfAttention:
     """One layer's attention over flattened tokens: ``[T, hidden]`` normed input → ``[T, hidden]``.
 
     ``qkv_proj`` computes queries, keys and values in one GEMM; queries and keys are rotated in
-    place in one pass; the backend writes the new keys/values to the paged cache and attends.
+    place in one pass; the backend writes the new keys/values to the paged cache and attends,
+    within ``sliding_window`` when the layer has one (passed in the step's metadata).
     """
 
     def __init__(
@@ -122,7 +129,8 @@ class SelfAttention:
             qk[:, heads:] = F.rms_norm(qk[:, heads:], (size,), k_norm, self.eps)
         RotaryEmbedding.rotate_(qk, cos, sin)  # q and k heads in one pass
         value = qkv[:, (heads + kv_heads) * size :].view(tokens, kv_heads, size)
-        out = self.backend.forward(qk[:, :heads], qk[:, heads:], value, kv_cache, metadata)
+        layer_metadata = metadata.for_layer(self.sliding_window)
+        out = self.backend.forward(qk[:, :heads], qk[:, heads:], value, kv_cache, layer_metadata)
         return self.o_proj(out.reshape(tokens, heads * size))
 
     def lora_projections(self) -> dict[str, FusedLinear]:

@@ -80,13 +80,12 @@ class DecoderModel(ModelArchitecture):
         self.vocab_size = config.vocab_size
         self.eps = config.rms_norm_eps
         self._load(WeightLoader(checkpoint, dtype, device))
-        windows = [layer.attention.sliding_window for layer in self.layers if layer.attention.sliding_window]
-        self.sliding_window = min(windows, default=None)
+        self.sliding_windows = frozenset(
+            layer.attention.sliding_window for layer in self.layers if layer.attention.sliding_window is not None
+        )
         #: Longest context computed as transformers does: RoPE tables (and ``dynamic`` scaling)
-        #: stop at ``max_position_embeddings``; a sliding window is not implemented, so it caps it.
+        #: stop at ``max_position_embeddings``.
         self.max_model_len = config.max_position_embeddings
-        if self.sliding_window is not None:
-            self.max_model_len = min(self.max_model_len, self.sliding_window)
         self.rotary = RotaryEmbedding(config, self.head_size, self.max_model_len, dtype, device)
 
     @classmethod
@@ -191,11 +190,6 @@ class DecoderModel(ModelArchitecture):
         """Refuse contexts the model cannot compute faithfully, rather than compute something else."""
         longest = max(metadata.seq_lens_host, default=0)
         if longest > self.max_model_len:
-            if self.max_model_len == self.sliding_window:
-                raise ValueError(
-                    f"a context of {longest} tokens exceeds the sliding_window of {self.sliding_window} tokens "
-                    f"in config.json: sliding-window attention is not implemented for {self.architecture}"
-                )
             raise ValueError(
                 f"a context of {longest} tokens exceeds max_position_embeddings ({self.max_model_len}) in config.json"
             )

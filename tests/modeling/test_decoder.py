@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedConfig, Qwen2Config
 
 from kernel_core.errors import InvalidModelFolderError, UnsupportedModelError
-from kernel_core.modeling import AttentionHeads, DecoderModel, GatedMLP, WeightLoader
+from kernel_core.modeling import AttentionHeads, AttentionOptions, DecoderModel, GatedMLP, WeightLoader
 from kernel_core_sdk.conformance import ReferenceAttentionBackend
 from kernel_core_sdk.paged_runner import PagedRunner
 
@@ -83,6 +83,13 @@ def test_sliding_window_per_layer_type(tmp_path: Path) -> None:
     )
     model = load(Plain, save(config, tmp_path / "qwen2"))
     assert [layer.attention.sliding_window for layer in model.layers] == [16, None]
+    assert model.sliding_windows == {16} and model.max_model_len == 128  # no longer capped by the window
+
+
+@pytest.mark.parametrize("window", [0, -3, 2.5])
+def test_invalid_sliding_window_is_named(window: object) -> None:
+    with pytest.raises(InvalidModelFolderError, match=f"sliding_window {window!r} in config.json"):
+        AttentionOptions(sliding_window=window)
 
 
 def test_architecture_outside_the_subclass_is_named(llama: Path) -> None:

@@ -17,8 +17,11 @@ class TorchAttention(AttentionBackend):
     ``embedding_bag`` that sums the values weighted by the probabilities straight from the
     cache, whatever the number of requests. Grouped-query heads are never repeated: the queries
     sharing a KV head are the rows of one matrix against that head's keys. Each prefill chunk is
-    one ``scaled_dot_product_attention`` call.
+    one ``scaled_dot_product_attention`` call. A layer's sliding window limits what both read:
+    a decode request gathers only the window's positions, a prefill chunk gets a banded mask.
     """
+
+    supports_sliding_window = True
 
     def __init__(self, bucket_bytes: int = BUCKET_BYTES) -> None:
         #: Cap on one decode bucket's gathered keys; see :mod:`kernel_core_attn_torch.plan`.

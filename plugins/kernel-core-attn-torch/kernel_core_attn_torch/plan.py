@@ -7,6 +7,10 @@ one weighted sum of values serve a bucket.
 Sorting keeps the padding small; the byte cap keeps a bucket's gathered keys in the CPU's cache
 between the gather and the matmul that reads them. Prefill chunks (several new
 tokens) each get their own causal attention call.
+
+A layer with a sliding window (``metadata.sliding_window``) gets its own plan: a decode request
+gathers only the window's last positions, and a prefill chunk reads only the positions its
+first token can see, under a banded mask.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ class DecodeBucket:
     #: each head's probabilities weight.
     bag_rows: torch.Tensor
     mask: torch.Tensor  # [kv_heads * n, 1, width]: 0 where a position exists, -inf where it pads
-    width: int  # longest context in the bucket
+    width: int  # most positions a request of the bucket sees (its context, or its window)
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,13 @@ class PrefillChunk:
 
     start: int
     stop: int
-    #: Cache slots of the whole context, or None when the chunk is the whole context (a fresh
-    #: prompt): then its own keys and values are all it attends to.
+    #: Cache slots of the positions the chunk may see (from the first one its first token's
+    #: window reaches to the end of the context), or None when the chunk is the whole context (a
+    #: fresh prompt): then its own keys and values are all it attends to.
     slots: torch.Tensor | None
-    #: ``[new, context]`` bool, True where a new token may look: new token ``j`` sees positions
-    #: ``0 .. context - new + j``. None for a fresh prompt, which is plainly causal.
+    #: ``[new, positions]`` bool, True where a new token may look: new token ``j``, at position
+    #: ``q = context - new + j``, sees positions ``p <= q`` (and ``p > q - window``). None for a
+    #: fresh prompt without a window, which is plainly causal.
     mask: torch.Tensor | None
 
 
@@ -66,8 +72,10 @@ def step_plan(
     dtype: torch.dtype,
     bucket_bytes: int = BUCKET_BYTES,
 ) -> StepPlan:
-    """The plan for this step and layer shape, built on first use and kept in ``metadata.scratch``."""
-    key = ("kernel_core_attn_torch", num_heads, num_kv_heads, head_size, dtype, bucket_bytes)
+    """The plan for this step, layer shape and window, built on first use and kept in
+    ``metadata.scratch`` (shared by the window views of the step's metadata)."""
+    window = metadata.sliding_window
+    key = ("kernel_core_attn_torch", num_heads, num_kv_heads, head_size, dtype, bucket_bytes, window)
     plan = metadata.scratch.get(key)
     if plan is None:
         plan = _build(metadata, num_heads // num_kv_heads, num_kv_heads, head_size, dtype, bucket_bytes)
@@ -81,11 +89,14 @@ def _build(
     starts = [0]
     for length in metadata.query_lens_host:
         starts.append(starts[-1] + length)
+    window = metadata.sliding_window
+    # Positions each decode request sees: its whole context, or the window's last ones.
+    visible = tuple(length if window is None else min(length, window) for length in metadata.seq_lens_host)
     decoding = [i for i, length in enumerate(metadata.query_lens_host) if length == 1]
-    decoding.sort(key=lambda i: metadata.seq_lens_host[i])
+    decoding.sort(key=lambda i: visible[i])
     row_bytes = num_kv_heads * head_size * torch.finfo(dtype).bits // 8
-    buckets = _bucket(decoding, metadata.seq_lens_host, max(1, bucket_bytes // row_bytes))
-    decode = [_decode_bucket(metadata, members, starts, group, num_kv_heads, dtype) for members in buckets]
+    buckets = _bucket(decoding, visible, max(1, bucket_bytes // row_bytes))
+    decode = [_decode_bucket(metadata, members, visible, starts, group, num_kv_heads, dtype) for members in buckets]
     prefill = [
         _prefill_chunk(metadata, i, starts)
         for i, length in enumerate(metadata.query_lens_host)
@@ -95,11 +106,11 @@ def _build(
     return StepPlan(decode, prefill, buffer_numel)
 
 
-def _bucket(requests: list[int], seq_lens: tuple[int, ...], max_positions: int) -> list[list[int]]:
-    """Cut requests (sorted by context length) into runs whose padded size fits ``max_positions``."""
+def _bucket(requests: list[int], visible: tuple[int, ...], max_positions: int) -> list[list[int]]:
+    """Cut requests (sorted by positions seen) into runs whose padded size fits ``max_positions``."""
     buckets: list[list[int]] = []
     for i in requests:
-        if buckets and (len(buckets[-1]) + 1) * seq_lens[i] <= max_positions:
+        if buckets and (len(buckets[-1]) + 1) * visible[i] <= max_positions:
             buckets[-1].append(i)
         else:
             buckets.append([i])
@@ -109,19 +120,23 @@ def _bucket(requests: list[int], seq_lens: tuple[int, ...], max_positions: int) 
 def _decode_bucket(
     metadata: AttentionMetadata,
     members: list[int],
+    visible: tuple[int, ...],
     starts: list[int],
     group: int,
     num_kv_heads: int,
     dtype: torch.dtype,
 ) -> DecodeBucket:
+    """Request ``i`` reads its last ``visible[i]`` positions, from ``seq_lens[i] - visible[i]`` on."""
     device = metadata.block_tables.device
-    width = max(metadata.seq_lens_host[i] for i in members)
+    width = max(visible[i] for i in members)
     index = torch.tensor(members, device=device)
-    positions = torch.arange(width, device=device)
-    lengths = torch.tensor([metadata.seq_lens_host[i] for i in members], device=device)
-    present = positions < lengths[:, None]  # [n, width]
-    # Padding reads position 0, which every request has written, so no garbage reaches a score.
-    positions = torch.where(present, positions, 0)
+    offsets = torch.arange(width, device=device)
+    seen = torch.tensor([visible[i] for i in members], device=device)[:, None]
+    first = torch.tensor([metadata.seq_lens_host[i] - visible[i] for i in members], device=device)[:, None]
+    present = offsets < seen  # [n, width]
+    # Padding reads the request's first visible position, which it has written, so no garbage
+    # reaches a score.
+    positions = first + torch.where(present, offsets, 0)
     slots = _slots(metadata.block_tables.index_select(0, index).long(), positions, metadata.block_size)
     heads = torch.arange(num_kv_heads, device=device)[:, None, None]
     kv_rows = (slots * num_kv_heads + heads).flatten()  # head-major: [kv_heads, n, width]
@@ -133,13 +148,20 @@ def _decode_bucket(
 
 
 def _prefill_chunk(metadata: AttentionMetadata, i: int, starts: list[int]) -> PrefillChunk:
-    new, context = metadata.query_lens_host[i], metadata.seq_lens_host[i]
-    if new == context:
+    new, context, window = metadata.query_lens_host[i], metadata.seq_lens_host[i], metadata.sliding_window
+    banded = window is not None and window < context
+    if new == context and not banded:
         return PrefillChunk(starts[i], starts[i + 1], None, None)
     device = metadata.block_tables.device
-    positions = torch.arange(context, device=device)
+    first = 0 if window is None else max(0, context - new - window + 1)  # the first token's window
+    positions = torch.arange(first, context, device=device)
+    queries = torch.arange(context - new, context, device=device)[:, None]
+    mask = positions <= queries
+    if banded:
+        mask &= positions > queries - window
+    if new == context:  # a fresh prompt: its own keys and values, under the banded mask
+        return PrefillChunk(starts[i], starts[i + 1], None, mask)
     slots = _slots(metadata.block_tables[i : i + 1].long(), positions[None], metadata.block_size)[0]
-    mask = torch.ones(new, context, dtype=torch.bool, device=device).tril(context - new)
     return PrefillChunk(starts[i], starts[i + 1], slots, mask)
 
 

@@ -21,9 +21,12 @@ def write_kv(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slo
         kv_cache[1, slot // block_size, slot % block_size] = value[t]
 
 
-def dense_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+def dense_causal_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, window: int | None = None
+) -> torch.Tensor:
     """Attention of ``query`` ``[Q, H, D]`` over ``key``/``value`` ``[K, KVH, D]``, where the
-    queries are the last ``Q`` of the ``K`` positions; query heads share KV heads in groups."""
+    queries are the last ``Q`` of the ``K`` positions; query heads share KV heads in groups.
+    With ``window``, the query at position q sees only positions p with ``q - window < p``."""
     num_queries, num_heads, _ = query.shape
     num_keys, num_kv_heads, _ = key.shape
     group = num_heads // num_kv_heads
@@ -31,8 +34,11 @@ def dense_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
     value = value.repeat_interleave(group, dim=1)
     scores = torch.einsum("qhd,khd->hqk", query, key) * scale
     query_pos = torch.arange(num_keys - num_queries, num_keys)[:, None]
-    future = torch.arange(num_keys)[None, :] > query_pos
-    scores = scores.masked_fill(future, float("-inf"))
+    key_pos = torch.arange(num_keys)[None, :]
+    hidden = key_pos > query_pos
+    if window is not None:
+        hidden |= key_pos <= query_pos - window
+    scores = scores.masked_fill(hidden, float("-inf"))
     return torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), value)
 
 
@@ -55,12 +61,16 @@ def paged_attention(
         keys = torch.stack([kv_cache[0, block, offset] for block, offset in positions]).cpu().double()
         values = torch.stack([kv_cache[1, block, offset] for block, offset in positions]).cpu().double()
         rows = slice(starts[i], starts[i + 1])
-        out[rows] = dense_causal_attention(query[rows].cpu().double(), keys, values, metadata.scale)
+        out[rows] = dense_causal_attention(
+            query[rows].cpu().double(), keys, values, metadata.scale, metadata.sliding_window
+        )
     return out.to(query.dtype)
 
 
 class ReferenceAttentionBackend(AttentionBackend):
     """:func:`paged_attention` as a backend: what the model suite runs models on by default."""
+
+    supports_sliding_window = True
 
     def forward(
         self,

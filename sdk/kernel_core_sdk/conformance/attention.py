@@ -11,6 +11,8 @@ import torch
 
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
 from kernel_core.contracts.records import AttentionBackendSpec, PluginKind
+from kernel_core.engine.components import check_sliding_window_support
+from kernel_core.errors import KernelCoreError
 from kernel_core_sdk.conformance._paged import scattered_block_tables, step_metadata
 from kernel_core_sdk.conformance._plugin import PluginUnderTest
 from kernel_core_sdk.conformance._reference import paged_attention
@@ -21,7 +23,11 @@ SCENARIOS: dict[str, list[dict[int, int]]] = {
     "prefill-only": [{0: 5, 1: 1, 2: 8}],
     "decode-only": [{0: 4, 1: 9, 2: 1}, {0: 1, 1: 1, 2: 1}],
     "mixed": [{1: 9, 2: 6, 3: 3}, {0: 5, 1: 1, 2: 3, 3: 4}],
+    "chunked-long": [{0: 11, 1: 2}, {0: 6, 1: 9}, {0: 4, 1: 1}],
 }
+#: Sliding windows (plugin API 1.3), all shorter than some context of every scenario but
+#: prefill-only's shortest: 1 (a token sees itself only), and windows cutting chunks and blocks.
+WINDOWS = (1, 3, 6)
 #: (query heads, KV heads).
 HEADS: dict[str, tuple[int, int]] = {"mha": (4, 4), "gqa-group2": (4, 2), "gqa-group3": (6, 2)}
 HEAD_SIZE = 16
@@ -58,7 +64,10 @@ class AttentionBackendConformance(PluginUnderTest):
       ``device_types`` exclude it. The reference always runs on the CPU in float64.
 
     Outputs must match a dense causal reference within 1e-5 in float32, for batches mixing
-    requests with different cached prefixes, across prefill, decode and chunked steps.
+    requests with different cached prefixes, across prefill, decode and chunked steps; and, for a
+    backend declaring ``supports_sliding_window``, with ``metadata.sliding_window`` set too. A
+    backend that does not declare it is shown to be refused instead: the engine never hands it
+    a model with sliding-window layers (``check_sliding_window_support``).
     """
 
     kind = PluginKind.ATTENTION_BACKEND
@@ -83,6 +92,21 @@ class AttentionBackendConformance(PluginUnderTest):
             worst = (step.output.cpu() - step.expected).abs().max().item()
             assert worst <= 1e-5, f"step {number}: output differs from the dense reference by up to {worst:.2e}"
 
+    @pytest.mark.parametrize("window", WINDOWS, ids=lambda window: f"window{window}")
+    @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+    def test_sliding_window_matches_reference_or_is_refused(
+        self, attention_backend: AttentionBackend, device: torch.device, scenario: str, window: int
+    ) -> None:
+        if not attention_backend.supports_sliding_window:
+            with pytest.raises(KernelCoreError, match="does not support sliding windows"):
+                check_sliding_window_support(_WindowedModel(window), attention_backend, "under-test")
+            return
+        steps = run_steps(attention_backend, device, SCENARIOS[scenario], "gqa-group2", block_size=4, window=window)
+        for number, step in enumerate(steps):
+            assert step.metadata.sliding_window == window
+            worst = (step.output.cpu() - step.expected).abs().max().item()
+            assert worst <= 1e-5, f"step {number}: output differs from the windowed reference by up to {worst:.2e}"
+
     @pytest.mark.parametrize("heads", sorted(HEADS))
     def test_writes_new_kv_to_their_slots(
         self, attention_backend: AttentionBackend, device: torch.device, heads: str
@@ -102,16 +126,24 @@ class AttentionBackendConformance(PluginUnderTest):
             )
 
 
+class _WindowedModel:
+    """What the engine's check reads of a model with sliding-window layers."""
+
+    def __init__(self, window: int) -> None:
+        self.sliding_windows = frozenset({window})
+
+
 def run_steps(
     backend: AttentionBackend,
     device: torch.device,
     steps: list[dict[int, int]],
     heads: str,
     block_size: int,
+    window: int | None = None,
 ) -> Iterator[Step]:
     """Run ``steps`` (then a decode step for every request) through ``backend`` and the reference,
     each on its own cache, starting as NaN: a backend that reads a slot it was not given (even
-    under a mask, where 0 * NaN is NaN) fails."""
+    under a mask, where 0 * NaN is NaN) fails. ``window`` is the layer's sliding window."""
     generator = torch.Generator().manual_seed(0)
     num_heads, num_kv_heads = HEADS[heads]
     num_requests = 1 + max(max(step) for step in steps)
@@ -129,7 +161,7 @@ def run_steps(
         batch = list(step)
         metadata = step_metadata(
             [tables[i] for i in batch], [cached[i] for i in batch], [step[i] for i in batch], block_size, SCALE, device
-        )
+        ).for_layer(window)
         num_tokens = sum(step.values())
         query = torch.randn(num_tokens, num_heads, HEAD_SIZE, generator=generator)
         key = torch.randn(num_tokens, num_kv_heads, HEAD_SIZE, generator=generator)
