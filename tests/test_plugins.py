@@ -80,7 +80,7 @@ def test_incompatible_api_major_is_refused_saying_what_fits(fake_dist):
     manager = PluginManager.from_environment()
     [fault] = [f for f in manager.faults if f.distribution.name == "kc-future"]
     assert "kc-future 3.0" in str(fault)
-    assert "targets plugin API 2.0" in fault.reason and "plugins targeting 1.0 to 1.2 fit" in fault.reason
+    assert "targets plugin API 2.0" in fault.reason and "plugins targeting 1.0 to 1.3 fit" in fault.reason
     with pytest.raises(UnknownPluginError):
         manager.get(PluginKind.SCHEDULER_POLICY, "future")
 
