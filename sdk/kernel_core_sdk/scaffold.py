@@ -92,7 +92,10 @@ TEMPLATES: dict[PluginKind, KindTemplate] = {
         class_suffix="Kernel",
         suite="MoEKernelConformance",
         description="Mixture-of-experts by a loop over experts, one SwiGLU MLP per expert.",
-        usage="Select it by name with the `moe_kernel=\"${name}\"` setting.",
+        usage="Select it by name with the `moe_kernel=\"${name}\"` setting. It reads int8 experts "
+        "(`moe_quantization=\"int8\"`) by converting each active expert back; drop `int8` from "
+        "`quantizations` in `plugin.py` if your kernel cannot, and the engine will not hand it such weights.",
+        spec_fields='\n            quantizations=frozenset({"int8"}),',
     ),
     PluginKind.LORA_KERNEL: KindTemplate(
         impl_module="lora",
