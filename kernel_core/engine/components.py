@@ -172,10 +172,13 @@ def _architecture(
     try:
         return manager.select(PluginKind.MODEL_ARCHITECTURE, accept=lambda r: bool(wanted & r.spec.architectures))
     except UnknownPluginError:
-        known = sorted(a for r in manager.registrations(PluginKind.MODEL_ARCHITECTURE) for a in r.spec.architectures)
+        installed = "; ".join(
+            f"{r.name} from {r.plugin.distribution.name} runs {', '.join(sorted(r.spec.architectures))}"
+            for r in sorted(manager.registrations(PluginKind.MODEL_ARCHITECTURE), key=lambda r: r.name)
+        )
         raise InvalidModelFolderError(
-            f"no model-architecture plugin runs {', '.join(sorted(wanted)) or 'a config without architectures'} "
-            f"({folder / 'config.json'}); installed ones run: {', '.join(known) or 'none'}"
+            f"no model-architecture plugin runs architectures {sorted(wanted) or '(none listed)'} of "
+            f"{folder / 'config.json'}; installed model plugins: {installed or 'none'}"
         ) from None
 
 

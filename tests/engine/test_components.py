@@ -1,9 +1,11 @@
-"""How the engine hands MoE options to a model plugin: only to one whose ``from_pretrained`` takes
-``moe`` (older plugins keep working), with the kernel selected by ``moe_kernel`` and
-``moe_quantization``; MoE settings for a model plugin without it are refused, naming them."""
+"""How the engine picks its model plugin and hands it MoE options: only to one whose
+``from_pretrained`` takes ``moe`` (older plugins keep working), with the kernel selected by
+``moe_kernel`` and ``moe_quantization``; MoE settings for a model plugin without it are refused,
+naming them, and so is a model family no installed plugin runs."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import types
@@ -18,7 +20,7 @@ from kernel_core.config import EngineConfig
 from kernel_core.contracts.records import MoEKernelSpec
 from kernel_core.engine.components import _moe_options
 from kernel_core.engine.llm_engine import LLMEngine
-from kernel_core.errors import KernelCoreError, UnknownPluginError
+from kernel_core.errors import InvalidModelFolderError, KernelCoreError, UnknownPluginError
 from kernel_core.modeling.moe import MoEOptions
 from kernel_core_sdk.conformance import ReferenceMoEKernel
 
@@ -104,3 +106,21 @@ def test_moe_settings_on_a_dense_model_are_refused_at_start(tiny_model: Path, fi
 def test_moe_quantization_accepts_int8_only() -> None:
     with pytest.raises(ValidationError, match="moe_quantization"):
         EngineConfig(model="m", moe_quantization="int4")
+
+
+def test_a_model_family_no_plugin_runs_is_refused_naming_it_and_the_installed_plugins(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "gpt-bigcode"
+    folder.mkdir()
+    for item in tiny_model.iterdir():
+        (folder / item.name).symlink_to(item)
+    config = json.loads((tiny_model / "config.json").read_text())
+    (folder / "config.json").unlink()
+    (folder / "config.json").write_text(json.dumps(config | {"architectures": ["GPTBigCodeForCausalLM"]}))
+    refused = (
+        rf"no model-architecture plugin runs architectures \['GPTBigCodeForCausalLM'\] of {re.escape(str(folder))}/"
+        r"config.json; installed model plugins: .*llama from kernel-core-llama runs LlamaForCausalLM, MistralForCausalLM"
+    )
+    with pytest.raises(InvalidModelFolderError, match=refused):
+        LLMEngine(EngineConfig(model=str(folder), num_kv_blocks=8))
