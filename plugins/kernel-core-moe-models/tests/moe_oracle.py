@@ -1,0 +1,83 @@
+"""Tiny random MoE configs of each family and transformers' answers for them: the oracle of these
+tests (fp32, transformers' eager per-expert loop)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, MixtralConfig, PreTrainedConfig, PreTrainedModel, Qwen2MoeConfig, Qwen3MoeConfig
+
+TOLERANCE = 1e-4
+CPU = torch.device("cpu")
+TINY: dict[str, Any] = dict(
+    vocab_size=256,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    initializer_range=0.1,  # logits of order 1, so that 1e-4 is a sharp test
+)
+QWEN_MOE = dict(intermediate_size=96, moe_intermediate_size=32)
+
+#: Top-k 1 and 2, renormalised and not, a shared expert with its gate, dense layers beside sparse ones.
+CONFIGS: dict[str, Callable[..., PreTrainedConfig]] = {
+    "mixtral-8x-top2": lambda **kw: MixtralConfig(
+        **{**TINY, **kw}, intermediate_size=48, num_local_experts=8, num_experts_per_tok=2
+    ),
+    "mixtral-4x-top1-window-5": lambda **kw: MixtralConfig(
+        **{**TINY, **kw}, intermediate_size=48, num_local_experts=4, num_experts_per_tok=1, sliding_window=5
+    ),
+    "qwen2moe-8x-top2-norm-shared": lambda **kw: Qwen2MoeConfig(
+        **{**TINY, **kw}, **QWEN_MOE, num_experts=8, num_experts_per_tok=2, norm_topk_prob=True,
+        shared_expert_intermediate_size=80,
+    ),
+    "qwen2moe-4x-top1-unnorm-dense-layer0": lambda **kw: Qwen2MoeConfig(
+        **{**TINY, **kw}, **QWEN_MOE, num_experts=4, num_experts_per_tok=1, norm_topk_prob=False,
+        shared_expert_intermediate_size=40, mlp_only_layers=[0],
+    ),
+    "qwen3moe-6x-top2-unnorm-biases": lambda **kw: Qwen3MoeConfig(
+        **{**TINY, **kw}, **QWEN_MOE, head_dim=16, num_experts=6, num_experts_per_tok=2, norm_topk_prob=False,
+        attention_bias=True,
+    ),
+    "qwen3moe-4x-top1-norm-sparse-step-2": lambda **kw: Qwen3MoeConfig(
+        **{**TINY, **kw}, **QWEN_MOE, num_experts=4, num_experts_per_tok=1, norm_topk_prob=True,
+        decoder_sparse_step=2,
+    ),
+}
+
+
+def save_tiny(config: PreTrainedConfig, folder: Path, **save_kwargs: Any) -> Path:
+    """A random model of ``config`` (seeded) saved as transformers saves it (Hub layout)."""
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder, **save_kwargs)
+    return folder
+
+
+def hf_model(folder: Path) -> PreTrainedModel:
+    """transformers' model of ``folder`` in fp32 with its eager per-expert loop."""
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, experts_implementation="eager").eval()
+
+
+def hf_logits(model: PreTrainedModel, tokens: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(torch.tensor([tokens])).logits[0]
+
+
+def hf_greedy(model: PreTrainedModel, tokens: list[int], max_new_tokens: int) -> list[int]:
+    """transformers' greedy tokens, all ``max_new_tokens`` of them (no stop at end of sequence)."""
+    ids = torch.tensor([tokens])
+    with torch.inference_mode():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None
+        )
+    assert out.shape[1] == len(tokens) + max_new_tokens
+    return out[0, len(tokens) :].tolist()
+
+
+def max_diff(ours: torch.Tensor, expected: torch.Tensor) -> float:
+    assert ours.shape == expected.shape
+    return (ours - expected).abs().max().item()
