@@ -58,14 +58,19 @@ def benchmark_engine(
     folder: Path, workload: Workload, options: Mapping[str, Any], hf_batch_size: int | None, int8: bool
 ) -> Report:
     """Our engine on the MoE model (float32 experts, then int8 ones), then HF ``generate``."""
-    measurements = [_engine_run(folder, workload, options, "kernel-core")]
+    full, full_tokens = _engine_run(folder, workload, options, "kernel-core")
+    measurements = [full]
     ratios = {}
     if int8:
-        quantized = _engine_run(folder, workload, {**options, "moe_quantization": "int8"}, "kernel-core int8")
+        quantized, int8_tokens = _engine_run(folder, workload, {**options, "moe_quantization": "int8"}, "kernel-core int8")
         measurements.append(quantized)
         ratios["int8_vs_fp32_engine"] = Ratio(
             "output tok/s, kernel-core fp32 / int8 experts (this run)",
-            measurements[0].output_tok_s, quantized.output_tok_s, at_most=TARGET_INT8_VS_FP32,
+            full.output_tok_s, quantized.output_tok_s, at_most=TARGET_INT8_VS_FP32,
+        )
+        ratios["int8_greedy_agreement"] = Ratio(
+            "greedy tokens of int8 experts equal to fp32's before each request's first difference / all",
+            agreeing_prefix_tokens(full_tokens, int8_tokens), sum(map(len, full_tokens)),
         )
     if hf_batch_size is not None:
         hf = run_hf(folder, workload, hf_batch_size)
@@ -80,14 +85,29 @@ def benchmark_engine(
     )
 
 
-def _engine_run(folder: Path, workload: Workload, options: Mapping[str, Any], name: str) -> Measurement:
+def _engine_run(
+    folder: Path, workload: Workload, options: Mapping[str, Any], name: str
+) -> tuple[Measurement, list[list[int]]]:
+    """The measurement and each request's output tokens."""
     llm = build_engine(folder, options)
     try:
-        measurement, _ = run_engine(llm, workload, engine=name)
+        measurement, outputs = run_engine(llm, workload, engine=name)
     finally:
         del llm
         gc.collect()  # the next side needs the memory of this one's weights and KV cache
-    return measurement
+    return measurement, [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def agreeing_prefix_tokens(reference: Sequence[Sequence[int]], other: Sequence[Sequence[int]]) -> int:
+    """Tokens of ``other`` equal to ``reference``'s, request by request, up to the first that
+    differs (after one difference greedy decoding continues another text, so later matches are luck)."""
+    total = 0
+    for expected, got in zip(reference, other, strict=True):
+        for a, b in zip(expected, got):
+            if a != b:
+                break
+            total += 1
+    return total
 
 
 def layer_ratios(timings: Sequence[LayerTiming]) -> dict[str, Ratio]:

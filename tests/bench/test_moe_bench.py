@@ -99,3 +99,11 @@ def test_the_command_line_takes_layer_only_runs() -> None:
     assert (args.func, args.layer_only, args.tokens, args.dtypes) == (bench.run_moe, True, [1, 16], ["float32"])
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "moe", "--dtypes", "float16"])
+
+
+def test_int8_agreement_counts_each_requests_tokens_up_to_its_first_difference() -> None:
+    fp32 = [[1, 2, 3, 4], [5, 6, 7], [8, 9]]
+    int8 = [[1, 2, 9, 4], [5, 6, 7], [0, 9]]
+    assert moe.agreeing_prefix_tokens(fp32, int8) == 2 + 3 + 0
+    with pytest.raises(ValueError):
+        moe.agreeing_prefix_tokens(fp32, int8[:2])
