@@ -3,12 +3,19 @@ tests (fp32, transformers' eager per-expert loop)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, MixtralConfig, PreTrainedConfig, PreTrainedModel, Qwen2MoeConfig, Qwen3MoeConfig
+
+from kernel_core.contracts.attention import AttentionBackend
+from kernel_core.modeling import MoEOptions
+from kernel_core_moe_models import plugin
+from kernel_core_moe_models.model import SparseMoEModel
+from kernel_core_sdk.conformance import ReferenceAttentionBackend
 
 TOLERANCE = 1e-4
 CPU = torch.device("cpu")
@@ -81,3 +88,40 @@ def hf_greedy(model: PreTrainedModel, tokens: list[int], max_new_tokens: int) ->
 def max_diff(ours: torch.Tensor, expected: torch.Tensor) -> float:
     assert ours.shape == expected.shape
     return (ours - expected).abs().max().item()
+
+
+def sparse_experts(hf: PreTrainedModel) -> list[torch.nn.Module]:
+    """transformers' routed experts of each sparse layer (fused ``gate_up_proj``/``down_proj``)."""
+    return [layer.mlp.experts for layer in hf.model.layers if hasattr(layer.mlp, "experts")]
+
+
+def round_to_int8_grid(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` ``[E, out, in]`` as int8 with one scale per expert and output channel represents
+    it: the scale maps the row's largest magnitude to 127, every weight rounds to the nearest step."""
+    step = weight.abs().amax(dim=-1, keepdim=True) / 127
+    return torch.round(weight / step) * step
+
+
+def rounded(hf: PreTrainedModel) -> PreTrainedModel:
+    """``hf`` with its routed experts' weights on their int8 grids (in place)."""
+    with torch.no_grad():
+        for experts in sparse_experts(hf):
+            experts.gate_up_proj.copy_(round_to_int8_grid(experts.gate_up_proj))
+            experts.down_proj.copy_(round_to_int8_grid(experts.down_proj))
+    return hf
+
+
+def model_class(folder: Path) -> type[SparseMoEModel]:
+    """Our class for ``folder``, found as the engine finds it: the record listing its architecture."""
+    architectures = set(json.loads((folder / "config.json").read_text())["architectures"])
+    (spec,) = [spec for spec in plugin.kernel_core_model_architectures() if spec.architectures & architectures]
+    return spec.load()
+
+
+def load_ours(
+    folder: Path, moe: MoEOptions | None = None, attention: AttentionBackend | None = None
+) -> SparseMoEModel:
+    """Our model of ``folder`` in fp32 on the CPU (default: the reference attention, the default MoE kernel)."""
+    return model_class(folder).from_pretrained(
+        folder, attention=attention or ReferenceAttentionBackend(), dtype=torch.float32, device=CPU, moe=moe
+    )

@@ -20,30 +20,16 @@ from kernel_core_moe_models import plugin
 from kernel_core_moe_models.model import MixtralModel, Qwen2MoeModel, Qwen3MoeModel, SparseMoEModel
 from kernel_core_sdk.conformance import ModelArchitectureConformance, ReferenceAttentionBackend, ReferenceMoEKernel
 from kernel_core_sdk.paged_runner import PagedRunner, greedy
-from moe_oracle import CONFIGS, CPU, TINY, TOLERANCE, hf_greedy, hf_logits, hf_model, max_diff, save_tiny
+from moe_oracle import CONFIGS, CPU, TINY, TOLERANCE, hf_greedy, hf_logits, hf_model, load_ours, max_diff, save_tiny
 
 PROMPT_LENGTHS = (13, 5, 22)
-CLASSES: dict[str, type[SparseMoEModel]] = {"mixtral": MixtralModel, "qwen2_moe": Qwen2MoeModel, "qwen3_moe": Qwen3MoeModel}
-
-
-def load(folder: Path, moe: MoEOptions | None = None, attention: AttentionBackend | None = None) -> SparseMoEModel:
-    model_type = CONFIGS_BY_FOLDER[folder]
-    return CLASSES[model_type].from_pretrained(
-        folder, attention=attention or ReferenceAttentionBackend(), dtype=torch.float32, device=CPU, moe=moe
-    )
-
-
-CONFIGS_BY_FOLDER: dict[Path, str] = {}
-
-
-def save(config: PreTrainedConfig, folder: Path, **save_kwargs: object) -> Path:
-    CONFIGS_BY_FOLDER[folder] = config.model_type
-    return save_tiny(config, folder, **save_kwargs)
+CLASSES: set[type[SparseMoEModel]] = {MixtralModel, Qwen2MoeModel, Qwen3MoeModel}
+load = load_ours
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save(CONFIGS[request.param](), tmp_path_factory.mktemp(request.param))
+    return save_tiny(CONFIGS[request.param](), tmp_path_factory.mktemp(request.param))
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +94,6 @@ def test_fused_checkpoint_layout_loads_like_the_hub_one(folder: Path, hf: PreTra
     fused.mkdir()
     save_file({name: t.contiguous() for name, t in hf.state_dict().items()}, fused / "model.safetensors")
     (fused / "config.json").write_bytes((folder / "config.json").read_bytes())
-    CONFIGS_BY_FOLDER[fused] = CONFIGS_BY_FOLDER[folder]
     assert any(name.endswith("experts.gate_up_proj") for name in load_file(fused / "model.safetensors"))
     hub, ours = load(folder), load(fused)
     for i in hub.moe_layers:
@@ -118,7 +103,7 @@ def test_fused_checkpoint_layout_loads_like_the_hub_one(folder: Path, hf: PreTra
 
 
 def test_sharded_checkpoint_loads_through_its_index(tmp_path: Path, prompts: list[list[int]]) -> None:
-    folder = save(CONFIGS["mixtral-8x-top2"](), tmp_path / "sharded", max_shard_size="100KB")
+    folder = save_tiny(CONFIGS["mixtral-8x-top2"](), tmp_path / "sharded", max_shard_size="100KB")
     assert len(list(folder.glob("*.safetensors"))) > 1
     attention = ReferenceAttentionBackend()
     logits = PagedRunner(load(folder, None, attention), attention).step({0: prompts[2]})[0]
@@ -127,7 +112,7 @@ def test_sharded_checkpoint_loads_through_its_index(tmp_path: Path, prompts: lis
 
 def test_records_list_exactly_the_supported_architectures() -> None:
     specs = {spec.name: spec for spec in plugin.kernel_core_model_architectures()}
-    assert {spec.load() for spec in specs.values()} == set(CLASSES.values())
+    assert {spec.load() for spec in specs.values()} == CLASSES
     for spec in specs.values():
         assert spec.architectures == spec.load().supported_architectures
     covered = {MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config().model_type] for config in CONFIGS.values()}
@@ -137,7 +122,7 @@ def test_records_list_exactly_the_supported_architectures() -> None:
 def test_from_pretrained_names_moe_so_the_engine_passes_its_settings() -> None:
     import inspect
 
-    for model_class in CLASSES.values():
+    for model_class in CLASSES:
         assert "moe" in inspect.signature(model_class.from_pretrained).parameters
 
 
