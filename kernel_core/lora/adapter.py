@@ -71,9 +71,11 @@ def load_serving_adapter(
     owners = {module: (key_, index) for key_, target in targets.items() for index, module in enumerate(target.parts)}
     unserved = sorted(module for module in modules if module not in owners)
     if unserved:
+        served = sorted({module.rpartition(".")[2] for module in owners})
         raise AdapterLoadError(
             f"{where}: targets module(s) {', '.join(map(repr, unserved))}, which the served model does not adapt "
-            f"(LoRA serving covers the attention and MLP projections, not embeddings or lm_head)"
+            f"(its LoRA targets are the {', '.join(served)} projections of its layers; not embeddings, lm_head, "
+            "or a mixture-of-experts layer's router and routed experts)"
         )
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     mismatched: list[str] = []
