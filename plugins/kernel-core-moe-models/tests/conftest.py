@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+# moe_oracle.py, the helpers the test modules share: importable under the repository's
+# --import-mode=importlib (which puts no test folder on sys.path) as under this folder's own run.
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, MixtralConfig, PreTrainedConfig, PreTrainedModel, Qwen2MoeConfig, Qwen3MoeConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, MixtralConfig, PreTrainedConfig, PreTrainedModel, Qwen2MoeConfig, Qwen3MoeConfig
 
 from kernel_core.contracts.attention import AttentionBackend
 from kernel_core.modeling import MoEOptions
@@ -61,6 +61,16 @@ def save_tiny(config: PreTrainedConfig, folder: Path, **save_kwargs: Any) -> Pat
     """A random model of ``config`` (seeded) saved as transformers saves it (Hub layout)."""
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder, **save_kwargs)
+    return folder
+
+
+def save_servable(name: str, tokenizer_folder: Path, folder: Path) -> Path:
+    """The tiny model ``CONFIGS[name]`` with the vocabulary and tokenizer of ``tokenizer_folder``
+    (the embedded SmolLM2's), so that the engine can serve it."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    config = CONFIGS[name](vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    save_tiny(config, folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 

@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kernel_core import LLM, SamplingParams
 from kernel_core.errors import KernelCoreError
-from moe_oracle import CONFIGS, hf_greedy, hf_model, rounded
+from moe_oracle import hf_greedy, hf_model, rounded, save_servable
 
 NEW_TOKENS = 8
 #: One per family: top-2 Mixtral, Qwen2-MoE with a shared expert and a dense layer, top-2 unrenormalised Qwen3-MoE.
@@ -28,16 +27,7 @@ ENGINES: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope="module", params=SERVED)
 def folder(request: pytest.FixtureRequest, embedded_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random MoE model with SmolLM2's tokenizer, so the engine can serve it."""
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model)
-    config = CONFIGS[request.param](
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
-    )
-    folder = tmp_path_factory.mktemp(request.param)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_servable(request.param, embedded_model, tmp_path_factory.mktemp(request.param))
 
 
 @pytest.fixture(scope="module")
