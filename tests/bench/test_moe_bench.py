@@ -107,3 +107,25 @@ def test_int8_agreement_counts_each_requests_tokens_up_to_its_first_difference()
     assert moe.agreeing_prefix_tokens(fp32, int8) == 2 + 3 + 0
     with pytest.raises(ValueError):
         moe.agreeing_prefix_tokens(fp32, int8[:2])
+
+
+def test_the_engine_side_serves_the_moe_model_fp32_and_int8_beside_hf_generate(embedded_model, tmp_path) -> None:
+    """The engine half of ``kcore bench moe`` on a tiny config of the benchmark's model (the bench
+    takes the config; the command line always serves the full one): our engine with float32 and
+    int8 experts and HF ``generate`` serve the same prompts, every request to the last token."""
+    pytest.importorskip("kernel_core_moe_models", reason="serving the Mixtral bench model needs kernel-core-moe-models")
+    from kernel_core.bench.moe_model import model_folder
+    from kernel_core.bench.workloads import Workload
+
+    folder = model_folder({**moe.CONFIG, **TINY})
+    prompts = ["Hello, my name is", "The capital of France is", "def fibonacci(n):"]
+    workload = Workload("W1", prompts, max_tokens=4, full=False, source=tmp_path / "workload.py")
+    options = {"dtype": "float32", "num_kv_blocks": 32}
+
+    report = moe.benchmark_engine(folder, workload, options, hf_batch_size=2, int8=True)
+
+    assert [m.engine for m in report.measurements] == ["kernel-core", "kernel-core int8", "hf-transformers"]
+    assert all(m.requests == 3 and m.output_tokens == 3 * 4 and m.seconds > 0 for m in report.measurements)
+    assert set(report.ratios) == {"int8_vs_fp32_engine", "int8_greedy_agreement", "ours_vs_hf"}
+    assert 0 <= report.ratios["int8_greedy_agreement"].value <= 1
+    assert report.settings["hf_batch_size"] == 2 and report.settings["engine_config"] == options
