@@ -47,8 +47,9 @@ _LAZY: dict[str, str] = {
     # The public model-building surface (plugin API 1.3): what a model plugin builds its forward from.
     **dict.fromkeys(
         (
-            "AttentionHeads", "AttentionOptions", "DecoderLayer", "DecoderModel", "FusedLinear", "GatedMLP",
-            "MLPBlock", "RotaryEmbedding", "SafetensorsCheckpoint", "SelfAttention", "WeightLoader", "linear",
+            "AttentionHeads", "AttentionOptions", "DecoderLayer", "DecoderModel", "ExpertWeights", "FusedLinear",
+            "FusedMoE", "GatedMLP", "MLPBlock", "MoEOptions", "RotaryEmbedding", "SafetensorsCheckpoint",
+            "SelfAttention", "WeightLoader", "linear",
         ),
         "kernel_core.modeling",
     ),
