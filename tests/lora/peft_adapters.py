@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from kernel_core_sdk.hf_oracle import make_lora_adapter as make_adapter
+
 #: Eight adapters for a Llama: ranks 8-32, different target sets (all-linear too), rsLoRA on
 #: one, rank and alpha patterns on another. Every B is non-zero (``init_lora_weights=False``).
 ADAPTERS: dict[str, dict[str, Any]] = {
@@ -56,23 +58,6 @@ class Oracle:
                 do_sample=False, pad_token_id=model.config.eos_token_id,
             )
         return out[0, ids.shape[1] :].tolist()
-
-
-def make_adapter(base: Path, folder: Path, seed: int, **lora: Any) -> Path:
-    """A PEFT LoRA folder for ``base`` with random (non-zero) A and B, saved by ``peft``."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    torch.manual_seed(seed)
-    config = LoraConfig(task_type="CAUSAL_LM", **{"init_lora_weights": False, **lora})
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():  # larger B than kaiming's, so every adapter visibly moves the output
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.mul_(4.0)
-    peft_model.save_pretrained(folder)
-    return folder
 
 
 def make_adapters(base: Path, root: Path, specs: dict[str, dict[str, Any]] = ADAPTERS) -> dict[str, Path]:

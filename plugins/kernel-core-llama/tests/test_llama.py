@@ -4,14 +4,12 @@ prefill and decode."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -29,6 +27,7 @@ from kernel_core.errors import InvalidModelFolderError, UnsupportedModelError
 from kernel_core_llama import plugin
 from kernel_core_llama.model import LlamaModel
 from kernel_core_sdk.conformance import ModelArchitectureConformance, ReferenceAttentionBackend
+from kernel_core_sdk.hf_oracle import edit_config, hf_greedy, hf_logits, max_diff, rewrite_tensors, save_random_model
 from kernel_core_sdk.paged_runner import PagedRunner, greedy
 
 TOLERANCE = 1e-4
@@ -91,36 +90,9 @@ CONFIGS: dict[str, Callable[[], PreTrainedConfig]] = {
 PROMPT_LENGTHS = (13, 5, 22)
 
 
-def save_tiny(config: PreTrainedConfig, folder: Path, **save_kwargs: object) -> Path:
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder, **save_kwargs)
-    return folder
-
-
 def load(folder: Path, attention: AttentionBackend | None = None) -> LlamaModel:
     attention = attention or ReferenceAttentionBackend()
     return LlamaModel.from_pretrained(folder, attention=attention, dtype=torch.float32, device=CPU)
-
-
-def hf_logits(hf_model: PreTrainedModel, tokens: list[int]) -> torch.Tensor:
-    with torch.inference_mode():
-        return hf_model(torch.tensor([tokens])).logits[0]
-
-
-def hf_greedy(hf_model: PreTrainedModel, tokens: list[int], max_new_tokens: int) -> list[int]:
-    """transformers' greedy tokens, all ``max_new_tokens`` of them (no stop at end of sequence)."""
-    ids = torch.tensor([tokens])
-    with torch.inference_mode():
-        out = hf_model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None
-        )
-    assert out.shape[1] == len(tokens) + max_new_tokens
-    return out[0, len(tokens) :].tolist()
-
-
-def max_diff(ours: torch.Tensor, expected: torch.Tensor) -> float:
-    assert ours.shape == expected.shape
-    return (ours - expected).abs().max().item()
 
 
 def attn_torch_backend() -> AttentionBackend:
@@ -135,7 +107,7 @@ BACKENDS: dict[str, Callable[[], AttentionBackend]] = {"reference": ReferenceAtt
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny(CONFIGS[request.param](), tmp_path_factory.mktemp(request.param))
+    return save_random_model(CONFIGS[request.param](), tmp_path_factory.mktemp(request.param))
 
 
 @pytest.fixture(scope="module")
@@ -235,22 +207,11 @@ class TestQwen3Conformance(LlamaFamilyConformance):
 
 @pytest.fixture
 def llama_folder(tmp_path: Path) -> Path:
-    return save_tiny(CONFIGS["llama-llama3-rope"](), tmp_path / "llama")
-
-
-def rewrite_tensors(folder: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> None:
-    tensors = load_file(folder / "model.safetensors")
-    edit(tensors)
-    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-
-
-def edit_config(folder: Path, **changes: object) -> None:
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return save_random_model(CONFIGS["llama-llama3-rope"](), tmp_path / "llama")
 
 
 def test_sharded_checkpoint_loads_through_its_index(tmp_path: Path, prompts: list[list[int]]) -> None:
-    folder = save_tiny(CONFIGS["qwen2-yarn-rope-tied"](), tmp_path / "sharded", max_shard_size="100KB")
+    folder = save_random_model(CONFIGS["qwen2-yarn-rope-tied"](), tmp_path / "sharded", max_shard_size="100KB")
     assert (folder / "model.safetensors.index.json").is_file() and len(list(folder.glob("*.safetensors"))) > 1
     hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     attention = ReferenceAttentionBackend()

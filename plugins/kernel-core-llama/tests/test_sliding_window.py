@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, PreTrainedConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, MistralConfig, PreTrainedConfig, Qwen2Config
 
 import kernel_core
 from kernel_core import LLM, SamplingParams
@@ -23,6 +23,7 @@ from kernel_core.engine.llm_engine import LLMEngine
 from kernel_core.errors import KernelCoreError
 from kernel_core.plugins import PluginManager
 from kernel_core_sdk.conformance import ReferenceAttentionBackend
+from kernel_core_sdk.hf_oracle import hf_greedy, save_servable_model
 from kernel_core_sdk.pytest_plugin import TEST_DISTRIBUTION
 
 NEW_TOKENS = 8
@@ -48,15 +49,7 @@ class FullAttentionOnly(ReferenceAttentionBackend):
 @pytest.fixture(scope="module", params=sorted(WINDOWED))
 def folder(request: pytest.FixtureRequest, embedded_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random windowed model with SmolLM2's tokenizer, so the engine can serve it."""
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model)
-    config = WINDOWED[request.param](
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
-    )
-    folder = tmp_path_factory.mktemp(request.param)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_servable_model(WINDOWED[request.param], embedded_model, tmp_path_factory.mktemp(request.param))
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +61,7 @@ def prompts(folder: Path) -> list[list[int]]:
 
 def test_engine_greedy_tokens_equal_generate_with_chunked_prefill(folder: Path, prompts: list[list[int]]) -> None:
     hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    expected = []
-    for prompt in prompts:
-        ids = torch.tensor([prompt])
-        with torch.inference_mode():
-            out = hf_model.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None
-            )
-        expected.append(out[0, len(prompt) :].tolist())
+    expected = [hf_greedy(hf_model, prompt, NEW_TOKENS) for prompt in prompts]
     # 8 tokens a step: every prompt is prefilled in chunks, beside other requests' decodes.
     llm = LLM(str(folder), dtype="float32", num_kv_blocks=64, block_size=4, max_num_batched_tokens=8)
     assert llm.engine.components.model.sliding_windows

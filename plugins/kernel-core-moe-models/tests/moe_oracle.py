@@ -1,5 +1,6 @@
-"""Tiny random MoE configs of each family and transformers' answers for them: the oracle of these
-tests (fp32, transformers' eager per-expert loop)."""
+"""Tiny random MoE configs of each family, transformers' model of them in fp32 with its eager
+per-expert loop (the oracle of these tests), our model of them, and the int8 grid of the experts.
+The oracle's generic helpers are the SDK's (``kernel_core_sdk.hf_oracle``)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, MixtralConfig, PreTrainedConfig, PreTrainedModel, Qwen2MoeConfig, Qwen3MoeConfig
+from transformers import AutoModelForCausalLM, MixtralConfig, PreTrainedConfig, PreTrainedModel, Qwen2MoeConfig, Qwen3MoeConfig
 
 from kernel_core.contracts.attention import AttentionBackend
 from kernel_core.modeling import MoEOptions
 from kernel_core_moe_models import plugin
 from kernel_core_moe_models.model import SparseMoEModel
 from kernel_core_sdk.conformance import ReferenceAttentionBackend
+from kernel_core_sdk.hf_oracle import save_servable_model
 
 TOLERANCE = 1e-4
 CPU = torch.device("cpu")
@@ -57,47 +59,14 @@ CONFIGS: dict[str, Callable[..., PreTrainedConfig]] = {
 }
 
 
-def save_tiny(config: PreTrainedConfig, folder: Path, **save_kwargs: Any) -> Path:
-    """A random model of ``config`` (seeded) saved as transformers saves it (Hub layout)."""
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder, **save_kwargs)
-    return folder
-
-
 def save_servable(name: str, tokenizer_folder: Path, folder: Path) -> Path:
-    """The tiny model ``CONFIGS[name]`` with the vocabulary and tokenizer of ``tokenizer_folder``
-    (the embedded SmolLM2's), so that the engine can serve it."""
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
-    config = CONFIGS[name](vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    save_tiny(config, folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    """The tiny model ``CONFIGS[name]`` with the embedded SmolLM2's tokenizer, for the engine."""
+    return save_servable_model(CONFIGS[name], tokenizer_folder, folder)
 
 
 def hf_model(folder: Path) -> PreTrainedModel:
     """transformers' model of ``folder`` in fp32 with its eager per-expert loop."""
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, experts_implementation="eager").eval()
-
-
-def hf_logits(model: PreTrainedModel, tokens: list[int]) -> torch.Tensor:
-    with torch.inference_mode():
-        return model(torch.tensor([tokens])).logits[0]
-
-
-def hf_greedy(model: PreTrainedModel, tokens: list[int], max_new_tokens: int) -> list[int]:
-    """transformers' greedy tokens, all ``max_new_tokens`` of them (no stop at end of sequence)."""
-    ids = torch.tensor([tokens])
-    with torch.inference_mode():
-        out = model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None
-        )
-    assert out.shape[1] == len(tokens) + max_new_tokens
-    return out[0, len(tokens) :].tolist()
-
-
-def max_diff(ours: torch.Tensor, expected: torch.Tensor) -> float:
-    assert ours.shape == expected.shape
-    return (ours - expected).abs().max().item()
 
 
 def sparse_experts(hf: PreTrainedModel) -> list[torch.nn.Module]:

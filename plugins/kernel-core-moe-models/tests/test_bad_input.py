@@ -3,34 +3,21 @@ tensor or the config.json field."""
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from kernel_core.errors import InvalidModelFolderError, UnsupportedModelError
-from moe_oracle import CONFIGS, load_ours, save_tiny
+from kernel_core_sdk.hf_oracle import edit_config, rewrite_tensors, save_random_model
+from moe_oracle import CONFIGS, load_ours
 
 MIXTRAL, QWEN2, QWEN3 = "mixtral-8x-top2", "qwen2moe-8x-top2-norm-shared", "qwen3moe-6x-top2-unnorm-biases"
 
 
 def folder_of(name: str, tmp_path: Path) -> Path:
-    return save_tiny(CONFIGS[name](), tmp_path / name)
-
-
-def rewrite_tensors(folder: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> None:
-    tensors = load_file(folder / "model.safetensors")
-    edit(tensors)
-    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-
-
-def edit_config(folder: Path, **changes: object) -> None:
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return save_random_model(CONFIGS[name](), tmp_path / name)
 
 
 MISSING = {

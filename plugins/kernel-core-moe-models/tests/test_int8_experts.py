@@ -13,17 +13,15 @@ from transformers import PreTrainedModel
 from kernel_core.modeling import MoEOptions
 from kernel_core_moe_models.model import SparseMoEModel
 from kernel_core_sdk.paged_runner import PagedRunner
-from moe_oracle import (
-    CONFIGS, CPU, TINY, TOLERANCE, hf_logits, hf_model, load_ours, max_diff, round_to_int8_grid, rounded, save_tiny,
-    sparse_experts,
-)
+from kernel_core_sdk.hf_oracle import hf_logits, max_diff, save_random_model
+from moe_oracle import CONFIGS, CPU, TINY, TOLERANCE, hf_model, load_ours, round_to_int8_grid, rounded, sparse_experts
 
 PROMPT_LENGTHS = (40, 17, 6)
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny(CONFIGS[request.param](), tmp_path_factory.mktemp(request.param))
+    return save_random_model(CONFIGS[request.param](), tmp_path_factory.mktemp(request.param))
 
 
 def load(folder: Path, quantization: str | None) -> SparseMoEModel:

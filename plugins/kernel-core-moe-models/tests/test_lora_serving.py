@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 
 from kernel_core import LLM, SamplingParams
 from kernel_core.errors import AdapterLoadError
-from moe_oracle import hf_greedy, hf_model, save_servable
+from kernel_core_sdk.hf_oracle import hf_greedy, make_lora_adapter
+from moe_oracle import hf_model, save_servable
 
 NEW_TOKENS = 8
 GREEDY = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
@@ -47,23 +48,11 @@ def folder(config_name: str, embedded_model: Path, tmp_path_factory: pytest.Temp
     return save_servable(config_name, embedded_model, tmp_path_factory.mktemp(config_name))
 
 
-def make_adapter(base: Path, out: Path, seed: int, **lora: Any) -> Path:
-    """A PEFT LoRA folder for ``base`` saved by ``peft``, with random non-zero A and B."""
-    torch.manual_seed(seed)
-    model = get_peft_model(hf_model(base), LoraConfig(task_type="CAUSAL_LM", init_lora_weights=False, **lora))
-    with torch.no_grad():  # larger B than kaiming's, so every adapter visibly moves the output
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.mul_(4.0)
-    model.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def adapters(config_name: str, folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp(f"{config_name}-adapters")
     return {
-        name: make_adapter(folder, root / name, seed, **spec)
+        name: make_lora_adapter(folder, root / name, seed, **spec)
         for seed, (name, spec) in enumerate(ADAPTERS[config_name].items(), 1)
     }
 
@@ -115,7 +104,7 @@ def test_an_adapter_on_the_experts_or_router_is_refused_naming_the_module(
     embedded_model: Path, spec: dict[str, Any], tmp_path: Path
 ) -> None:
     folder = save_servable("mixtral-8x-top2", embedded_model, tmp_path / "model")
-    adapter = make_adapter(folder, tmp_path / "adapter", 7, r=4, lora_alpha=8, **spec)
+    adapter = make_lora_adapter(folder, tmp_path / "adapter", 7, r=4, lora_alpha=8, **spec)
     llm = LLM(str(folder), dtype="float32", enable_lora=True, max_loras=1, max_lora_rank=8, num_kv_blocks=16)
     with pytest.raises(
         AdapterLoadError,

@@ -20,7 +20,8 @@ from kernel_core_moe_models import plugin
 from kernel_core_moe_models.model import MixtralModel, Qwen2MoeModel, Qwen3MoeModel, SparseMoEModel
 from kernel_core_sdk.conformance import ModelArchitectureConformance, ReferenceAttentionBackend, ReferenceMoEKernel
 from kernel_core_sdk.paged_runner import PagedRunner, greedy
-from moe_oracle import CONFIGS, CPU, TINY, TOLERANCE, hf_greedy, hf_logits, hf_model, load_ours, max_diff, save_tiny
+from kernel_core_sdk.hf_oracle import hf_greedy, hf_logits, max_diff, save_random_model
+from moe_oracle import CONFIGS, CPU, TINY, TOLERANCE, hf_model, load_ours
 
 PROMPT_LENGTHS = (13, 5, 22)
 CLASSES: set[type[SparseMoEModel]] = {MixtralModel, Qwen2MoeModel, Qwen3MoeModel}
@@ -29,7 +30,7 @@ load = load_ours
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny(CONFIGS[request.param](), tmp_path_factory.mktemp(request.param))
+    return save_random_model(CONFIGS[request.param](), tmp_path_factory.mktemp(request.param))
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_fused_checkpoint_layout_loads_like_the_hub_one(folder: Path, hf: PreTra
 
 
 def test_sharded_checkpoint_loads_through_its_index(tmp_path: Path, prompts: list[list[int]]) -> None:
-    folder = save_tiny(CONFIGS["mixtral-8x-top2"](), tmp_path / "sharded", max_shard_size="100KB")
+    folder = save_random_model(CONFIGS["mixtral-8x-top2"](), tmp_path / "sharded", max_shard_size="100KB")
     assert len(list(folder.glob("*.safetensors"))) > 1
     attention = ReferenceAttentionBackend()
     logits = PagedRunner(load(folder, None, attention), attention).step({0: prompts[2]})[0]

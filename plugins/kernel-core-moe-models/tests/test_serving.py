@@ -12,7 +12,8 @@ import torch
 
 from kernel_core import LLM, SamplingParams
 from kernel_core.errors import KernelCoreError
-from moe_oracle import hf_greedy, hf_model, rounded, save_servable
+from kernel_core_sdk.hf_oracle import hf_greedy
+from moe_oracle import hf_model, rounded, save_servable
 
 NEW_TOKENS = 8
 #: One per family: top-2 Mixtral, Qwen2-MoE with a shared expert and a dense layer, top-2 unrenormalised Qwen3-MoE.
