@@ -32,7 +32,8 @@ TINY: dict[str, Any] = dict(
 )
 QWEN_MOE = dict(intermediate_size=96, moe_intermediate_size=32)
 
-#: Top-k 1 and 2, renormalised and not, a shared expert with its gate, dense layers beside sparse ones.
+#: Top-k 1 and 2, renormalised and not, a shared expert with its gate, dense layers beside sparse ones,
+#: windows shorter than the prompts (Mixtral's on every layer, Qwen2-MoE's on its sliding_attention one).
 CONFIGS: dict[str, Callable[..., PreTrainedConfig]] = {
     "mixtral-8x-top2": lambda **kw: MixtralConfig(
         **{**TINY, **kw}, intermediate_size=48, num_local_experts=8, num_experts_per_tok=2
@@ -44,9 +45,10 @@ CONFIGS: dict[str, Callable[..., PreTrainedConfig]] = {
         **{**TINY, **kw}, **QWEN_MOE, num_experts=8, num_experts_per_tok=2, norm_topk_prob=True,
         shared_expert_intermediate_size=80,
     ),
-    "qwen2moe-4x-top1-unnorm-dense-layer0": lambda **kw: Qwen2MoeConfig(
+    "qwen2moe-4x-top1-unnorm-dense-layer0-window-6": lambda **kw: Qwen2MoeConfig(
         **{**TINY, **kw}, **QWEN_MOE, num_experts=4, num_experts_per_tok=1, norm_topk_prob=False,
         shared_expert_intermediate_size=40, mlp_only_layers=[0],
+        use_sliding_window=True, sliding_window=6, layer_types=["sliding_attention", "full_attention"],
     ),
     "qwen3moe-6x-top2-unnorm-biases": lambda **kw: Qwen3MoeConfig(
         **{**TINY, **kw}, **QWEN_MOE, head_dim=16, num_experts=6, num_experts_per_tok=2, norm_topk_prob=False,

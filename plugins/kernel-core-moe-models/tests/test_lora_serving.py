@@ -27,7 +27,7 @@ ADAPTERS: dict[str, dict[str, dict[str, Any]]] = {
         "attn8": dict(r=8, lora_alpha=16, target_modules=ATTENTION),
         "qv4": dict(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], use_rslora=True),
     },
-    "qwen2moe-4x-top1-unnorm-dense-layer0": {
+    "qwen2moe-4x-top1-unnorm-dense-layer0-window-6": {
         "attn8": dict(r=8, lora_alpha=16, target_modules=ATTENTION),
         "attn-mlp4": dict(r=4, lora_alpha=8, target_modules=[*ATTENTION, "gate_proj", "up_proj", "down_proj"]),
     },

@@ -17,7 +17,7 @@ from moe_oracle import hf_model, rounded, save_servable
 
 NEW_TOKENS = 8
 #: One per family: top-2 Mixtral, Qwen2-MoE with a shared expert and a dense layer, top-2 unrenormalised Qwen3-MoE.
-SERVED = ("mixtral-8x-top2", "qwen2moe-4x-top1-unnorm-dense-layer0", "qwen3moe-6x-top2-unnorm-biases")
+SERVED = ("mixtral-8x-top2", "qwen2moe-4x-top1-unnorm-dense-layer0-window-6", "qwen3moe-6x-top2-unnorm-biases")
 ENGINES: dict[str, dict[str, Any]] = {
     # 8 tokens a step: prompts prefilled in chunks beside other requests' decodes.
     "chunked-prefill": dict(num_kv_blocks=64, block_size=4, max_num_batched_tokens=8),
