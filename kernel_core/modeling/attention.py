@@ -47,8 +47,12 @@ class AttentionOptions:
     #: Whether the q/k/v projections carry a bias (Qwen2: yes), and whether o_proj does.
     qkv_bias: bool = False
     o_bias: bool = False
-    #: RMSNorm of each query and key head before RoPE (``q_norm``/``k_norm`` weights: Qwen3).
+    #: RMSNorm of the queries and keys before RoPE (``q_norm``/``k_norm`` weights): of each head
+    #: (``qk_norm_scope="head"``, Qwen3) or of the whole q and k projections (``"projection"``, OLMoE).
     qk_norm: bool = False
+    qk_norm_scope: str = "head"
+    #: Queries, keys and values clamped to ``[-clip_qkv, clip_qkv]`` after the norm (OLMoE's ``clip_qkv``).
+    clip_qkv: float | None = None
     #: A query at position q sees keys at positions p with ``q - sliding_window < p <= q``.
     sliding_window: int | None = None
 
@@ -57,6 +61,14 @@ class AttentionOptions:
             raise InvalidModelFolderError(
                 f"sliding_window {self.sliding_window!r} in config.json is not a positive number of tokens"
             )
+        if self.qk_norm_scope not in QK_NORM_SCOPES:
+            raise ValueError(f"qk_norm_scope {self.qk_norm_scope!r} is not one of {', '.join(QK_NORM_SCOPES)}")
+        if self.clip_qkv is not None and not self.clip_qkv > 0:
+            raise InvalidModelFolderError(f"clip_qkv {self.clip_qkv!r} in config.json is not a positive number")
+
+
+#: What an RMSNorm of queries and keys may span: each head, or the whole projection.
+QK_NORM_SCOPES = ("head", "projection")
 
 
 class SelfAttention:
@@ -77,10 +89,13 @@ class SelfAttention:
         sliding_window: int | None = None,
         qk_norm: tuple[torch.Tensor, torch.Tensor] | None = None,
         eps: float = 1e-6,
+        qk_norm_scope: str = "head",
+        clip_qkv: float | None = None,
     ) -> None:
         self.qkv_proj, self.o_proj, self.backend = qkv_proj, o_proj, backend
         self.num_heads, self.num_kv_heads, self.head_size = heads.num_heads, heads.num_kv_heads, heads.head_size
         self.sliding_window, self.qk_norm, self.eps = sliding_window, qk_norm, eps
+        self.qk_norm_scope, self.clip_qkv = qk_norm_scope, clip_qkv
 
     @classmethod
     def load(
@@ -98,8 +113,10 @@ class SelfAttention:
         qkv = {f"{prefix}.q_proj": q_size, f"{prefix}.k_proj": kv_size, f"{prefix}.v_proj": kv_size}
         qk_norm = None
         if options.qk_norm:
-            shape = (heads.head_size,)
-            qk_norm = (loader.tensor(f"{prefix}.q_norm.weight", shape), loader.tensor(f"{prefix}.k_norm.weight", shape))
+            q_shape, k_shape = ((heads.head_size,),) * 2 if options.qk_norm_scope == "head" else ((q_size,), (kv_size,))
+            qk_norm = (
+                loader.tensor(f"{prefix}.q_norm.weight", q_shape), loader.tensor(f"{prefix}.k_norm.weight", k_shape)
+            )
         return cls(
             loader.linear(qkv, config.hidden_size, options.qkv_bias),
             loader.linear({f"{prefix}.o_proj": config.hidden_size}, q_size, options.o_bias),
@@ -108,6 +125,8 @@ class SelfAttention:
             sliding_window=options.sliding_window,
             qk_norm=qk_norm,
             eps=config.rms_norm_eps,
+            qk_norm_scope=options.qk_norm_scope,
+            clip_qkv=options.clip_qkv,
         )
 
     def __call__(
@@ -125,8 +144,15 @@ class SelfAttention:
         qk = qkv[:, : (heads + kv_heads) * size].view(tokens, heads + kv_heads, size)
         if self.qk_norm is not None:
             q_norm, k_norm = self.qk_norm
-            qk[:, :heads] = F.rms_norm(qk[:, :heads], (size,), q_norm, self.eps)
-            qk[:, heads:] = F.rms_norm(qk[:, heads:], (size,), k_norm, self.eps)
+            if self.qk_norm_scope == "head":
+                qk[:, :heads] = F.rms_norm(qk[:, :heads], (size,), q_norm, self.eps)
+                qk[:, heads:] = F.rms_norm(qk[:, heads:], (size,), k_norm, self.eps)
+            else:
+                q, k = qkv[:, : heads * size], qkv[:, heads * size : (heads + kv_heads) * size]
+                q.copy_(F.rms_norm(q, q_norm.shape, q_norm, self.eps))
+                k.copy_(F.rms_norm(k, k_norm.shape, k_norm, self.eps))
+        if self.clip_qkv is not None:
+            qkv.clamp_(-self.clip_qkv, self.clip_qkv)
         RotaryEmbedding.rotate_(qk, cos, sin)  # q and k heads in one pass
         value = qkv[:, (heads + kv_heads) * size :].view(tokens, kv_heads, size)
         layer_metadata = metadata.for_layer(self.sliding_window)
