@@ -1,2 +1,2 @@
-"""Mixture-of-experts model families (Mixtral, Qwen2-MoE, Qwen3-MoE) for kernel-core, on the public
+"""Mixture-of-experts model families (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) for kernel-core, on the public
 kernel_core.modeling and its FusedMoE block."""

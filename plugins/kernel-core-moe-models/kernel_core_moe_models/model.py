@@ -1,4 +1,4 @@
-"""Mixtral, Qwen2-MoE and Qwen3-MoE as :class:`~kernel_core.modeling.DecoderModel` subclasses: the
+"""Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE as :class:`~kernel_core.modeling.DecoderModel` subclasses: the
 decoder, attention and weight loading are the public surface's; what is said here is which layers
 are sparse, where their router and experts are in the checkpoint, how tokens are routed and, for
 Qwen2-MoE, the shared expert, each as the family's transformers class builds it."""
@@ -208,3 +208,21 @@ class Qwen3MoeModel(SparseMoEModel):
 
     def attention_options(self, index: int) -> AttentionOptions:
         return replace(super().attention_options(index), qk_norm=True)
+
+
+class OlmoeModel(SparseMoEModel):
+    """OLMoE: every layer sparse, renormalised per ``norm_topk_prob``, biases per ``attention_bias``,
+    RMSNorm of the whole q and k projections (not of each head), q/k/v clamped to ``clip_qkv``."""
+
+    supported_architectures = FAMILIES["olmoe"][0]
+    num_experts_field = "num_experts"
+    expert_size_field = "intermediate_size"
+
+    @classmethod
+    def sparse_layers(cls, config: PreTrainedConfig) -> frozenset[int]:
+        return frozenset(range(config.num_hidden_layers))
+
+    def attention_options(self, index: int) -> AttentionOptions:
+        return replace(
+            super().attention_options(index), qk_norm=True, qk_norm_scope="projection", clip_qkv=self.config.clip_qkv
+        )

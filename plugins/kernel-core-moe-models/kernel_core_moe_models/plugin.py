@@ -26,6 +26,11 @@ FAMILIES: dict[str, tuple[frozenset[str], str, str]] = {
         "kernel_core_moe_models.model:Qwen3MoeModel",
         "Qwen3-MoE: routed experts, RMSNorm of each query/key head, dense layers per mlp_only_layers.",
     ),
+    "olmoe": (
+        frozenset({"OlmoeForCausalLM"}),
+        "kernel_core_moe_models.model:OlmoeModel",
+        "OLMoE: every layer sparse, RMSNorm of the whole q and k projections, optional clip_qkv.",
+    ),
 }
 
 

@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, MixtralConfig, PreTrainedConfig, PreTrainedModel, Qwen2MoeConfig, Qwen3MoeConfig
+from transformers import (
+    AutoModelForCausalLM,
+    MixtralConfig,
+    OlmoeConfig,
+    PreTrainedConfig,
+    PreTrainedModel,
+    Qwen2MoeConfig,
+    Qwen3MoeConfig,
+)
 
 from kernel_core.contracts.attention import AttentionBackend
 from kernel_core.modeling import MoEOptions
@@ -53,6 +61,13 @@ CONFIGS: dict[str, Callable[..., PreTrainedConfig]] = {
     "qwen3moe-6x-top2-unnorm-biases": lambda **kw: Qwen3MoeConfig(
         **{**TINY, **kw}, **QWEN_MOE, head_dim=16, num_experts=6, num_experts_per_tok=2, norm_topk_prob=False,
         attention_bias=True,
+    ),
+    "olmoe-8x-top2-unnorm": lambda **kw: OlmoeConfig(
+        **{**TINY, **kw}, intermediate_size=48, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
+    ),
+    "olmoe-4x-top1-norm-clip-biases": lambda **kw: OlmoeConfig(
+        **{**TINY, **kw}, intermediate_size=48, num_experts=4, num_experts_per_tok=1, norm_topk_prob=True,
+        clip_qkv=0.5, attention_bias=True,
     ),
     "qwen3moe-4x-top1-norm-sparse-step-2": lambda **kw: Qwen3MoeConfig(
         **{**TINY, **kw}, **QWEN_MOE, num_experts=4, num_experts_per_tok=1, norm_topk_prob=True,

@@ -14,6 +14,7 @@ from kernel_core_sdk.hf_oracle import edit_config, rewrite_tensors, save_random_
 from moe_oracle import CONFIGS, load_ours
 
 MIXTRAL, QWEN2, QWEN3 = "mixtral-8x-top2", "qwen2moe-8x-top2-norm-shared", "qwen3moe-6x-top2-unnorm-biases"
+OLMOE = "olmoe-8x-top2-unnorm"
 
 
 def folder_of(name: str, tmp_path: Path) -> Path:
@@ -21,6 +22,7 @@ def folder_of(name: str, tmp_path: Path) -> Path:
 
 
 MISSING = {
+    OLMOE: "model.layers.0.mlp.experts.3.up_proj.weight",
     MIXTRAL: "model.layers.1.block_sparse_moe.experts.5.w3.weight",
     QWEN2: "model.layers.0.mlp.experts.7.down_proj.weight",
     QWEN3: "model.layers.1.mlp.experts.2.gate_proj.weight",
@@ -45,12 +47,13 @@ def test_a_missing_shared_expert_gate_is_named(tmp_path: Path) -> None:
 WRONG_SHAPES = {
     "expert w2": (MIXTRAL, "model.layers.0.block_sparse_moe.experts.3.w2.weight", (64, 40), r"\[64, 40\], expected \[64, 48\]"),
     "router": (QWEN3, "model.layers.1.mlp.gate.weight", (5, 64), r"\[5, 64\], expected \[6, 64\]"),
+    "projection-wide q_norm": (OLMOE, "model.layers.0.self_attn.q_norm.weight", (16,), r"\[16\], expected \[64\]"),
     "shared expert": (QWEN2, "model.layers.0.mlp.shared_expert.up_proj.weight", (80, 32), r"\[80, 32\], expected \[80, 64\]"),
 }
 
 
 @pytest.mark.parametrize("case", WRONG_SHAPES.values(), ids=WRONG_SHAPES.keys())
-def test_a_tensor_of_the_wrong_shape_is_named_with_both_shapes(case: tuple[str, str, tuple[int, int], str], tmp_path: Path) -> None:
+def test_a_tensor_of_the_wrong_shape_is_named_with_both_shapes(case: tuple[str, str, tuple[int, ...], str], tmp_path: Path) -> None:
     name, tensor, shape, shapes = case
     folder = folder_of(name, tmp_path)
 
@@ -89,6 +92,7 @@ BAD_CONFIGS = {
         MIXTRAL, {"num_experts_per_tok": 9}, r"num_experts_per_tok 9 .* between 1 and num_local_experts \(8\)"
     ),
     "top-k 0 (Qwen3-MoE)": (QWEN3, {"num_experts_per_tok": 0}, r"num_experts_per_tok 0 .* between 1 and num_experts \(6\)"),
+    "negative clip_qkv (OLMoE)": (OLMOE, {"clip_qkv": -1.0}, r"clip_qkv -1\.0 in config\.json is not a positive number"),
     "no experts but sparse layers (Mixtral)": (MIXTRAL, {"num_local_experts": 0}, r"num_local_experts 0 .* at least 1"),
     "decoder_sparse_step 0 (Qwen2-MoE)": (QWEN2, {"decoder_sparse_step": 0}, r"decoder_sparse_step 0 .* positive integer"),
 }

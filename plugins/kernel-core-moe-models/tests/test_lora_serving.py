@@ -31,6 +31,10 @@ ADAPTERS: dict[str, dict[str, dict[str, Any]]] = {
         "attn8": dict(r=8, lora_alpha=16, target_modules=ATTENTION),
         "attn-mlp4": dict(r=4, lora_alpha=8, target_modules=[*ATTENTION, "gate_proj", "up_proj", "down_proj"]),
     },
+    "olmoe-8x-top2-unnorm": {
+        "attn8": dict(r=8, lora_alpha=16, target_modules=ATTENTION),
+        "qo4": dict(r=4, lora_alpha=16, target_modules=["q_proj", "o_proj"]),
+    },
     "qwen3moe-6x-top2-unnorm-biases": {
         "attn8": dict(r=8, lora_alpha=16, target_modules=ATTENTION),
         "ko4": dict(r=4, lora_alpha=16, target_modules=["k_proj", "o_proj"]),

@@ -1,4 +1,4 @@
-"""Mixtral, Qwen2-MoE and Qwen3-MoE against Hugging Face transformers, the oracle: logits within
+"""Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE against Hugging Face transformers, the oracle: logits within
 1e-4 (fp32) and identical greedy tokens, over one step, flattened batches, chunked prefill and
 decode, on the default MoE kernel and on the SDK's per-token reference kernel; both checkpoint
 layouts; the SDK's conformance suite per family."""
@@ -17,14 +17,14 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from kernel_core.contracts.attention import AttentionBackend
 from kernel_core.modeling import MoEOptions
 from kernel_core_moe_models import plugin
-from kernel_core_moe_models.model import MixtralModel, Qwen2MoeModel, Qwen3MoeModel, SparseMoEModel
+from kernel_core_moe_models.model import MixtralModel, OlmoeModel, Qwen2MoeModel, Qwen3MoeModel, SparseMoEModel
 from kernel_core_sdk.conformance import ModelArchitectureConformance, ReferenceAttentionBackend, ReferenceMoEKernel
 from kernel_core_sdk.paged_runner import PagedRunner, greedy
 from kernel_core_sdk.hf_oracle import hf_greedy, hf_logits, max_diff, save_random_model
 from moe_oracle import CONFIGS, CPU, TINY, TOLERANCE, hf_model, load_ours
 
 PROMPT_LENGTHS = (13, 5, 22)
-CLASSES: set[type[SparseMoEModel]] = {MixtralModel, Qwen2MoeModel, Qwen3MoeModel}
+CLASSES: set[type[SparseMoEModel]] = {MixtralModel, Qwen2MoeModel, Qwen3MoeModel, OlmoeModel}
 load = load_ours
 
 
@@ -160,3 +160,7 @@ class TestQwen2MoeConformance(MoEFamilyConformance):
 
 class TestQwen3MoeConformance(MoEFamilyConformance):
     config_name, record = "qwen3moe-6x-top2-unnorm-biases", "qwen3-moe"
+
+
+class TestOlmoeConformance(MoEFamilyConformance):
+    config_name, record = "olmoe-4x-top1-norm-clip-biases", "olmoe"

@@ -16,8 +16,12 @@ from kernel_core_sdk.hf_oracle import hf_greedy
 from moe_oracle import hf_model, rounded, save_servable
 
 NEW_TOKENS = 8
-#: One per family: top-2 Mixtral, Qwen2-MoE with a shared expert and a dense layer, top-2 unrenormalised Qwen3-MoE.
-SERVED = ("mixtral-8x-top2", "qwen2moe-4x-top1-unnorm-dense-layer0-window-6", "qwen3moe-6x-top2-unnorm-biases")
+#: One per family: top-2 Mixtral, Qwen2-MoE with a shared expert, a dense layer and a window, top-2
+#: unrenormalised Qwen3-MoE, top-1 OLMoE with clip_qkv.
+SERVED = (
+    "mixtral-8x-top2", "qwen2moe-4x-top1-unnorm-dense-layer0-window-6", "qwen3moe-6x-top2-unnorm-biases",
+    "olmoe-4x-top1-norm-clip-biases",
+)
 ENGINES: dict[str, dict[str, Any]] = {
     # 8 tokens a step: prompts prefilled in chunks beside other requests' decodes.
     "chunked-prefill": dict(num_kv_blocks=64, block_size=4, max_num_batched_tokens=8),
