@@ -5,7 +5,8 @@ holding hook implementations (see :mod:`kernel_core.hookspecs`). A plugin that f
 returns an invalid record, targets an incompatible API or registers a name another plugin
 already took is reported with its distribution and skipped; everything else loads. With
 ``KERNEL_CORE_STRICT_PLUGINS=1`` such a fault is fatal instead. Selection is by name or by
-declared priority, never by load order.
+declared priority, never by load order; two records of one kind sharing a name, or a field the
+kind declares unique (a tuner's ``peft_type``), are both reported and neither is used.
 """
 
 from __future__ import annotations
@@ -235,22 +236,33 @@ class PluginManager:
         return collected
 
     def _index(self, registration: Registration) -> None:
-        holders = self._registry[registration.kind].setdefault(registration.name, [])
+        """File the registration; a name or a unique field (``unique_fields``) it shares with
+        another registration of its kind makes every holder unusable, reported on each."""
+        kind_registry = self._registry[registration.kind]
+        holders = kind_registry.setdefault(registration.name, [])
         holders.append(registration)
-        if len(holders) > 1:
-            message = DuplicatePluginError(self._duplicate_message(holders)).args[0]
+        clashes = [self._duplicate_message(holders)] if len(holders) > 1 else []
+        for field_name in registration.spec.unique_fields:
+            value = getattr(registration.spec, field_name)
+            sharing = sorted(
+                (r for named in kind_registry.values() for r in named if getattr(r.spec, field_name) == value),
+                key=lambda r: (r.plugin.distribution.name, r.name),
+            )
+            if len(sharing) > 1:
+                clashes.append(self._duplicate_message(sharing, field_name, value))
+                holders = [*holders, *(r for r in sharing if r not in holders)]
+        if clashes:
+            message = "; ".join(clashes)
             for holder in holders:
-                holder.error = message
+                holder.error = message if holder.error is None else f"{holder.error}; {message}"
             self._fault(registration.plugin, message)
 
     @staticmethod
-    def _duplicate_message(holders: list[Registration]) -> str:
+    def _duplicate_message(holders: list[Registration], field_name: str = "name", value: Any = None) -> str:
         first = holders[0]
-        owners = " and ".join(str(h.plugin.distribution) for h in holders)
-        return (
-            f"{first.kind} {first.name!r} is registered by both {owners}; uninstall one, or "
-            f"disable one with {ENV_DENY}"
-        )
+        owners = " and ".join(f"{h.name!r} of {h.plugin.distribution}" if field_name != "name" else str(h.plugin.distribution) for h in holders)
+        claim = f"{first.name!r} is registered" if field_name == "name" else f"{field_name} {value!r} is claimed"
+        return f"{first.kind} {claim} by both {owners}; uninstall one, or disable one with {ENV_DENY}"
 
     def _fail(self, info: PluginInfo, reason: str) -> None:
         info.status = PluginStatus.FAILED
@@ -272,7 +284,7 @@ class PluginManager:
         return [
             holders[0]
             for name, holders in sorted(self._registry[kind].items())
-            if len(holders) == 1
+            if len(holders) == 1 and holders[0].error is None
         ]
 
     def get(self, kind: PluginKind, name: str) -> Registration:
@@ -280,6 +292,8 @@ class PluginManager:
         holders = self._registry[PluginKind(kind)].get(name, [])
         if len(holders) > 1:
             raise DuplicatePluginError(self._duplicate_message(holders))
+        if holders and holders[0].error is not None:
+            raise DuplicatePluginError(holders[0].error)
         if not holders:
             available = ", ".join(r.name for r in self.registrations(kind)) or "none"
             raise UnknownPluginError(

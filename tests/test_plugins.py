@@ -80,7 +80,7 @@ def test_incompatible_api_major_is_refused_saying_what_fits(fake_dist):
     manager = PluginManager.from_environment()
     [fault] = [f for f in manager.faults if f.distribution.name == "kc-future"]
     assert "kc-future 3.0" in str(fault)
-    assert "targets plugin API 2.0" in fault.reason and "plugins targeting 1.0 to 1.3 fit" in fault.reason
+    assert "targets plugin API 2.0" in fault.reason and "plugins targeting 1.0 to 1.4 fit" in fault.reason
     with pytest.raises(UnknownPluginError):
         manager.get(PluginKind.SCHEDULER_POLICY, "future")
 
@@ -108,6 +108,36 @@ def test_duplicate_names_name_both_distributions(fake_dist):
         manager.get(PluginKind.SCHEDULER_POLICY, "same")
     assert "same" not in [r.name for r in manager.registrations(PluginKind.SCHEDULER_POLICY)]
     assert manager.get(PluginKind.SCHEDULER_POLICY, "good")
+
+
+def tuner(name: str, peft_type: str) -> str:
+    return plugin_source(
+        "kernel_core_tuners",
+        f"TunerSpec(name={name!r}, description='d', implementation='collections:deque', peft_type={peft_type!r})",
+    )
+
+
+def test_two_tuners_claiming_one_peft_type_are_both_refused(fake_dist):
+    """Which plugin reads a file of that peft_type must never depend on load order."""
+    fake_dist("kc-ia3", "kc_ia3", tuner("ia3", "IA3"))
+    fake_dist("kc-fast-ia3", "kc_fast_ia3", tuner("fast-ia3", "IA3"))
+    fake_dist("kc-lokr", "kc_lokr", tuner("lokr", "LOKR"))
+    manager = PluginManager.from_environment()
+    expected = r"tuner peft_type 'IA3' is claimed by both 'fast-ia3' of kc-fast-ia3 1.0 and 'ia3' of kc-ia3 1.0; .*KERNEL_CORE_DISABLE_PLUGINS"
+    for name in ("ia3", "fast-ia3"):
+        with pytest.raises(DuplicatePluginError, match=expected):
+            manager.get(PluginKind.TUNER, name)
+    usable = [r.name for r in manager.registrations(PluginKind.TUNER)]
+    assert "lokr" in usable and "ia3" not in usable and "fast-ia3" not in usable
+    assert any("peft_type 'IA3'" in fault.reason for fault in manager.faults)
+
+
+def test_the_deny_list_settles_a_peft_type_clash(fake_dist, monkeypatch):
+    fake_dist("kc-ia3", "kc_ia3", tuner("ia3", "IA3"))
+    fake_dist("kc-other-ia3", "kc_other_ia3", tuner("ia3", "IA3"))
+    monkeypatch.setenv(plugins.ENV_DENY, "kc-ia3")
+    manager = PluginManager.from_environment()
+    assert manager.get(PluginKind.TUNER, "ia3").plugin.distribution.name == "kc-other-ia3"
 
 
 def test_strict_mode_makes_a_fault_fatal(fake_dist, monkeypatch):

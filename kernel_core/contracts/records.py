@@ -51,6 +51,9 @@ class ImplementationSpec(BaseModel):
     kind: ClassVar[PluginKind]
     #: ``module:attr`` of the base class every implementation of this kind subclasses.
     contract: ClassVar[str]
+    #: Fields besides ``name`` that no two registrations of this kind may share (a tuner's
+    #: ``peft_type``): such a clash is reported like a duplicate name.
+    unique_fields: ClassVar[tuple[str, ...]] = ()
 
     name: str = Field(pattern=NAME_PATTERN, description="Unique within its kind; used to select it.")
     description: str = Field(min_length=1, description="One line for `kcore plugins list`.")
@@ -80,6 +83,7 @@ class TunerSpec(ImplementationSpec):
 
     kind: ClassVar[PluginKind] = PluginKind.TUNER
     contract: ClassVar[str] = "kernel_core.contracts.tuner:Tuner"
+    unique_fields: ClassVar[tuple[str, ...]] = ("peft_type",)
     peft_type: str = Field(
         pattern=r"^[A-Z][A-Z0-9_]*$",
         description="The `peft_type` written to adapter_config.json, e.g. LORA.",

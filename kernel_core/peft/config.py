@@ -31,18 +31,21 @@ class Method:
 
 
 def get_method(name: str, manager: PluginManager | None = None) -> Method:
-    """The method registered as ``name`` (``"lora"``) or with PEFT type ``name`` (``"LORA"``)."""
+    """The method registered as ``name`` or with PEFT type ``name``, in any case (``"ia3"``,
+    ``"IA3"``, ``"lora"``, ``"LORA"``), as PEFT's ``PeftType`` values are upper-case."""
     manager = manager or get_plugin_manager()
     registrations = manager.registrations(PluginKind.TUNER)
+    wanted = name.lower()
     for registration in registrations:
         spec = registration.spec
         assert isinstance(spec, TunerSpec)
-        if name in (spec.name, spec.peft_type):
+        if wanted in (spec.name, spec.peft_type.lower()):
             return Method(spec, manager.load(registration)())
-    installed = ", ".join(r.name for r in registrations) or "none"
+    installed = ", ".join(f"{r.name} ({r.spec.peft_type})" for r in registrations if isinstance(r.spec, TunerSpec))
     raise UnknownPluginError(
-        f"no PEFT method named {name!r} is installed (installed: {installed}); "
-        "install a kernel-core tuner plugin, see `kcore plugins list`"
+        f"no installed PEFT method is named or has peft_type {name!r} (installed tuners: {installed or 'none'}); "
+        f"`kcore install kernel-core-{wanted.replace('_', '-')}` adds it where such a plugin is published, "
+        "see `kcore plugins list` for what is installed and why a plugin did not load"
     )
 
 

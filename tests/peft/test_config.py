@@ -17,8 +17,29 @@ def test_get_config_builds_the_method_config() -> None:
 
 
 def test_unknown_method_lists_the_installed_ones() -> None:
-    with pytest.raises(UnknownPluginError, match=r"no PEFT method named 'loar' is installed \(installed: .*lora"):
+    with pytest.raises(UnknownPluginError, match=r"named or has peft_type 'loar' \(installed tuners: .*lora \(LORA\)"):
         get_config("loar")
+
+
+@pytest.mark.parametrize("name", ["lora", "LORA", "LoRA", "Lora"])
+def test_method_names_and_peft_types_are_case_insensitive(name: str) -> None:
+    assert get_method(name).spec.name == "lora"
+    assert type(get_config(name, target_modules=["q_proj"])).__name__ == "LoraConfig"
+
+
+def test_a_file_of_a_method_no_plugin_provides_says_how_to_get_it() -> None:
+    with pytest.raises(UnknownPluginError) as error:
+        config_from_dict({"peft_type": "LOHA", "r": 8, "target_modules": ["q_proj"]})
+    message = str(error.value)
+    assert "'LOHA'" in message and "installed tuners: " in message and "lora (LORA)" in message
+    assert "`kcore install kernel-core-loha`" in message
+
+
+def test_config_writes_only_the_keys_its_method_declares() -> None:
+    """LoRA's PEFT config has the optional target filters, so its file does; a method whose PEFT
+    config lacks them (IA3) leaves them out by not inheriting the mixins."""
+    data = config_to_dict(get_config("lora", target_modules=["q_proj"]))
+    assert {"exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save"} <= set(data)
 
 
 @pytest.mark.parametrize(
