@@ -14,7 +14,7 @@ def plugin(target):
 
 
 def test_our_version_is_semver():
-    assert parse(kernel_core.PLUGIN_API_VERSION) == (1, 3)
+    assert parse(kernel_core.PLUGIN_API_VERSION) == (1, 4)
 
 
 @pytest.mark.parametrize("target", ["1.0", "1.0.0", "1.0.7"])
@@ -38,3 +38,20 @@ def test_malformed_target_is_named(target):
 def test_fitting_range():
     assert fitting_range("1.0.3") == "1.0"
     assert fitting_range("2.3.0") == "2.0 to 2.3"
+
+
+def test_docs_and_the_plugin_template_state_the_current_version():
+    """What the authoring guide tells a new author to declare is what `kcore new-plugin` writes."""
+    import re
+    from pathlib import Path
+
+    from kernel_core.contracts.records import PluginKind
+    from kernel_core_sdk.scaffold import template_variables
+
+    major, minor = parse(kernel_core.PLUGIN_API_VERSION)
+    current = f"{major}.{minor}"
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    assert re.search(r"Plugin API version: \*\*([\d.]+)\*\*", (docs / "plugins.md").read_text()).group(1) == current
+    guide = re.search(r'`kernel_core_api = "([\d.]+)"` \(the current version', (docs / "writing-a-plugin.md").read_text())
+    assert guide.group(1) == current
+    assert {template_variables(kind, "x")["api_version"] for kind in PluginKind} == {current}

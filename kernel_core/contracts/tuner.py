@@ -8,7 +8,10 @@ a mixed batch (one adapter per row) with one call per adapter group.
 
 State-dict names follow PEFT: an adapter's tensors live in containers whose attribute name starts
 with the tuner's ``prefix`` (``lora_A``, ``lora_magnitude_vector``, ...) and are keyed by adapter
-name inside them (``lora_A.default.weight``); the PEFT file drops that adapter-name segment.
+name inside them (``lora_A.default.weight``); the PEFT file drops that adapter-name segment. The
+same rule holds for tensors a method keeps once per model rather than per layer (VeRA's shared
+projections): a container on ``PeftModel.base_model`` named with the prefix
+(``base_model.vera_A.default`` in the model, ``base_model.vera_A`` in the file).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 from torch import nn
 
 #: The adapter name that means "no adapter" for a row of a mixed batch (as in PEFT).
@@ -31,8 +34,12 @@ ConfigT = TypeVar("ConfigT", bound="TunerConfig")
 class TunerConfig(BaseModel):
     """Hyper-parameters of one adapter; subclasses add the method's own fields.
 
-    The fields here are PEFT's, shared by every method: target selection (see
-    :mod:`kernel_core.peft.targets`), full trainable copies (``modules_to_save``) and provenance.
+    The fields here are the ones every PEFT tuner config has: ``target_modules`` (see
+    :mod:`kernel_core.peft.targets`) and provenance. The target filters only some PEFT methods
+    have are mixins a method's config inherits when its PEFT config has them, so that
+    ``adapter_config.json`` holds exactly the method's keys: :class:`ExcludeModules`,
+    :class:`LayerSelection` and :class:`ModulesToSave` (since API 1.4; before, every config had
+    all three).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -42,29 +49,27 @@ class TunerConfig(BaseModel):
     inert_peft_keys: ClassVar[Mapping[str, Any]] = {}
 
     target_modules: list[str] | str | None = None
-    exclude_modules: list[str] | str | None = None
-    layers_to_transform: list[int] | int | None = None
-    layers_pattern: list[str] | str | None = None
-    modules_to_save: list[str] | None = None
     base_model_name_or_path: str | None = None
     revision: str | None = None
     task_type: str | None = None
     inference_mode: bool = False
 
-    @model_validator(mode="after")
-    def _layer_filters_need_a_list(self: ConfigT) -> ConfigT:
-        """As in PEFT: a regex already says which layers it matches, and a layer pattern
-        without layer indices selects nothing."""
-        if isinstance(self.target_modules, str) and (self.layers_to_transform is not None or self.layers_pattern):
-            raise ValueError("layers_to_transform and layers_pattern need target_modules as a list, not a regex string")
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError("layers_pattern needs layers_to_transform: the layer indices to keep")
-        return self
+    _module_name: str | None = PrivateAttr(default=None)
+
+    @property
+    def module_name(self) -> str | None:
+        """The module (its dotted name in the transformers model) this config was made for by
+        :meth:`for_module`; None on an adapter's own config. Since API 1.4."""
+        return self._module_name
 
     def for_module(self: ConfigT, module_name: str) -> ConfigT:
-        """The config one module gets; methods with per-module overrides (rank patterns) apply
-        them here."""
-        return self
+        """The config module ``module_name`` gets: a copy whose :attr:`module_name` is set, so
+        that the layer learns, through its config, what the method must know about that module
+        (IA3 derives ``is_feedforward`` from it). Methods with per-module overrides (rank
+        patterns) extend this: call ``super().for_module(module_name)`` and update the copy."""
+        config = self.model_copy()
+        config._module_name = module_name
+        return config
 
     @classmethod
     def from_dict(cls: type[ConfigT], data: Mapping[str, Any]) -> ConfigT:
@@ -88,6 +93,38 @@ class TunerConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
+class ExcludeModules(BaseModel):
+    """``exclude_modules``: modules never wrapped, as a list of names or a regex (the same forms
+    as ``target_modules``). For configs whose PEFT counterpart has the field."""
+
+    exclude_modules: list[str] | str | None = None
+
+
+class ModulesToSave(BaseModel):
+    """``modules_to_save``: modules trained and saved as full copies per adapter (a classifier
+    head). For configs whose PEFT counterpart has the field."""
+
+    modules_to_save: list[str] | None = None
+
+
+class LayerSelection(BaseModel):
+    """``layers_to_transform`` and ``layers_pattern``: keep only targets in the given layer
+    indices. For configs whose PEFT counterpart has the fields (LoRA does, IA3 does not)."""
+
+    layers_to_transform: list[int] | int | None = None
+    layers_pattern: list[str] | str | None = None
+
+    @model_validator(mode="after")
+    def _layer_filters_need_a_list(self: Any) -> Any:
+        """As in PEFT: a regex already says which layers it matches, and a layer pattern
+        without layer indices selects nothing."""
+        if isinstance(getattr(self, "target_modules", None), str) and (self.layers_to_transform is not None or self.layers_pattern):
+            raise ValueError("layers_to_transform and layers_pattern need target_modules as a list, not a regex string")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError("layers_pattern needs layers_to_transform: the layer indices to keep")
+        return self
+
+
 _PEFT_BOOKKEEPING = frozenset({"peft_type", "peft_version", "auto_mapping"})
 _NO_DEFAULT = object()
 
@@ -101,8 +138,9 @@ class TunerLayer(nn.Module):
 
     The core sets :attr:`active_adapters`, :attr:`disable_adapters` and, for one forward of a
     mixed batch, :attr:`row_adapters` (an adapter name, or :data:`BASE_ADAPTER`, per row of the
-    input's first dimension). Subclasses implement how one adapter changes the output and how
-    adapters fold into the base weights.
+    input's first dimension). Subclasses implement how one adapter changes the output (and, if
+    it does, the input the base layer sees: :meth:`adapter_input`) and how adapters fold into the
+    base weights.
     """
 
     def __init__(self, base_layer: nn.Module) -> None:
@@ -133,6 +171,13 @@ class TunerLayer(nn.Module):
     @abstractmethod
     def adapter_output(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """``result`` (the output so far for input ``x``) with one adapter's effect applied."""
+
+    def adapter_input(self, adapter_name: str, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The input the base layer sees with this adapter (``x`` is the input so far); the
+        default leaves it unchanged. Methods that transform a layer's input (IA3 scales the
+        input of its feed-forward modules) override this instead of :meth:`forward`, and keep
+        mixed batches: the base layer still runs once for every row. Since API 1.4."""
+        return x
 
     @abstractmethod
     def merge(self, adapter_names: Sequence[str] | None = None) -> None:
@@ -166,27 +211,38 @@ class TunerLayer(nn.Module):
             return self.base_layer(x, *args, **kwargs)
         if self.row_adapters is not None:
             return self._forward_mixed(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
         if self.merged:
-            return result
+            return self.base_layer(x, *args, **kwargs)
+        base_input = x
+        for name in self.active_adapters:
+            base_input = self.adapter_input(name, base_input, *args, **kwargs)
+        result = self.base_layer(base_input, *args, **kwargs)
         for name in self.active_adapters:
             result = self.adapter_output(name, x, result, *args, **kwargs)
         return result
 
     def _forward_mixed(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """One adapter per row: the base output for all rows, then each adapter's effect on its
-        group of rows, one call per adapter."""
+        """One adapter per row: each adapter's input for its group of rows, the base layer once
+        for all rows, then each adapter's effect on its group, one call per adapter."""
         rows = self.row_adapters
         assert rows is not None
         if self.merged:
             raise RuntimeError("a mixed batch (adapter_names) needs unmerged adapters; call unmerge_adapter() first")
         if len(rows) != x.shape[0]:
             raise ValueError(f"adapter_names has {len(rows)} entries but the batch has {x.shape[0]} rows")
-        result = self.base_layer(x, *args, **kwargs)
-        for name in dict.fromkeys(rows):
-            if name == BASE_ADAPTER or name not in self.adapter_names:
-                continue
-            index = torch.tensor([i for i, row in enumerate(rows) if row == name], device=result.device)
+        groups = {
+            name: torch.tensor([i for i, row in enumerate(rows) if row == name], device=x.device)
+            for name in dict.fromkeys(rows)
+            if name != BASE_ADAPTER and name in self.adapter_names
+        }
+        base_input = x
+        for name, index in groups.items():
+            rows_input = x[index]
+            changed = self.adapter_input(name, rows_input, *args, **kwargs)
+            if changed is not rows_input:
+                base_input = base_input.index_copy(0, index, changed.to(x.dtype))
+        result = self.base_layer(base_input, *args, **kwargs)
+        for name, index in groups.items():
             group = self.adapter_output(name, x[index], result[index], *args, **kwargs)
             result = result.index_copy(0, index, group.to(result.dtype))
         return result
@@ -198,6 +254,10 @@ class Tuner(ABC):
     config_class: ClassVar[type[TunerConfig]]
     #: Every adapter container's attribute name starts with this (``"lora_"``).
     prefix: ClassVar[str]
+    #: ``target_modules`` a config without them gets, by the transformers ``model_type`` of the
+    #: model (``{"llama": ("k_proj", "v_proj", "down_proj")}``), as PEFT's per-method tables;
+    #: a model type missing here makes ``target_modules`` required. Since API 1.4.
+    default_target_modules: ClassVar[Mapping[str, Sequence[str]]] = {}
 
     @abstractmethod
     def can_wrap(self, module: nn.Module) -> bool:
@@ -215,6 +275,21 @@ class Tuner(ABC):
         """Names (in ``model``) of base parameters this method trains and saves with the
         adapter, e.g. LoRA's ``bias="all"``; ``wrapped`` names the wrapped modules."""
         return []
+
+    def before_inject(self, model: Any, adapter_name: str, config: TunerConfig) -> TunerConfig:
+        """Called when adapter ``adapter_name`` is added to ``model`` (the
+        :class:`kernel_core.peft.PeftModel`), before any module is wrapped, with its config
+        (``target_modules`` already resolved from :attr:`default_target_modules`); returns the
+        config to use, which is also the one saved. Fill method-specific defaults here (IA3's
+        ``feedforward_modules`` by model type), or create state shared by every layer (VeRA's
+        projections: a prefix-named container on ``model.base_model``, keyed by adapter name,
+        which is then saved, loaded and deleted with the adapter). Since API 1.4."""
+        return config
+
+    def after_inject(self, model: Any, adapter_name: str, config: TunerConfig, wrapped: Sequence[str]) -> None:
+        """Called once every target of ``adapter_name`` is wrapped (``wrapped`` names them, in
+        model order) and before its tensors are loaded from a file: whole-model bookkeeping, such
+        as AdaLoRA's rank budget over all layers. Since API 1.4."""
 
     def on_optimizer_step(self, model: Any, adapter_name: str, step: int) -> None:
         """Called while ``adapter_name`` trains, after each optimizer step and before the gradients

@@ -25,15 +25,16 @@ def inject(model: nn.Module, adapter_name: str, config: TunerConfig, method: Met
         raise InvalidAdapterConfigError(
             f"{type(config).__name__}.target_modules is required: a list of module names, a regex, or 'all-linear'"
         )
-    targets = select_targets(
+    modules_to_save = getattr(config, "modules_to_save", None)  # the optional fields: a method's
+    targets = select_targets(  # config has them only when its PEFT config does
         model,
         config.target_modules,
-        exclude_modules=config.exclude_modules,
-        layers_to_transform=config.layers_to_transform,
-        layers_pattern=config.layers_pattern,
+        exclude_modules=getattr(config, "exclude_modules", None),
+        layers_to_transform=getattr(config, "layers_to_transform", None),
+        layers_pattern=getattr(config, "layers_pattern", None),
         linear_types=LINEAR_TYPES,
     )
-    targets = [name for name in targets if not _inside_modules_to_save(name, config.modules_to_save)]
+    targets = [name for name in targets if not _inside_modules_to_save(name, modules_to_save)]
     for name in targets:
         module = model.get_submodule(name)
         module_config = config.for_module(name)
@@ -47,7 +48,7 @@ def inject(model: nn.Module, adapter_name: str, config: TunerConfig, method: Met
                 "narrow target_modules"
             )
         model.get_submodule(name).train(module.training)  # new dropout follows the model's mode
-    for name in _modules_to_save(model, config.modules_to_save):
+    for name in _modules_to_save(model, modules_to_save):
         module = model.get_submodule(name)
         if isinstance(module, ModulesToSaveWrapper):
             module.update_layer(adapter_name, config)

@@ -20,6 +20,7 @@ from torch import nn
 from kernel_core.contracts.tuner import BASE_ADAPTER, TunerConfig, TunerLayer
 from kernel_core.errors import InvalidAdapterConfigError
 from kernel_core.peft.config import Method, config_from_dict, config_to_dict, method_of
+from kernel_core.peft.defaults import resolve_target_modules
 from kernel_core.peft.injection import inject, replace, tuner_layers
 from kernel_core.peft.modules_to_save import ModulesToSaveWrapper
 from kernel_core.peft.state_dict import adapter_tensors, load_adapter_tensors, read_adapter, write_adapter
@@ -124,7 +125,12 @@ class PeftModel(nn.Module):
                 "adapters; one method per model"
             )
         config = config.model_copy(update={"base_model_name_or_path": config.base_model_name_or_path or self._model_name()})
+        config = resolve_target_modules(config, method.tuner, method.spec.name, self.model)
+        config = method.tuner.before_inject(self, adapter_name, config)
+        if type(config) is not method.config_class:
+            raise TypeError(f"{type(method.tuner).__name__}.before_inject returned {type(config).__name__}, not {method.config_class.__name__}")
         wrapped = inject(self.model, adapter_name, config, method)
+        method.tuner.after_inject(self, adapter_name, config, wrapped)
         self.peft_config[adapter_name] = config
         self._methods[adapter_name] = method
         self._trained_base[adapter_name] = method.tuner.trained_base_parameters(config, self.model, wrapped)
@@ -156,9 +162,21 @@ class PeftModel(nn.Module):
                 layer.delete_adapter(adapter_name)
             if not layer.adapter_names:
                 replace(self.model, name, layer.base_layer)
+        for container in self._shared_containers(adapter_name):
+            del container[adapter_name]
         del self.peft_config[adapter_name], self._methods[adapter_name], self._trained_base[adapter_name]
         if self.active_adapter == adapter_name and self.peft_config:
             self.set_adapter(next(iter(self.peft_config)))
+
+    def _shared_containers(self, adapter_name: str) -> list[Any]:
+        """Containers of ``adapter_name``'s method on :attr:`base_model` (state it keeps once per
+        model, see :meth:`kernel_core.contracts.tuner.Tuner.before_inject`) that hold the adapter."""
+        prefix = self._methods[adapter_name].tuner.prefix
+        return [
+            child
+            for name, child in self.base_model.named_children()
+            if name.startswith(prefix) and hasattr(child, "__delitem__") and adapter_name in child
+        ]
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:

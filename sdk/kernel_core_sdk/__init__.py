@@ -40,9 +40,14 @@ _LAZY: dict[str, str] = {
     "LoRAKernel": "kernel_core.contracts.lora",
     "LoRABatch": "kernel_core.contracts.lora",
     "NO_SLOT": "kernel_core.contracts.lora",
-    "Tuner": "kernel_core.contracts.tuner",
-    "TunerConfig": "kernel_core.contracts.tuner",
-    "TunerLayer": "kernel_core.contracts.tuner",
+    # The tuner authoring surface (plugin API 1.4): the contract, the optional config fields and
+    # the per-architecture default lookup.
+    **dict.fromkeys(
+        ("BASE_ADAPTER", "ExcludeModules", "LayerSelection", "ModulesToSave", "Tuner", "TunerConfig", "TunerLayer"),
+        "kernel_core.contracts.tuner",
+    ),
+    "by_model_type": "kernel_core.peft.defaults",
+    "pattern_value": "kernel_core.peft.targets",
     "ModelArchitecture": "kernel_core.contracts.model",
     # The public model-building surface (plugin API 1.3): what a model plugin builds its forward from.
     **dict.fromkeys(

@@ -11,3 +11,18 @@ def test_every_name_of_kernel_core_modeling_is_re_exported() -> None:
     assert missing == []
     for name in kernel_core.modeling.__all__:
         assert getattr(kernel_core_sdk, name) is getattr(kernel_core.modeling, name), name
+
+
+def test_the_tuner_authoring_surface_is_re_exported() -> None:
+    """A tuner plugin finds the whole API 1.4 authoring surface in the SDK (docs/writing-a-plugin.md)."""
+    import kernel_core.contracts.tuner as contract
+    import kernel_core.peft.defaults as defaults
+    import kernel_core.peft.targets as targets
+
+    for module, names in (
+        (contract, ("BASE_ADAPTER", "ExcludeModules", "LayerSelection", "ModulesToSave", "Tuner", "TunerConfig", "TunerLayer")),
+        (defaults, ("by_model_type",)),
+        (targets, ("pattern_value",)),
+    ):
+        for name in names:
+            assert name in kernel_core_sdk.__all__ and getattr(kernel_core_sdk, name) is getattr(module, name), name

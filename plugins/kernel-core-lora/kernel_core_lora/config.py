@@ -8,14 +8,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PositiveInt, field_validator
 
-from kernel_core.contracts.tuner import TunerConfig
+from kernel_core.contracts.tuner import ExcludeModules, LayerSelection, ModulesToSave, TunerConfig
 from kernel_core.peft.targets import pattern_value
 
 #: ``init_lora_weights`` values besides True/False: the string, or a regex it must fully match.
 INITS = ("gaussian", "pissa", r"pissa_niter_\d+", "olora")
 
 
-class LoraConfig(TunerConfig):
+class LoraConfig(TunerConfig, ExcludeModules, LayerSelection, ModulesToSave):
     """One LoRA adapter: ``W x + (alpha / r) * B A x`` on each target module."""
 
     inert_peft_keys: ClassVar[Mapping[str, Any]] = {"megatron_core": "megatron.core", "qalora_group_size": 16}
@@ -43,11 +43,12 @@ class LoraConfig(TunerConfig):
 
     def for_module(self, module_name: str) -> LoraConfig:
         """This module's rank and alpha, from ``rank_pattern``/``alpha_pattern``."""
+        config = super().for_module(module_name)
         rank = pattern_value(module_name, self.rank_pattern, self.r)
         alpha = pattern_value(module_name, self.alpha_pattern, self.lora_alpha)
         if (rank, alpha) == (self.r, self.lora_alpha):
-            return self
-        return self.model_copy(update={"r": rank, "lora_alpha": alpha})
+            return config
+        return config.model_copy(update={"r": rank, "lora_alpha": alpha})
 
     @property
     def max_rank(self) -> int:

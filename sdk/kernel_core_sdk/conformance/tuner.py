@@ -11,7 +11,7 @@ import json
 import typing
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pydantic
@@ -30,6 +30,9 @@ CANDIDATES: dict[str, Callable[[], nn.Module]] = {
     "linear-no-bias": lambda: nn.Linear(16, 8, bias=False),
     "embedding": lambda: nn.Embedding(10, 16),
 }
+#: Names a candidate module is given, as in a model; each test of a wrapped module runs once per
+#: entry, with the config ``tuner_config.for_module(name)`` (the per-module option channel).
+MODULE_NAMES: tuple[str, ...] = ("model.layers.0.mlp.up_proj",)
 #: The adapter ``wrap`` creates, and the one a test adds with ``update_layer``.
 ADAPTER = "default"
 OTHER = "other"
@@ -53,6 +56,11 @@ class TunerConformance(PluginUnderTest):
       each test running once per entry (default :data:`CANDIDATES`: ``nn.Linear`` with and
       without bias, ``nn.Embedding``). Tests of a module ``can_wrap`` declines are skipped.
       Add your own with ``candidates = {**CANDIDATES, "conv1d": lambda: Conv1D(8, 16)}``.
+    - ``module_names`` (class attribute): the dotted names a candidate module gets, as in a
+      model (default :data:`MODULE_NAMES`); ``wrap`` and ``update_layer`` receive
+      ``tuner_config.for_module(name)``, each test running once per name. Give names that
+      reach every per-module option of the method, e.g. IA3's suite names a feed-forward and
+      an attention module, so that both the input- and the output-scaling layers are checked.
     - ``module_input``: an input batch for ``candidate_module`` (rows along dim 0, at least
       two); defaults handle Linear-like modules (``in_features``), ``Conv1D`` and Embedding.
     - ``rejected_module``: a module ``can_wrap`` must decline (default ``nn.LayerNorm``).
@@ -63,10 +71,13 @@ class TunerConformance(PluginUnderTest):
     kind = PluginKind.TUNER
     contract = Tuner
     candidates: ClassVar[Mapping[str, Callable[[], nn.Module]]] = CANDIDATES
+    module_names: ClassVar[Sequence[str]] = MODULE_NAMES
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if "candidate_name" in metafunc.fixturenames:
             metafunc.parametrize("candidate_name", sorted(self.candidates))
+        if "module_name" in metafunc.fixturenames:
+            metafunc.parametrize("module_name", list(self.module_names))
 
     @pytest.fixture
     def tuner(self, implementation: type[Tuner]) -> Tuner:
@@ -75,6 +86,11 @@ class TunerConformance(PluginUnderTest):
     @pytest.fixture
     def tuner_config(self, tuner: Tuner) -> TunerConfig:
         return tuner.config_class()
+
+    @pytest.fixture
+    def module_config(self, tuner_config: TunerConfig, module_name: str) -> TunerConfig:
+        """The config the module named ``module_name`` gets."""
+        return tuner_config.for_module(module_name)
 
     @pytest.fixture
     def candidate_module(self, candidate_name: str) -> nn.Module:
@@ -93,20 +109,27 @@ class TunerConformance(PluginUnderTest):
         return nn.LayerNorm(16)
 
     @pytest.fixture
-    def wrapped(self, tuner: Tuner, tuner_config: TunerConfig, candidate_module: nn.Module) -> TunerLayer:
+    def wrapped(self, tuner: Tuner, module_config: TunerConfig, candidate_module: nn.Module) -> TunerLayer:
         if not tuner.can_wrap(candidate_module):
             pytest.skip(
                 f"does not wrap {type(candidate_module).__name__}; set candidates to test what it wraps"
             )
-        return tuner.wrap(candidate_module, ADAPTER, tuner_config).eval()
+        return tuner.wrap(candidate_module, ADAPTER, module_config).eval()
 
     # -- config and identity -----------------------------------------------------------------
 
     def test_config_class_is_a_tuner_config(self, tuner: Tuner, tuner_config: TunerConfig) -> None:
         assert issubclass(tuner.config_class, TunerConfig)
         assert isinstance(tuner_config, tuner.config_class)
-        per_module = tuner_config.for_module("model.layers.0.mlp.up_proj")
-        assert isinstance(per_module, tuner.config_class), "for_module() must return the same config class"
+        for name in self.module_names:
+            per_module = tuner_config.for_module(name)
+            assert isinstance(per_module, tuner.config_class), "for_module() must return the same config class"
+            assert per_module.module_name == name, (
+                f"for_module({name!r}).module_name is {per_module.module_name!r}: call super().for_module(name) "
+                "so that the layer learns which module it wraps"
+            )
+            assert tuner_config.module_name is None, "for_module() must return a copy, not change the config"
+            assert per_module.to_dict() == tuner_config.for_module(name).to_dict()
 
     def test_config_rejects_unknown_fields(self, tuner: Tuner, tuner_config: TunerConfig) -> None:
         with pytest.raises(pydantic.ValidationError):
@@ -198,11 +221,11 @@ class TunerConformance(PluginUnderTest):
     # -- several adapters ----------------------------------------------------------------------
 
     def test_second_adapter_switches_output_and_training(
-        self, tuner: Tuner, tuner_config: TunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
+        self, tuner: Tuner, module_config: TunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
     ) -> None:
         train_step(wrapped, module_input)
         first = output(wrapped, module_input)
-        wrapped.update_layer(OTHER, tuner_config)
+        wrapped.update_layer(OTHER, module_config)
         assert sorted(wrapped.adapter_names) == sorted([ADAPTER, OTHER])
         names = [key for key in wrapped.state_dict() if not key.startswith("base_layer.")]
         assert {container_and_adapter(key, tuner.prefix) for key in names} == {ADAPTER, OTHER}, names
@@ -223,12 +246,12 @@ class TunerConformance(PluginUnderTest):
         torch.testing.assert_close(output(wrapped, module_input), first, atol=1e-6, rtol=1e-6)
 
     def test_delete_adapter_removes_its_parameters(
-        self, tuner: Tuner, tuner_config: TunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
+        self, tuner: Tuner, module_config: TunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
     ) -> None:
         train_step(wrapped, module_input)
         first = output(wrapped, module_input)
         base = output(wrapped.base_layer, module_input)
-        wrapped.update_layer(OTHER, tuner_config)
+        wrapped.update_layer(OTHER, module_config)
         wrapped.set_adapter([OTHER])
 
         wrapped.delete_adapter(OTHER)
@@ -262,9 +285,9 @@ class TunerConformance(PluginUnderTest):
         torch.testing.assert_close(output(wrapped, module_input), enabled, atol=1e-5, rtol=1e-5)
 
     def test_mixed_batch_matches_each_row_alone(
-        self, tuner_config: TunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
+        self, module_config: TunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
     ) -> None:
-        wrapped.update_layer(OTHER, tuner_config)
+        wrapped.update_layer(OTHER, module_config)
         x = two_trained_adapters(wrapped, module_input)
         pattern = [ADAPTER, BASE_ADAPTER, OTHER, ADAPTER]
         rows = [pattern[i % len(pattern)] for i in range(x.shape[0])]
@@ -314,9 +337,9 @@ class TunerConformance(PluginUnderTest):
         torch.testing.assert_close(output(wrapped, module_input), unmerged, atol=1e-5, rtol=1e-5)
 
     def test_merge_given_adapters(
-        self, tuner_config: TunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
+        self, module_config: TunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
     ) -> None:
-        wrapped.update_layer(OTHER, tuner_config)
+        wrapped.update_layer(OTHER, module_config)
         x = two_trained_adapters(wrapped, module_input)
         base = base_state(wrapped)
         alone = {}
