@@ -1,4 +1,5 @@
-"""``kcore finetune``: train a PEFT adapter (LoRA by default) with transformers' ``Trainer``.
+"""``kcore finetune``: train a PEFT adapter of any installed method (LoRA by default) with
+transformers' ``Trainer``.
 
 torch and transformers are imported inside ``run`` (through :mod:`kernel_core.finetune.run`) so
 that ``kcore --help`` stays fast.
@@ -29,11 +30,19 @@ with datasets' save_to_disk, read through Hugging Face datasets; each row one of
 The loss is on the completion / assistant tokens only. A malformed row stops the run before the
 model loads, naming the file and line.
 
+Adapter options: --method picks any installed PEFT method (a tuner plugin); every field of its
+config is reachable. Layers, each over the one before: the method's defaults (kernel-core's for
+LoRA: target_modules all-linear), --adapter-config FILE.json (PEFT's adapter_config.json style),
+the shortcuts --r, --alpha, --dropout, --target-modules (each refused for a method without that
+field), then --set key=value. kcore finetune --method M --show-config lists M's fields with their
+types, defaults and meaning; a wrong field or value is refused by name before the model loads.
+
 Training arguments: every field of transformers' TrainingArguments is reachable. Layers, each
 over the one before: kernel-core's defaults (cosine schedule, lr 2e-4, batch 4, a loss logged
 every step, no checkpoints, no reports), --training-args FILE.json, the flags below, then
---set key=value. Unknown fields and wrong types are refused by name (--list-training-args lists
-every field with its type, default and meaning).
+--set key=value. --set takes a method field and a TrainingArguments field alike; where both have a
+key, --set adapter.KEY=... or --set training.KEY=... says which. Unknown fields and wrong types are
+refused by name (--list-training-args lists every field with its type, default and meaning).
 
 Output: DIR/checkpoint-<step>/ every --save-steps steps (complete or absent, never half-written);
 the final adapter, trainer_state.json, training_args.json and loss.png in DIR. --resume continues
@@ -49,6 +58,8 @@ examples:
       --eval-exact-match held_out.jsonl --r 8 --alpha 16 --target-modules q_proj,v_proj \\
       --epochs 3 --lr 1e-4 --batch-size 8 --grad-accum 4 --save-steps 50 --output out
   kcore finetune ... --set report_to=tensorboard --set lr_scheduler_type=linear
+  kcore finetune ... --method lora --adapter-config adapter_config.json --set use_rslora=true
+  kcore finetune --method lora --show-config      # the method's fields, types, defaults and meaning
   kcore finetune ... --training-args fsdp.json --nproc 2
   kcore finetune ... --output out --resume      # after an interruption: same command, plus --resume
   kcore finetune --list-training-args
@@ -57,8 +68,9 @@ see docs/finetune.md for the details."""
 
 
 class _HelpWithFields(argparse.Action):
-    """``--help`` that also names every ``TrainingArguments`` field ``--set`` and ``--training-args``
-    take; read from transformers at that moment (a second's import), so the list never goes stale."""
+    """``--help`` that also names the installed PEFT methods and every ``TrainingArguments`` field
+    ``--set`` and ``--training-args`` take; read at that moment (a second's import), so the lists
+    never go stale."""
 
     def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
         super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kwargs)
@@ -66,10 +78,16 @@ class _HelpWithFields(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
         import textwrap
 
+        from kernel_core.contracts.records import PluginKind
         from kernel_core.finetune.arguments import fields
+        from kernel_core.plugins import get_plugin_manager
 
         names = textwrap.fill(", ".join(sorted(fields())), width=100, initial_indent="  ", subsequent_indent="  ")
-        parser.epilog = f"{parser.epilog}\n\nTrainingArguments fields (--set KEY=VALUE, --training-args FILE.json; --list-training-args explains each):\n{names}"
+        methods = ", ".join(sorted(r.name for r in get_plugin_manager().registrations(PluginKind.TUNER))) or "none"
+        parser.epilog = (
+            f"{parser.epilog}\n\nInstalled PEFT methods (--method; --method M --show-config lists M's fields): {methods}"
+            f"\n\nTrainingArguments fields (--set KEY=VALUE, --training-args FILE.json; --list-training-args explains each):\n{names}"
+        )
         parser.print_help()
         parser.exit()
 
@@ -86,7 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``finetune`` sub-parser; ``kernel_core.cli.main`` calls this once per process."""
     parser = subparsers.add_parser(
         "finetune",
-        help="train a LoRA (or other PEFT) adapter with transformers' Trainer",
+        help="train a PEFT adapter (LoRA or any installed method) with transformers' Trainer",
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -130,23 +148,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="pack several rows into each --max-len row (each still attends only to itself): fewer pad tokens",
     )
 
-    adapter = parser.add_argument_group("adapter")
-    adapter.add_argument("--method", default="lora", help="PEFT method, a tuner plugin's name (default: %(default)s)")
-    adapter.add_argument("--r", type=positive_int, default=16, metavar="RANK", help="LoRA rank (default: %(default)s)")
+    adapter = parser.add_argument_group("adapter (the method's config fields; --method M --show-config lists them)")
+    adapter.add_argument("--method", default="lora", help="PEFT method, an installed tuner plugin's name (default: %(default)s)")
     adapter.add_argument(
-        "--alpha", type=positive_float, default=32.0, metavar="ALPHA",
-        help="LoRA alpha; updates are scaled by alpha / r (default: %(default)s)",
+        "--show-config", action="store_true",
+        help="print the --method's config fields (type, default, meaning), which --adapter-config and --set take, and exit",
     )
     adapter.add_argument(
-        "--dropout", type=fraction, default=0.05, metavar="P", help="LoRA dropout on the adapter's input (default: %(default)s)"
+        "--adapter-config", type=Path, metavar="FILE.json",
+        help="a JSON object of the method's config fields, as in PEFT's adapter_config.json (its peft_type, if any, "
+        "must be the method's)",
+    )
+    adapter.add_argument("--r", type=positive_int, metavar="RANK", help="the rank field r (LoRA and methods with one; default: the method's)")
+    adapter.add_argument(
+        "--alpha", type=positive_float, metavar="ALPHA",
+        help="the field lora_alpha: LoRA updates are scaled by alpha / r (default: the method's)",
+    )
+    adapter.add_argument(
+        "--dropout", type=fraction, metavar="P", help="the field lora_dropout, on the adapter's input (default: the method's)"
     )
     adapter.add_argument(
         "--target-modules",
         type=_target_modules,
-        default="all-linear",
         metavar="NAMES",
         help="modules to adapt: all-linear (every linear layer but the output head), a comma list of "
-        "name suffixes such as q_proj,v_proj, or a regex over full names (default: %(default)s)",
+        "name suffixes such as q_proj,v_proj, or a regex over full names (default: all-linear for LoRA, "
+        "else the method's)",
     )
 
     optim = parser.add_argument_group(
@@ -172,8 +199,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     every.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="one TrainingArguments field (repeatable; JSON values such as 1e-4, true, [..] are typed), "
-        "applied last: --set report_to=tensorboard --set logging_steps=5",
+        help="one field of the method's config or of TrainingArguments (repeatable; JSON values such as 1e-4, "
+        "true, [..] are typed; adapter.KEY= or training.KEY= where both have KEY), applied last: "
+        "--set report_to=tensorboard --set use_rslora=true",
     )
     every.add_argument(
         "--list-training-args", action="store_true", help="print every TrainingArguments field with its type, default and help, and exit"
@@ -237,23 +265,36 @@ def shortcut_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the job (on ``--nproc`` processes); errors propagate to ``kcore``'s one-line error handler."""
-    from kernel_core.finetune import arguments
+    from kernel_core.finetune import adapter_options, arguments
+    from kernel_core.peft.config import get_method
 
     if args.list_training_args:
         print(arguments.describe())
+        return 0
+    method = get_method(args.method)  # an unknown one is named, with the installed ones
+    if args.show_config:
+        print(adapter_options.describe(method))
         return 0
     missing = [option for option in ("data", "output") if getattr(args, option) is None]
     if missing:
         raise KernelCoreError(f"kcore finetune needs {' and '.join('--' + m for m in missing)} (see kcore finetune --help)")
     if args.warmup_ratio is not None and args.warmup_steps is not None:
         raise KernelCoreError("--warmup-ratio and --warmup-steps both set warmup_steps: give one")
+    adapter_set, training_set = adapter_options.route_set(arguments.parse_set(args.set), method)
     layers = []
     if args.training_args is not None:
         layers.append((f"--training-args {args.training_args}", arguments.read_file(args.training_args)))
     layers.append(("the command-line flags", shortcut_values(args)))
-    layers.append(("--set", arguments.parse_set(args.set)))
+    layers.append(("--set", training_set))
     for source, values in layers:
         arguments.check(values, source)  # a typo fails here, before any process or model starts
+    adapter_layers = []
+    if args.adapter_config is not None:
+        adapter_layers.append((f"--adapter-config {args.adapter_config}", adapter_options.read_file(args.adapter_config, method)))
+    shortcuts = {"--r": args.r, "--alpha": args.alpha, "--dropout": args.dropout, "--target-modules": args.target_modules}
+    adapter_layers.append(("the command-line flags", adapter_options.shortcut_values(shortcuts, method)))
+    adapter_layers.append(("--set", adapter_set))
+    adapter_options.build(args.method, adapter_layers)  # likewise for the adapter's options
 
     from kernel_core.finetune.launch import check_nproc, launch, launched
 
@@ -274,10 +315,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         output=args.output,
         method=args.method,
-        r=args.r,
-        alpha=args.alpha,
-        dropout=args.dropout,
-        target_modules=args.target_modules,
+        adapter_options=adapter_layers,
         max_len=args.max_len,
         eval_data=args.eval_data,
         eval_exact_match=args.eval_exact_match,

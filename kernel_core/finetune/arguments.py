@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from kernel_core.errors import KernelCoreError
+from kernel_core.finetune.json_object import read_json_object
 
 #: Keys kernel-core sets from its own options; a file or ``--set`` naming them is refused.
 OWNED = {"output_dir": "--output"}
@@ -110,17 +111,7 @@ def parse_set(items: Iterable[str]) -> dict[str, Any]:
 
 def read_file(path: Path) -> dict[str, Any]:
     """The object in a ``--training-args`` JSON file."""
-    try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrainingArgumentsError(f"--training-args {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrainingArgumentsError(f"--training-args {path} cannot be read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise TrainingArgumentsError(f"--training-args {path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(document, dict):
-        raise TrainingArgumentsError(f"--training-args {path} must hold a JSON object of TrainingArguments fields")
-    return document
+    return read_json_object(path, "--training-args", "TrainingArguments fields", TrainingArgumentsError)
 
 
 def check(values: Mapping[str, Any], source: str) -> dict[str, Any]:

@@ -18,11 +18,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from kernel_core.errors import CheckpointError, KernelCoreError
-from kernel_core.finetune import arguments
+from kernel_core.finetune import adapter_options, arguments
 from kernel_core.finetune.exact_match import ExactMatchResult, exact_match, load_exact_match_rows
+
+if TYPE_CHECKING:
+    from kernel_core.contracts.tuner import TunerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +42,15 @@ class FinetuneJob:
     """What to train, on what, and where the result goes (``kcore finetune``'s options).
 
     ``training_args`` are layers of ``TrainingArguments`` fields, ``(source, values)``, applied in
-    order over kernel-core's defaults (:func:`kernel_core.finetune.arguments.kcore_defaults`)."""
+    order over kernel-core's defaults (:func:`kernel_core.finetune.arguments.kcore_defaults`);
+    ``adapter_options`` are layers of the method's config fields, over its defaults
+    (:func:`kernel_core.finetune.adapter_options.build`)."""
 
     model: str
     data: Path
     output: Path
     method: str = "lora"
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.05
-    target_modules: str | list[str] = "all-linear"
+    adapter_options: Sequence[tuple[str, Mapping[str, Any]]] = field(default_factory=list)
     max_len: int = 1024
     eval_data: Path | None = None
     eval_exact_match: Path | None = None
@@ -120,10 +122,11 @@ def run_finetune(job: FinetuneJob, out: TextIO | None = None) -> FinetuneReport:
     from kernel_core.finetune.plot import LOSS_PLOT, plot_losses
     from kernel_core.finetune.trainer import AdapterTrainer
     from kernel_core.models.resolve import resolve_model
-    from kernel_core.peft import get_config, get_peft_model
+    from kernel_core.peft import get_peft_model
 
     out = out or sys.stdout
     args = training_arguments(job, eval_data=job.eval_data is not None)
+    config = adapter_options.build(job.method, job.adapter_options)
     main = args.process_index == 0
     say = (lambda text: print(text, file=out, flush=True)) if main else (lambda text: None)
     if job.packing and args.use_cache:
@@ -143,13 +146,12 @@ def run_finetune(job: FinetuneJob, out: TextIO | None = None) -> FinetuneReport:
     em_rows = load_exact_match_rows(job.eval_exact_match, tokenizer) if job.eval_exact_match and main else None
     resume_from = _resume_point(job, get_last_checkpoint)
     if resume_from is not None:
-        check_resumable(resume_from, args)
+        check_resumable(resume_from, args, config)
 
     import torch
 
     torch.manual_seed(args.seed)  # the adapter's initial weights depend on the seed alone
     model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    config = get_config(job.method, r=job.r, lora_alpha=job.alpha, lora_dropout=job.dropout, target_modules=job.target_modules)
     model = get_peft_model(model, config)
     trainable, total = model.get_nb_trainable_parameters()
     rows = f"{len(train_data)} training rows" if not job.streaming else "streamed training rows"
@@ -208,18 +210,41 @@ def precision(args: Any) -> str:
     return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
-def check_resumable(checkpoint: Path, args: Any) -> None:
-    """Refuse a resume from a damaged checkpoint, or whose settings would leave the interrupted
-    run's trajectory, naming the file or the setting."""
+def check_resumable(checkpoint: Path, args: Any, adapter: TunerConfig) -> None:
+    """Refuse a resume from a damaged checkpoint, or whose settings (training arguments or adapter
+    options) would leave the interrupted run's trajectory, naming the file or the setting."""
     from kernel_core.finetune.trainer import TRAINING_ARGS_JSON, check_checkpoint
 
     check_checkpoint(checkpoint, args.world_size)
+    _check_same_adapter(checkpoint, adapter)
     saved = json.loads((checkpoint / TRAINING_ARGS_JSON).read_text(encoding="utf-8"))
     current = {**json.loads(args.to_json_string()), "world_size": args.world_size}
     for key in RESUME_MUST_MATCH:
         if saved.get(key) != current.get(key):
             raise CheckpointError(
                 f"cannot resume from {checkpoint}: it was written with {key}={saved.get(key)!r}, this run has "
+                f"{key}={current.get(key)!r}; the trajectory would not continue the interrupted run"
+            )
+
+
+def _check_same_adapter(checkpoint: Path, adapter: TunerConfig) -> None:
+    """The checkpoint's adapter must be of the same method with the same options as this run's
+    (``inference_mode`` and ``base_model_name_or_path`` are filled in by saving and loading)."""
+    from kernel_core.peft.config import config_from_dict, config_to_dict
+    from kernel_core.peft.state_dict import CONFIG_NAME
+
+    saved_dict = json.loads((checkpoint / CONFIG_NAME).read_text(encoding="utf-8"))
+    current_dict = config_to_dict(adapter)
+    if str(saved_dict.get("peft_type")).upper() != current_dict["peft_type"]:
+        raise CheckpointError(
+            f"cannot resume from {checkpoint}: its adapter is {saved_dict.get('peft_type')}, this run trains "
+            f"{current_dict['peft_type']}; the trajectory would not continue the interrupted run"
+        )
+    saved, current = config_from_dict(saved_dict).to_dict(), adapter.to_dict()
+    for key in sorted((saved.keys() | current.keys()) - set(adapter_options.OWNED)):
+        if saved.get(key) != current.get(key):
+            raise CheckpointError(
+                f"cannot resume from {checkpoint}: its adapter was made with {key}={saved.get(key)!r}, this run has "
                 f"{key}={current.get(key)!r}; the trajectory would not continue the interrupted run"
             )
 

@@ -57,13 +57,14 @@ def test_help_explains_data_training_arguments_and_options(capsys: pytest.Captur
     for needle in ('{"prompt"', '{"messages"', '{"text"', "Parquet", "checkpoint-<step>", "--resume", "--gradient-checkpointing",
                    "--precision {fp32,bf16,fp16}", "--eval-exact-match", "--warmup-ratio", "--max-grad-norm",
                    "--training-args FILE.json", "--set KEY=VALUE", "--list-training-args", "--nproc N", "--streaming",
-                   "--packing", "TrainingArguments", "docs/finetune.md"):
+                   "--packing", "TrainingArguments", "docs/finetune.md", "--method M --show-config", "--adapter-config FILE.json"):
         assert needle in text, needle
 
 
 def test_flags_set_their_training_arguments_fields_and_nothing_else() -> None:
     args = _parse("--data", "d.jsonl", "--output", "out")
-    assert (args.method, args.r, args.alpha, args.target_modules, args.nproc) == ("lora", 16, 32.0, "all-linear", 1)
+    # the adapter's shortcuts are passed only when given (kernel_core.finetune.adapter_options)
+    assert (args.method, args.r, args.alpha, args.dropout, args.target_modules, args.nproc) == ("lora", None, None, None, None, 1)
     assert finetune.shortcut_values(args) == {}  # kernel-core's defaults stay (arguments.kcore_defaults)
     args = _parse(
         "--data", "d", "--output", "o", "--epochs", "2", "--max-steps", "9", "--lr", "1e-4", "--weight-decay", "0.1",
@@ -111,8 +112,10 @@ def _training_args_files(folder: Path) -> dict[str, Path]:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--set", "lerning_rate=1e-4"], "--set: 'lerning_rate' is not a TrainingArguments field (did you mean 'learning_rate'?); "
-                                         "kcore finetune --list-training-args lists them"),
+        (["--set", "lerning_rate=1e-4"], "--set lerning_rate: not a field of LoraConfig (the lora method's options; kcore finetune "
+                                         "--method lora --show-config lists them) nor of TrainingArguments (kcore finetune "
+                                         "--list-training-args lists them); did you mean 'learning_rate'?"),
+        (["--set", "training.lerning_rate=1e-4"], "--set: 'lerning_rate' is not a TrainingArguments field (did you mean 'learning_rate'?)"),
         (["--set", "save_strategy=sometimes"], "--set: save_strategy='sometimes' is invalid: "),
         (["--set", "output_dir=elsewhere"], "--set: output_dir is set by --output, not here"),
         (["--set", "learning_rate"], "--set 'learning_rate': expected key=value"),
@@ -181,7 +184,7 @@ def test_train_checkpoint_resume_and_load_the_adapter(tiny_model: Path, tmp_path
         "finetune", "--model", str(tiny_model), "--data", str(data), "--eval-data", str(held_out),
         "--eval-exact-match", str(held_out), "--max-new-tokens", "3", "--max-steps", "4", "--save-steps", "2",
         "--batch-size", "2", "--r", "4", "--alpha", "8", "--dropout", "0.1", "--target-modules", "q_proj,v_proj",
-        "--lr", "1e-2", "--warmup-steps", "1", "--seed", "7", "--no-progress",
+        "--lr", "1e-2", "--warmup-steps", "1", "--seed", "7", "--set", "use_rslora=true", "--no-progress",
     ]
     whole = tmp_path / "whole"
     assert main([*argv, "--output", str(whole)]) == 0
@@ -194,7 +197,7 @@ def test_train_checkpoint_resume_and_load_the_adapter(tiny_model: Path, tmp_path
     ]
     assert not list(whole.rglob("training_args.bin"))  # Trainer's pickle of the arguments: JSON instead
     config = json.loads((whole / "adapter_config.json").read_text())
-    assert sorted(config["target_modules"]) == ["q_proj", "v_proj"] and config["r"] == 4
+    assert sorted(config["target_modules"]) == ["q_proj", "v_proj"] and config["r"] == 4 and config["use_rslora"] is True
     history = log_history(whole)
     assert [r["step"] for r in history if "loss" in r] == [1, 2, 3, 4]
     assert [r["step"] for r in history if "eval_loss" in r] == [2, 4]

@@ -109,6 +109,6 @@ def test_finetune_stops_keeping_its_last_complete_checkpoint(tiny_model: Path, k
         state = json.loads((folder / "trainer_state.json").read_text())
         assert state["global_step"] == int(folder.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-"))
         assert load_file(folder / "adapter_model.safetensors")
-        assert json.loads((folder / "adapter_config.json").read_text())["r"] == 16
+        assert json.loads((folder / "adapter_config.json").read_text())["r"] == 8  # LoraConfig's default: no --r given
     assert last in checkpoints
     assert not (out / "adapter_model.safetensors").exists()  # no final adapter from a run cut short

@@ -1,15 +1,20 @@
-"""Fixtures of the fine-tuning tests: the tiny model's tokenizer, small JSONL files, and a tiny
-model whose few trainable parameters stand in for an adapter (the loop works on any module)."""
+"""Fixtures of the fine-tuning tests: the tiny model's tokenizer, small JSONL files, a tiny
+model whose few trainable parameters stand in for an adapter (the loop works on any module), and
+a tiny tuner plugin that is not LoRA."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import shutil
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+from ..conftest import plugin_source
 
 CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"), ("Peru", "Lima"), ("Cuba", "Havana")]
 
@@ -69,3 +74,14 @@ def load_tiny(tiny_model: Path) -> Callable[..., torch.nn.Module]:
         return model
 
     return load
+
+
+@pytest.fixture
+def scale_tuner(fake_dist: Callable[..., Path]) -> Iterator[str]:
+    """Install the tiny ``scale`` tuner (``scale_tuner.py``, not LoRA) as a plugin; its method name."""
+    record = ('TunerSpec(name="scale", description="A learned scale per output channel.", '
+              'implementation="kc_scale_tuner:ScaleTuner", peft_type="SCALE")')
+    site = fake_dist("kc-scale-tuner", "kc_scale_tuner_plugin", plugin_source("kernel_core_tuners", record, api="1.2"))
+    shutil.copyfile(Path(__file__).with_name("scale_tuner.py"), site / "kc_scale_tuner.py")
+    yield "scale"
+    sys.modules.pop("kc_scale_tuner", None)

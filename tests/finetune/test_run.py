@@ -21,7 +21,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from kernel_core.cli import main
 from kernel_core.errors import CheckpointError, KernelCoreError
-from kernel_core.finetune import run
+from kernel_core.finetune import adapter_options, run
 from kernel_core.finetune.run import FinetuneJob, FinetuneReport, run_finetune
 from kernel_core.finetune.trainer import TRAINING_ARGS_JSON
 from kernel_core.peft.state_dict import read_adapter
@@ -42,7 +42,8 @@ def data(tmp_path: Path, write_jsonl: Callable[[Path, list[Any]], Path], capital
 def _job(tiny_model: Path, data: Path, output: Path, **fields: Any) -> FinetuneJob:
     """A small LoRA without dropout (so batches of different shapes draw no random numbers)."""
     return FinetuneJob(
-        model=str(tiny_model), data=data, output=output, r=4, alpha=8.0, dropout=0.0, progress=False,
+        model=str(tiny_model), data=data, output=output, progress=False,
+        adapter_options=[("the test", {"r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0})],
         training_args=[("the test", {"learning_rate": 1e-2, **fields})],
     )
 
@@ -224,10 +225,28 @@ def test_a_resume_with_other_settings_is_refused_naming_the_setting(
 ) -> None:
     job, checkpoint = one_step_checkpoint
     same = run.training_arguments(job, eval_data=False)
-    run.check_resumable(checkpoint, same)
+    adapter = _adapter(job)
+    run.check_resumable(checkpoint, same, adapter)
     other = dataclasses.replace(job, training_args=[*job.training_args, ("--set", {setting: value})])
     with pytest.raises(CheckpointError, match=rf"cannot resume from {checkpoint}: it was written with {setting}=.*, this run has {setting}="):
-        run.check_resumable(checkpoint, run.training_arguments(other, eval_data=False))
+        run.check_resumable(checkpoint, run.training_arguments(other, eval_data=False), adapter)
+
+
+def _adapter(job: FinetuneJob) -> Any:
+    return adapter_options.build(job.method, job.adapter_options)
+
+
+@pytest.mark.parametrize(("field", "value", "saved"), [("r", 8, 4), ("lora_dropout", 0.1, 0.0), ("use_rslora", True, False),
+                                                       ("target_modules", ["q_proj"], "all-linear")])
+def test_a_resume_with_other_adapter_options_is_refused_naming_the_field(
+    one_step_checkpoint: tuple[FinetuneJob, Path], field: str, value: Any, saved: Any
+) -> None:
+    job, checkpoint = one_step_checkpoint
+    other = dataclasses.replace(job, adapter_options=[*job.adapter_options, ("--set", {field: value})])
+    message = f"cannot resume from {checkpoint}: its adapter was made with {field}={saved!r}, this run has {field}={value!r}"
+    with pytest.raises(CheckpointError) as error:
+        run.check_resumable(checkpoint, run.training_arguments(job, eval_data=False), _adapter(other))
+    assert str(error.value).startswith(message)
 
 
 def test_a_resume_with_other_settings_is_refused_before_training(one_step_checkpoint: tuple[FinetuneJob, Path], tmp_path: Path) -> None:
@@ -267,7 +286,7 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(
         data[len(data) // 3] ^= 0xFF
         path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=rf"cannot resume from {copy}: {message}"):
-        run.check_resumable(copy, run.training_arguments(job, eval_data=False))
+        run.check_resumable(copy, run.training_arguments(job, eval_data=False), _adapter(job))
 
 
 def test_a_folder_holding_checkpoints_needs_resume(tiny_model: Path, data: Path, tmp_path: Path) -> None:
