@@ -260,9 +260,10 @@ class PluginManager:
     @staticmethod
     def _duplicate_message(holders: list[Registration], field_name: str = "name", value: Any = None) -> str:
         first = holders[0]
-        owners = " and ".join(f"{h.name!r} of {h.plugin.distribution}" if field_name != "name" else str(h.plugin.distribution) for h in holders)
+        owners = [f"{h.name!r} of {h.plugin.distribution}" if field_name != "name" else str(h.plugin.distribution) for h in holders]
+        listed = f"both {owners[0]} and {owners[1]}" if len(owners) == 2 else ", ".join(owners[:-1]) + f" and {owners[-1]}"
         claim = f"{first.name!r} is registered" if field_name == "name" else f"{field_name} {value!r} is claimed"
-        return f"{first.kind} {claim} by both {owners}; uninstall one, or disable one with {ENV_DENY}"
+        return f"{first.kind} {claim} by {listed}; uninstall all but one, or disable the others with {ENV_DENY}"
 
     def _fail(self, info: PluginInfo, reason: str) -> None:
         info.status = PluginStatus.FAILED

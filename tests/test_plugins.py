@@ -119,25 +119,25 @@ def tuner(name: str, peft_type: str) -> str:
 
 def test_two_tuners_claiming_one_peft_type_are_both_refused(fake_dist):
     """Which plugin reads a file of that peft_type must never depend on load order."""
-    fake_dist("kc-ia3", "kc_ia3", tuner("ia3", "IA3"))
-    fake_dist("kc-fast-ia3", "kc_fast_ia3", tuner("fast-ia3", "IA3"))
+    fake_dist("kc-scale", "kc_scale", tuner("scale", "KC_TEST"))
+    fake_dist("kc-fast-scale", "kc_fast_scale", tuner("fast-scale", "KC_TEST"))
     fake_dist("kc-lokr", "kc_lokr", tuner("lokr", "LOKR"))
     manager = PluginManager.from_environment()
-    expected = r"tuner peft_type 'IA3' is claimed by both 'fast-ia3' of kc-fast-ia3 1.0 and 'ia3' of kc-ia3 1.0; .*KERNEL_CORE_DISABLE_PLUGINS"
-    for name in ("ia3", "fast-ia3"):
+    expected = r"tuner peft_type 'KC_TEST' is claimed by both 'fast-scale' of kc-fast-scale 1.0 and 'scale' of kc-scale 1.0; .*KERNEL_CORE_DISABLE_PLUGINS"
+    for name in ("scale", "fast-scale"):
         with pytest.raises(DuplicatePluginError, match=expected):
             manager.get(PluginKind.TUNER, name)
     usable = [r.name for r in manager.registrations(PluginKind.TUNER)]
-    assert "lokr" in usable and "ia3" not in usable and "fast-ia3" not in usable
-    assert any("peft_type 'IA3'" in fault.reason for fault in manager.faults)
+    assert "lokr" in usable and "scale" not in usable and "fast-scale" not in usable
+    assert any("peft_type 'KC_TEST'" in fault.reason for fault in manager.faults)
 
 
 def test_the_deny_list_settles_a_peft_type_clash(fake_dist, monkeypatch):
-    fake_dist("kc-ia3", "kc_ia3", tuner("ia3", "IA3"))
-    fake_dist("kc-other-ia3", "kc_other_ia3", tuner("ia3", "IA3"))
-    monkeypatch.setenv(plugins.ENV_DENY, "kc-ia3")
+    """An out-of-tree IA3 replaces the in-tree one (if installed) once that one is denied."""
+    fake_dist("kc-my-ia3", "kc_my_ia3", tuner("ia3", "IA3"))
+    monkeypatch.setenv(plugins.ENV_DENY, "kernel-core-ia3")
     manager = PluginManager.from_environment()
-    assert manager.get(PluginKind.TUNER, "ia3").plugin.distribution.name == "kc-other-ia3"
+    assert manager.get(PluginKind.TUNER, "ia3").plugin.distribution.name == "kc-my-ia3"
 
 
 def test_strict_mode_makes_a_fault_fatal(fake_dist, monkeypatch):

@@ -58,12 +58,12 @@ def test_list_marks_duplicates(fake_dist, capsys):
 
 
 def test_list_marks_tuners_sharing_a_peft_type(fake_dist, capsys):
-    for dist, name in (("kc-one", "ia3"), ("kc-two", "my-ia3")):
-        record = f"TunerSpec(name={name!r}, description='d', implementation='a:b', peft_type='IA3')"
+    for dist, name in (("kc-one", "my-tuner"), ("kc-two", "other-tuner")):
+        record = f"TunerSpec(name={name!r}, description='d', implementation='a:b', peft_type='KC_TEST')"
         fake_dist(dist, dist.replace("-", "_"), plugin_source("kernel_core_tuners", record))
     rows = [r for r in listing(capsys) if r["distribution"] in ("kc-one", "kc-two")]
-    assert [(r["name"], r["status"]) for r in rows] == [("ia3", "duplicate"), ("my-ia3", "duplicate")]
-    assert all("peft_type 'IA3' is claimed by both 'ia3' of kc-one 1.0 and 'my-ia3' of kc-two 1.0" in r["error"] for r in rows)
+    assert [(r["name"], r["status"]) for r in rows] == [("my-tuner", "duplicate"), ("other-tuner", "duplicate")]
+    assert all("peft_type 'KC_TEST' is claimed by both 'my-tuner' of kc-one 1.0 and 'other-tuner' of kc-two 1.0" in r["error"] for r in rows)
 
 
 def test_doctor_passes_on_good_plugins_and_fails_on_bad_ones(fake_dist, capsys, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import ModuleType
 
 import pytest
+from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from kernel_core_ia3 import plugin
@@ -19,12 +20,17 @@ ATTENTION = "model.layers.0.self_attn.k_proj"
 
 
 class TestIA3Conformance(TunerConformance):
-    candidates = {**CANDIDATES, "conv1d": lambda: Conv1D(8, 16)}
+    # PEFT's IA3 wraps no Embedding (can_wrap declines it: test_declines_unsupported_modules)
+    candidates = {**{k: v for k, v in CANDIDATES.items() if k != "embedding"}, "conv1d": lambda: Conv1D(8, 16)}
     module_names = (FEEDFORWARD, ATTENTION)
 
     @pytest.fixture
     def plugin_module(self) -> ModuleType:
         return plugin
+
+    @pytest.fixture
+    def rejected_module(self) -> nn.Module:
+        return nn.Embedding(10, 16)
 
     @pytest.fixture
     def tuner_config(self) -> IA3Config:
