@@ -18,6 +18,6 @@ def kernel_core_tuners() -> list[TunerSpec]:
             description="(IA)^3: learned scales on feed-forward inputs and other outputs, on Linear and Conv1D.",
             implementation="kernel_core_ia3.tuner:IA3Tuner",
             peft_type="IA3",
-            capabilities=frozenset({"merge", "mixed-batch"}),
+            capabilities=frozenset({"merge", "mixed-batch", "weighted-combination"}),
         )
     ]

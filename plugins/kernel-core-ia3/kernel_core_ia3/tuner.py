@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -11,6 +12,7 @@ from kernel_core.contracts.tuner import Tuner, TunerConfig, TunerLayer
 from kernel_core.peft.defaults import by_model_type
 from kernel_core_ia3.config import DEFAULT_FEEDFORWARD, DEFAULT_TARGETS, IA3Config
 from kernel_core_ia3.layer import IA3Layer
+from kernel_core_ia3.weighted import add_weighted_adapter
 
 
 class IA3Tuner(Tuner):
@@ -37,3 +39,9 @@ class IA3Tuner(Tuner):
             return config
         modules = by_model_type(DEFAULT_FEEDFORWARD, model, method="ia3", field="feedforward_modules")
         return config.model_copy(update={"feedforward_modules": list(modules)})
+
+    def add_weighted_adapter(self, model: Any, adapters: Sequence[str], weights: Sequence[float], adapter_name: str, **options: Any) -> None:
+        """The weighted sum of the adapters' vectors, over the union of their targets (IA3 has no options)."""
+        if options:
+            raise TypeError(f"IA3's add_weighted_adapter takes no options, got {sorted(options)}")
+        add_weighted_adapter(model, adapters, weights, adapter_name)

@@ -163,3 +163,29 @@ def test_mixed_batch_rows_equal_each_adapter_alone(tmp_path: Path) -> None:
     for i, name in enumerate(rows):
         assert_same(mixed[i], references[name][i], max(floors))
     assert (references["first"] - references["second"]).abs().max() > 1e-3, "the two adapters must differ"
+
+
+def test_weighted_combination_equals_peft(tmp_path: Path) -> None:
+    """add_weighted_adapter of two adapters with different targets and feed-forward modules
+    gives peft's combined vectors and logits."""
+    fields = {
+        "first": {"target_modules": ["k_proj", "down_proj"], "feedforward_modules": ["down_proj"]},
+        "second": {"target_modules": ["v_proj", "down_proj"], "feedforward_modules": ["down_proj"]},
+    }
+    reference = _quiet(lambda: peft.get_peft_model(tiny_llama(), peft.IA3Config(**fields["first"], init_ia3_weights=False), "first"))
+    _quiet(lambda: reference.add_adapter("second", peft.IA3Config(**fields["second"], init_ia3_weights=False)))
+    reference.eval()  # init_ia3_weights=False: both adapters' vectors are random
+    _quiet(lambda: reference.save_pretrained(str(tmp_path)))
+    ours = PeftModel.from_pretrained(tiny_llama(), tmp_path / "first", adapter_name="first")
+    ours.load_adapter(tmp_path / "second", "second")
+
+    for model in (reference, ours):
+        _quiet(lambda model=model: model.add_weighted_adapter(["first", "second"], [0.7, -0.4], "both"))
+        model.set_adapter("both")
+    assert sorted(ours.peft_config["both"].target_modules) == sorted(reference.peft_config["both"].target_modules)
+    expected = {k: v for k, v in reference.state_dict().items() if ".ia3_l.both" in k}
+    got = {k: v for k, v in ours.state_dict().items() if ".ia3_l.both" in k}
+    assert got.keys() == expected.keys() and len(got) == 6
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key
+    assert_same(_logits(ours), _logits(reference), noise_floor(reference))
