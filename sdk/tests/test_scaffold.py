@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
+import warnings
 from pathlib import Path
 
+import peft
 import pytest
 import tomllib
 
@@ -57,3 +61,18 @@ def test_refuses_to_overwrite(tmp_path: Path) -> None:
         create_plugin(PluginKind.TUNER, "mine", tmp_path)
     assert (target / "notes.txt").read_text() == "keep me"
     assert (target / "kernel_core_mine" / "policy.py").exists()
+
+
+def test_tuner_template_config_is_peft_compatible(tmp_path: Path) -> None:
+    """Generated as `ia3`, the template's config writes only keys peft's IA3Config has (so peft
+    reads its adapter_config.json without a warning), and its field names follow peft's."""
+    package = create_plugin(PluginKind.TUNER, "ia3", tmp_path)
+    tuner = importlib.util.spec_from_file_location("generated_ia3_tuner", package / "kernel_core_ia3" / "tuner.py")
+    module = importlib.util.module_from_spec(tuner)
+    tuner.loader.exec_module(module)
+    data = {"peft_type": "IA3", **module.Ia3Config(target_modules=["k_proj"]).to_dict()}
+    assert set(data) <= set(peft.IA3Config.__dataclass_fields__), sorted(set(data) - set(peft.IA3Config.__dataclass_fields__))
+    (tmp_path / "adapter_config.json").write_text(json.dumps(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert peft.PeftConfig.from_pretrained(str(tmp_path)).init_ia3_weights is True
