@@ -255,9 +255,9 @@ class Tuner(ABC):
     #: Every adapter container's attribute name starts with this (``"lora_"``).
     prefix: ClassVar[str]
     #: ``target_modules`` a config without them gets, by the transformers ``model_type`` of the
-    #: model (``{"llama": ("k_proj", "v_proj", "down_proj")}``), as PEFT's per-method tables;
-    #: a model type missing here makes ``target_modules`` required. Since API 1.4.
-    default_target_modules: ClassVar[Mapping[str, Sequence[str]]] = {}
+    #: model (``{"llama": ("k_proj", "v_proj", "down_proj")}``; a string is a regex), as PEFT's
+    #: per-method tables; a model type missing here makes ``target_modules`` required. Since API 1.4.
+    default_target_modules: ClassVar[Mapping[str, Sequence[str] | str]] = {}
 
     @abstractmethod
     def can_wrap(self, module: nn.Module) -> bool:

@@ -41,8 +41,8 @@ def by_model_type(table: Mapping[str, T], model: nn.Module, *, method: str, fiel
 
 def resolve_target_modules(config: ConfigT, tuner: Tuner, method: str, model: nn.Module) -> ConfigT:
     """``config`` with ``target_modules`` filled from ``tuner.default_target_modules`` when it
-    is None (as a list, as PEFT saves it); unchanged otherwise."""
+    is None (names as a list, as PEFT saves them, or a regex string); unchanged otherwise."""
     if config.target_modules is not None:
         return config
     targets: Any = by_model_type(tuner.default_target_modules, model, method=method, field="target_modules")
-    return config.model_copy(update={"target_modules": list(targets)})
+    return config.model_copy(update={"target_modules": targets if isinstance(targets, str) else list(targets)})

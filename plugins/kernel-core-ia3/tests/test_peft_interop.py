@@ -18,9 +18,14 @@ from typing import Any
 import peft
 import pytest
 import torch
+from peft.utils.constants import (
+    TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
+)
 from transformers import PreTrainedModel
 
 from kernel_core.peft import BASE_ADAPTER, PeftModel, get_config, get_peft_model
+from kernel_core_ia3.config import DEFAULT_FEEDFORWARD, DEFAULT_TARGETS
 from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama, token_ids
 
 CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
@@ -189,3 +194,9 @@ def test_weighted_combination_equals_peft(tmp_path: Path) -> None:
     for key, value in expected.items():
         assert torch.equal(got[key], value), key
     assert_same(_logits(ours), _logits(reference), noise_floor(reference))
+
+
+def test_default_tables_are_peft_s() -> None:
+    """target_modules=None and feedforward_modules=None mean what they mean in peft, for every model type."""
+    assert {key: list(value) for key, value in DEFAULT_TARGETS.items()} == TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
+    assert {key: list(value) for key, value in DEFAULT_FEEDFORWARD.items()} == TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING

@@ -9,7 +9,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from kernel_core.contracts.tuner import Tuner, TunerConfig, TunerLayer
-from kernel_core_lora.config import LoraConfig
+from kernel_core_lora.config import DEFAULT_TARGETS, LoraConfig
 from kernel_core_lora.layers import Embedding, Linear
 from kernel_core_lora.weighted import add_weighted_adapter
 
@@ -19,6 +19,7 @@ class LoraTuner(Tuner):
 
     config_class = LoraConfig
     prefix = "lora_"
+    default_target_modules = DEFAULT_TARGETS
 
     def can_wrap(self, module: nn.Module) -> bool:
         return isinstance(module, (nn.Linear, nn.Embedding, Conv1D))

@@ -14,15 +14,18 @@ from typing import Any
 import peft
 import pytest
 import torch
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from transformers import PreTrainedModel
 
 from kernel_core.peft import PeftModel, get_config, get_peft_model
+from kernel_core_lora.config import DEFAULT_TARGETS
 from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama, token_ids
 
 TOLERANCE = 1e-4  # fp32, as the issue asks; the observed differences are ~1e-7
 
 CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
     "lora": (tiny_llama, {"target_modules": ["q_proj", "v_proj"]}),
+    "architecture-defaults": (tiny_llama, {}),  # target_modules=None: the model type's defaults
     "lora-all-linear-dropout": (tiny_llama, {"target_modules": "all-linear", "lora_dropout": 0.1}),
     "rslora": (tiny_llama, {"target_modules": "all-linear", "use_rslora": True, "lora_alpha": 16}),
     "dora": (tiny_llama, {"target_modules": ["q_proj", "down_proj"], "use_dora": True}),
@@ -118,3 +121,8 @@ def test_adapter_config_round_trips_through_peft(tmp_path: Path) -> None:
     back = PeftModel.from_pretrained(tiny_llama(), tmp_path / "peft").peft_config["default"]
     for key, value in fields.items():
         assert getattr(back, key) == value, key
+
+
+def test_default_targets_are_peft_s() -> None:
+    """target_modules=None means what it means in peft, for every model type peft knows."""
+    assert {key: value if isinstance(value, str) else list(value) for key, value in DEFAULT_TARGETS.items()} == TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
