@@ -28,18 +28,18 @@ from torch import nn
 #: The adapter name that means "no adapter" for a row of a mixed batch (as in PEFT).
 BASE_ADAPTER = "__base__"
 
-ConfigT = TypeVar("ConfigT", bound="TunerConfig")
+ConfigT = TypeVar("ConfigT", bound="BaseTunerConfig")
 
 
-class TunerConfig(BaseModel):
+class BaseTunerConfig(BaseModel):
     """Hyper-parameters of one adapter; subclasses add the method's own fields.
 
     The fields here are the ones every PEFT tuner config has: ``target_modules`` (see
     :mod:`kernel_core.peft.targets`) and provenance. The target filters only some PEFT methods
     have are mixins a method's config inherits when its PEFT config has them, so that
     ``adapter_config.json`` holds exactly the method's keys: :class:`ExcludeModules`,
-    :class:`LayerSelection` and :class:`ModulesToSave` (since API 1.4; before, every config had
-    all three).
+    :class:`LayerSelection` and :class:`ModulesToSave` (since API 1.4). :class:`TunerConfig` is
+    this class with all three, the shape every config had before.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -125,6 +125,13 @@ class LayerSelection(BaseModel):
         return self
 
 
+class TunerConfig(BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave):
+    """A config with every target filter: what ``TunerConfig`` was before API 1.4, kept so that
+    configs written against 1.1-1.3 keep their fields. A method whose PEFT config has all three
+    filters (LoRA) may subclass it; one that lacks some subclasses :class:`BaseTunerConfig` and
+    the mixins it has."""
+
+
 _PEFT_BOOKKEEPING = frozenset({"peft_type", "peft_version", "auto_mapping"})
 _NO_DEFAULT = object()
 
@@ -161,7 +168,7 @@ class TunerLayer(nn.Module):
         """The adapters this layer holds."""
 
     @abstractmethod
-    def update_layer(self, adapter_name: str, config: TunerConfig) -> None:
+    def update_layer(self, adapter_name: str, config: BaseTunerConfig) -> None:
         """Add (or re-initialise) one adapter, with the config this module gets."""
 
     @abstractmethod
@@ -251,7 +258,7 @@ class TunerLayer(nn.Module):
 class Tuner(ABC):
     """One PEFT method: its config schema, its state-dict prefix, and how to wrap a module."""
 
-    config_class: ClassVar[type[TunerConfig]]
+    config_class: ClassVar[type[BaseTunerConfig]]
     #: Every adapter container's attribute name starts with this (``"lora_"``).
     prefix: ClassVar[str]
     #: ``target_modules`` a config without them gets, by the transformers ``model_type`` of the
@@ -264,19 +271,19 @@ class Tuner(ABC):
         """Whether this method can adapt ``module`` (e.g. Linear and Embedding for LoRA)."""
 
     @abstractmethod
-    def wrap(self, module: nn.Module, adapter_name: str, config: TunerConfig) -> TunerLayer:
+    def wrap(self, module: nn.Module, adapter_name: str, config: BaseTunerConfig) -> TunerLayer:
         """Return a :class:`TunerLayer` around ``module`` holding the adapter ``adapter_name``.
 
-        ``config`` is already the one this module gets (:meth:`TunerConfig.for_module`). Only
+        ``config`` is already the one this module gets (:meth:`BaseTunerConfig.for_module`). Only
         the adapter's parameters (in containers named with :attr:`prefix`) require grad.
         """
 
-    def trained_base_parameters(self, config: TunerConfig, model: nn.Module, wrapped: Sequence[str]) -> list[str]:
+    def trained_base_parameters(self, config: BaseTunerConfig, model: nn.Module, wrapped: Sequence[str]) -> list[str]:
         """Names (in ``model``) of base parameters this method trains and saves with the
         adapter, e.g. LoRA's ``bias="all"``; ``wrapped`` names the wrapped modules."""
         return []
 
-    def before_inject(self, model: Any, adapter_name: str, config: TunerConfig) -> TunerConfig:
+    def before_inject(self, model: Any, adapter_name: str, config: BaseTunerConfig) -> BaseTunerConfig:
         """Called when adapter ``adapter_name`` is added to ``model`` (the
         :class:`kernel_core.peft.PeftModel`), before any module is wrapped, with its config
         (``target_modules`` already resolved from :attr:`default_target_modules`); returns the
@@ -286,7 +293,7 @@ class Tuner(ABC):
         which is then saved, loaded and deleted with the adapter). Since API 1.4."""
         return config
 
-    def after_inject(self, model: Any, adapter_name: str, config: TunerConfig, wrapped: Sequence[str]) -> None:
+    def after_inject(self, model: Any, adapter_name: str, config: BaseTunerConfig, wrapped: Sequence[str]) -> None:
         """Called once every target of ``adapter_name`` is wrapped (``wrapped`` names them, in
         model order) and before its tensors are loaded from a file: whole-model bookkeeping, such
         as AdaLoRA's rank budget over all layers. Since API 1.4."""

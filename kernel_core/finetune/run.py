@@ -25,7 +25,7 @@ from kernel_core.finetune import adapter_options, arguments
 from kernel_core.finetune.exact_match import ExactMatchResult, exact_match, load_exact_match_rows
 
 if TYPE_CHECKING:
-    from kernel_core.contracts.tuner import TunerConfig
+    from kernel_core.contracts.tuner import BaseTunerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def precision(args: Any) -> str:
     return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
-def check_resumable(checkpoint: Path, args: Any, adapter: TunerConfig) -> None:
+def check_resumable(checkpoint: Path, args: Any, adapter: BaseTunerConfig) -> None:
     """Refuse a resume from a damaged checkpoint, or whose settings (training arguments or adapter
     options) would leave the interrupted run's trajectory, naming the file or the setting."""
     from kernel_core.finetune.trainer import TRAINING_ARGS_JSON, check_checkpoint
@@ -227,7 +227,7 @@ def check_resumable(checkpoint: Path, args: Any, adapter: TunerConfig) -> None:
             )
 
 
-def _check_same_adapter(checkpoint: Path, adapter: TunerConfig) -> None:
+def _check_same_adapter(checkpoint: Path, adapter: BaseTunerConfig) -> None:
     """The checkpoint's adapter must be of the same method with the same options as this run's
     (``inference_mode`` and ``base_model_name_or_path`` are filled in by saving and loading)."""
     from kernel_core.peft.config import config_from_dict, config_to_dict

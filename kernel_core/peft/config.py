@@ -13,7 +13,7 @@ from typing import Any
 import pydantic
 
 from kernel_core.contracts.records import PluginKind, TunerSpec
-from kernel_core.contracts.tuner import Tuner, TunerConfig
+from kernel_core.contracts.tuner import Tuner, BaseTunerConfig
 from kernel_core.errors import InvalidAdapterConfigError, UnknownPluginError
 from kernel_core.plugins import PluginManager, get_plugin_manager
 
@@ -26,7 +26,7 @@ class Method:
     tuner: Tuner
 
     @property
-    def config_class(self) -> type[TunerConfig]:
+    def config_class(self) -> type[BaseTunerConfig]:
         return self.tuner.config_class
 
 
@@ -49,7 +49,7 @@ def get_method(name: str, manager: PluginManager | None = None) -> Method:
     )
 
 
-def method_of(config: TunerConfig, manager: PluginManager | None = None) -> Method:
+def method_of(config: BaseTunerConfig, manager: PluginManager | None = None) -> Method:
     """The installed method whose config class ``config`` is."""
     manager = manager or get_plugin_manager()
     for registration in manager.registrations(PluginKind.TUNER):
@@ -59,13 +59,13 @@ def method_of(config: TunerConfig, manager: PluginManager | None = None) -> Meth
     raise InvalidAdapterConfigError(f"{type(config).__name__} belongs to no installed PEFT method")
 
 
-def get_config(method: str, **fields: Any) -> TunerConfig:
+def get_config(method: str, **fields: Any) -> BaseTunerConfig:
     """A validated config of ``method``; a bad field raises naming it."""
     config_class = get_method(method).config_class
     return validated(config_class, lambda: config_class(**fields))
 
 
-def config_from_dict(data: Mapping[str, Any]) -> TunerConfig:
+def config_from_dict(data: Mapping[str, Any]) -> BaseTunerConfig:
     """A config from PEFT's ``adapter_config.json`` contents, chosen by ``peft_type``."""
     peft_type = data.get("peft_type")
     if not isinstance(peft_type, str):
@@ -74,12 +74,12 @@ def config_from_dict(data: Mapping[str, Any]) -> TunerConfig:
     return validated(config_class, lambda: config_class.from_dict(data))
 
 
-def config_to_dict(config: TunerConfig) -> dict[str, Any]:
+def config_to_dict(config: BaseTunerConfig) -> dict[str, Any]:
     """``adapter_config.json`` contents: the config's fields and its method's ``peft_type``."""
     return {"peft_type": method_of(config).spec.peft_type, **config.to_dict()}
 
 
-def validated(config_class: type[TunerConfig], build: Any) -> TunerConfig:
+def validated(config_class: type[BaseTunerConfig], build: Any) -> BaseTunerConfig:
     """Run ``build`` and turn pydantic's error into one that names each bad field."""
     try:
         return build()

@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from kernel_core.contracts.tuner import Tuner, TunerConfig
+from kernel_core.contracts.tuner import Tuner, BaseTunerConfig
 from kernel_core.errors import InvalidAdapterConfigError
 
 T = TypeVar("T")
-ConfigT = TypeVar("ConfigT", bound=TunerConfig)
+ConfigT = TypeVar("ConfigT", bound=BaseTunerConfig)
 
 
 def model_type(model: nn.Module) -> str | None:

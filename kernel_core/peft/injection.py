@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from kernel_core.contracts.tuner import TunerConfig, TunerLayer
+from kernel_core.contracts.tuner import BaseTunerConfig, TunerLayer
 from kernel_core.errors import InvalidAdapterConfigError
 from kernel_core.peft.config import Method
 from kernel_core.peft.modules_to_save import ModulesToSaveWrapper
@@ -18,7 +18,7 @@ from kernel_core.peft.targets import select_targets
 LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
 
 
-def inject(model: nn.Module, adapter_name: str, config: TunerConfig, method: Method) -> list[str]:
+def inject(model: nn.Module, adapter_name: str, config: BaseTunerConfig, method: Method) -> list[str]:
     """Wrap (or extend) every target module of ``model`` with adapter ``adapter_name``; returns
     the names of the modules the method wraps."""
     if config.target_modules is None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernel_core.contracts.tuner import BASE_ADAPTER, TunerConfig, TunerLayer
+from kernel_core.contracts.tuner import BASE_ADAPTER, BaseTunerConfig, TunerLayer
 from kernel_core.errors import InvalidAdapterConfigError
 from kernel_core.peft.config import Method, config_from_dict, config_to_dict, method_of
 from kernel_core.peft.defaults import resolve_target_modules
@@ -76,11 +76,11 @@ class _ForwardWithModelSignature:
 class PeftModel(nn.Module):
     """A model with adapters: add, switch, disable, merge, combine, save and load them."""
 
-    def __init__(self, model: nn.Module, config: TunerConfig, adapter_name: str = DEFAULT_ADAPTER) -> None:
+    def __init__(self, model: nn.Module, config: BaseTunerConfig, adapter_name: str = DEFAULT_ADAPTER) -> None:
         super().__init__()
         model.requires_grad_(False)
         self.base_model = AdaptedModel(model)
-        self.peft_config: dict[str, TunerConfig] = {}
+        self.peft_config: dict[str, BaseTunerConfig] = {}
         self._methods: dict[str, Method] = {}
         self._trained_base: dict[str, list[str]] = {}
         self.active_adapter = adapter_name
@@ -110,7 +110,7 @@ class PeftModel(nn.Module):
 
     # -- adapters ----------------------------------------------------------------------------
 
-    def add_adapter(self, adapter_name: str, config: TunerConfig) -> None:
+    def add_adapter(self, adapter_name: str, config: BaseTunerConfig) -> None:
         """Add a new adapter (inactive unless it is the first); every adapter of one model uses
         the same method."""
         if adapter_name in self.peft_config:
@@ -354,6 +354,6 @@ class PeftModel(nn.Module):
         return getattr(config, "_name_or_path", None) or None
 
 
-def get_peft_model(model: nn.Module, config: TunerConfig, adapter_name: str = DEFAULT_ADAPTER) -> PeftModel:
+def get_peft_model(model: nn.Module, config: BaseTunerConfig, adapter_name: str = DEFAULT_ADAPTER) -> PeftModel:
     """Wrap ``model`` (any transformers ``PreTrainedModel``) with a new, trainable adapter."""
     return PeftModel(model, config, adapter_name)

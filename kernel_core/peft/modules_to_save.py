@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernel_core.contracts.tuner import TunerConfig, TunerLayer
+from kernel_core.contracts.tuner import BaseTunerConfig, TunerLayer
 
 
 class ModulesToSaveWrapper(TunerLayer):
@@ -22,7 +22,7 @@ class ModulesToSaveWrapper(TunerLayer):
     def __init__(self, module: nn.Module, adapter_name: str) -> None:
         super().__init__(module)
         self.modules_to_save = nn.ModuleDict()
-        self.update_layer(adapter_name, TunerConfig())
+        self.update_layer(adapter_name, BaseTunerConfig())
 
     @property
     def original_module(self) -> nn.Module:
@@ -32,7 +32,7 @@ class ModulesToSaveWrapper(TunerLayer):
     def adapter_names(self) -> list[str]:
         return list(self.modules_to_save)
 
-    def update_layer(self, adapter_name: str, config: TunerConfig) -> None:
+    def update_layer(self, adapter_name: str, config: BaseTunerConfig) -> None:
         self.modules_to_save[adapter_name] = copy.deepcopy(self.base_layer).requires_grad_(True)
 
     def delete_adapter(self, adapter_name: str) -> None:

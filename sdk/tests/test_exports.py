@@ -20,7 +20,7 @@ def test_the_tuner_authoring_surface_is_re_exported() -> None:
     import kernel_core.peft.targets as targets
 
     for module, names in (
-        (contract, ("BASE_ADAPTER", "ExcludeModules", "LayerSelection", "ModulesToSave", "Tuner", "TunerConfig", "TunerLayer")),
+        (contract, ("BASE_ADAPTER", "BaseTunerConfig", "ExcludeModules", "LayerSelection", "ModulesToSave", "Tuner", "TunerConfig", "TunerLayer")),
         (defaults, ("by_model_type",)),
         (targets, ("pattern_value",)),
     ):

@@ -15,10 +15,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from kernel_core.contracts.tuner import Tuner, TunerConfig, TunerLayer
+from kernel_core.contracts.tuner import Tuner, BaseTunerConfig, TunerLayer
 
 
-class ScaleConfig(TunerConfig):
+class ScaleConfig(BaseTunerConfig):
     target_modules: list[str] | str | None = ["v_proj"]
     init_scale: float = Field(default=1.0, gt=0, description="Every scale's first value; 1 starts as the base model.")
     seed: int = Field(default=0, description="Unused; named as a TrainingArguments field is.")
@@ -35,7 +35,7 @@ class ScaleLayer(TunerLayer):
     def adapter_names(self) -> list[str]:
         return list(self.scale_vector)
 
-    def update_layer(self, adapter_name: str, config: TunerConfig) -> None:
+    def update_layer(self, adapter_name: str, config: BaseTunerConfig) -> None:
         assert isinstance(config, ScaleConfig)
         self.scale_vector[adapter_name] = nn.Parameter(torch.full((self.base_layer.out_features,), config.init_scale))
         self.set_adapter(self.active_adapters)
@@ -60,6 +60,6 @@ class ScaleTuner(Tuner):
     def can_wrap(self, module: nn.Module) -> bool:
         return type(module) is nn.Linear
 
-    def wrap(self, module: nn.Module, adapter_name: str, config: TunerConfig) -> TunerLayer:
+    def wrap(self, module: nn.Module, adapter_name: str, config: BaseTunerConfig) -> TunerLayer:
         assert isinstance(module, nn.Linear) and isinstance(config, ScaleConfig)
         return ScaleLayer(module, adapter_name, config)

@@ -119,3 +119,18 @@ def test_before_inject_must_return_the_method_config(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(ToyTuner, "before_inject", lambda self, model, name, config: {"init": 1})
     with pytest.raises(TypeError, match="before_inject returned dict, not ToyConfig"):
         get_peft_model(tiny_llama(), get_config("toy", target_modules=["q_proj"]))
+
+
+def test_a_config_written_before_api_1_4_keeps_every_target_filter() -> None:
+    from kernel_core.contracts.tuner import BaseTunerConfig, TunerConfig
+
+    class OldStyleConfig(TunerConfig):  # as a 1.2 plugin wrote it: TunerConfig had all the filters
+        scale: float = 1.0
+
+    config = OldStyleConfig(target_modules=["q_proj"], layers_to_transform=[0], modules_to_save=["lm_head"],
+                            exclude_modules=["k_proj"])
+    assert isinstance(config, BaseTunerConfig)
+    assert {"exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save"} <= set(config.to_dict())
+    with pytest.raises(ValueError, match="layers_to_transform and layers_pattern need target_modules as a list"):
+        OldStyleConfig(target_modules="q_proj", layers_to_transform=[0])
+    assert not {"exclude_modules", "layers_to_transform", "modules_to_save"} & set(ToyConfig().to_dict())

@@ -13,7 +13,7 @@ from torch import nn
 
 import kernel_core
 from kernel_core.contracts.records import TunerSpec
-from kernel_core.contracts.tuner import Tuner, TunerConfig, TunerLayer
+from kernel_core.contracts.tuner import Tuner, BaseTunerConfig, TunerLayer
 
 kernel_core_api = "1.4"
 DEFAULT_TARGETS = {"llama": ("q_proj", "down_proj")}
@@ -24,7 +24,7 @@ def kernel_core_tuners() -> list[TunerSpec]:
     return [TunerSpec(name="toy", description="test tuner", implementation=f"{__name__}:ToyTuner", peft_type="TOY")]
 
 
-class ToyConfig(TunerConfig):
+class ToyConfig(BaseTunerConfig):
     input_modules: list[str] = []
     init: float = 1.0
 
@@ -45,7 +45,7 @@ class ToyLayer(TunerLayer):
     def adapter_names(self) -> list[str]:
         return list(self.toy_scale)
 
-    def update_layer(self, adapter_name: str, config: TunerConfig) -> None:
+    def update_layer(self, adapter_name: str, config: BaseTunerConfig) -> None:
         assert isinstance(config, ToyConfig)
         size = self.base_layer.in_features if config.scales_input else self.base_layer.out_features
         self.toy_scale[adapter_name] = nn.Parameter(torch.full((size,), config.init))
@@ -81,11 +81,11 @@ class ToyTuner(Tuner):
     def can_wrap(self, module: nn.Module) -> bool:
         return isinstance(module, nn.Linear)
 
-    def wrap(self, module: nn.Module, adapter_name: str, config: TunerConfig) -> TunerLayer:
+    def wrap(self, module: nn.Module, adapter_name: str, config: BaseTunerConfig) -> TunerLayer:
         assert isinstance(module, nn.Linear) and isinstance(config, ToyConfig)
         return ToyLayer(module, adapter_name, config)
 
-    def before_inject(self, model: Any, adapter_name: str, config: TunerConfig) -> TunerConfig:
+    def before_inject(self, model: Any, adapter_name: str, config: BaseTunerConfig) -> BaseTunerConfig:
         self.calls.append(("before", list(config.target_modules or [])))
         if not hasattr(model.base_model, "toy_shared"):
             model.base_model.toy_shared = nn.ParameterDict()
@@ -93,5 +93,5 @@ class ToyTuner(Tuner):
         model.base_model.toy_shared[adapter_name] = nn.Parameter(torch.arange(hidden, dtype=torch.float32), requires_grad=False)
         return config.model_copy(update={"init": 2.0})
 
-    def after_inject(self, model: Any, adapter_name: str, config: TunerConfig, wrapped: Sequence[str]) -> None:
+    def after_inject(self, model: Any, adapter_name: str, config: BaseTunerConfig, wrapped: Sequence[str]) -> None:
         self.calls.append(("after", list(wrapped)))

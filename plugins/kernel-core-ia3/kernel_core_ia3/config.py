@@ -10,7 +10,7 @@ import re
 
 from pydantic import Field, model_validator
 
-from kernel_core.contracts.tuner import ExcludeModules, ModulesToSave, TunerConfig
+from kernel_core.contracts.tuner import ExcludeModules, ModulesToSave, BaseTunerConfig
 
 #: ``target_modules`` when a config has none, by transformers ``model_type`` (facts from PEFT).
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
@@ -41,7 +41,7 @@ DEFAULT_FEEDFORWARD: dict[str, tuple[str, ...]] = {
 }
 
 
-class IA3Config(TunerConfig, ExcludeModules, ModulesToSave):
+class IA3Config(BaseTunerConfig, ExcludeModules, ModulesToSave):
     """One IA3 adapter: a learned vector scales the input of each feed-forward module and the
     output of every other target module."""
 

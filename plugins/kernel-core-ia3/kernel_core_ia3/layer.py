@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from kernel_core.contracts.tuner import TunerConfig, TunerLayer
+from kernel_core.contracts.tuner import BaseTunerConfig, TunerLayer
 from kernel_core_ia3.config import IA3Config
 
 
@@ -37,7 +37,7 @@ class IA3Layer(TunerLayer):
     def adapter_names(self) -> list[str]:
         return list(self.ia3_l)
 
-    def update_layer(self, adapter_name: str, config: TunerConfig) -> None:
+    def update_layer(self, adapter_name: str, config: BaseTunerConfig) -> None:
         if not isinstance(config, IA3Config):
             raise TypeError(f"IA3 needs an IA3Config, got {type(config).__name__}")
         if adapter_name in self.merged_adapters:

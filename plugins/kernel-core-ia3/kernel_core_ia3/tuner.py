@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from kernel_core.contracts.tuner import Tuner, TunerConfig, TunerLayer
+from kernel_core.contracts.tuner import Tuner, BaseTunerConfig, TunerLayer
 from kernel_core.peft.defaults import by_model_type
 from kernel_core_ia3.config import DEFAULT_FEEDFORWARD, DEFAULT_TARGETS, IA3Config
 from kernel_core_ia3.layer import IA3Layer
@@ -25,14 +25,14 @@ class IA3Tuner(Tuner):
     def can_wrap(self, module: nn.Module) -> bool:
         return isinstance(module, (nn.Linear, Conv1D))
 
-    def wrap(self, module: nn.Module, adapter_name: str, config: TunerConfig) -> TunerLayer:
+    def wrap(self, module: nn.Module, adapter_name: str, config: BaseTunerConfig) -> TunerLayer:
         if not isinstance(module, (nn.Linear, Conv1D)):
             raise TypeError(f"IA3 adapts Linear and Conv1D layers, not {type(module).__name__}")
         if not isinstance(config, IA3Config):
             raise TypeError(f"IA3 needs an IA3Config, got {type(config).__name__}")
         return IA3Layer(module, adapter_name, config)
 
-    def before_inject(self, model: Any, adapter_name: str, config: TunerConfig) -> TunerConfig:
+    def before_inject(self, model: Any, adapter_name: str, config: BaseTunerConfig) -> BaseTunerConfig:
         """``feedforward_modules=None`` means the model type's feed-forward modules, as in PEFT."""
         assert isinstance(config, IA3Config)
         if config.feedforward_modules is not None:

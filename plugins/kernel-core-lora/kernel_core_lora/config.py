@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PositiveInt, field_validator
 
-from kernel_core.contracts.tuner import ExcludeModules, LayerSelection, ModulesToSave, TunerConfig
+from kernel_core.contracts.tuner import TunerConfig
 from kernel_core.peft.targets import pattern_value
 
 #: ``target_modules`` when a config has none, by transformers ``model_type`` (facts from PEFT;
@@ -33,7 +33,7 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...] | str] = {
 INITS = ("gaussian", "pissa", r"pissa_niter_\d+", "olora")
 
 
-class LoraConfig(TunerConfig, ExcludeModules, LayerSelection, ModulesToSave):
+class LoraConfig(TunerConfig):
     """One LoRA adapter: ``W x + (alpha / r) * B A x`` on each target module."""
 
     inert_peft_keys: ClassVar[Mapping[str, Any]] = {"megatron_core": "megatron.core", "qalora_group_size": 16}

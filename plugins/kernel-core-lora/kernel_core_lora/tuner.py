@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from kernel_core.contracts.tuner import Tuner, TunerConfig, TunerLayer
+from kernel_core.contracts.tuner import Tuner, BaseTunerConfig, TunerLayer
 from kernel_core_lora.config import DEFAULT_TARGETS, LoraConfig
 from kernel_core_lora.layers import Embedding, Linear
 from kernel_core_lora.weighted import add_weighted_adapter
@@ -24,7 +24,7 @@ class LoraTuner(Tuner):
     def can_wrap(self, module: nn.Module) -> bool:
         return isinstance(module, (nn.Linear, nn.Embedding, Conv1D))
 
-    def wrap(self, module: nn.Module, adapter_name: str, config: TunerConfig) -> TunerLayer:
+    def wrap(self, module: nn.Module, adapter_name: str, config: BaseTunerConfig) -> TunerLayer:
         if not isinstance(config, LoraConfig):
             raise TypeError(f"LoRA needs a LoraConfig, got {type(config).__name__}")
         if isinstance(module, nn.Embedding):
@@ -33,7 +33,7 @@ class LoraTuner(Tuner):
             return Linear(module, adapter_name, config)
         raise TypeError(f"LoRA adapts Linear, Embedding and Conv1D layers, not {type(module).__name__}")
 
-    def trained_base_parameters(self, config: TunerConfig, model: nn.Module, wrapped: Sequence[str]) -> list[str]:
+    def trained_base_parameters(self, config: BaseTunerConfig, model: nn.Module, wrapped: Sequence[str]) -> list[str]:
         """``bias="all"``: every bias of the model; ``"lora_only"``: those of wrapped layers."""
         assert isinstance(config, LoraConfig)
         names = [name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]

@@ -21,7 +21,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from kernel_core.contracts.records import PluginKind
-from kernel_core.contracts.tuner import BASE_ADAPTER, Tuner, TunerConfig, TunerLayer
+from kernel_core.contracts.tuner import BASE_ADAPTER, Tuner, BaseTunerConfig, TunerLayer
 from kernel_core_sdk.conformance._plugin import PluginUnderTest
 
 #: Modules every tuner is offered by default; tests of one it cannot wrap are skipped.
@@ -84,11 +84,11 @@ class TunerConformance(PluginUnderTest):
         return implementation()
 
     @pytest.fixture
-    def tuner_config(self, tuner: Tuner) -> TunerConfig:
+    def tuner_config(self, tuner: Tuner) -> BaseTunerConfig:
         return tuner.config_class()
 
     @pytest.fixture
-    def module_config(self, tuner_config: TunerConfig, module_name: str) -> TunerConfig:
+    def module_config(self, tuner_config: BaseTunerConfig, module_name: str) -> BaseTunerConfig:
         """The config the module named ``module_name`` gets."""
         return tuner_config.for_module(module_name)
 
@@ -109,7 +109,7 @@ class TunerConformance(PluginUnderTest):
         return nn.LayerNorm(16)
 
     @pytest.fixture
-    def wrapped(self, tuner: Tuner, module_config: TunerConfig, candidate_module: nn.Module) -> TunerLayer:
+    def wrapped(self, tuner: Tuner, module_config: BaseTunerConfig, candidate_module: nn.Module) -> TunerLayer:
         if not tuner.can_wrap(candidate_module):
             pytest.skip(
                 f"does not wrap {type(candidate_module).__name__}; set candidates to test what it wraps"
@@ -118,8 +118,8 @@ class TunerConformance(PluginUnderTest):
 
     # -- config and identity -----------------------------------------------------------------
 
-    def test_config_class_is_a_tuner_config(self, tuner: Tuner, tuner_config: TunerConfig) -> None:
-        assert issubclass(tuner.config_class, TunerConfig)
+    def test_config_class_is_a_tuner_config(self, tuner: Tuner, tuner_config: BaseTunerConfig) -> None:
+        assert issubclass(tuner.config_class, BaseTunerConfig)
         assert isinstance(tuner_config, tuner.config_class)
         for name in self.module_names:
             per_module = tuner_config.for_module(name)
@@ -131,11 +131,11 @@ class TunerConformance(PluginUnderTest):
             assert tuner_config.module_name is None, "for_module() must return a copy, not change the config"
             assert per_module.to_dict() == tuner_config.for_module(name).to_dict()
 
-    def test_config_rejects_unknown_fields(self, tuner: Tuner, tuner_config: TunerConfig) -> None:
+    def test_config_rejects_unknown_fields(self, tuner: Tuner, tuner_config: BaseTunerConfig) -> None:
         with pytest.raises(pydantic.ValidationError):
             tuner.config_class(**tuner_config.model_dump(), surely_not_a_field=1)
 
-    def test_config_round_trips_through_a_dict(self, tuner: Tuner, tuner_config: TunerConfig) -> None:
+    def test_config_round_trips_through_a_dict(self, tuner: Tuner, tuner_config: BaseTunerConfig) -> None:
         data = tuner_config.to_dict()
         as_file = json.loads(json.dumps(data))  # to_dict() is what adapter_config.json holds
         with warnings.catch_warnings():
@@ -145,13 +145,13 @@ class TunerConformance(PluginUnderTest):
             for key, inert in tuner.config_class.inert_peft_keys.items():
                 tuner.config_class.from_dict({**as_file, key: inert})
 
-    def test_from_dict_warns_about_unknown_keys(self, tuner: Tuner, tuner_config: TunerConfig) -> None:
+    def test_from_dict_warns_about_unknown_keys(self, tuner: Tuner, tuner_config: BaseTunerConfig) -> None:
         data = {**tuner_config.to_dict(), "surely_not_a_field": 1}
         with pytest.warns(UserWarning, match="surely_not_a_field"):
             loaded = tuner.config_class.from_dict(data)
         assert loaded == tuner_config
 
-    def test_config_rejects_wrong_types(self, tuner: Tuner, tuner_config: TunerConfig) -> None:
+    def test_config_rejects_wrong_types(self, tuner: Tuner, tuner_config: BaseTunerConfig) -> None:
         data = tuner_config.to_dict()
         with pytest.raises(pydantic.ValidationError):
             tuner.config_class.from_dict({**data, "target_modules": 5})
@@ -221,7 +221,7 @@ class TunerConformance(PluginUnderTest):
     # -- several adapters ----------------------------------------------------------------------
 
     def test_second_adapter_switches_output_and_training(
-        self, tuner: Tuner, module_config: TunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
+        self, tuner: Tuner, module_config: BaseTunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
     ) -> None:
         train_step(wrapped, module_input)
         first = output(wrapped, module_input)
@@ -246,7 +246,7 @@ class TunerConformance(PluginUnderTest):
         torch.testing.assert_close(output(wrapped, module_input), first, atol=1e-6, rtol=1e-6)
 
     def test_delete_adapter_removes_its_parameters(
-        self, tuner: Tuner, module_config: TunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
+        self, tuner: Tuner, module_config: BaseTunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
     ) -> None:
         train_step(wrapped, module_input)
         first = output(wrapped, module_input)
@@ -285,7 +285,7 @@ class TunerConformance(PluginUnderTest):
         torch.testing.assert_close(output(wrapped, module_input), enabled, atol=1e-5, rtol=1e-5)
 
     def test_mixed_batch_matches_each_row_alone(
-        self, module_config: TunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
+        self, module_config: BaseTunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
     ) -> None:
         wrapped.update_layer(OTHER, module_config)
         x = two_trained_adapters(wrapped, module_input)
@@ -337,7 +337,7 @@ class TunerConformance(PluginUnderTest):
         torch.testing.assert_close(output(wrapped, module_input), unmerged, atol=1e-5, rtol=1e-5)
 
     def test_merge_given_adapters(
-        self, module_config: TunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
+        self, module_config: BaseTunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
     ) -> None:
         wrapped.update_layer(OTHER, module_config)
         x = two_trained_adapters(wrapped, module_input)
@@ -372,7 +372,7 @@ class TunerConformance(PluginUnderTest):
         assert_base_restored(wrapped, base, merged)
 
     def test_trained_base_parameters_name_model_parameters(
-        self, tuner: Tuner, tuner_config: TunerConfig, wrapped: TunerLayer
+        self, tuner: Tuner, tuner_config: BaseTunerConfig, wrapped: TunerLayer
     ) -> None:
         model = nn.Sequential(OrderedDict(layer=wrapped))
         names = tuner.trained_base_parameters(tuner_config, model, ["layer"])
