@@ -78,15 +78,15 @@ class IA3Layer(TunerLayer):
         ``(x W^T + b) * s``; an input scale leaves the bias alone)."""
         for name in self.active_adapters if adapter_names is None else adapter_names:
             if name in self.ia3_l and name not in self.merged_adapters:
-                self._apply(torch.mul, name)
+                self._fold_scale(torch.mul, name)
                 self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
         """Divide the scales back out, last merged first (a scale of exactly 0 cannot be undone)."""
         while self.merged_adapters:
-            self._apply(torch.div, self.merged_adapters.pop())
+            self._fold_scale(torch.div, self.merged_adapters.pop())
 
-    def _apply(self, operation: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], adapter_name: str) -> None:
+    def _fold_scale(self, operation: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], adapter_name: str) -> None:
         scale = self.ia3_l[adapter_name].detach()
         base = self.base_layer
         with torch.no_grad():

@@ -206,6 +206,16 @@ class TunerConformance(PluginUnderTest):
         with torch.no_grad():
             assert wrapped(module_input).shape == wrapped.base_layer(module_input).shape
 
+    def test_moves_and_converts_like_a_module(self, wrapped: TunerLayer, module_input: torch.Tensor) -> None:
+        """``Trainer`` and ``PeftModel`` call ``.to(device)`` and dtype casts on every module: a
+        layer must not shadow ``nn.Module`` internals such as ``_apply``."""
+        before = output(wrapped, module_input)
+        assert wrapped.to(module_input.device) is wrapped
+        assert wrapped.double() is wrapped
+        converted = output(wrapped, module_input.double() if module_input.is_floating_point() else module_input)
+        assert converted.dtype == torch.float64
+        torch.testing.assert_close(converted, before.double(), rtol=1e-4, atol=1e-5)
+
     def test_training_step_changes_the_output(
         self, tuner: Tuner, wrapped: TunerLayer, module_input: torch.Tensor
     ) -> None:
