@@ -1,0 +1,159 @@
+"""LayerNorm-tuning adapters move between kernel-core and Hugging Face ``peft`` (the oracle)
+with the same logits, on Llama's RMSNorm and GPT-2's LayerNorm.
+
+peft's noise floor here (its merged logits against its unmerged ones) is exactly zero: merging
+swaps the tuned copy in, the same arithmetic either way. So ours must equal peft's bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import peft
+import pytest
+import torch
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING
+from transformers import PreTrainedModel
+
+from kernel_core.peft import BASE_ADAPTER, PeftModel, get_config, get_peft_model
+from kernel_core_ln_tuning.config import DEFAULT_TARGETS
+from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama, token_ids
+
+CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
+    "llama-defaults": (tiny_llama, {}),
+    "llama-regex": (tiny_llama, {"target_modules": r".*layers\.\d+\.(input|post_attention)_layernorm"}),
+    "llama-excluded": (tiny_llama, {"target_modules": ["input_layernorm", "norm"], "exclude_modules": ["model.layers.0.input_layernorm"]}),
+    "llama-modules-to-save": (tiny_llama, {"target_modules": ["post_attention_layernorm"], "modules_to_save": ["lm_head"]}),
+    "gpt2-defaults": (tiny_gpt2, {}),
+    "gpt2-list": (tiny_gpt2, {"target_modules": ["ln_2", "ln_f"]}),
+}
+
+
+def _randomise(model: torch.nn.Module, seed: int = 3) -> None:
+    """Move every trainable tensor off its copy of the base, so that the adapter matters."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+
+
+def _logits(model: torch.nn.Module, **kwargs: Any) -> torch.Tensor:
+    with torch.no_grad():
+        return model(token_ids(), **kwargs).logits
+
+
+def _peft_model(build: Callable[[], PreTrainedModel], fields: dict[str, Any], seed: int = 3) -> peft.PeftModel:
+    reference = peft.get_peft_model(build(), peft.LNTuningConfig(**fields)).eval()
+    _randomise(reference, seed)
+    return reference
+
+
+def peft_merged(reference: peft.PeftModel) -> PreTrainedModel:
+    return copy.deepcopy(reference).merge_and_unload()
+
+
+def plain_state(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """The state dict as a plain transformers model has it. peft's LayerNorm tuning leaves a
+    ``modules_to_save`` wrapper in the model merge_and_unload returns (its unload only replaces
+    modules with a ``base_layer``), where its other methods put the trained copy in place; the
+    copy is what that model computes with, so it is the weight to compare."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if ".original_module." in key:
+            continue
+        state[key.replace(".modules_to_save.default.", ".")] = value
+    return state
+
+
+def noise_floor(reference: peft.PeftModel) -> float:
+    """How far peft's merged logits are from its unmerged ones (zero: a merge is a swap)."""
+    return (_logits(peft_merged(reference)) - _logits(reference)).abs().max().item()
+
+
+def assert_same(ours: torch.Tensor, reference: torch.Tensor, floor: float) -> None:
+    difference = (ours - reference).abs().max().item()
+    assert difference <= floor, f"ours differs from peft by {difference:.3g}, more than peft's own noise floor {floor:.3g}"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_ours_loads_in_peft(case: str, tmp_path: Path) -> None:
+    build, fields = CASES[case]
+    ours = get_peft_model(build(), get_config("ln_tuning", **fields)).eval()
+    _randomise(ours)
+    ours.save_pretrained(tmp_path)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # our adapter_config.json holds only keys peft's LNTuningConfig has
+        peft.PeftConfig.from_pretrained(str(tmp_path))
+    reference = peft.PeftModel.from_pretrained(build(), str(tmp_path)).eval()
+
+    assert (_logits(ours) - _logits(build())).abs().max() > 1e-3, "the adapter must change the output"
+    assert_same(_logits(ours), _logits(reference), noise_floor(reference))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_peft_loads_in_ours(case: str, tmp_path: Path) -> None:
+    build, fields = CASES[case]
+    reference = _peft_model(build, fields)
+    reference.save_pretrained(str(tmp_path))
+
+    ours = PeftModel.from_pretrained(build(), tmp_path)
+
+    assert_same(_logits(ours), _logits(reference), noise_floor(reference))
+    assert not any(p.requires_grad for p in ours.parameters()), "loaded for inference: nothing trains"
+    wrapped = {name for name, _ in reference.named_modules() if name.endswith(".ln_tuning_layers")}
+    assert wrapped == {name for name, _ in ours.named_modules() if name.endswith(".ln_tuning_layers")}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
+    """merge_and_unload gives peft's merged weights; merge then unmerge gives the base back."""
+    build, fields = CASES[case]
+    reference = _peft_model(build, fields)
+    reference.save_pretrained(str(tmp_path))
+    ours = PeftModel.from_pretrained(build(), tmp_path)
+
+    unmerged = _logits(ours)
+    ours.merge_adapter()
+    merged_logits = _logits(ours)
+    ours.unmerge_adapter()
+    base = build().state_dict()
+    for key, value in ours.unload().state_dict().items():
+        assert torch.equal(value, base[key]), f"{key} after unmerge"
+
+    merged = PeftModel.from_pretrained(build(), tmp_path).merge_and_unload().state_dict()
+    expected = plain_state(peft_merged(reference))
+    assert merged.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(merged[key], value), f"{key}: merged weight differs from peft's"
+    assert_same(merged_logits, unmerged, noise_floor(reference))
+
+
+def test_mixed_batch_rows_equal_each_adapter_alone(tmp_path: Path) -> None:
+    """Two peft-made adapters and the base, one per row, in one forward: each row is what peft
+    gives with that adapter alone (peft itself has no mixed batches for LayerNorm tuning)."""
+    fields = {"target_modules": ["input_layernorm", "norm"]}
+    references = {}
+    for seed, name in enumerate(("first", "second")):
+        reference = _peft_model(tiny_llama, fields, seed)
+        reference.save_pretrained(str(tmp_path / name))
+        references[name] = _logits(reference)
+    references[BASE_ADAPTER] = _logits(tiny_llama())
+
+    ours = PeftModel.from_pretrained(tiny_llama(), tmp_path / "first", adapter_name="first")
+    ours.load_adapter(tmp_path / "second", "second")
+    rows = ["second", BASE_ADAPTER, "first"]
+    mixed = _logits(ours, adapter_names=rows)
+    for i, name in enumerate(rows):
+        assert_same(mixed[i], references[name][i], 0.0)
+    assert (references["first"] - references["second"]).abs().max() > 1e-3, "the two adapters must differ"
+
+
+def test_default_tables_are_peft_s() -> None:
+    """target_modules=None means what it means in peft, for every model type."""
+    assert {key: list(value) for key, value in DEFAULT_TARGETS.items()} == TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING
