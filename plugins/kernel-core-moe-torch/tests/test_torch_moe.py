@@ -1,16 +1,25 @@
 """The torch MoE kernel: the SDK's conformance suite, then what is particular to it (the int8 paths
-on either side of the int8pack and block limits, top-k equal to the number of experts)."""
+on either side of their limits, activation digits beside an outlier and with inf, top-k equal to
+the number of experts)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
 
 from kernel_core.contracts.moe import dequantize_int8, quantize_int8
 from kernel_core_moe_torch import kernel, plugin
-from kernel_core_moe_torch.kernel import DEQUANT_BLOCK_MAX_ROWS, INT8PACK_ALIGNMENT, INT8PACK_MAX_ROWS, TorchMoE
+from kernel_core_moe_torch.kernel import (
+    ACTIVATION_DIGITS,
+    DIGITS_MAX_ROWS_BFLOAT16,
+    INT8PACK_MAX_ROWS,
+    TorchMoE,
+    _int8_digits,
+)
 from kernel_core_sdk.conformance import MoEKernelConformance
 from kernel_core_sdk.conformance._reference import moe as reference_moe
 
@@ -28,74 +37,119 @@ def expert_weights(experts: int, hidden: int, intermediate: int) -> tuple[torch.
     return w_gate_up, w_down
 
 
-#: (tokens, hidden, intermediate) -> GEMMs expected through int8pack: gate_up reads hidden
-#: columns, down reads intermediate columns; only multiples of 16 and short slices qualify.
-INT8_CASES = {
-    "both-int8pack": ((INT8PACK_MAX_ROWS, 32, 16), 2),
-    "down-unaligned": ((INT8PACK_MAX_ROWS, 32, 24), 1),
-    "too-many-rows": ((INT8PACK_MAX_ROWS + 1, 32, 16), 0),
-}
-
-
-def assert_single_expert_int8_matches(tokens: int, hidden_size: int, intermediate: int, dtype: torch.dtype) -> None:
-    """Every token on expert 1, so its slice has exactly ``tokens`` rows; the int8 result equals
-    the reference on the dequantized weights."""
+def single_expert_int8(hidden: torch.Tensor, intermediate: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's output with every token on expert 1 of three (so its slice has exactly all the
+    rows), and the reference on the dequantized weights."""
+    tokens, hidden_size = hidden.shape
     w_gate_up, w_down = expert_weights(3, hidden_size, intermediate)
     (q_gate_up, s_gate_up), (q_down, s_down) = quantize_int8(w_gate_up), quantize_int8(w_down)
-    hidden = torch.randn(tokens, hidden_size, generator=torch.Generator().manual_seed(2)).to(dtype)
-    logits = torch.tensor([[0.0, 9.0, -9.0]]).expand(tokens, 3).to(dtype)
+    logits = torch.tensor([[0.0, 9.0, -9.0]]).expand(tokens, 3).to(hidden.dtype)
     with torch.inference_mode():
         out = TorchMoE().forward(hidden, logits, q_gate_up, q_down, 1, w_gate_up_scale=s_gate_up, w_down_scale=s_down)
     expected = reference_moe(
         hidden, logits, dequantize_int8(q_gate_up, s_gate_up, torch.float64),
         dequantize_int8(q_down, s_down, torch.float64), 1, True,
     )
+    return out, expected
+
+
+def assert_close_for(dtype: torch.dtype, out: torch.Tensor, expected: torch.Tensor) -> None:
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out.double(), expected, atol=tolerance, rtol=tolerance)
 
 
-def count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple]:
-    """Calls of ``torch.<name>`` from now on (it still computes)."""
-    calls: list[tuple] = []
-    op = getattr(torch, name)
-    monkeypatch.setattr(torch, name, lambda *args, **kwargs: calls.append(args) or op(*args, **kwargs))
+def count_calls(monkeypatch: pytest.MonkeyPatch, names: list[str]) -> dict[str, int]:
+    """Calls of each ``torch.<name>`` from now on (they still compute)."""
+    calls = dict.fromkeys(names, 0)
+
+    def counted(name: str, op: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return op(*args, **kwargs)
+
+        return call
+
+    for name in names:
+        monkeypatch.setattr(torch, name, counted(name, getattr(torch, name)))
     return calls
 
 
-@pytest.mark.parametrize("case", sorted(INT8_CASES))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-def test_int8_paths_give_the_dequantized_result(
-    case: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """bfloat16 slices short enough, over widths that are multiples of 16, go through
-    ``torch._weight_int8pack_mm`` (it returns NaN or crashes on other widths); float32 never
-    does; all give the dequantized result."""
-    (tokens, hidden_size, intermediate), int8pack_calls = INT8_CASES[case]
-    assert hidden_size % INT8PACK_ALIGNMENT == 0
-    calls = count_calls(monkeypatch, "_weight_int8pack_mm")
-    assert_single_expert_int8_matches(tokens, hidden_size, intermediate, dtype)
-    assert len(calls) == (int8pack_calls if dtype == torch.bfloat16 else 0)
-
-
-#: (tokens, dtype) -> whether the int8 weights are converted in blocks of output channels.
-BLOCK_CASES = {
-    "float32-short": ((DEQUANT_BLOCK_MAX_ROWS, torch.float32), True),
-    "float32-long": ((DEQUANT_BLOCK_MAX_ROWS + 1, torch.float32), False),
-    "bfloat16": ((INT8PACK_MAX_ROWS + 1, torch.bfloat16), False),
+#: (tokens, hidden, intermediate, dtype) -> GEMMs expected per op: gate_up reads hidden columns,
+#: down reads intermediate ones; int8pack takes short bfloat16 slices over multiples of 16,
+#: digits (_int_mm) float32 always and bfloat16 up to its limit, longer bfloat16 slices convert (mm).
+INT8_CASES = {
+    "float32-one-row": ((1, 32, 16, torch.float32), (0, 2, 0)),
+    "float32-long": ((DIGITS_MAX_ROWS_BFLOAT16 + 1, 32, 24, torch.float32), (0, 2, 0)),
+    "bfloat16-both-int8pack": ((INT8PACK_MAX_ROWS, 32, 16, torch.bfloat16), (2, 0, 0)),
+    "bfloat16-down-unaligned": ((INT8PACK_MAX_ROWS, 32, 24, torch.bfloat16), (1, 1, 0)),
+    "bfloat16-digits": ((INT8PACK_MAX_ROWS + 1, 32, 16, torch.bfloat16), (0, 2, 0)),
+    "bfloat16-digits-limit": ((DIGITS_MAX_ROWS_BFLOAT16, 32, 16, torch.bfloat16), (0, 2, 0)),
+    "bfloat16-converted": ((DIGITS_MAX_ROWS_BFLOAT16 + 1, 32, 16, torch.bfloat16), (0, 0, 2)),
 }
 
 
-@pytest.mark.parametrize("case", sorted(BLOCK_CASES))
-def test_int8_blocks_give_the_dequantized_result(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Blocks of 5 output channels (a remainder on both GEMMs): short float32 slices compute
-    gate/up (32 channels) in 7 GEMMs and down (32 channels over 16 inputs, so 10 per block) in 4;
-    longer float32 slices and bfloat16 convert the whole expert, one GEMM each."""
-    (tokens, dtype), blocked = BLOCK_CASES[case]
-    hidden_size, intermediate = 32, 16
-    monkeypatch.setattr(kernel, "DEQUANT_BLOCK_BYTES", 5 * hidden_size * 4)
-    calls = count_calls(monkeypatch, "mm")
-    assert_single_expert_int8_matches(tokens, hidden_size, intermediate, dtype)
-    assert len(calls) == (7 + 4 if blocked else 2)
+@pytest.mark.parametrize("case", sorted(INT8_CASES))
+def test_int8_paths_give_the_dequantized_result(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each int8 path on either side of its limits gives the reference on the dequantized weights
+    (int8pack returns NaN or crashes on widths that are not multiples of 16, so those never use it)."""
+    (tokens, hidden_size, intermediate, dtype), expected_calls = INT8_CASES[case]
+    calls = count_calls(monkeypatch, ["_weight_int8pack_mm", "_int_mm", "mm"])
+    hidden = torch.randn(tokens, hidden_size, generator=torch.Generator().manual_seed(2)).to(dtype)
+    out, expected = single_expert_int8(hidden, intermediate)
+    assert tuple(calls.values()) == expected_calls
+    assert_close_for(dtype, out, expected)
+
+
+def test_int8_weights_wider_than_int32_sums_allow_are_converted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the width limit lowered to 16: gate/up (32 input columns) is converted, down (16) still
+    takes the digits, and the result is unchanged."""
+    monkeypatch.setattr(kernel, "DIGITS_MAX_WIDTH", 16)
+    calls = count_calls(monkeypatch, ["_int_mm", "mm"])
+    hidden = torch.randn(5, 32, generator=torch.Generator().manual_seed(7))
+    out, expected = single_expert_int8(hidden, 16)
+    assert calls == {"_int_mm": 1, "mm": 1}
+    assert_close_for(torch.float32, out, expected)
+
+
+def test_int8_digits_keep_small_activations_beside_an_outlier() -> None:
+    """A feature 10^4 times the others (LLM hidden states have such outliers) sets each row's
+    fixed-point step; with float32's four digits the others keep the suite's 1e-5."""
+    hidden = torch.randn(4, 32, generator=torch.Generator().manual_seed(4))
+    hidden[:, 5] = 1e4
+    out, expected = single_expert_int8(hidden, 16)
+    assert_close_for(torch.float32, out / 1e4, expected / 1e4)
+    hidden[:, 5] = 0
+    out, expected = single_expert_int8(hidden, 16)
+    assert_close_for(torch.float32, out, expected)
+
+
+@pytest.mark.parametrize("dtype", list(ACTIVATION_DIGITS), ids=str)
+def test_int8_digits_encode_within_half_a_step(dtype: torch.dtype) -> None:
+    """The digits are int8, most significant first, and decode to each value within half the row's
+    step, a power of two at most 2^-(8 * digits - 3) of the row's largest (so each value is off by
+    at most 2^-30 of it for float32, 2^-22 for bfloat16); a zero row decodes to zeros."""
+    digits = ACTIVATION_DIGITS[dtype]
+    x = torch.randn(3, 40, generator=torch.Generator().manual_seed(6)) * torch.tensor([[1.0], [1e-20], [0.0]])
+    x[0, 3] = -1e4
+    x = x.to(dtype)
+    encoded, step = _int8_digits(x, digits)
+    assert encoded.dtype == torch.int8 and encoded.shape == (3 * digits, 40)
+    weights = torch.tensor([256.0 ** (digits - 1 - d) for d in range(digits)], dtype=torch.float64)
+    decoded = (encoded.double().view(3, digits, 40) * weights[:, None]).sum(dim=1) * step.double()
+    largest = x.double().abs().amax(dim=1, keepdim=True)
+    assert (step[:2].double() <= largest[:2] * 2.0 ** -(8 * digits - 3)).all()
+    assert ((decoded - x.double()).abs() <= step.double() / 2).all()
+    assert not decoded[2].any()
+
+
+def test_int8_digits_turn_a_non_finite_row_into_nan() -> None:
+    """A token whose hidden state holds inf gets NaN outputs (it has no finite fixed-point
+    step); the other tokens are unaffected."""
+    hidden = torch.randn(3, 32, generator=torch.Generator().manual_seed(5))
+    hidden[1, 7] = float("inf")
+    out, expected = single_expert_int8(hidden, 16)
+    assert out[1].isnan().all()
+    assert_close_for(torch.float32, out[[0, 2]], expected[[0, 2]])
 
 
 def test_top_k_equal_to_experts_mixes_every_expert() -> None:
