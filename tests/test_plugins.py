@@ -121,14 +121,14 @@ def test_two_tuners_claiming_one_peft_type_are_both_refused(fake_dist):
     """Which plugin reads a file of that peft_type must never depend on load order."""
     fake_dist("kc-scale", "kc_scale", tuner("scale", "KC_TEST"))
     fake_dist("kc-fast-scale", "kc_fast_scale", tuner("fast-scale", "KC_TEST"))
-    fake_dist("kc-lokr", "kc_lokr", tuner("lokr", "LOKR"))
+    fake_dist("kc-solo", "kc_solo", tuner("kc-solo", "KC_SOLO"))
     manager = PluginManager.from_environment()
     expected = r"tuner peft_type 'KC_TEST' is claimed by both 'fast-scale' of kc-fast-scale 1.0 and 'scale' of kc-scale 1.0; .*KERNEL_CORE_DISABLE_PLUGINS"
     for name in ("scale", "fast-scale"):
         with pytest.raises(DuplicatePluginError, match=expected):
             manager.get(PluginKind.TUNER, name)
     usable = [r.name for r in manager.registrations(PluginKind.TUNER)]
-    assert "lokr" in usable and "scale" not in usable and "fast-scale" not in usable
+    assert "kc-solo" in usable and "scale" not in usable and "fast-scale" not in usable
     assert any("peft_type 'KC_TEST'" in fault.reason for fault in manager.faults)
 
 

@@ -28,11 +28,11 @@ def test_method_names_and_peft_types_are_case_insensitive(name: str) -> None:
 
 
 def test_a_file_of_a_method_no_plugin_provides_says_how_to_get_it() -> None:
-    with pytest.raises(UnknownPluginError) as error:
-        config_from_dict({"peft_type": "LOHA", "r": 8, "target_modules": ["q_proj"]})
+    with pytest.raises(UnknownPluginError) as error:  # a peft_type no plugin will claim
+        config_from_dict({"peft_type": "KC_UNWRITTEN_METHOD", "r": 8, "target_modules": ["q_proj"]})
     message = str(error.value)
-    assert "'LOHA'" in message and "installed tuners: " in message and "lora (LORA)" in message
-    assert "`kcore install kernel-core-loha`" in message
+    assert "'KC_UNWRITTEN_METHOD'" in message and "installed tuners: " in message and "lora (LORA)" in message
+    assert "`kcore install kernel-core-kc-unwritten-method`" in message
 
 
 def test_config_writes_only_the_keys_its_method_declares() -> None:
