@@ -1,0 +1,74 @@
+"""OFT's hyper-parameters, with PEFT's field names and defaults, and its per-architecture targets.
+
+PEFT's ``OFTConfig`` has every target filter (``exclude_modules``, ``layers_to_transform`` /
+``layers_pattern``, ``modules_to_save``), so this config is a :class:`TunerConfig`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from kernel_core.contracts.tuner import TunerConfig
+
+#: The PEFT version whose OFT this matches, written as ``peft_version``: PEFT reads a file with
+#: ``use_cayley_neumann`` and no version (or one before 0.18) as the older series, and warns.
+PEFT_VERSION = "0.21.0"
+
+#: ``target_modules`` when a config has none, by transformers ``model_type``: PEFT's OFT table is
+#: its LoRA table (facts from PEFT; a string is a regex).
+DEFAULT_TARGETS: dict[str, tuple[str, ...] | str] = {
+    "t5": ("q", "v"), "mt5": ("q", "v"), "bart": ("q_proj", "v_proj"), "gpt2": ("c_attn",),
+    "bloom": ("query_key_value",), "blip-2": ("q", "v", "q_proj", "v_proj"), "opt": ("q_proj", "v_proj"),
+    "gptj": ("q_proj", "v_proj"), "gpt_neox": ("query_key_value",), "gpt_neo": ("q_proj", "v_proj"),
+    "bert": ("query", "value"), "roberta": ("query", "value"), "xlm-roberta": ("query", "value"),
+    "electra": ("query", "value"), "deberta-v2": ("query_proj", "value_proj"), "deberta": ("in_proj",),
+    "layoutlm": ("query", "value"), "llama": ("q_proj", "v_proj"), "llama4": ("q_proj", "v_proj"),
+    "chatglm": ("query_key_value",), "gpt_bigcode": ("c_attn",), "mpt": ("Wqkv",),
+    "RefinedWebModel": ("query_key_value",), "RefinedWeb": ("query_key_value",), "falcon": ("query_key_value",),
+    "btlm": ("c_proj", "c_attn"), "codegen": ("qkv_proj",), "mistral": ("q_proj", "v_proj"),
+    "mixtral": ("q_proj", "v_proj"), "stablelm": ("q_proj", "v_proj"), "phi": ("q_proj", "v_proj", "fc1", "fc2"),
+    "gemma": ("q_proj", "v_proj"), "gemma2": ("q_proj", "v_proj"), "gemma3_text": ("q_proj", "v_proj"),
+    "gemma4": r".*language_model\..*\.(q_proj|v_proj)", "qwen2": ("q_proj", "v_proj"), "qwen3": ("q_proj", "v_proj"),
+    "nemotron_h": ("q_proj", "k_proj", "v_proj", "o_proj"), "rwkv": ("key", "value", "receptance", "output"),
+    "rwkv7": ("r_proj", "k_proj", "v_proj", "o_proj", "key", "value"),
+}
+
+
+class OFTConfig(TunerConfig):
+    """One OFT adapter: each target's input is rotated by a block-diagonal orthogonal matrix,
+    each block the Cayley transform of a learned skew-symmetric matrix.
+
+    Exactly one of ``r`` (number of blocks) and ``oft_block_size`` is non-zero; the other follows
+    from the layer's ``in_features`` (adjusted to a divisor, with a warning, as in PEFT).
+    """
+
+    r: int = Field(default=0, ge=0, description="Number of blocks per layer (0: derived from oft_block_size).")
+    oft_block_size: int = Field(default=32, ge=0, description="Block size (0: derived from r).")
+    module_dropout: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="Kept for PEFT's files: PEFT 0.21 builds the block dropout but never applies it, nor does this.",
+    )
+    fan_in_fan_out: bool = Field(default=False, description="Kept for PEFT's files; OFT wraps nn.Linear only.")
+    bias: Literal["none", "all", "oft_only"] = Field(default="none", description="Which base biases train too.")
+    init_weights: bool = Field(default=True, description="True: the identity rotation; False: random, for tests.")
+    coft: bool = Field(default=False, description="Constrained OFT: keep each block within eps of the identity.")
+    eps: float = Field(default=6e-5, ge=0.0, description="COFT's radius; only used with coft.")
+    block_share: bool = Field(default=False, description="One block shared by every block of a layer.")
+    use_cayley_neumann: bool = Field(default=True, description="Approximate the Cayley inverse by a Neumann series.")
+    num_cayley_neumann_terms: int = Field(default=5, ge=0, description="Terms of that series.")
+
+    @model_validator(mode="after")
+    def _one_of_r_and_block_size(self) -> OFTConfig:
+        """As in PEFT: ``r * oft_block_size == in_features``, so exactly one is given."""
+        if (self.r == 0) == (self.oft_block_size == 0):
+            raise ValueError(
+                f"r and oft_block_size: exactly one must be non-zero (r={self.r}, oft_block_size={self.oft_block_size})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, plus ``peft_version``: the Neumann series changed in PEFT 0.18, and PEFT
+        tells files in today's form by that key."""
+        return super().to_dict() | {"peft_version": PEFT_VERSION}

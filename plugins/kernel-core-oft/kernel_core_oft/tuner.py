@@ -1,0 +1,40 @@
+"""The OFT method: which modules it adapts, and which base biases it trains."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from kernel_core.contracts.tuner import Tuner, BaseTunerConfig, TunerLayer
+from kernel_core_oft.config import DEFAULT_TARGETS, OFTConfig
+from kernel_core_oft.layer import OFTLayer
+
+
+class OFTTuner(Tuner):
+    """OFT on ``nn.Linear`` (PEFT also has Conv2d and Embedding layers, not covered here; it has
+    no Conv1D layer, so GPT-2's projections are declined as PEFT declines them)."""
+
+    config_class = OFTConfig
+    prefix = "oft_"
+    default_target_modules = DEFAULT_TARGETS
+
+    def can_wrap(self, module: nn.Module) -> bool:
+        return isinstance(module, nn.Linear)
+
+    def wrap(self, module: nn.Module, adapter_name: str, config: BaseTunerConfig) -> TunerLayer:
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"OFT adapts Linear layers, not {type(module).__name__}")
+        if not isinstance(config, OFTConfig):
+            raise TypeError(f"OFT needs an OFTConfig, got {type(config).__name__}")
+        return OFTLayer(module, adapter_name, config)
+
+    def trained_base_parameters(self, config: BaseTunerConfig, model: nn.Module, wrapped: Sequence[str]) -> list[str]:
+        """``bias="all"``: every bias of the model; ``"oft_only"``: those of wrapped layers."""
+        assert isinstance(config, OFTConfig)
+        names = [name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
+        if config.bias == "all":
+            return names
+        if config.bias == "oft_only":
+            return [name for name in names if name.rsplit(".", 2)[0] in wrapped and ".base_layer." in name]
+        return []
