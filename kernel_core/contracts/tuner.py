@@ -310,6 +310,15 @@ class Tuner(ABC):
         given labels (AdaLoRA's orthogonality regulariser), or ``None``. Since API 1.2."""
         return None
 
+    def adapter_file_tensors(self, model: Any, adapter_name: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The tensors :meth:`kernel_core.peft.PeftModel.save_pretrained` writes for
+        ``adapter_name``, given the adapter's tensors by file key (``base_model.model.<module>.
+        <container>``); the default writes them as they are. A method whose file holds a
+        different shape than its training layers (AdaLoRA keeps only the ranks its rank pattern
+        kept) returns them reshaped here; loading builds the layers at the file's shapes from the
+        saved config. Since API 1.4 (additive)."""
+        return dict(tensors)
+
     def add_weighted_adapter(self, model: Any, adapters: Sequence[str], weights: Sequence[float], adapter_name: str, **options: Any) -> None:
         """Add ``adapter_name`` to ``model`` (a :class:`kernel_core.peft.PeftModel`) as a weighted
         combination of existing adapters; methods that can combine adapters override this."""

@@ -316,7 +316,7 @@ class PeftModel(nn.Module):
             method = self._methods[name]
             config = config_to_dict(self.peft_config[name].model_copy(update={"inference_mode": True}))
             base_keys = [BASE_PREFIX + key for key in self._trained_base[name]]
-            tensors = adapter_tensors(self, name, method.tuner.prefix, base_keys)
+            tensors = method.tuner.adapter_file_tensors(self, name, adapter_tensors(self, name, method.tuner.prefix, base_keys))
             write_adapter(root if name == DEFAULT_ADAPTER else root / name, config, tensors)
 
     @classmethod
