@@ -1,0 +1,1 @@
+"""AdaLoRA for kernel-core."""
