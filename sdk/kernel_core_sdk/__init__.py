@@ -46,6 +46,7 @@ _LAZY: dict[str, str] = {
         ("BASE_ADAPTER", "BaseTunerConfig", "ExcludeModules", "LayerSelection", "ModulesToSave", "Tuner", "TunerConfig", "TunerLayer"),
         "kernel_core.contracts.tuner",
     ),
+    "DeltaWeightLayer": "kernel_core.contracts.delta_weight",
     "by_model_type": "kernel_core.peft.defaults",
     "pattern_value": "kernel_core.peft.targets",
     "ModelArchitecture": "kernel_core.contracts.model",

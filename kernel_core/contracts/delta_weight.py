@@ -1,0 +1,82 @@
+"""A tuner layer for methods whose adapter is a weight update: ``W + ΔW`` on an ``nn.Linear``.
+
+Many PEFT methods differ only in how they build ``ΔW`` from their parameters (LoHa: a
+Hadamard product of two low-rank products; LoKr: a Kronecker product); what follows from
+``ΔW`` is the same for all of them: the forward adds ``x ΔWᵀ`` to the base output, merging adds
+``ΔW`` to the base weight and unmerging subtracts it. :class:`DeltaWeightLayer` does that part,
+so a method writes only :meth:`DeltaWeightLayer.delta_weight` and how its parameters are made.
+Since API 1.4 (additive).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernel_core.contracts.tuner import TunerLayer
+
+
+class DeltaWeightLayer(TunerLayer):
+    """A :class:`TunerLayer` around an ``nn.Linear`` whose adapters each add ``ΔW`` (shape
+    ``(out_features, in_features)``) to the base weight.
+
+    Subclasses keep each adapter's tensors in prefix-named containers keyed by adapter name
+    (the state-dict rule) and implement :meth:`update_layer` and :meth:`delta_weight`;
+    :attr:`adapter_names` and :meth:`delete_adapter` follow from the container layout (extend
+    ``delete_adapter`` to drop per-adapter state kept outside the containers).
+    """
+
+    def __init__(self, base_layer: nn.Linear) -> None:
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"a DeltaWeightLayer wraps nn.Linear, not {type(base_layer).__name__}")
+        super().__init__(base_layer.requires_grad_(False))
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+
+    @abstractmethod
+    def delta_weight(self, adapter_name: str, *, training: bool = False) -> torch.Tensor:
+        """``ΔW`` of one adapter, scale included, shape ``(out_features, in_features)``.
+        ``training`` is True for the update a training forward uses: a method with dropout on
+        its update (LyCORIS' rank dropout) applies it then, never when merging."""
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """Every adapter with a tensor in a container, in the order they were added."""
+        return list(dict.fromkeys(name for container in self._containers() for name in container))
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Drop the adapter's tensors from every container."""
+        if adapter_name in self.merged_adapters:
+            raise ValueError(f"adapter {adapter_name!r} is merged; unmerge before deleting it")
+        for container in self._containers():
+            if adapter_name in container:
+                del container[adapter_name]
+        self.active_adapters = [name for name in self.active_adapters if name != adapter_name]
+
+    def adapter_output(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``result + x ΔWᵀ``, computed in ``ΔW``'s dtype (the base bias is already in ``result``)."""
+        delta = self.delta_weight(adapter_name, training=self.training)
+        return result + F.linear(x.to(delta.dtype), delta).to(result.dtype)
+
+    def merge(self, adapter_names: Sequence[str] | None = None) -> None:
+        """``W += ΔW`` for the given (default: active) adapters."""
+        weight = self.base_layer.weight
+        for name in self.active_adapters if adapter_names is None else adapter_names:
+            if name in self.adapter_names and name not in self.merged_adapters:
+                with torch.no_grad():
+                    weight.data += self.delta_weight(name).to(weight.dtype)
+                self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """``W -= ΔW``, last merged first."""
+        weight = self.base_layer.weight
+        while self.merged_adapters:
+            with torch.no_grad():
+                weight.data -= self.delta_weight(self.merged_adapters.pop()).to(weight.dtype)
+
+    def _containers(self) -> list[nn.ParameterDict | nn.ModuleDict]:
+        return [module for name, module in self.named_children() if name != "base_layer" and isinstance(module, (nn.ParameterDict, nn.ModuleDict))]

@@ -1,0 +1,91 @@
+"""DeltaWeightLayer: a method that only says how its ΔW is built gets the forward, merge,
+unmerge, adapter bookkeeping and mixed batches of a weight-update tuner layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernel_core.contracts.delta_weight import DeltaWeightLayer
+from kernel_core.contracts.tuner import BASE_ADAPTER
+
+
+class OuterProduct(DeltaWeightLayer):
+    """ΔW = u vᵀ, u and v in two containers; while training ΔW is doubled (a stand-in for
+    dropout on the update, to see the flag arrive)."""
+
+    def __init__(self, base_layer: nn.Linear) -> None:
+        super().__init__(base_layer)
+        self.outer_u = nn.ParameterDict()
+        self.outer_v = nn.ParameterDict()
+
+    def update_layer(self, adapter_name: str, config: object = None) -> None:
+        self.outer_u[adapter_name] = nn.Parameter(torch.randn(self.out_features, 1))
+        self.outer_v[adapter_name] = nn.Parameter(torch.randn(1, self.in_features))
+
+    def delta_weight(self, adapter_name: str, *, training: bool = False) -> torch.Tensor:
+        delta = self.outer_u[adapter_name] @ self.outer_v[adapter_name]
+        return 2 * delta if training else delta
+
+
+@pytest.fixture
+def layer() -> OuterProduct:
+    torch.manual_seed(0)
+    layer = OuterProduct(nn.Linear(6, 4))
+    for name in ("a", "b"):
+        layer.update_layer(name)
+    layer.set_adapter(["a"])
+    return layer.eval()
+
+
+def test_forward_merge_and_unmerge_follow_delta_weight(layer: OuterProduct) -> None:
+    x = torch.randn(3, 6)
+    base = layer.base_layer.weight.detach().clone()
+    expected = F.linear(x, base + layer.delta_weight("a"), layer.base_layer.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected)
+        layer.merge(["a", "b"])
+        torch.testing.assert_close(layer.base_layer.weight, base + layer.delta_weight("a") + layer.delta_weight("b"))
+        layer.unmerge()
+    torch.testing.assert_close(layer.base_layer.weight, base)
+    assert layer.merged_adapters == []
+
+
+def test_a_training_forward_asks_for_the_training_update(layer: OuterProduct) -> None:
+    x = torch.randn(3, 6)
+    base = layer.base_layer.weight.detach().clone()
+    layer.train()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, base + 2 * layer.delta_weight("a"), layer.base_layer.bias))
+        layer.merge()  # merging always folds the plain update
+        torch.testing.assert_close(layer.base_layer.weight, base + layer.delta_weight("a"))
+
+
+def test_adapters_follow_the_containers(layer: OuterProduct) -> None:
+    assert layer.adapter_names == ["a", "b"]
+    layer.merge(["b"])
+    with pytest.raises(ValueError, match="'b' is merged"):
+        layer.delete_adapter("b")
+    layer.unmerge()
+    layer.delete_adapter("a")
+    assert layer.adapter_names == ["b"] and layer.active_adapters == []
+    assert [key for key in layer.state_dict() if not key.startswith("base_layer")] == ["outer_u.b", "outer_v.b"]
+
+
+def test_a_mixed_batch_applies_each_row_s_update(layer: OuterProduct) -> None:
+    x = torch.randn(3, 2, 6)
+    layer.row_adapters = ["b", BASE_ADAPTER, "a"]
+    with torch.no_grad():
+        mixed = layer(x)
+    layer.row_adapters = None
+    base = layer.base_layer.weight
+    for i, name in enumerate(["b", BASE_ADAPTER, "a"]):
+        weight = base if name == BASE_ADAPTER else base + layer.delta_weight(name)
+        torch.testing.assert_close(mixed[i], F.linear(x[i], weight, layer.base_layer.bias).detach())
+
+
+def test_only_linear_layers() -> None:
+    with pytest.raises(TypeError, match="wraps nn.Linear, not Conv1d"):
+        OuterProduct(nn.Conv1d(2, 2, 1))
