@@ -1,0 +1,45 @@
+"""LoHa's hyper-parameters, with PEFT's field names and defaults.
+
+PEFT's ``LoHaConfig`` has every target filter (``exclude_modules``, ``layers_to_transform`` /
+``layers_pattern``, ``modules_to_save``), so this config inherits the three mixins and its
+``adapter_config.json`` holds PEFT's keys.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, PositiveInt
+
+from kernel_core.contracts.tuner import BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave
+from kernel_core.peft.targets import pattern_value
+
+
+class LoHaConfig(BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave):
+    """One LoHa adapter: ``ΔW = (alpha / r) * (W1a W1b) ⊙ (W2a W2b)`` on each target module."""
+
+    r: PositiveInt = Field(default=8, description="Rank of each of the two low-rank factors.")
+    alpha: int | float = Field(default=8, description="Scale numerator: the update is scaled by alpha / r.")
+    rank_dropout: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Training only: drop each output row of the update with this probability."
+    )
+    module_dropout: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Training only: skip the whole adapter for a forward with this probability."
+    )
+    use_effective_conv2d: bool = Field(
+        default=False, description="PEFT's option for Conv layers, kept for its files (this plugin wraps Linear only)."
+    )
+    init_weights: bool = Field(default=True, description="True: W2b = 0 (the identity); False: random, for tests.")
+    rank_pattern: dict[str, PositiveInt] = Field(default_factory=dict, description="Module-name regex -> r.")
+    alpha_pattern: dict[str, int | float] = Field(default_factory=dict, description="Module-name regex -> alpha.")
+
+    def for_module(self, module_name: str) -> LoHaConfig:
+        """This module's rank and alpha, from ``rank_pattern``/``alpha_pattern``."""
+        config = super().for_module(module_name)
+        rank = pattern_value(module_name, self.rank_pattern, self.r)
+        alpha = pattern_value(module_name, self.alpha_pattern, self.alpha)
+        if (rank, alpha) == (self.r, self.alpha):
+            return config
+        return config.model_copy(update={"r": rank, "alpha": alpha})
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r

@@ -1,0 +1,26 @@
+"""The LoHa method: which modules it adapts."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from kernel_core.contracts.tuner import BaseTunerConfig, Tuner, TunerLayer
+from kernel_core_loha.config import LoHaConfig
+from kernel_core_loha.layer import LoHaLayer
+
+
+class LoHaTuner(Tuner):
+    """LoHa on ``nn.Linear`` (PEFT also adapts Conv1d/Conv2d, which this plugin declines)."""
+
+    config_class = LoHaConfig
+    prefix = "hada_"
+
+    def can_wrap(self, module: nn.Module) -> bool:
+        return isinstance(module, nn.Linear)
+
+    def wrap(self, module: nn.Module, adapter_name: str, config: BaseTunerConfig) -> TunerLayer:
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"LoHa adapts Linear layers, not {type(module).__name__}")
+        if not isinstance(config, LoHaConfig):
+            raise TypeError(f"LoHa needs a LoHaConfig, got {type(config).__name__}")
+        return LoHaLayer(module, adapter_name, config)
