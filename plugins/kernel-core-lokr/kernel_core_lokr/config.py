@@ -1,0 +1,65 @@
+"""LoKr's hyper-parameters, with PEFT's field names and defaults.
+
+PEFT's ``LoKrConfig`` has every target filter (``exclude_modules``, ``layers_to_transform`` /
+``layers_pattern``, ``modules_to_save``), so this config inherits the three mixins and its
+``adapter_config.json`` holds PEFT's keys.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveInt, field_validator
+
+from kernel_core.contracts.tuner import BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave
+from kernel_core.peft.targets import pattern_value
+
+
+class LoKrConfig(BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave):
+    """One LoKr adapter: ``ΔW = (alpha / r) * W1 ⊗ W2`` on each target module, the weight's
+    output and input dimensions each split in two factors; a factor much larger than ``r`` is
+    itself a low-rank product."""
+
+    r: PositiveInt = Field(default=8, description="Rank of a factor that is decomposed (see decompose_both).")
+    alpha: int | float = Field(default=8, description="Scale numerator: the update is scaled by alpha / r.")
+    rank_dropout: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Training only: drop each output row of the update with this probability."
+    )
+    module_dropout: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Training only: skip the whole adapter for a forward with this probability."
+    )
+    rank_dropout_scale: bool = Field(default=False, description="Rescale the rows rank_dropout keeps by the kept fraction.")
+    use_effective_conv2d: bool = Field(
+        default=False, description="PEFT's option for Conv layers, kept for its files (this plugin wraps Linear only)."
+    )
+    decompose_both: bool = Field(
+        default=False, description="Also make W1 a rank-r product when r is under half its larger side (W2 always may be)."
+    )
+    decompose_factor: int = Field(
+        default=-1, description="Split each dimension as (factor, dim / factor) when factor divides it; -1: near its square root."
+    )
+    init_weights: bool | Literal["lycoris"] = Field(
+        default=True, description="True: W1 = 0 (the identity); 'lycoris': W2 = 0 instead; False: random, for tests."
+    )
+    rank_pattern: dict[str, PositiveInt] = Field(default_factory=dict, description="Module-name regex -> r.")
+    alpha_pattern: dict[str, int | float] = Field(default_factory=dict, description="Module-name regex -> alpha.")
+
+    @field_validator("decompose_factor")
+    @classmethod
+    def _factor_or_default(cls, value: int) -> int:
+        if value != -1 and value < 1:
+            raise ValueError(f"decompose_factor must be -1 (near the square root) or a positive factor, got {value}")
+        return value
+
+    def for_module(self, module_name: str) -> LoKrConfig:
+        """This module's rank and alpha, from ``rank_pattern``/``alpha_pattern``."""
+        config = super().for_module(module_name)
+        rank = pattern_value(module_name, self.rank_pattern, self.r)
+        alpha = pattern_value(module_name, self.alpha_pattern, self.alpha)
+        if (rank, alpha) == (self.r, self.alpha):
+            return config
+        return config.model_copy(update={"r": rank, "alpha": alpha})
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r

@@ -1,0 +1,26 @@
+"""The LoKr method: which modules it adapts."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from kernel_core.contracts.tuner import BaseTunerConfig, Tuner, TunerLayer
+from kernel_core_lokr.config import LoKrConfig
+from kernel_core_lokr.layer import LoKrLayer
+
+
+class LoKrTuner(Tuner):
+    """LoKr on ``nn.Linear`` (PEFT also adapts Conv1d/Conv2d, which this plugin declines)."""
+
+    config_class = LoKrConfig
+    prefix = "lokr_"
+
+    def can_wrap(self, module: nn.Module) -> bool:
+        return isinstance(module, nn.Linear)
+
+    def wrap(self, module: nn.Module, adapter_name: str, config: BaseTunerConfig) -> TunerLayer:
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"LoKr adapts Linear layers, not {type(module).__name__}")
+        if not isinstance(config, LoKrConfig):
+            raise TypeError(f"LoKr needs a LoKrConfig, got {type(config).__name__}")
+        return LoKrLayer(module, adapter_name, config)

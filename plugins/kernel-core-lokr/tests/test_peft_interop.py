@@ -1,0 +1,189 @@
+"""LoKr adapters move between kernel-core and Hugging Face ``peft`` (the oracle) with the same logits.
+
+Each case builds the same random tiny model twice; one side makes an adapter with non-default
+options and random factors and saves it, the other loads it. "Same" is judged against peft's
+own noise floor: how far peft's merged model is from peft's unmerged one on that adapter (the
+two orders of the same float32 arithmetic). Ours must be no farther from peft than that.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import peft
+import pytest
+import torch
+from transformers import PreTrainedModel
+
+from kernel_core.peft import BASE_ADAPTER, PeftModel, get_config, get_peft_model
+from kernel_core_sdk.tiny_models import tiny_llama, token_ids
+
+CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
+    # hidden 16 splits (4, 4), intermediate 32 (4, 8): rank 1 makes every factor a product,
+    # rank 2 only W2 of a 32-wide side, rank 8 none
+    "patterns-decompose-both": (
+        tiny_llama,
+        {"target_modules": ["q_proj", "v_proj", "up_proj", "down_proj"], "r": 2, "alpha": 3, "decompose_both": True,
+         "rank_pattern": {"down_proj": 1, r"layers\.1\.self_attn\.q_proj": 8}, "alpha_pattern": {"up_proj": 1.5}},
+    ),
+    "decompose-factor-lycoris-init": (
+        tiny_llama,
+        {"target_modules": ["k_proj", "gate_proj", "down_proj"], "r": 1, "decompose_factor": 2, "init_weights": "lycoris"},
+    ),
+    "regex": (tiny_llama, {"target_modules": r".*\.(k_proj|gate_proj|o_proj)", "r": 1, "alpha": 2}),
+    "layers-to-transform": (
+        tiny_llama, {"target_modules": ["q_proj", "down_proj"], "layers_to_transform": [1], "layers_pattern": "layers"}
+    ),
+    "all-linear-excluded-modules-to-save": (
+        tiny_llama,
+        {"target_modules": "all-linear", "exclude_modules": ["o_proj", "model.layers.1.self_attn.q_proj"],
+         "modules_to_save": ["lm_head"], "r": 2},
+    ),
+    "dropouts-set": (
+        lambda: tiny_llama(attention_bias=True),
+        {"target_modules": ["q_proj", "k_proj", "down_proj"], "rank_dropout": 0.3, "module_dropout": 0.2,
+         "rank_dropout_scale": True, "use_effective_conv2d": True},
+    ),
+}
+
+
+def _randomise(model: torch.nn.Module, seed: int = 3) -> None:
+    """Move every trainable tensor off its init, so that the adapter (and any saved copy) matters."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+
+
+def _logits(model: torch.nn.Module, **kwargs: Any) -> torch.Tensor:
+    with torch.no_grad():
+        return model(token_ids(), **kwargs).logits
+
+
+def _quiet(call: Callable[[], Any]) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return call()
+
+
+def _peft_made(build: Callable[[], PreTrainedModel], fields: dict[str, Any], seed: int = 3) -> peft.PeftModel:
+    reference = _quiet(lambda: peft.get_peft_model(build(), peft.LoKrConfig(**(fields | {"init_weights": False}))).eval())
+    _randomise(reference, seed)
+    return reference
+
+
+def peft_merged(reference: peft.PeftModel) -> PreTrainedModel:
+    """A copy of ``reference`` with its adapter merged by peft (``reference`` is left as it is)."""
+    return _quiet(lambda: copy.deepcopy(reference).merge_and_unload())
+
+
+def noise_floor(reference: peft.PeftModel) -> float:
+    """How far peft's merged logits are from its unmerged ones, on the same adapter."""
+    return (_logits(peft_merged(reference)) - _logits(reference)).abs().max().item()
+
+
+def assert_same(ours: torch.Tensor, reference: torch.Tensor, floor: float) -> None:
+    difference = (ours - reference).abs().max().item()
+    assert difference <= floor, f"ours differs from peft by {difference:.3g}, more than peft's own noise floor {floor:.3g}"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_ours_loads_in_peft(case: str, tmp_path: Path) -> None:
+    build, fields = CASES[case]
+    ours = get_peft_model(build(), get_config("lokr", **fields)).eval()
+    _randomise(ours)
+    ours.save_pretrained(tmp_path)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # our adapter_config.json holds only keys peft's LoKrConfig has
+        peft.PeftConfig.from_pretrained(str(tmp_path))
+    reference = _quiet(lambda: peft.PeftModel.from_pretrained(build(), str(tmp_path)).eval())
+
+    assert (_logits(ours) - _logits(build())).abs().max() > 1e-3, "the adapter must change the output"
+    assert_same(_logits(ours), _logits(reference), noise_floor(reference))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_peft_loads_in_ours(case: str, tmp_path: Path) -> None:
+    build, fields = CASES[case]
+    reference = _peft_made(build, fields)
+    _quiet(lambda: reference.save_pretrained(str(tmp_path)))
+
+    ours = PeftModel.from_pretrained(build(), tmp_path)
+
+    assert_same(_logits(ours), _logits(reference), noise_floor(reference))
+    assert not any(p.requires_grad for p in ours.parameters()), "loaded for inference: nothing trains"
+    peft_shapes = {k: v.shape for k, v in reference.state_dict().items() if "lokr_" in k}
+    assert {k: v.shape for k, v in ours.state_dict().items() if "lokr_" in k} == peft_shapes
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
+    """merge_and_unload gives peft's merged weights, and merge then unmerge gives the base back."""
+    build, fields = CASES[case]
+    reference = _peft_made(build, fields)
+    _quiet(lambda: reference.save_pretrained(str(tmp_path)))
+    ours = PeftModel.from_pretrained(build(), tmp_path)
+
+    unmerged = _logits(ours)
+    ours.merge_adapter()
+    merged_logits = _logits(ours)
+    ours.unmerge_adapter()
+    base = build().state_dict()
+    for key, value in ours.unload().state_dict().items():
+        torch.testing.assert_close(value, base[key], rtol=0, atol=1e-6, msg=lambda m, key=key: f"{key} after unmerge: {m}")
+
+    ours = PeftModel.from_pretrained(build(), tmp_path)
+    merged = ours.merge_and_unload().state_dict()
+    expected = peft_merged(reference).state_dict()
+    assert merged.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(merged[key], value), f"{key}: merged weight differs from peft's"
+    assert_same(merged_logits, unmerged, noise_floor(reference))
+
+
+@pytest.mark.parametrize("scale", [False, True])
+def test_training_forward_with_dropouts_equals_peft(scale: bool, tmp_path: Path) -> None:
+    """rank_dropout (with and without rank_dropout_scale) and module_dropout act only while training; with the same random draws a
+    training forward gives peft's logits (the dropout masks are drawn in peft's order)."""
+    fields = {"target_modules": ["q_proj", "v_proj", "down_proj"], "rank_dropout": 0.4, "module_dropout": 0.3, "r": 1,
+              "rank_dropout_scale": scale}
+    reference = _peft_made(tiny_llama, fields)
+    _quiet(lambda: reference.save_pretrained(str(tmp_path)))
+    ours = PeftModel.from_pretrained(tiny_llama(), tmp_path, is_trainable=True)
+    floor = noise_floor(reference)
+    evaluated = _logits(ours)
+    outputs = []
+    for model in (reference, ours):
+        model.train()
+        torch.manual_seed(11)
+        outputs.append(_logits(model))
+    assert_same(outputs[1], outputs[0], floor)
+    assert (outputs[1] - evaluated).abs().max() > 1e-3, "the dropouts must change a training forward"
+    ours.eval()
+    assert torch.equal(_logits(ours), evaluated), "no dropout outside training"
+
+
+def test_mixed_batch_rows_equal_each_adapter_alone(tmp_path: Path) -> None:
+    """Two peft-made adapters with different ranks and the base, one per row, in one forward:
+    each row is what peft gives with that adapter alone."""
+    references, floors = {}, []
+    for seed, (name, rank) in enumerate((("first", 1), ("second", 8))):
+        reference = _peft_made(tiny_llama, {"target_modules": ["k_proj", "up_proj", "down_proj"], "r": rank}, seed)
+        _quiet(lambda reference=reference, name=name: reference.save_pretrained(str(tmp_path / name)))
+        references[name] = _logits(reference)
+        floors.append(noise_floor(reference))
+    references[BASE_ADAPTER] = _logits(tiny_llama())
+
+    ours = PeftModel.from_pretrained(tiny_llama(), tmp_path / "first", adapter_name="first")
+    ours.load_adapter(tmp_path / "second", "second")
+    rows = ["second", BASE_ADAPTER, "first"]
+    mixed = _logits(ours, adapter_names=rows)
+    for i, name in enumerate(rows):
+        assert_same(mixed[i], references[name][i], max(floors))
+    assert (references["first"] - references["second"]).abs().max() > 1e-3, "the two adapters must differ"
