@@ -1,11 +1,11 @@
-"""The LoHa method: which modules it adapts."""
+"""The LoHa method: which modules it adapts, and its per-architecture default targets."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from kernel_core.contracts.tuner import BaseTunerConfig, Tuner, TunerLayer
-from kernel_core_loha.config import LoHaConfig
+from kernel_core_loha.config import DEFAULT_TARGETS, LoHaConfig
 from kernel_core_loha.layer import LoHaLayer
 
 
@@ -14,6 +14,7 @@ class LoHaTuner(Tuner):
 
     config_class = LoHaConfig
     prefix = "hada_"
+    default_target_modules = DEFAULT_TARGETS
 
     def can_wrap(self, module: nn.Module) -> bool:
         return isinstance(module, nn.Linear)

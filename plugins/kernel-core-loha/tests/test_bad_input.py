@@ -37,9 +37,11 @@ def test_a_file_with_a_setting_loha_does_not_know_warns_naming_it() -> None:
         config_from_dict({"peft_type": "LOHA", **FIELDS, "decompose_both": True})
 
 
-def test_without_target_modules_loha_names_the_field() -> None:
-    with pytest.raises(InvalidAdapterConfigError, match=r"loha has no default target_modules for model type 'llama'"):
-        get_peft_model(tiny_llama(), get_config("loha"))
+def test_a_model_type_without_defaults_is_named() -> None:
+    model = tiny_llama()
+    model.config.model_type = "my_llama"
+    with pytest.raises(InvalidAdapterConfigError, match=r"loha has no default target_modules for model type 'my_llama'"):
+        get_peft_model(model, get_config("loha"))
 
 
 def _saved(folder: Path) -> Path:

@@ -17,12 +17,15 @@ from typing import Any
 import peft
 import pytest
 import torch
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING
 from transformers import PreTrainedModel
 
 from kernel_core.peft import BASE_ADAPTER, PeftModel, get_config, get_peft_model
+from kernel_core_loha.config import DEFAULT_TARGETS
 from kernel_core_sdk.tiny_models import tiny_llama, token_ids
 
 CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
+    "architecture-defaults": (tiny_llama, {}),
     "patterns": (
         tiny_llama,
         {"target_modules": ["q_proj", "v_proj", "up_proj", "down_proj"], "r": 4, "alpha": 12,
@@ -179,3 +182,9 @@ def test_mixed_batch_rows_equal_each_adapter_alone(tmp_path: Path) -> None:
     for i, name in enumerate(rows):
         assert_same(mixed[i], references[name][i], max(floors))
     assert (references["first"] - references["second"]).abs().max() > 1e-3, "the two adapters must differ"
+
+
+def test_default_table_is_peft_s() -> None:
+    """target_modules=None means what it means in peft, for every model type."""
+    expected = TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING
+    assert {key: value if isinstance(value, str) else list(value) for key, value in DEFAULT_TARGETS.items()} == expected

@@ -1,11 +1,11 @@
-"""The LoKr method: which modules it adapts."""
+"""The LoKr method: which modules it adapts, and its per-architecture default targets."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from kernel_core.contracts.tuner import BaseTunerConfig, Tuner, TunerLayer
-from kernel_core_lokr.config import LoKrConfig
+from kernel_core_lokr.config import DEFAULT_TARGETS, LoKrConfig
 from kernel_core_lokr.layer import LoKrLayer
 
 
@@ -14,6 +14,7 @@ class LoKrTuner(Tuner):
 
     config_class = LoKrConfig
     prefix = "lokr_"
+    default_target_modules = DEFAULT_TARGETS
 
     def can_wrap(self, module: nn.Module) -> bool:
         return isinstance(module, nn.Linear)
