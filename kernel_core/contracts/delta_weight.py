@@ -1,4 +1,5 @@
-"""A tuner layer for methods whose adapter is a weight update: ``W + ΔW`` on an ``nn.Linear``.
+"""A tuner layer for methods whose adapter is a weight update: ``W + ΔW`` on an ``nn.Linear``
+(or transformers' ``Conv1D``, GPT-2's projections, whose weight is stored transposed).
 
 Many PEFT methods differ only in how they build ``ΔW`` from their parameters (LoHa: a
 Hadamard product of two low-rank products; LoKr: a Kronecker product); what follows from
@@ -17,13 +18,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from kernel_core.contracts.tuner import TunerLayer
 
 
 class DeltaWeightLayer(TunerLayer):
-    """A :class:`TunerLayer` around an ``nn.Linear`` whose adapters each add ``ΔW`` (shape
-    ``(out_features, in_features)``) to the base weight.
+    """A :class:`TunerLayer` around an ``nn.Linear`` or a ``Conv1D`` whose adapters each add
+    ``ΔW`` (shape ``(out_features, in_features)``, for both: a ``Conv1D`` weight, stored
+    ``(in, out)``, gets ``ΔWᵀ``) to the base weight.
 
     Subclasses keep each adapter's tensors in prefix-named containers keyed by adapter name
     (the state-dict rule) and implement :meth:`update_layer` and :meth:`delta_weight`;
@@ -31,11 +34,14 @@ class DeltaWeightLayer(TunerLayer):
     ``delete_adapter`` to drop per-adapter state kept outside the containers).
     """
 
-    def __init__(self, base_layer: nn.Linear) -> None:
-        if not isinstance(base_layer, nn.Linear):
-            raise TypeError(f"a DeltaWeightLayer wraps nn.Linear, not {type(base_layer).__name__}")
+    def __init__(self, base_layer: nn.Linear | Conv1D) -> None:
+        if not isinstance(base_layer, (nn.Linear, Conv1D)):
+            raise TypeError(f"a DeltaWeightLayer wraps nn.Linear or Conv1D, not {type(base_layer).__name__}")
         super().__init__(base_layer.requires_grad_(False))
-        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        #: Whether the base weight is stored ``(in, out)`` (``Conv1D``), so merging adds ``ΔWᵀ``.
+        self.fan_in_fan_out = isinstance(base_layer, Conv1D)
+        shape = base_layer.weight.shape
+        self.in_features, self.out_features = shape if self.fan_in_fan_out else shape[::-1]
 
     @abstractmethod
     def delta_weight(self, adapter_name: str, *, training: bool = False) -> torch.Tensor:
@@ -63,12 +69,12 @@ class DeltaWeightLayer(TunerLayer):
         return result + F.linear(x.to(delta.dtype), delta).to(result.dtype)
 
     def merge(self, adapter_names: Sequence[str] | None = None) -> None:
-        """``W += ΔW`` for the given (default: active) adapters."""
+        """``W += ΔW`` (``ΔWᵀ`` on a ``Conv1D``) for the given (default: active) adapters."""
         weight = self.base_layer.weight
         for name in self.active_adapters if adapter_names is None else adapter_names:
             if name in self.adapter_names and name not in self.merged_adapters:
                 with torch.no_grad():
-                    weight.data += self.delta_weight(name).to(weight.dtype)
+                    weight.data += self._as_weight(self.delta_weight(name)).to(weight.dtype)
                 self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
@@ -76,7 +82,10 @@ class DeltaWeightLayer(TunerLayer):
         weight = self.base_layer.weight
         while self.merged_adapters:
             with torch.no_grad():
-                weight.data -= self.delta_weight(self.merged_adapters.pop()).to(weight.dtype)
+                weight.data -= self._as_weight(self.delta_weight(self.merged_adapters.pop())).to(weight.dtype)
+
+    def _as_weight(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta.T if self.fan_in_fan_out else delta
 
     def _containers(self) -> list[nn.ParameterDict | nn.ModuleDict]:
         return [module for name, module in self.named_children() if name != "base_layer" and isinstance(module, (nn.ParameterDict, nn.ModuleDict))]

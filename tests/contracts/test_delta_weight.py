@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from kernel_core.contracts.delta_weight import DeltaWeightLayer
 from kernel_core.contracts.tuner import BASE_ADAPTER
@@ -86,6 +87,26 @@ def test_a_mixed_batch_applies_each_row_s_update(layer: OuterProduct) -> None:
         torch.testing.assert_close(mixed[i], F.linear(x[i], weight, layer.base_layer.bias).detach())
 
 
+def test_a_conv1d_computes_and_merges_as_the_linear_it_transposes() -> None:
+    """GPT-2's Conv1D stores its weight (in, out): the same ΔW, added transposed when merging."""
+    torch.manual_seed(0)
+    conv = Conv1D(4, 6)  # 6 in, 4 out
+    layer = OuterProduct(conv).eval()
+    assert (layer.in_features, layer.out_features, layer.fan_in_fan_out) == (6, 4, True)
+    layer.update_layer("a")
+    layer.set_adapter(["a"])
+    x = torch.randn(3, 6)
+    base = conv.weight.detach().clone()
+    expected = F.linear(x, base.T + layer.delta_weight("a"), conv.bias).detach()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected)
+        layer.merge()
+        torch.testing.assert_close(conv.weight, base + layer.delta_weight("a").T)
+        torch.testing.assert_close(layer(x), expected)
+        layer.unmerge()
+    torch.testing.assert_close(conv.weight, base)
+
+
 def test_only_linear_layers() -> None:
-    with pytest.raises(TypeError, match="wraps nn.Linear, not Conv1d"):
+    with pytest.raises(TypeError, match="wraps nn.Linear or Conv1D, not Conv1d"):
         OuterProduct(nn.Conv1d(2, 2, 1))
