@@ -43,6 +43,13 @@ class DeltaWeightLayer(TunerLayer):
         shape = base_layer.weight.shape
         self.in_features, self.out_features = shape if self.fan_in_fan_out else shape[::-1]
 
+    @property
+    def adapter_dtype(self) -> torch.dtype:
+        """The dtype to create adapter tensors in: the base weight's, but float32 over a float16
+        or bfloat16 base (as PEFT upcasts them), so that small updates survive training."""
+        dtype = self.base_layer.weight.dtype
+        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
     @abstractmethod
     def delta_weight(self, adapter_name: str, *, training: bool = False) -> torch.Tensor:
         """``ΔW`` of one adapter, scale included, shape ``(out_features, in_features)``.
@@ -64,17 +71,19 @@ class DeltaWeightLayer(TunerLayer):
         self.active_adapters = [name for name in self.active_adapters if name != adapter_name]
 
     def adapter_output(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """``result + x ΔWᵀ``, computed in ``ΔW``'s dtype (the base bias is already in ``result``)."""
+        """``result + x ΔWᵀ``, computed and summed in ``ΔW``'s dtype when it is the wider one,
+        then cast back, as PEFT (the base bias is already in ``result``)."""
         delta = self.delta_weight(adapter_name, training=self.training)
-        return result + F.linear(x.to(delta.dtype), delta).to(result.dtype)
+        return (result + F.linear(x.to(delta.dtype), delta)).to(result.dtype)
 
     def merge(self, adapter_names: Sequence[str] | None = None) -> None:
-        """``W += ΔW`` (``ΔWᵀ`` on a ``Conv1D``) for the given (default: active) adapters."""
+        """``W += ΔW`` (``ΔWᵀ`` on a ``Conv1D``) for the given (default: active) adapters, summed
+        in the wider dtype and rounded once to the weight's, as PEFT."""
         weight = self.base_layer.weight
         for name in self.active_adapters if adapter_names is None else adapter_names:
             if name in self.adapter_names and name not in self.merged_adapters:
                 with torch.no_grad():
-                    weight.data += self._as_weight(self.delta_weight(name)).to(weight.dtype)
+                    weight.data += self._as_weight(self.delta_weight(name))
                 self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
@@ -82,7 +91,7 @@ class DeltaWeightLayer(TunerLayer):
         weight = self.base_layer.weight
         while self.merged_adapters:
             with torch.no_grad():
-                weight.data -= self._as_weight(self.delta_weight(self.merged_adapters.pop())).to(weight.dtype)
+                weight.data -= self._as_weight(self.delta_weight(self.merged_adapters.pop()))
 
     def _as_weight(self, delta: torch.Tensor) -> torch.Tensor:
         return delta.T if self.fan_in_fan_out else delta

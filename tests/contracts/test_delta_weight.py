@@ -110,3 +110,19 @@ def test_a_conv1d_computes_and_merges_as_the_linear_it_transposes() -> None:
 def test_only_linear_layers() -> None:
     with pytest.raises(TypeError, match="wraps nn.Linear or Conv1D, not Conv1d"):
         OuterProduct(nn.Conv1d(2, 2, 1))
+
+
+def test_over_a_half_precision_base_updates_are_float32_and_summed_before_rounding() -> None:
+    torch.manual_seed(0)
+    layer = OuterProduct(nn.Linear(6, 4).to(torch.bfloat16)).eval()
+    assert layer.adapter_dtype == torch.float32
+    assert OuterProduct(nn.Linear(6, 4).double()).adapter_dtype == torch.float64
+    layer.update_layer("a")
+    layer.set_adapter(["a"])
+    x = torch.randn(3, 6).to(torch.bfloat16)
+    base, delta = layer.base_layer.weight.detach().clone(), layer.delta_weight("a").detach()
+    with torch.no_grad():
+        expected = (layer.base_layer(x).float() + F.linear(x.float(), delta)).to(torch.bfloat16)
+        assert torch.equal(layer(x), expected)
+        layer.merge()
+    assert torch.equal(layer.base_layer.weight, (base.float() + delta).to(torch.bfloat16)), "rounded once, after the sum"
