@@ -44,7 +44,7 @@ class LoHaLayer(DeltaWeightLayer):
         shapes = {"hada_w1_a": (self.out_features, config.r), "hada_w1_b": (config.r, self.in_features)}
         shapes |= {"hada_w2_a": shapes["hada_w1_a"], "hada_w2_b": shapes["hada_w1_b"]}
         for name, shape in shapes.items():
-            factor = torch.empty(shape, dtype=weight.dtype, device=weight.device)
+            factor = torch.empty(shape, dtype=self.adapter_dtype, device=weight.device)
             if name == "hada_w2_b" and config.init_weights:
                 nn.init.zeros_(factor)  # one zero factor makes the new adapter the identity
             else:

@@ -61,7 +61,7 @@ class LoKrLayer(DeltaWeightLayer):
         weight = self.base_layer.weight
 
         def parameter(shape: tuple[int, int], zeroed: bool) -> nn.Parameter:
-            tensor = torch.empty(shape, dtype=weight.dtype, device=weight.device)
+            tensor = torch.empty(shape, dtype=self.adapter_dtype, device=weight.device)
             return nn.Parameter(nn.init.zeros_(tensor) if zeroed else nn.init.kaiming_uniform_(tensor, a=math.sqrt(5)))
 
         if rank is None or rank >= max(shape) / 2:

@@ -26,6 +26,8 @@ from kernel_core_sdk.tiny_models import tiny_llama, token_ids
 
 CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
     "architecture-defaults": (tiny_llama, {}),
+    # adapter tensors stay float32 over a bfloat16 base, as peft upcasts them
+    "bfloat16-base": (lambda: tiny_llama().to(torch.bfloat16), {"target_modules": ["q_proj", "down_proj"], "r": 2}),
     # hidden 16 splits (4, 4), intermediate 32 (4, 8): rank 1 makes every factor a product,
     # rank 2 only W2 of a 32-wide side, rank 8 none
     "patterns-decompose-both": (
@@ -121,13 +123,15 @@ def test_peft_loads_in_ours(case: str, tmp_path: Path) -> None:
 
     assert_same(_logits(ours), _logits(reference), noise_floor(reference))
     assert not any(p.requires_grad for p in ours.parameters()), "loaded for inference: nothing trains"
+    assert {p.dtype for n, p in ours.named_parameters() if "_w" in n.rsplit(".", 3)[-2]} == {torch.float32}
     peft_shapes = {k: v.shape for k, v in reference.state_dict().items() if "lokr_" in k}
     assert {k: v.shape for k, v in ours.state_dict().items() if "lokr_" in k} == peft_shapes
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
-    """merge_and_unload gives peft's merged weights, and merge then unmerge gives the base back."""
+    """merge_and_unload gives peft's merged weights, and merge then unmerge gives the base back
+    as peft's merge then unmerge does (exactly in float32 here; bfloat16 keeps the rounding)."""
     build, fields = CASES[case]
     reference = _peft_made(build, fields)
     _quiet(lambda: reference.save_pretrained(str(tmp_path)))
@@ -137,9 +141,19 @@ def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
     ours.merge_adapter()
     merged_logits = _logits(ours)
     ours.unmerge_adapter()
-    base = build().state_dict()
-    for key, value in ours.unload().state_dict().items():
-        torch.testing.assert_close(value, base[key], rtol=0, atol=1e-6, msg=lambda m, key=key: f"{key} after unmerge: {m}")
+    restored = _quiet(lambda: copy.deepcopy(reference))
+    _quiet(lambda: (restored.merge_adapter(), restored.unmerge_adapter()))
+    expected_restored = restored.unload().state_dict()
+    adapted = {key.split(".lokr_")[0].removeprefix("base_model.model.") for key in reference.state_dict() if ".lokr_" in key}
+    assert adapted, "the adapter wraps modules"
+    ours_restored = ours.unload().state_dict()
+    for key, value in ours_restored.items():
+        if key.rsplit(".", 1)[0] in adapted:
+            assert torch.equal(value, expected_restored[key]), f"{key} after unmerge differs from peft's"
+    if ours_restored[next(iter(ours_restored))].dtype == torch.float32:
+        base = build().state_dict()
+        for key, value in ours_restored.items():
+            torch.testing.assert_close(value, base[key], rtol=0, atol=1e-6, msg=lambda m, key=key: f"{key} after unmerge: {m}")
 
     ours = PeftModel.from_pretrained(build(), tmp_path)
     merged = ours.merge_and_unload().state_dict()
