@@ -15,16 +15,17 @@ from transformers.pytorch_utils import Conv1D
 
 from kernel_core_oft import plugin
 from kernel_core_oft.config import OFTConfig
-from kernel_core_oft.layer import OFTLayer, block_layout
+from kernel_core_oft.layer import Linear, block_layout
 from kernel_core_oft.tuner import OFTTuner
 from kernel_core_sdk.conformance import TunerConformance
 from kernel_core_sdk.conformance.tuner import CANDIDATES
 
-LINEARS = {k: v for k, v in CANDIDATES.items() if k != "embedding"}  # PEFT's Embedding OFT is not covered
-
-
 class TestOFTConformance(TunerConformance):
-    candidates = LINEARS
+    # Not Embedding here: one of the suite's SGD steps (lr 0.1) on N(0, 1) embeddings takes the
+    # Neumann-series R far from orthogonal (condition number ~600, measured), so merging into a
+    # float32 table and unmerging cannot give it back within the suite's 1e-5, for PEFT either.
+    # The exact Cayley transform stays orthogonal: TestOFTOptionsConformance runs Embedding.
+    candidates = {k: v for k, v in CANDIDATES.items() if k != "embedding"}
 
     @pytest.fixture
     def plugin_module(self) -> ModuleType:
@@ -40,6 +41,8 @@ class TestOFTConformance(TunerConformance):
 
 
 class TestOFTOptionsConformance(TestOFTConformance):
+    candidates = CANDIDATES  # Linear with and without bias, Embedding
+
     @pytest.fixture
     def tuner_config(self) -> OFTConfig:
         return OFTConfig(
@@ -65,9 +68,9 @@ def test_block_layout_fits_in_features_as_peft(in_features: int) -> None:
 def test_rotations_are_orthogonal_and_the_identity_at_init() -> None:
     for neumann in (False, True):
         config = OFTConfig(target_modules=["up_proj"], oft_block_size=4, use_cayley_neumann=neumann)
-        layer = OFTLayer(nn.Linear(16, 8), "default", config)
+        layer = Linear(nn.Linear(16, 8), "default", config)
         torch.testing.assert_close(layer.oft_R["default"].matrix(), torch.eye(16))
-    exact = OFTLayer(nn.Linear(16, 8), "default", config.model_copy(update={"use_cayley_neumann": False, "init_weights": False}))
+    exact = Linear(nn.Linear(16, 8), "default", config.model_copy(update={"use_cayley_neumann": False, "init_weights": False}))
     rotation = exact.oft_R["default"].matrix()
     torch.testing.assert_close(rotation @ rotation.T, torch.eye(16), rtol=0, atol=1e-6)
 

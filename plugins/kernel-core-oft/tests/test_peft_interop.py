@@ -47,6 +47,10 @@ CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
         tiny_llama,
         {"target_modules": "all-linear", "exclude_modules": ["o_proj", "model.layers.1.self_attn.q_proj"], "oft_block_size": 2},
     ),
+    "embedding": (tiny_llama, {"target_modules": ["embed_tokens", "v_proj"], "oft_block_size": 4}),
+    "embedding-exact-shared": (
+        tiny_llama, {"target_modules": ["embed_tokens"], "oft_block_size": 8, "block_share": True, "use_cayley_neumann": False}
+    ),
     "modules-to-save": (tiny_llama, {"target_modules": ["v_proj"], "oft_block_size": 4, "modules_to_save": ["lm_head"]}),
     "bias-oft-only": (
         lambda: tiny_llama(attention_bias=True), {"target_modules": ["q_proj", "k_proj"], "oft_block_size": 4, "bias": "oft_only"}
