@@ -42,7 +42,8 @@ class BOFTLayer(TunerLayer):
             self.in_features, config.boft_block_size, config.boft_block_num, config.boft_n_butterfly_factor, config.module_name
         )
         weight = self.base_layer.weight
-        options = {"device": weight.device, "dtype": weight.dtype}
+        half = weight.dtype in (torch.float16, torch.bfloat16) or not weight.dtype.is_floating_point
+        options = {"device": weight.device, "dtype": torch.float32 if half else weight.dtype}  # float32 over half, as PEFT
         blocks = torch.zeros(layout.factors, layout.blocks, layout.block_size, layout.block_size, **options)
         scale = torch.ones(self.out_features, 1, **options)
         if not config.init_weights:  # as PEFT: random blocks and scales near one, for tests
@@ -62,12 +63,14 @@ class BOFTLayer(TunerLayer):
             del self.dropout[adapter_name], self.permutations[adapter_name]
         self.active_adapters = [name for name in self.active_adapters if name != adapter_name]
 
-    def rotation(self, adapter_name: str) -> torch.Tensor:
-        """``B``, ``(in_features, in_features)``, with block dropout while training."""
+    def rotation(self, adapter_name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``B``, ``(in_features, in_features)``, with block dropout while training. The blocks
+        are computed in the adapter's dtype and the factors multiplied in ``dtype`` (default:
+        the same), as PEFT multiplies them in the input's dtype."""
         rotations = cayley(self.boft_R[adapter_name])
         if self.training and self.dropout[adapter_name] > 0:
             rotations = drop_blocks(rotations, self.dropout[adapter_name])
-        return butterfly_matrix(rotations, self.permutations[adapter_name])
+        return butterfly_matrix(rotations.to(dtype or rotations.dtype), self.permutations[adapter_name])
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """As :class:`TunerLayer`, with several active adapters rotating the input last one
@@ -81,7 +84,7 @@ class BOFTLayer(TunerLayer):
 
     def adapter_input(self, adapter_name: str, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The input times ``B``, in the input's dtype."""
-        return x @ self.rotation(adapter_name).to(x.dtype)
+        return x @ self.rotation(adapter_name, x.dtype)
 
     def adapter_output(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The output scaled per feature, the bias left as it is."""

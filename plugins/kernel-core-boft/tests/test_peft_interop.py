@@ -50,6 +50,10 @@ CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
     "all-linear-excluded": (
         tiny_llama, {"target_modules": "all-linear", "exclude_modules": ["o_proj", "model.layers.1.self_attn.q_proj"]}
     ),
+    "bfloat16-butterfly": (
+        lambda: tiny_llama(attention_bias=True).to(torch.bfloat16),
+        {"target_modules": ["q_proj", "down_proj"], "boft_block_size": 2, "boft_n_butterfly_factor": 3},
+    ),
     "modules-to-save": (tiny_llama, {"target_modules": ["v_proj"], "boft_block_size": 2, "modules_to_save": ["lm_head"]}),
     "bias-boft-only": (
         lambda: tiny_llama(attention_bias=True),

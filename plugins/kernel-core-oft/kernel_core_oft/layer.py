@@ -36,6 +36,11 @@ def _nearest_divisor(n: int, value: int) -> int:
     return below if value - below <= above - value else above
 
 
+def _adapter_dtype(base: torch.dtype) -> torch.dtype:
+    """Float32 over a half-precision base (as PEFT casts adapters, so training is stable), else the base's."""
+    return torch.float32 if base in (torch.float16, torch.bfloat16) or not base.is_floating_point else base
+
+
 class OFTLayer(TunerLayer):
     """The adapters of one module: a :class:`BlockRotation` per adapter in the container PEFT
     names for the module type (:attr:`container`), over the rotated dimension ``in_features``."""
@@ -68,7 +73,7 @@ class OFTLayer(TunerLayer):
             neumann_terms=config.num_cayley_neumann_terms if config.use_cayley_neumann else None,
         )
         weight = self.base_layer.weight
-        rotation.to(device=weight.device, dtype=weight.dtype if weight.is_floating_point() else None)
+        rotation.to(device=weight.device, dtype=_adapter_dtype(weight.dtype))
         if not config.init_weights:
             nn.init.normal_(rotation.weight, mean=0.0, std=0.1)  # as PEFT: a random rotation, for tests
         self.rotations[adapter_name] = rotation

@@ -51,6 +51,10 @@ CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
     "embedding-exact-shared": (
         tiny_llama, {"target_modules": ["embed_tokens"], "oft_block_size": 8, "block_share": True, "use_cayley_neumann": False}
     ),
+    "bfloat16": (
+        lambda: tiny_llama(attention_bias=True).to(torch.bfloat16),
+        {"target_modules": ["embed_tokens", "q_proj", "down_proj"], "oft_block_size": 4},
+    ),
     "modules-to-save": (tiny_llama, {"target_modules": ["v_proj"], "oft_block_size": 4, "modules_to_save": ["lm_head"]}),
     "bias-oft-only": (
         lambda: tiny_llama(attention_bias=True), {"target_modules": ["q_proj", "k_proj"], "oft_block_size": 4, "bias": "oft_only"}
