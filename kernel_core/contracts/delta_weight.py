@@ -1,5 +1,6 @@
 """A tuner layer for methods whose adapter is a weight update: ``W + ΔW`` on an ``nn.Linear``
-(or transformers' ``Conv1D``, GPT-2's projections, whose weight is stored transposed).
+(or transformers' ``Conv1D``, GPT-2's projections, whose weight is stored transposed, or an
+``nn.Conv2d``, whose update is a kernel convolved with the input).
 
 Many PEFT methods differ only in how they build ``ΔW`` from their parameters (LoHa: a
 Hadamard product of two low-rank products; LoKr: a Kronecker product); what follows from
@@ -24,9 +25,10 @@ from kernel_core.contracts.tuner import TunerLayer
 
 
 class DeltaWeightLayer(TunerLayer):
-    """A :class:`TunerLayer` around an ``nn.Linear`` or a ``Conv1D`` whose adapters each add
-    ``ΔW`` (shape ``(out_features, in_features)``, for both: a ``Conv1D`` weight, stored
-    ``(in, out)``, gets ``ΔWᵀ``) to the base weight.
+    """A :class:`TunerLayer` around an ``nn.Linear``, a ``Conv1D`` or an ``nn.Conv2d`` whose
+    adapters each add ``ΔW`` (shape ``(out_features, in_features)`` for the first two: a
+    ``Conv1D`` weight, stored ``(in, out)``, gets ``ΔWᵀ``; a ``Conv2d``'s weight shape
+    ``(out_channels, in_channels / groups, *kernel_size)`` for the third) to the base weight.
 
     Subclasses keep each adapter's tensors in prefix-named containers keyed by adapter name
     (the state-dict rule) and implement :meth:`update_layer` and :meth:`delta_weight`;
@@ -34,14 +36,19 @@ class DeltaWeightLayer(TunerLayer):
     ``delete_adapter`` to drop per-adapter state kept outside the containers).
     """
 
-    def __init__(self, base_layer: nn.Linear | Conv1D) -> None:
-        if not isinstance(base_layer, (nn.Linear, Conv1D)):
-            raise TypeError(f"a DeltaWeightLayer wraps nn.Linear or Conv1D, not {type(base_layer).__name__}")
+    def __init__(self, base_layer: nn.Linear | Conv1D | nn.Conv2d) -> None:
+        if not isinstance(base_layer, (nn.Linear, Conv1D, nn.Conv2d)):
+            raise TypeError(f"a DeltaWeightLayer wraps nn.Linear, Conv1D or nn.Conv2d, not {type(base_layer).__name__}")
         super().__init__(base_layer.requires_grad_(False))
         #: Whether the base weight is stored ``(in, out)`` (``Conv1D``), so merging adds ``ΔWᵀ``.
         self.fan_in_fan_out = isinstance(base_layer, Conv1D)
+        #: Whether the base is an ``nn.Conv2d``: ``ΔW`` is then a kernel, applied as the base's.
+        self.is_conv2d = isinstance(base_layer, nn.Conv2d)
         shape = base_layer.weight.shape
-        self.in_features, self.out_features = shape if self.fan_in_fan_out else shape[::-1]
+        if self.is_conv2d:
+            self.in_features, self.out_features = base_layer.in_channels, base_layer.out_channels
+        else:
+            self.in_features, self.out_features = shape if self.fan_in_fan_out else shape[::-1]
 
     @property
     def adapter_dtype(self) -> torch.dtype:
@@ -52,9 +59,10 @@ class DeltaWeightLayer(TunerLayer):
 
     @abstractmethod
     def delta_weight(self, adapter_name: str, *, training: bool = False) -> torch.Tensor:
-        """``ΔW`` of one adapter, scale included, shape ``(out_features, in_features)``.
-        ``training`` is True for the update a training forward uses: a method with dropout on
-        its update (LyCORIS' rank dropout) applies it then, never when merging."""
+        """``ΔW`` of one adapter, scale included, shape ``(out_features, in_features)`` (on a
+        ``Conv2d``, the base weight's shape). ``training`` is True for the update a training
+        forward uses: a method with dropout on its update (LyCORIS' rank dropout) applies it
+        then, never when merging."""
 
     @property
     def adapter_names(self) -> list[str]:
@@ -71,10 +79,17 @@ class DeltaWeightLayer(TunerLayer):
         self.active_adapters = [name for name in self.active_adapters if name != adapter_name]
 
     def adapter_output(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """``result + x ΔWᵀ``, computed and summed in ``ΔW``'s dtype when it is the wider one,
-        then cast back, as PEFT (the base bias is already in ``result``)."""
+        """``result + x ΔWᵀ`` (on a ``Conv2d``: ``x`` convolved with ``ΔW`` as the base
+        convolves it), computed and summed in ``ΔW``'s dtype when it is the wider one, then cast
+        back, as PEFT (the base bias is already in ``result``)."""
         delta = self.delta_weight(adapter_name, training=self.training)
-        return (result + F.linear(x.to(delta.dtype), delta)).to(result.dtype)
+        x = x.to(delta.dtype)
+        if self.is_conv2d:
+            base = self.base_layer
+            update = F.conv2d(x, delta, stride=base.stride, padding=base.padding, dilation=base.dilation, groups=base.groups)
+        else:
+            update = F.linear(x, delta)
+        return (result + update).to(result.dtype)
 
     def merge(self, adapter_names: Sequence[str] | None = None) -> None:
         """``W += ΔW`` (``ΔWᵀ`` on a ``Conv1D``) for the given (default: active) adapters, summed

@@ -107,9 +107,38 @@ def test_a_conv1d_computes_and_merges_as_the_linear_it_transposes() -> None:
     torch.testing.assert_close(conv.weight, base)
 
 
-def test_only_linear_layers() -> None:
-    with pytest.raises(TypeError, match="wraps nn.Linear or Conv1D, not Conv1d"):
+def test_only_linear_conv1d_and_conv2d_layers() -> None:
+    with pytest.raises(TypeError, match="wraps nn.Linear, Conv1D or nn.Conv2d, not Conv1d"):
         OuterProduct(nn.Conv1d(2, 2, 1))
+
+
+class FullKernel(DeltaWeightLayer):
+    """ΔW a free tensor in the base weight's shape."""
+
+    def update_layer(self, adapter_name: str, config: object = None) -> None:
+        self.full_delta = nn.ParameterDict({adapter_name: nn.Parameter(torch.randn(self.base_layer.weight.shape))})
+
+    def delta_weight(self, adapter_name: str, *, training: bool = False) -> torch.Tensor:
+        return self.full_delta[adapter_name]
+
+
+def test_on_a_conv2d_the_update_is_a_kernel_applied_as_the_base_s() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=1, groups=2)
+    layer = FullKernel(conv).eval()
+    layer.update_layer("a")
+    layer.set_adapter(["a"])
+    assert (layer.in_features, layer.out_features) == (4, 6)
+    x = torch.randn(2, 4, 7, 7)
+    base = conv.weight.detach().clone()
+    delta = layer.delta_weight("a").detach()
+    expected = F.conv2d(x, base + delta, conv.bias, stride=2, padding=1, groups=2)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected)
+        layer.merge()
+        torch.testing.assert_close(conv.weight, base + delta)
+        layer.unmerge()
+    torch.testing.assert_close(conv.weight, base)
 
 
 def test_over_a_half_precision_base_updates_are_float32_and_summed_before_rounding() -> None:
