@@ -44,7 +44,7 @@ class LoHaConfig(BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave)
         default=0.0, ge=0.0, le=1.0, description="Training only: skip the whole adapter for a forward with this probability."
     )
     use_effective_conv2d: bool = Field(
-        default=False, description="PEFT's option for Conv layers, kept for its files (this plugin wraps Linear only)."
+        default=False, description="On a Conv2d kernel above 1x1, each product as a CP decomposition (a core hada_t1/t2)."
     )
     init_weights: bool = Field(default=True, description="True: W2b = 0 (the identity); False: random, for tests.")
     rank_pattern: dict[str, PositiveInt] = Field(default_factory=dict, description="Module-name regex -> r.")

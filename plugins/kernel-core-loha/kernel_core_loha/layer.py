@@ -1,9 +1,13 @@
 """The LoHa layer: per adapter, two low-rank products whose element-wise (Hadamard) product,
-scaled by ``alpha / r``, is the update of the wrapped ``nn.Linear``'s weight.
+scaled by ``alpha / r``, is the update of the wrapped layer's weight.
 
-Tensors and shapes follow PEFT's files: ``hada_w1_a`` and ``hada_w2_a`` are ``(out, r)``,
-``hada_w1_b`` and ``hada_w2_b`` are ``(r, in)``. The forward, merge and unmerge that follow
-from the update come from :class:`DeltaWeightLayer`.
+Tensors and shapes follow PEFT's files. On an ``nn.Linear`` (and an ``nn.Conv2d`` seen as a
+matrix ``(out, in / groups * kh * kw)``) ``hada_w1_a``/``hada_w2_a`` are ``(out, r)`` and
+``hada_w1_b``/``hada_w2_b`` are ``(r, in)``. A ``Conv2d`` with a kernel larger than 1x1 and
+``use_effective_conv2d`` keeps each product as a CP decomposition instead (FedPara's
+"Proposition 3"): a core ``hada_t1``/``hada_t2`` of ``(r, r, kh, kw)`` and ``(r, out)``,
+``(r, in / groups)`` factors. The forward, merge and unmerge that follow from the update come
+from :class:`DeltaWeightLayer`.
 """
 
 from __future__ import annotations
@@ -18,19 +22,19 @@ from kernel_core.contracts.delta_weight import DeltaWeightLayer
 from kernel_core.contracts.tuner import BaseTunerConfig
 from kernel_core_loha.config import LoHaConfig
 
-FACTORS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
-
 
 class LoHaLayer(DeltaWeightLayer):
-    """LoHa around an ``nn.Linear``; each adapter's rank, alpha and dropouts come from its
-    config for this module (``rank_pattern``/``alpha_pattern`` already applied)."""
+    """LoHa around an ``nn.Linear`` or ``nn.Conv2d``; each adapter's rank, alpha and dropouts
+    come from its config for this module (``rank_pattern``/``alpha_pattern`` already applied)."""
 
-    def __init__(self, base_layer: nn.Linear, adapter_name: str, config: LoHaConfig) -> None:
+    def __init__(self, base_layer: nn.Linear | nn.Conv2d, adapter_name: str, config: LoHaConfig) -> None:
         super().__init__(base_layer)
         self.hada_w1_a = nn.ParameterDict()
         self.hada_w1_b = nn.ParameterDict()
         self.hada_w2_a = nn.ParameterDict()
         self.hada_w2_b = nn.ParameterDict()
+        self.hada_t1 = nn.ParameterDict()
+        self.hada_t2 = nn.ParameterDict()
         self.configs: dict[str, LoHaConfig] = {}
         self.update_layer(adapter_name, config)
         self.set_adapter([adapter_name])
@@ -40,11 +44,17 @@ class LoHaLayer(DeltaWeightLayer):
             raise TypeError(f"LoHa needs a LoHaConfig, got {type(config).__name__}")
         if adapter_name in self.merged_adapters:
             raise ValueError(f"adapter {adapter_name!r} is merged; unmerge before re-initialising it")
-        weight = self.base_layer.weight
-        shapes = {"hada_w1_a": (self.out_features, config.r), "hada_w1_b": (config.r, self.in_features)}
-        shapes |= {"hada_w2_a": shapes["hada_w1_a"], "hada_w2_b": shapes["hada_w1_b"]}
+        for container in (self.hada_t1, self.hada_t2):
+            if adapter_name in container:  # re-initialised with other options, the form may change
+                del container[adapter_name]
+        out_features, r = self.out_features, config.r
+        shapes = {"hada_w1_a": (out_features, r), "hada_w1_b": (r, self.base_layer.weight[0].numel())}
+        if self.is_conv2d and config.use_effective_conv2d and tuple(self.base_layer.kernel_size) != (1, 1):
+            _, in_per_group, *kernel = self.base_layer.weight.shape
+            shapes = {"hada_w1_a": (r, out_features), "hada_w1_b": (r, in_per_group), "hada_t1": (r, r, *kernel)}
+        shapes |= {name.replace("1", "2"): shape for name, shape in shapes.items()}
         for name, shape in shapes.items():
-            factor = torch.empty(shape, dtype=self.adapter_dtype, device=weight.device)
+            factor = torch.empty(shape, dtype=self.adapter_dtype, device=self.base_layer.weight.device)
             if name == "hada_w2_b" and config.init_weights:
                 nn.init.zeros_(factor)  # one zero factor makes the new adapter the identity
             else:
@@ -58,16 +68,24 @@ class LoHaLayer(DeltaWeightLayer):
         self.configs.pop(adapter_name, None)
 
     def delta_weight(self, adapter_name: str, *, training: bool = False) -> torch.Tensor:
-        """``(W1a W1b) ⊙ (W2a W2b) * alpha / r``; while training, each output row is dropped
-        with probability ``rank_dropout`` and the kept rows rescaled by the kept fraction."""
+        """``(W1a W1b) ⊙ (W2a W2b) * alpha / r`` in the base weight's shape; while training,
+        each output row is dropped with probability ``rank_dropout`` and the kept rows rescaled
+        by the kept fraction."""
         config = self.configs[adapter_name]
-        w1 = self.hada_w1_a[adapter_name] @ self.hada_w1_b[adapter_name]
-        w2 = self.hada_w2_a[adapter_name] @ self.hada_w2_b[adapter_name]
-        delta = w1 * w2 * torch.tensor(config.scaling)
+        delta = self._product("1", adapter_name) * self._product("2", adapter_name) * torch.tensor(config.scaling)
+        delta = delta.reshape(self.base_layer.weight.shape)
         if training and config.rank_dropout:
             keep = (torch.rand(delta.shape[0]) > config.rank_dropout).to(delta)
-            delta = delta * (keep / keep.mean()).unsqueeze(1)
+            delta = delta * (keep / keep.mean()).view(-1, *[1] * (delta.dim() - 1))
         return delta
+
+    def _product(self, index: str, adapter_name: str) -> torch.Tensor:
+        """``W{index}a W{index}b``, or its CP rebuild ``t ×₁ a ×₂ b`` (``(out, in, kh, kw)``)."""
+        a, b = getattr(self, f"hada_w{index}_a")[adapter_name], getattr(self, f"hada_w{index}_b")[adapter_name]
+        core = getattr(self, f"hada_t{index}")
+        if adapter_name in core:
+            return torch.einsum("ijkl,jr,ip->prkl", core[adapter_name], b, a)
+        return a @ b
 
     def adapter_output(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """While training, the whole adapter is skipped with probability ``module_dropout``."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import ModuleType
 
 import pytest
+import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -20,8 +21,13 @@ PLAIN = "model.layers.0.self_attn.k_proj"
 
 
 class TestLoHaConformance(TunerConformance):
-    # PEFT's LoHa wraps no Embedding and no transformers Conv1D (can_wrap declines them)
-    candidates = {k: v for k, v in CANDIDATES.items() if k != "embedding"}
+    # PEFT's LoHa wraps no Embedding and no transformers Conv1D (can_wrap declines them); a 3x3
+    # Conv2d gets the CP form (use_effective_conv2d), a grouped one the flattened form
+    candidates = {
+        **{k: v for k, v in CANDIDATES.items() if k != "embedding"},
+        "conv2d-3x3": lambda: nn.Conv2d(4, 6, 3, padding=1),
+        "conv2d-1x1-grouped": lambda: nn.Conv2d(4, 6, 1, groups=2),
+    }
     module_names = (PATTERNED, PLAIN)
 
     @pytest.fixture
@@ -33,11 +39,18 @@ class TestLoHaConformance(TunerConformance):
         return Conv1D(8, 16)
 
     @pytest.fixture
+    def module_input(self, candidate_module: nn.Module) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(1)
+        if isinstance(candidate_module, nn.Conv2d):
+            return torch.randn(3, candidate_module.in_channels, 5, 5, generator=generator)
+        return torch.randn(3, 5, candidate_module.in_features, generator=generator)
+
+    @pytest.fixture
     def tuner_config(self) -> LoHaConfig:
         # Random factors, so that a new adapter is not the identity.
         return LoHaConfig(
             target_modules=["k_proj", "down_proj"], r=4, alpha=6, rank_pattern={"down_proj": 2},
-            alpha_pattern={r"layers\.0\.mlp\.down_proj": 3}, init_weights=False,
+            alpha_pattern={r"layers\.0\.mlp\.down_proj": 3}, init_weights=False, use_effective_conv2d=True,
         )
 
 
@@ -58,3 +71,11 @@ def test_record() -> None:
     (spec,) = plugin.kernel_core_tuners()
     assert (spec.name, spec.peft_type) == ("loha", "LOHA")
     assert spec.load() is LoHaTuner
+
+
+@pytest.mark.parametrize(("kernel", "cores"), [(3, {"hada_t1", "hada_t2"}), (1, set())])
+def test_effective_conv2d_keeps_a_cp_core_for_kernels_above_1x1(kernel: int, cores: set[str]) -> None:
+    config = LoHaConfig(target_modules=["conv"], r=2, use_effective_conv2d=True, init_weights=False)
+    layer = LoHaTuner().wrap(nn.Conv2d(4, 6, kernel), "default", config.for_module("conv"))
+    assert {key.split(".")[0] for key in layer.state_dict() if key.startswith("hada_t")} == cores
+    assert layer.delta_weight("default").shape == layer.base_layer.weight.shape

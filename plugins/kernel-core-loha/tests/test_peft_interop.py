@@ -202,3 +202,54 @@ def test_default_table_is_peft_s() -> None:
     """target_modules=None means what it means in peft, for every model type."""
     expected = TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING
     assert {key: value if isinstance(value, str) else list(value) for key, value in DEFAULT_TARGETS.items()} == expected
+
+
+class TinyConvNet(torch.nn.Module):
+    """3x3, grouped 3x3 and 1x1 ``Conv2d`` layers and a Linear head, the same for one seed."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv1 = torch.nn.Conv2d(4, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.conv3 = torch.nn.Conv2d(8, 6, 1)
+        self.head = torch.nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
+        return self.head(hidden.mean((2, 3)))
+
+
+CONV_CASES: dict[str, dict[str, Any]] = {
+    "flattened": {"target_modules": ["conv1", "conv2", "conv3", "head"], "r": 2, "alpha": 3},
+    "effective-conv2d": {"target_modules": r"conv\d|head", "r": 3, "use_effective_conv2d": True, "rank_pattern": {"conv2": 2}},
+}
+
+
+def _conv_out(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(5)))
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_conv2d_both_ways_and_merged(case: str, tmp_path: Path) -> None:
+    """Conv2d targets (1x1, 3x3, grouped; the CP form with use_effective_conv2d): files both ways
+    with peft's outputs, merged weights equal to peft's."""
+    fields = CONV_CASES[case]
+    reference = _peft_made(TinyConvNet, fields)
+    _quiet(lambda: reference.save_pretrained(str(tmp_path / "peft")))
+    merged_reference = peft_merged(reference)
+    floor = (_conv_out(merged_reference) - _conv_out(reference)).abs().max().item()
+    ours = PeftModel.from_pretrained(TinyConvNet(), tmp_path / "peft")
+    assert (_conv_out(reference) - _conv_out(TinyConvNet())).abs().max() > 1e-3, "the adapter must change the output"
+    assert_same(_conv_out(ours), _conv_out(reference), floor)
+    merged = ours.merge_and_unload().state_dict()
+    for key, value in merged_reference.state_dict().items():
+        assert torch.equal(merged[key], value), f"{key}: merged weight differs from peft's"
+
+    ours = get_peft_model(TinyConvNet(), get_config("loha", **fields)).eval()
+    _randomise(ours)
+    ours.save_pretrained(tmp_path / "ours")
+    reference = _quiet(lambda: peft.PeftModel.from_pretrained(TinyConvNet(), str(tmp_path / "ours")).eval())
+    floor = (_conv_out(peft_merged(reference)) - _conv_out(reference)).abs().max().item()
+    assert_same(_conv_out(ours), _conv_out(reference), floor)

@@ -49,7 +49,7 @@ class LoKrConfig(BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave)
     )
     rank_dropout_scale: bool = Field(default=False, description="Rescale the rows rank_dropout keeps by the kept fraction.")
     use_effective_conv2d: bool = Field(
-        default=False, description="PEFT's option for Conv layers, kept for its files (this plugin wraps Linear only)."
+        default=False, description="On a Conv2d kernel above 1x1, a low-rank W2 as a CP decomposition (a core lokr_t2)."
     )
     decompose_both: bool = Field(
         default=False, description="Also make W1 a rank-r product when r is under half its larger side (W2 always may be)."

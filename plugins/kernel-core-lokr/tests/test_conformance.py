@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import ModuleType
 
 import pytest
+import torch
 from peft.tuners.lokr.layer import factorization as peft_factorization
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -28,8 +29,13 @@ CONFIG = {
 
 
 class TestLoKrConformance(TunerConformance):
-    # PEFT's LoKr wraps no Embedding and no transformers Conv1D (can_wrap declines them)
-    candidates = {k: v for k, v in CANDIDATES.items() if k != "embedding"}
+    # PEFT's LoKr wraps no Embedding and no transformers Conv1D (can_wrap declines them); a 3x3
+    # Conv2d gets a CP W2 at rank 1 (use_effective_conv2d), a grouped 1x1 one a flattened W2
+    candidates = {
+        **{k: v for k, v in CANDIDATES.items() if k != "embedding"},
+        "conv2d-3x3": lambda: nn.Conv2d(4, 6, 3, padding=1),
+        "conv2d-1x1-grouped": lambda: nn.Conv2d(4, 6, 1, groups=2),
+    }
     module_names = (DECOMPOSED, WHOLE)
 
     @pytest.fixture
@@ -41,9 +47,16 @@ class TestLoKrConformance(TunerConformance):
         return Conv1D(8, 16)
 
     @pytest.fixture
+    def module_input(self, candidate_module: nn.Module) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(1)
+        if isinstance(candidate_module, nn.Conv2d):
+            return torch.randn(3, candidate_module.in_channels, 5, 5, generator=generator)
+        return torch.randn(3, 5, candidate_module.in_features, generator=generator)
+
+    @pytest.fixture
     def tuner_config(self) -> LoKrConfig:
         # Random factors, so that a new adapter is not the identity.
-        return LoKrConfig(**CONFIG, init_weights=False)
+        return LoKrConfig(**CONFIG, init_weights=False, use_effective_conv2d=True)
 
 
 @pytest.mark.parametrize(("module_name", "containers"), [(DECOMPOSED, {"lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b"}), (WHOLE, {"lokr_w1", "lokr_w2"})])
@@ -59,6 +72,16 @@ def test_a_new_adapter_is_the_identity(init: bool | str, module_name: str) -> No
     layer = LoKrTuner().wrap(nn.Linear(16, 8), "default", LoKrConfig(**CONFIG, init_weights=init).for_module(module_name))
     assert not layer.delta_weight("default").any()
     assert LoKrTuner().wrap(nn.Linear(16, 8), "x", LoKrConfig(**CONFIG, init_weights=False).for_module(module_name)).delta_weight("x").any()
+
+
+@pytest.mark.parametrize(("kernel", "rank", "containers"), [
+    (3, 1, {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "lokr_t2"}), (1, 1, {"lokr_w1", "lokr_w2_a", "lokr_w2_b"}), (3, 4, {"lokr_w1", "lokr_w2"}),
+])
+def test_effective_conv2d_keeps_a_cp_core_for_a_low_rank_w2(kernel: int, rank: int, containers: set[str]) -> None:
+    config = LoKrConfig(target_modules=["conv"], r=rank, use_effective_conv2d=True, init_weights=False)
+    layer = LoKrTuner().wrap(nn.Conv2d(4, 6, kernel), "default", config.for_module("conv"))
+    assert {key.split(".")[0] for key in layer.state_dict() if key.startswith("lokr_")} == containers
+    assert layer.delta_weight("default").shape == layer.base_layer.weight.shape
 
 
 def test_factorization_is_peft_s() -> None:
