@@ -6,6 +6,8 @@ PEFT's ``OFTConfig`` has every target filter (``exclude_modules``, ``layers_to_t
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -15,6 +17,8 @@ from kernel_core.contracts.tuner import TunerConfig
 #: The PEFT version whose OFT this matches, written as ``peft_version``: PEFT reads a file with
 #: ``use_cayley_neumann`` and no version (or one before 0.18) as the older series, and warns.
 PEFT_VERSION = "0.21.0"
+#: The first PEFT version with today's Neumann series (and with ``peft_version`` in its files).
+NEUMANN_SINCE = (0, 18)
 
 #: ``target_modules`` when a config has none, by transformers ``model_type``: PEFT's OFT table is
 #: its LoRA table (facts from PEFT; a string is a regex).
@@ -72,3 +76,19 @@ class OFTConfig(TunerConfig):
         """The fields, plus ``peft_version``: the Neumann series changed in PEFT 0.18, and PEFT
         tells files in today's form by that key."""
         return super().to_dict() | {"peft_version": PEFT_VERSION}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OFTConfig:
+        """As the base, warning (as PEFT does) when a file using the Neumann series comes from a
+        PEFT before 0.18, whose series differed: the rotations would not be the trained ones."""
+        if data.get("use_cayley_neumann", cls.model_fields["use_cayley_neumann"].default):
+            version = str(data.get("peft_version") or "0").partition("@")[0]
+            parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+            if parts < NEUMANN_SINCE:
+                warnings.warn(
+                    f"OFT file with use_cayley_neumann from PEFT {data.get('peft_version') or 'before 0.18'}: "
+                    "the Neumann series changed in PEFT 0.18, so its rotations load as today's series computes them",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        return super().from_dict(data)

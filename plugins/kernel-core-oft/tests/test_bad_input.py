@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kernel_core.errors import AdapterLoadError, InvalidAdapterConfigError
-from kernel_core.peft import PeftModel, get_config, get_peft_model
+from kernel_core.peft import PeftModel, config_from_dict, get_config, get_peft_model
 from kernel_core_sdk.tiny_models import tiny_llama
 
 FIELDS = {"target_modules": ["q_proj", "down_proj"], "oft_block_size": 4}
@@ -83,3 +83,16 @@ def test_a_block_size_that_does_not_divide_a_layer_warns_naming_it() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         get_peft_model(tiny_llama(), get_config("oft", target_modules=["q_proj"], oft_block_size=8))
+
+
+@pytest.mark.parametrize(("version", "warns"), [(None, True), ("0.17.1", True), ("0.18.0", False), ("0.21.2@abc", False)])
+def test_a_neumann_file_from_peft_before_0_18_warns(version: str | None, warns: bool) -> None:
+    data = {"peft_type": "OFT", **FIELDS, "use_cayley_neumann": True} | ({"peft_version": version} if version else {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config_from_dict(data)
+        config_from_dict(data | {"use_cayley_neumann": False})  # the exact transform did not change
+    assert [str(w.message) for w in caught if "Neumann series changed" in str(w.message)] == (
+        [f"OFT file with use_cayley_neumann from PEFT {version or 'before 0.18'}: the Neumann series changed in "
+         "PEFT 0.18, so its rotations load as today's series computes them"] if warns else []
+    )
