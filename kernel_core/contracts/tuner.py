@@ -158,6 +158,23 @@ class TunerLayer(nn.Module):
         self.disable_adapters = False
         self.row_adapters: Sequence[str] | None = None
 
+    def __getattr__(self, name: str) -> Any:
+        """An attribute the layer lacks is the wrapped module's (innermost, under any other
+        tuner layers), as PEFT's layers expose ``weight`` and ``bias``: in a mixed model
+        (:class:`kernel_core.peft.PeftMixedModel`) a layer of one method may wrap another
+        method's layer, and ``self.base_layer.weight`` (or ``bias``, ``padding_idx``, ...) still
+        reads the real module's, so a method's layer works unchanged on top of another's. Since
+        API 1.4 (additive)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self._modules.get("base_layer")
+            if inner is None:  # not built yet
+                raise
+            while isinstance(inner, TunerLayer):
+                inner = inner.base_layer
+            return getattr(inner, name)
+
     @property
     def merged(self) -> bool:
         return bool(self.merged_adapters)

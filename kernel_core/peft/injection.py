@@ -38,10 +38,11 @@ def inject(model: nn.Module, adapter_name: str, config: BaseTunerConfig, method:
     for name in targets:
         module = model.get_submodule(name)
         module_config = config.for_module(name)
-        if isinstance(module, TunerLayer):
-            module.update_layer(adapter_name, module_config)
-        elif method.tuner.can_wrap(module):
-            replace(model, name, method.tuner.wrap(module, adapter_name, module_config))
+        own = _own_layer(module, method) if isinstance(module, TunerLayer) else None
+        if own is not None:
+            own.update_layer(adapter_name, module_config)
+        elif method.tuner.can_wrap(innermost(module)):
+            replace(model, name, _stacked(method.tuner.wrap(innermost(module), adapter_name, module_config), module))
         else:
             raise InvalidAdapterConfigError(
                 f"{method.spec.name} cannot adapt module {name!r} of type {type(module).__name__}; "
@@ -85,6 +86,48 @@ def replace(model: nn.Module, name: str, module: nn.Module) -> None:
     """Put ``module`` at dotted path ``name`` of ``model``."""
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name), child, module)
+
+
+def _own_layer(module: TunerLayer, method: Method) -> TunerLayer | None:
+    """The layer of ``method`` in the stack ``module`` (one holding containers named with the
+    method's prefix), or None when the method has none there yet."""
+    for layer in layer_stack(module):
+        if any(child.startswith(method.tuner.prefix) for child, _ in layer.named_children()):
+            return layer
+    return None
+
+
+def _stacked(layer: TunerLayer, module: nn.Module) -> TunerLayer:
+    """``layer`` (built around the innermost module) on top of ``module``: when ``module`` is
+    another method's layer (a mixed model) the new layer wraps it, as PEFT stacks them."""
+    if module is not layer.base_layer:
+        layer.base_layer = module
+    return layer
+
+
+def layer_stack(layer: nn.Module) -> list[TunerLayer]:
+    """The tuner layers wrapped one in another from ``layer`` down, outermost first (one layer
+    except in a mixed model)."""
+    stack = []
+    while isinstance(layer, TunerLayer):
+        stack.append(layer)
+        layer = layer.base_layer
+    return stack
+
+
+def innermost(module: nn.Module) -> nn.Module:
+    """The module under every tuner layer of ``module`` (``module`` itself when it is none)."""
+    while isinstance(module, TunerLayer):
+        module = module.base_layer
+    return module
+
+
+def all_tuner_layers(model: nn.Module) -> Iterator[TunerLayer]:
+    """Every layer of every stack, innermost first within a stack: the order to merge in (each
+    layer's merge folds into the weights its inner layers already changed, as its forward sees
+    them); unmerge goes the other way."""
+    for _, outer in tuner_layers(model):
+        yield from reversed(layer_stack(outer))
 
 
 def tuner_layers(model: nn.Module) -> Iterator[tuple[str, TunerLayer]]:

@@ -21,7 +21,7 @@ from kernel_core.contracts.tuner import BASE_ADAPTER, BaseTunerConfig, TunerLaye
 from kernel_core.errors import InvalidAdapterConfigError
 from kernel_core.peft.config import Method, config_from_dict, config_to_dict, method_of
 from kernel_core.peft.defaults import resolve_target_modules
-from kernel_core.peft.injection import inject, replace, tuner_layers
+from kernel_core.peft.injection import all_tuner_layers, inject, innermost, layer_stack, replace, tuner_layers
 from kernel_core.peft.modules_to_save import ModulesToSaveWrapper
 from kernel_core.peft.state_dict import adapter_tensors, load_adapter_tensors, read_adapter, write_adapter
 
@@ -118,12 +118,7 @@ class PeftModel(nn.Module):
         if adapter_name == BASE_ADAPTER or not adapter_name or "." in adapter_name:
             raise ValueError(f"{adapter_name!r} cannot name an adapter (reserved, empty or dotted)")
         method = method_of(config)
-        others = {m.spec.name for m in self._methods.values()}
-        if others and method.spec.name not in others:
-            raise InvalidAdapterConfigError(
-                f"adapter {adapter_name!r} is {method.spec.name} but this model holds {', '.join(sorted(others))} "
-                "adapters; one method per model"
-            )
+        self._check_method(adapter_name, method)
         config = config.model_copy(update={"base_model_name_or_path": config.base_model_name_or_path or self._model_name()})
         config = resolve_target_modules(config, method.tuner, method.spec.name, self.model)
         config = method.tuner.before_inject(self, adapter_name, config)
@@ -134,19 +129,36 @@ class PeftModel(nn.Module):
         self.peft_config[adapter_name] = config
         self._methods[adapter_name] = method
         self._trained_base[adapter_name] = method.tuner.trained_base_parameters(config, self.model, wrapped)
-        self.set_adapter(self.active_adapter if self.active_adapter in self.peft_config else adapter_name)
+        self._keep_active(adapter_name)
+
+    def _keep_active(self, added: str) -> None:
+        """After ``added`` is added: the active adapter stays active (``added`` if there is none)."""
+        self.set_adapter(self.active_adapter if self.active_adapter in self.peft_config else added)
+
+    def _check_method(self, adapter_name: str, method: Method) -> None:
+        """Every adapter of one model uses the same method (:class:`kernel_core.peft.PeftMixedModel` mixes them)."""
+        others = {m.spec.name for m in self._methods.values()}
+        if others and method.spec.name not in others:
+            raise InvalidAdapterConfigError(
+                f"adapter {adapter_name!r} is {method.spec.name} but this model holds {', '.join(sorted(others))} "
+                "adapters; one method per model (get_peft_model(..., mixed=True) mixes methods that allow it)"
+            )
 
     def set_adapter(self, adapter_name: str) -> None:
         """Make ``adapter_name`` the active adapter; only its parameters train."""
-        self._check_known([adapter_name])
-        for _, layer in tuner_layers(self.model):
-            layer.set_adapter([adapter_name])
+        self._activate([adapter_name])
         self.active_adapter = adapter_name
-        trained = set(self._trained_base.get(adapter_name, ()))
-        inference = self.peft_config[adapter_name].inference_mode
+
+    def _activate(self, adapter_names: Sequence[str]) -> None:
+        """Make these adapters active in every layer; only their parameters train."""
+        self._check_known(adapter_names)
+        for layer in all_tuner_layers(self.model):
+            layer.set_adapter(adapter_names)
+        trained = {name: not self.peft_config[adapter].inference_mode for adapter in adapter_names for name in self._trained_base.get(adapter, ())}
+        inference = all(self.peft_config[adapter].inference_mode for adapter in adapter_names)
         for name, parameter in self.model.named_parameters():
             if name in trained:
-                parameter.requires_grad_(not inference)
+                parameter.requires_grad_(trained[name])
             elif inference and parameter.requires_grad:
                 parameter.requires_grad_(False)
 
@@ -157,11 +169,16 @@ class PeftModel(nn.Module):
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter; when it was active, another remaining one becomes active."""
         self._check_known([adapter_name])
-        for name, layer in list(tuner_layers(self.model)):
-            if adapter_name in layer.adapter_names:
-                layer.delete_adapter(adapter_name)
-            if not layer.adapter_names:
-                replace(self.model, name, layer.base_layer)
+        for name, outer in list(tuner_layers(self.model)):
+            kept = []
+            for layer in layer_stack(outer):
+                if adapter_name in layer.adapter_names:
+                    layer.delete_adapter(adapter_name)
+                if layer.adapter_names:
+                    kept.append(layer)
+            for layer, inner in zip(kept, kept[1:] + [innermost(outer)]):  # drop emptied layers from the stack
+                layer.base_layer = inner
+            replace(self.model, name, kept[0] if kept else innermost(outer))
         for container in self._shared_containers(adapter_name):
             del container[adapter_name]
         del self.peft_config[adapter_name], self._methods[adapter_name], self._trained_base[adapter_name]
@@ -181,7 +198,7 @@ class PeftModel(nn.Module):
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Within this block the model computes as the base model (merged adapters are unmerged)."""
-        layers = [layer for _, layer in tuner_layers(self.model)]
+        layers = list(all_tuner_layers(self.model))
         for layer in layers:
             layer.disable_adapters = True
         try:
@@ -195,12 +212,12 @@ class PeftModel(nn.Module):
         unmergeable."""
         names = list(adapter_names or self.active_adapters)
         self._check_known(names)
-        for _, layer in tuner_layers(self.model):
+        for layer in all_tuner_layers(self.model):
             layer.merge(names)
 
     def unmerge_adapter(self) -> None:
         """Restore the base weights from before :meth:`merge_adapter`."""
-        for _, layer in tuner_layers(self.model):
+        for layer in reversed(list(all_tuner_layers(self.model))):
             layer.unmerge()
 
     def merge_and_unload(self, adapter_names: Sequence[str] | None = None) -> nn.Module:
@@ -218,7 +235,7 @@ class PeftModel(nn.Module):
             if isinstance(layer, ModulesToSaveWrapper):
                 replace(self.model, name, layer.unloaded(merge))
             else:
-                replace(self.model, name, layer.base_layer)
+                replace(self.model, name, innermost(layer))
         return self.model
 
     def add_weighted_adapter(self, adapters: Sequence[str], weights: Sequence[float], adapter_name: str, **options: Any) -> None:
@@ -284,7 +301,7 @@ class PeftModel(nn.Module):
             yield
             return
         self._check_known([name for name in adapter_names if name != BASE_ADAPTER])
-        layers = [layer for _, layer in tuner_layers(self.model)]
+        layers = list(all_tuner_layers(self.model))
         for layer in layers:
             layer.row_adapters = list(adapter_names)
         try:
@@ -354,6 +371,12 @@ class PeftModel(nn.Module):
         return getattr(config, "_name_or_path", None) or None
 
 
-def get_peft_model(model: nn.Module, config: BaseTunerConfig, adapter_name: str = DEFAULT_ADAPTER) -> PeftModel:
-    """Wrap ``model`` (any transformers ``PreTrainedModel``) with a new, trainable adapter."""
+def get_peft_model(model: nn.Module, config: BaseTunerConfig, adapter_name: str = DEFAULT_ADAPTER, mixed: bool = False) -> PeftModel:
+    """Wrap ``model`` (any transformers ``PreTrainedModel``) with a new, trainable adapter;
+    ``mixed=True`` gives a :class:`kernel_core.peft.PeftMixedModel`, which also takes adapters of
+    other methods (as PEFT's ``get_peft_model(..., mixed=True)``)."""
+    if mixed:
+        from kernel_core.peft.mixed import PeftMixedModel  # it subclasses PeftModel
+
+        return PeftMixedModel(model, config, adapter_name)
     return PeftModel(model, config, adapter_name)

@@ -36,8 +36,17 @@ def file_key(model_key: str, adapter_name: str, prefix: str) -> str | None:
         if container == MODULES_TO_SAVE:
             return ".".join(parts[:index] + parts[index + 2 :]) if name == adapter_name else None
         if container.startswith(prefix):
-            return ".".join(parts[: index + 1] + parts[index + 2 :]) if name == adapter_name else None
+            return ".".join(_module_path(parts[:index]) + parts[index : index + 1] + parts[index + 2 :]) if name == adapter_name else None
     return None
+
+
+def _module_path(parts: list[str]) -> list[str]:
+    """The module's path without the ``base_layer`` segments a mixed model's stacked layers add
+    (``q_proj.base_layer.hada_w1_a``: the inner method's container), so that each adapter's file
+    keys are what that method alone writes."""
+    while parts and parts[-1] == "base_layer":
+        parts = parts[:-1]
+    return parts
 
 
 def adapter_tensors(model: nn.Module, adapter_name: str, prefix: str, base_keys: Iterable[str] = ()) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ def kernel_core_tuners() -> list[TunerSpec]:
             description="Low-rank adapters (LoRA, rsLoRA, DoRA; PiSSA/OLoRA inits) on Linear, Embedding, Conv1D.",
             implementation="kernel_core_lora.tuner:LoraTuner",
             peft_type="LORA",
-            capabilities=frozenset({"merge", "mixed-batch", "weighted-combination"}),
+            capabilities=frozenset({"merge", "mixed-batch", "weighted-combination", "mixed-model"}),
         )
     ]
 
