@@ -26,8 +26,8 @@ from kernel_core_lokr.factorization import factorization
 
 
 class LoKrLayer(DeltaWeightLayer):
-    """LoKr around an ``nn.Linear`` or ``nn.Conv2d``; each adapter's rank, alpha and options come from its config
-    for this module (``rank_pattern``/``alpha_pattern`` already applied)."""
+    """LoKr around an ``nn.Linear`` or ``nn.Conv2d``; each adapter's rank, alpha and options
+    come from its config for this module (``rank_pattern``/``alpha_pattern`` already applied)."""
 
     def __init__(self, base_layer: nn.Linear | nn.Conv2d, adapter_name: str, config: LoKrConfig) -> None:
         super().__init__(base_layer)

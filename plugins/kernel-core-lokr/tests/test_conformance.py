@@ -84,6 +84,13 @@ def test_effective_conv2d_keeps_a_cp_core_for_a_low_rank_w2(kernel: int, rank: i
     assert layer.delta_weight("default").shape == layer.base_layer.weight.shape
 
 
+def test_re_initialising_an_adapter_with_another_rank_changes_the_form_of_its_factors() -> None:
+    layer = LoKrTuner().wrap(nn.Linear(16, 8), "default", LoKrConfig(**CONFIG).for_module(WHOLE))
+    layer.update_layer("default", LoKrConfig(**CONFIG).for_module(DECOMPOSED))
+    assert {key.split(".")[0] for key in layer.state_dict() if key.startswith("lokr_")} == {"lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b"}
+    assert layer.delta_weight("default").shape == (8, 16)
+
+
 def test_factorization_is_peft_s() -> None:
     for factor in (-1, 1, 2, 3, 4, 5, 8, 16, 100):
         for dimension in range(1, 300):
