@@ -5,7 +5,9 @@ Methods that allow it declare the ``"mixed-model"`` capability in their :class:`
 of one method on a module share that method's layer; a later method's layer wraps the earlier
 one's (``q_proj.base_layer`` is then the inner layer, as in PEFT), so on a module each active
 adapter acts in turn, the earliest added innermost. Nothing here knows any method: the stack
-is built, switched, disabled, merged and unloaded through the tuner-layer contract alone.
+is built, switched, disabled, merged and unloaded through the tuner-layer contract alone; a
+method's layer in a stack is the one holding containers named with its prefix, so two methods
+whose prefixes overlap (AdaLoRA uses LoRA's ``lora_``) cannot share a mixed model.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ class PeftMixedModel(PeftModel):
                 f"adapter {adapter_name!r} is {method.spec.name}, which does not declare the {MIXED_CAPABILITY!r} "
                 "capability: it cannot be mixed with other methods (as in PEFT); use a PeftModel for it"
             )
+        prefix = method.tuner.prefix
+        for other in {m.spec.name: m for m in self._methods.values()}.values():
+            theirs = other.tuner.prefix
+            if other.spec.name != method.spec.name and (prefix.startswith(theirs) or theirs.startswith(prefix)):
+                raise InvalidAdapterConfigError(
+                    f"adapter {adapter_name!r} is {method.spec.name}, whose container prefix {prefix!r} overlaps "
+                    f"{other.spec.name}'s {theirs!r}: a stacked layer is found by its prefix, so these two cannot share a model"
+                )
 
     def set_adapter(self, adapter_name: str | Sequence[str]) -> None:  # type: ignore[override]
         """Make these adapters active (a name or a list), whatever their methods; on a module

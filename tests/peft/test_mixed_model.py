@@ -236,6 +236,19 @@ def test_methods_peft_does_not_mix_are_refused(method: str, fields: dict[str, An
     assert list(model.peft_config) == ["default"]
 
 
+def test_methods_sharing_a_prefix_are_refused() -> None:
+    """A stacked layer is found by its method's container prefix: a second method with an
+    overlapping prefix (AdaLoRA's is LoRA's ``lora_``) is refused by name."""
+    from kernel_core.contracts.records import TunerSpec
+    from kernel_core.peft.config import Method, get_method
+
+    lora = get_method("lora")
+    twin = Method(TunerSpec(name="twin", description="a", implementation="x:y", peft_type="TWIN", capabilities=frozenset({"mixed-model"})), lora.tuner)
+    model = get_peft_model(tiny_llama(), get_config("lora", target_modules=["q_proj"]), mixed=True)
+    with pytest.raises(InvalidAdapterConfigError, match="twin.*'lora_' overlaps lora's 'lora_'"):
+        model._check_method("other", twin)
+
+
 def test_a_plain_peft_model_still_holds_one_method() -> None:
     model = get_peft_model(tiny_llama(), get_config("lora", target_modules=["q_proj"]))
     with pytest.raises(InvalidAdapterConfigError, match="one method per model.*mixed=True"):
