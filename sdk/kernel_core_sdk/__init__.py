@@ -47,7 +47,7 @@ _LAZY: dict[str, str] = {
         "kernel_core.contracts.tuner",
     ),
     "DeltaWeightLayer": "kernel_core.contracts.delta_weight",
-    "by_model_type": "kernel_core.peft.defaults",
+    **dict.fromkeys(("COMMON_TARGET_MODULES", "by_model_type"), "kernel_core.peft.defaults"),
     "pattern_value": "kernel_core.peft.targets",
     "ModelArchitecture": "kernel_core.contracts.model",
     # The public model-building surface (plugin API 1.3): what a model plugin builds its forward from.

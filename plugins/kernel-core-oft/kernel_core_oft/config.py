@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from kernel_core.contracts.tuner import TunerConfig
+from kernel_core.peft.defaults import COMMON_TARGET_MODULES
 
 #: The PEFT version whose OFT this matches, written as ``peft_version``: PEFT reads a file with
 #: ``use_cayley_neumann`` and no version (or one before 0.18) as the older series, and warns.
@@ -21,23 +22,8 @@ PEFT_VERSION = "0.21.0"
 NEUMANN_SINCE = (0, 18)
 
 #: ``target_modules`` when a config has none, by transformers ``model_type``: PEFT's OFT table is
-#: its LoRA table (facts from PEFT; a string is a regex).
-DEFAULT_TARGETS: dict[str, tuple[str, ...] | str] = {
-    "t5": ("q", "v"), "mt5": ("q", "v"), "bart": ("q_proj", "v_proj"), "gpt2": ("c_attn",),
-    "bloom": ("query_key_value",), "blip-2": ("q", "v", "q_proj", "v_proj"), "opt": ("q_proj", "v_proj"),
-    "gptj": ("q_proj", "v_proj"), "gpt_neox": ("query_key_value",), "gpt_neo": ("q_proj", "v_proj"),
-    "bert": ("query", "value"), "roberta": ("query", "value"), "xlm-roberta": ("query", "value"),
-    "electra": ("query", "value"), "deberta-v2": ("query_proj", "value_proj"), "deberta": ("in_proj",),
-    "layoutlm": ("query", "value"), "llama": ("q_proj", "v_proj"), "llama4": ("q_proj", "v_proj"),
-    "chatglm": ("query_key_value",), "gpt_bigcode": ("c_attn",), "mpt": ("Wqkv",),
-    "RefinedWebModel": ("query_key_value",), "RefinedWeb": ("query_key_value",), "falcon": ("query_key_value",),
-    "btlm": ("c_proj", "c_attn"), "codegen": ("qkv_proj",), "mistral": ("q_proj", "v_proj"),
-    "mixtral": ("q_proj", "v_proj"), "stablelm": ("q_proj", "v_proj"), "phi": ("q_proj", "v_proj", "fc1", "fc2"),
-    "gemma": ("q_proj", "v_proj"), "gemma2": ("q_proj", "v_proj"), "gemma3_text": ("q_proj", "v_proj"),
-    "gemma4": r".*language_model\..*\.(q_proj|v_proj)", "qwen2": ("q_proj", "v_proj"), "qwen3": ("q_proj", "v_proj"),
-    "nemotron_h": ("q_proj", "k_proj", "v_proj", "o_proj"), "rwkv": ("key", "value", "receptance", "output"),
-    "rwkv7": ("r_proj", "k_proj", "v_proj", "o_proj", "key", "value"),
-}
+#: its LoRA table, the common one.
+DEFAULT_TARGETS = COMMON_TARGET_MODULES
 
 
 class OFTConfig(TunerConfig):
