@@ -165,15 +165,17 @@ class TunerLayer(nn.Module):
         method's layer, and ``self.base_layer.weight`` (or ``bias``, ``padding_idx``, ...) still
         reads the real module's, so a method's layer works unchanged on top of another's. Since
         API 1.4 (additive)."""
-        try:
+        state = self.__dict__
+        for store in ("_modules", "_parameters", "_buffers"):  # nn.Module's own lookup, inline: it runs
+            found = state.get(store)  # for every submodule access of every forward
+            if found is not None and name in found:
+                return found[name]
+        inner = state.get("_modules", {}).get("base_layer")
+        if inner is None:  # not built yet
             return super().__getattr__(name)
-        except AttributeError:
-            inner = self._modules.get("base_layer")
-            if inner is None:  # not built yet
-                raise
-            while isinstance(inner, TunerLayer):
-                inner = inner.base_layer
-            return getattr(inner, name)
+        while isinstance(inner, TunerLayer):
+            inner = inner.base_layer
+        return getattr(inner, name)
 
     @property
     def merged(self) -> bool:
