@@ -7,8 +7,6 @@ swaps the tuned copy in, the same arithmetic either way. So ours must equal peft
 
 from __future__ import annotations
 
-import copy
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,9 +17,13 @@ import torch
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING
 from transformers import PreTrainedModel
 
-from kernel_core.peft import BASE_ADAPTER, PeftModel, get_config, get_peft_model
+from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_ln_tuning.config import DEFAULT_TARGETS
-from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama, token_ids
+from kernel_core_sdk.peft_oracle import (
+    as_peft_table, assert_changes_output, assert_equal_weights, assert_mixed_batch, assert_peft_reads_config,
+    assert_same, logits, noise_floor, peft_made, peft_merged, randomise,
+)
+from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama
 
 CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
     "llama-defaults": (tiny_llama, {}),
@@ -33,28 +35,8 @@ CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
 }
 
 
-def _randomise(model: torch.nn.Module, seed: int = 3) -> None:
-    """Move every trainable tensor off its copy of the base, so that the adapter matters."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
-
-
-def _logits(model: torch.nn.Module, **kwargs: Any) -> torch.Tensor:
-    with torch.no_grad():
-        return model(token_ids(), **kwargs).logits
-
-
 def _peft_model(build: Callable[[], PreTrainedModel], fields: dict[str, Any], seed: int = 3) -> peft.PeftModel:
-    reference = peft.get_peft_model(build(), peft.LNTuningConfig(**fields)).eval()
-    _randomise(reference, seed)
-    return reference
-
-
-def peft_merged(reference: peft.PeftModel) -> PreTrainedModel:
-    return copy.deepcopy(reference).merge_and_unload()
+    return peft_made(build, peft.LNTuningConfig(**fields), seed)
 
 
 def plain_state(model: PreTrainedModel) -> dict[str, torch.Tensor]:
@@ -70,30 +52,18 @@ def plain_state(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     return state
 
 
-def noise_floor(reference: peft.PeftModel) -> float:
-    """How far peft's merged logits are from its unmerged ones (zero: a merge is a swap)."""
-    return (_logits(peft_merged(reference)) - _logits(reference)).abs().max().item()
-
-
-def assert_same(ours: torch.Tensor, reference: torch.Tensor, floor: float) -> None:
-    difference = (ours - reference).abs().max().item()
-    assert difference <= floor, f"ours differs from peft by {difference:.3g}, more than peft's own noise floor {floor:.3g}"
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_ours_loads_in_peft(case: str, tmp_path: Path) -> None:
     build, fields = CASES[case]
     ours = get_peft_model(build(), get_config("ln_tuning", **fields)).eval()
-    _randomise(ours)
+    randomise(ours)
     ours.save_pretrained(tmp_path)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # our adapter_config.json holds only keys peft's LNTuningConfig has
-        peft.PeftConfig.from_pretrained(str(tmp_path))
+    assert_peft_reads_config(tmp_path)  # our adapter_config.json holds only keys peft's LNTuningConfig has
     reference = peft.PeftModel.from_pretrained(build(), str(tmp_path)).eval()
 
-    assert (_logits(ours) - _logits(build())).abs().max() > 1e-3, "the adapter must change the output"
-    assert_same(_logits(ours), _logits(reference), noise_floor(reference))
+    assert_changes_output(logits(ours), logits(build()))
+    assert_same(logits(ours), logits(reference), noise_floor(reference))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -104,7 +74,7 @@ def test_peft_loads_in_ours(case: str, tmp_path: Path) -> None:
 
     ours = PeftModel.from_pretrained(build(), tmp_path)
 
-    assert_same(_logits(ours), _logits(reference), noise_floor(reference))
+    assert_same(logits(ours), logits(reference), noise_floor(reference))
     assert not any(p.requires_grad for p in ours.parameters()), "loaded for inference: nothing trains"
     wrapped = {name for name, _ in reference.named_modules() if name.endswith(".ln_tuning_layers")}
     assert wrapped == {name for name, _ in ours.named_modules() if name.endswith(".ln_tuning_layers")}
@@ -118,9 +88,9 @@ def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
     reference.save_pretrained(str(tmp_path))
     ours = PeftModel.from_pretrained(build(), tmp_path)
 
-    unmerged = _logits(ours)
+    unmerged = logits(ours)
     ours.merge_adapter()
-    merged_logits = _logits(ours)
+    merged_logits = logits(ours)
     ours.unmerge_adapter()
     base = build().state_dict()
     saved = tuple(fields.get("modules_to_save") or ())  # what unload keeps of those is the core's rule
@@ -130,9 +100,7 @@ def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
 
     merged = PeftModel.from_pretrained(build(), tmp_path).merge_and_unload().state_dict()
     expected = plain_state(peft_merged(reference))
-    assert merged.keys() == expected.keys()
-    for key, value in expected.items():
-        assert torch.equal(merged[key], value), f"{key}: merged weight differs from peft's"
+    assert_equal_weights(merged, expected)
     assert_same(merged_logits, unmerged, noise_floor(reference))
 
 
@@ -142,20 +110,11 @@ def test_mixed_batch_rows_equal_each_adapter_alone(tmp_path: Path) -> None:
     fields = {"target_modules": ["input_layernorm", "norm"]}
     references = {}
     for seed, name in enumerate(("first", "second")):
-        reference = _peft_model(tiny_llama, fields, seed)
+        references[name] = reference = _peft_model(tiny_llama, fields, seed)
         reference.save_pretrained(str(tmp_path / name))
-        references[name] = _logits(reference)
-    references[BASE_ADAPTER] = _logits(tiny_llama())
-
-    ours = PeftModel.from_pretrained(tiny_llama(), tmp_path / "first", adapter_name="first")
-    ours.load_adapter(tmp_path / "second", "second")
-    rows = ["second", BASE_ADAPTER, "first"]
-    mixed = _logits(ours, adapter_names=rows)
-    for i, name in enumerate(rows):
-        assert_same(mixed[i], references[name][i], 0.0)
-    assert (references["first"] - references["second"]).abs().max() > 1e-3, "the two adapters must differ"
+    assert_mixed_batch(tiny_llama, references, tmp_path, floor=0.0)
 
 
 def test_default_tables_are_peft_s() -> None:
     """target_modules=None means what it means in peft, for every model type."""
-    assert {key: list(value) for key, value in DEFAULT_TARGETS.items()} == TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING
+    assert as_peft_table(DEFAULT_TARGETS) == TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING

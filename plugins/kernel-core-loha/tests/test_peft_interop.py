@@ -9,7 +9,6 @@ two orders of the same float32 arithmetic). Ours must be no farther from peft th
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,13 @@ import torch
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING
 from transformers import PreTrainedModel
 
-from kernel_core.peft import BASE_ADAPTER, PeftModel, get_config, get_peft_model
+from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_loha.config import DEFAULT_TARGETS
-from kernel_core_sdk.tiny_models import tiny_llama, token_ids
+from kernel_core_sdk.peft_oracle import (
+    as_peft_table, assert_changes_output, assert_equal_weights, assert_mixed_batch, assert_peft_reads_config,
+    assert_same, logits, noise_floor, peft_load, peft_made, peft_merged, quiet, randomise,
+)
+from kernel_core_sdk.tiny_models import tiny_llama
 
 CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
     "architecture-defaults": (tiny_llama, {}),
@@ -50,72 +53,34 @@ CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
 }
 
 
-def _randomise(model: torch.nn.Module, seed: int = 3) -> None:
-    """Move every trainable tensor off its init, so that the adapter (and any saved copy) matters."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
-
-
-def _logits(model: torch.nn.Module, **kwargs: Any) -> torch.Tensor:
-    with torch.no_grad():
-        return model(token_ids(), **kwargs).logits
-
-
-def _quiet(call: Callable[[], Any]) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return call()
-
-
-def _peft_made(build: Callable[[], PreTrainedModel], fields: dict[str, Any], seed: int = 3) -> peft.PeftModel:
-    reference = _quiet(lambda: peft.get_peft_model(build(), peft.LoHaConfig(**fields, init_weights=False)).eval())
-    _randomise(reference, seed)
-    return reference
-
-
-def peft_merged(reference: peft.PeftModel) -> PreTrainedModel:
-    """A copy of ``reference`` with its adapter merged by peft (``reference`` is left as it is)."""
-    return _quiet(lambda: copy.deepcopy(reference).merge_and_unload())
-
-
-def noise_floor(reference: peft.PeftModel) -> float:
-    """How far peft's merged logits are from its unmerged ones, on the same adapter."""
-    return (_logits(peft_merged(reference)) - _logits(reference)).abs().max().item()
-
-
-def assert_same(ours: torch.Tensor, reference: torch.Tensor, floor: float) -> None:
-    difference = (ours - reference).abs().max().item()
-    assert difference <= floor, f"ours differs from peft by {difference:.3g}, more than peft's own noise floor {floor:.3g}"
+def _peft_made(
+    build: Callable[[], PreTrainedModel], fields: dict[str, Any], seed: int = 3, folder: Path | None = None
+) -> peft.PeftModel:
+    return peft_made(build, peft.LoHaConfig(**fields, init_weights=False), seed, folder)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_ours_loads_in_peft(case: str, tmp_path: Path) -> None:
     build, fields = CASES[case]
     ours = get_peft_model(build(), get_config("loha", **fields)).eval()
-    _randomise(ours)
+    randomise(ours)
     ours.save_pretrained(tmp_path)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # our adapter_config.json holds only keys peft's LoHaConfig has
-        peft.PeftConfig.from_pretrained(str(tmp_path))
-    reference = _quiet(lambda: peft.PeftModel.from_pretrained(build(), str(tmp_path)).eval())
+    assert_peft_reads_config(tmp_path)  # our adapter_config.json holds only keys peft's LoHaConfig has
+    reference = peft_load(build, tmp_path)
 
-    assert (_logits(ours) - _logits(build())).abs().max() > 1e-3, "the adapter must change the output"
-    assert_same(_logits(ours), _logits(reference), noise_floor(reference))
+    assert_changes_output(logits(ours), logits(build()))
+    assert_same(logits(ours), logits(reference), noise_floor(reference))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_peft_loads_in_ours(case: str, tmp_path: Path) -> None:
     build, fields = CASES[case]
-    reference = _peft_made(build, fields)
-    _quiet(lambda: reference.save_pretrained(str(tmp_path)))
+    reference = _peft_made(build, fields, folder=tmp_path)
 
     ours = PeftModel.from_pretrained(build(), tmp_path)
 
-    assert_same(_logits(ours), _logits(reference), noise_floor(reference))
+    assert_same(logits(ours), logits(reference), noise_floor(reference))
     assert not any(p.requires_grad for p in ours.parameters()), "loaded for inference: nothing trains"
     assert {p.dtype for n, p in ours.named_parameters() if "_w" in n.rsplit(".", 3)[-2]} == {torch.float32}
     peft_shapes = {k: v.shape for k, v in reference.state_dict().items() if "hada_" in k}
@@ -127,16 +92,15 @@ def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
     """merge_and_unload gives peft's merged weights, and merge then unmerge gives the base back
     as peft's merge then unmerge does (exactly in float32 here; bfloat16 keeps the rounding)."""
     build, fields = CASES[case]
-    reference = _peft_made(build, fields)
-    _quiet(lambda: reference.save_pretrained(str(tmp_path)))
+    reference = _peft_made(build, fields, folder=tmp_path)
     ours = PeftModel.from_pretrained(build(), tmp_path)
 
-    unmerged = _logits(ours)
+    unmerged = logits(ours)
     ours.merge_adapter()
-    merged_logits = _logits(ours)
+    merged_logits = logits(ours)
     ours.unmerge_adapter()
-    restored = _quiet(lambda: copy.deepcopy(reference))
-    _quiet(lambda: (restored.merge_adapter(), restored.unmerge_adapter()))
+    restored = quiet(lambda: copy.deepcopy(reference))
+    quiet(lambda: (restored.merge_adapter(), restored.unmerge_adapter()))
     expected_restored = restored.unload().state_dict()
     adapted = {key.split(".hada_")[0].removeprefix("base_model.model.") for key in reference.state_dict() if ".hada_" in key}
     assert adapted, "the adapter wraps modules"
@@ -152,9 +116,7 @@ def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
     ours = PeftModel.from_pretrained(build(), tmp_path)
     merged = ours.merge_and_unload().state_dict()
     expected = peft_merged(reference).state_dict()
-    assert merged.keys() == expected.keys()
-    for key, value in expected.items():
-        assert torch.equal(merged[key], value), f"{key}: merged weight differs from peft's"
+    assert_equal_weights(merged, expected)
     assert_same(merged_logits, unmerged, noise_floor(reference))
 
 
@@ -162,46 +124,34 @@ def test_training_forward_with_dropouts_equals_peft(tmp_path: Path) -> None:
     """rank_dropout and module_dropout act only while training; with the same random draws a
     training forward gives peft's logits (the dropout masks are drawn in peft's order)."""
     fields = {"target_modules": ["q_proj", "v_proj", "down_proj"], "rank_dropout": 0.4, "module_dropout": 0.3}
-    reference = _peft_made(tiny_llama, fields)
-    _quiet(lambda: reference.save_pretrained(str(tmp_path)))
+    reference = _peft_made(tiny_llama, fields, folder=tmp_path)
     ours = PeftModel.from_pretrained(tiny_llama(), tmp_path, is_trainable=True)
     floor = noise_floor(reference)
-    evaluated = _logits(ours)
+    evaluated = logits(ours)
     outputs = []
     for model in (reference, ours):
         model.train()
         torch.manual_seed(11)
-        outputs.append(_logits(model))
+        outputs.append(logits(model))
     assert_same(outputs[1], outputs[0], floor)
     assert (outputs[1] - evaluated).abs().max() > 1e-3, "the dropouts must change a training forward"
     ours.eval()
-    assert torch.equal(_logits(ours), evaluated), "no dropout outside training"
+    assert torch.equal(logits(ours), evaluated), "no dropout outside training"
 
 
 def test_mixed_batch_rows_equal_each_adapter_alone(tmp_path: Path) -> None:
     """Two peft-made adapters with different ranks and the base, one per row, in one forward:
     each row is what peft gives with that adapter alone."""
-    references, floors = {}, []
+    references = {}
     for seed, (name, rank) in enumerate((("first", 2), ("second", 5))):
-        reference = _peft_made(tiny_llama, {"target_modules": ["k_proj", "up_proj", "down_proj"], "r": rank}, seed)
-        _quiet(lambda reference=reference, name=name: reference.save_pretrained(str(tmp_path / name)))
-        references[name] = _logits(reference)
-        floors.append(noise_floor(reference))
-    references[BASE_ADAPTER] = _logits(tiny_llama())
-
-    ours = PeftModel.from_pretrained(tiny_llama(), tmp_path / "first", adapter_name="first")
-    ours.load_adapter(tmp_path / "second", "second")
-    rows = ["second", BASE_ADAPTER, "first"]
-    mixed = _logits(ours, adapter_names=rows)
-    for i, name in enumerate(rows):
-        assert_same(mixed[i], references[name][i], max(floors))
-    assert (references["first"] - references["second"]).abs().max() > 1e-3, "the two adapters must differ"
+        references[name] = _peft_made(tiny_llama, {"target_modules": ["k_proj", "up_proj", "down_proj"], "r": rank}, seed, folder=tmp_path / name)
+    assert_mixed_batch(tiny_llama, references, tmp_path)
 
 
 def test_default_table_is_peft_s() -> None:
     """target_modules=None means what it means in peft, for every model type."""
     expected = TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING
-    assert {key: value if isinstance(value, str) else list(value) for key, value in DEFAULT_TARGETS.items()} == expected
+    assert as_peft_table(DEFAULT_TARGETS) == expected
 
 
 class TinyConvNet(torch.nn.Module):
@@ -236,20 +186,19 @@ def test_conv2d_both_ways_and_merged(case: str, tmp_path: Path) -> None:
     """Conv2d targets (1x1, 3x3, grouped; the CP form with use_effective_conv2d): files both ways
     with peft's outputs, merged weights equal to peft's."""
     fields = CONV_CASES[case]
-    reference = _peft_made(TinyConvNet, fields)
-    _quiet(lambda: reference.save_pretrained(str(tmp_path / "peft")))
+    reference = _peft_made(TinyConvNet, fields, folder=tmp_path / "peft")
     merged_reference = peft_merged(reference)
-    floor = (_conv_out(merged_reference) - _conv_out(reference)).abs().max().item()
+    floor = noise_floor(reference, _conv_out)
     ours = PeftModel.from_pretrained(TinyConvNet(), tmp_path / "peft")
-    assert (_conv_out(reference) - _conv_out(TinyConvNet())).abs().max() > 1e-3, "the adapter must change the output"
+    assert_changes_output(_conv_out(reference), _conv_out(TinyConvNet()))
     assert_same(_conv_out(ours), _conv_out(reference), floor)
     merged = ours.merge_and_unload().state_dict()
     for key, value in merged_reference.state_dict().items():
         assert torch.equal(merged[key], value), f"{key}: merged weight differs from peft's"
 
     ours = get_peft_model(TinyConvNet(), get_config("loha", **fields)).eval()
-    _randomise(ours)
+    randomise(ours)
     ours.save_pretrained(tmp_path / "ours")
-    reference = _quiet(lambda: peft.PeftModel.from_pretrained(TinyConvNet(), str(tmp_path / "ours")).eval())
-    floor = (_conv_out(peft_merged(reference)) - _conv_out(reference)).abs().max().item()
+    reference = peft_load(TinyConvNet, tmp_path / "ours")
+    floor = noise_floor(reference, _conv_out)
     assert_same(_conv_out(ours), _conv_out(reference), floor)

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from kernel_core.peft import get_config, get_peft_model
-from kernel_core_sdk.tiny_models import tiny_llama, token_ids
+from kernel_core_sdk.peft_oracle import logits
+from kernel_core_sdk.tiny_models import tiny_llama
 
 TOLERANCE = 1e-5  # float32; the observed differences are ~1e-7
 FIELDS = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"], "init_lora_weights": False}
@@ -26,11 +27,6 @@ CASES = {
     "lora-then-dora": {"default": False, "other": True},
     "dora-then-lora": {"default": True, "other": False},
 }
-
-
-def _logits(model: nn.Module) -> torch.Tensor:
-    with torch.no_grad():
-        return model(token_ids()).logits
 
 
 def _base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -66,8 +62,8 @@ def test_merging_two_adapters_matches_peft(case: str, tmp_path: Path) -> None:
     names = list(CASES[case])
     base = _base_weights(ours)
     reference.base_model.set_adapter(names)
-    both_active = _logits(reference)
-    assert (both_active - _logits(tiny_llama())).abs().max() > 1e-2, "the adapters must change the output"
+    both_active = logits(reference)
+    assert (both_active - logits(tiny_llama())).abs().max() > 1e-2, "the adapters must change the output"
 
     ours.merge_adapter(names)
     reference.base_model.merge_adapter(adapter_names=names)
@@ -77,8 +73,8 @@ def test_merging_two_adapters_matches_peft(case: str, tmp_path: Path) -> None:
     for name, weight in expected.items():
         torch.testing.assert_close(merged[name], weight, atol=TOLERANCE, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
     assert any((merged[name] - base[name]).abs().max() > 1e-2 for name in base), "merging must change the weights"
-    torch.testing.assert_close(_logits(ours), _logits(reference), atol=1e-4, rtol=0)
-    torch.testing.assert_close(_logits(ours), both_active, atol=1e-4, rtol=0, msg=lambda m: f"merged vs both active: {m}")
+    torch.testing.assert_close(logits(ours), logits(reference), atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits(ours), both_active, atol=1e-4, rtol=0, msg=lambda m: f"merged vs both active: {m}")
 
     ours.unmerge_adapter()
     restored = _base_weights(ours)

@@ -19,7 +19,8 @@ from transformers import PreTrainedModel
 
 from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_lora.config import DEFAULT_TARGETS
-from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama, token_ids
+from kernel_core_sdk.peft_oracle import as_peft_table, assert_changes_output, logits, peft_load, randomise
+from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama
 
 TOLERANCE = 1e-4  # fp32, as the issue asks; the observed differences are ~1e-7
 
@@ -40,37 +41,17 @@ CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
 }
 
 
-def _randomise(model: torch.nn.Module) -> None:
-    """Move every trainable tensor off its init, so the adapter (and any saved copy) matters."""
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
-
-
-def _logits(model: torch.nn.Module) -> torch.Tensor:
-    with torch.no_grad():
-        return model(token_ids()).logits
-
-
-def _peft_load(model: PreTrainedModel, folder: Path) -> peft.PeftModel:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # peft warns about its own config defaults
-        return peft.PeftModel.from_pretrained(model, str(folder)).eval()
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_ours_loads_in_peft(case: str, tmp_path: Path) -> None:
     build, fields = CASES[case]
     ours = get_peft_model(build(), get_config("lora", **({"r": 4, "lora_alpha": 8} | fields))).eval()
-    _randomise(ours)
+    randomise(ours, scale=0.1)
     ours.save_pretrained(tmp_path)
 
-    reference = _peft_load(build(), tmp_path)
+    reference = peft_load(build, tmp_path)
 
-    assert (_logits(ours) - _logits(build())).abs().max() > 1e-3, "the adapter must change the output"
-    torch.testing.assert_close(_logits(reference), _logits(ours), atol=TOLERANCE, rtol=0)
+    assert_changes_output(logits(ours), logits(build()))
+    torch.testing.assert_close(logits(reference), logits(ours), atol=TOLERANCE, rtol=0)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -79,12 +60,12 @@ def test_peft_loads_in_ours(case: str, tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = peft.get_peft_model(build(), peft.LoraConfig(**({"r": 4, "lora_alpha": 8} | fields))).eval()
-        _randomise(reference)
+        randomise(reference, scale=0.1)
         reference.save_pretrained(str(tmp_path))
 
     ours = PeftModel.from_pretrained(build(), tmp_path)
 
-    torch.testing.assert_close(_logits(ours), _logits(reference), atol=TOLERANCE, rtol=0)
+    torch.testing.assert_close(logits(ours), logits(reference), atol=TOLERANCE, rtol=0)
     assert not any(p.requires_grad for p in ours.parameters()), "loaded for inference: nothing trains"
 
 
@@ -101,7 +82,7 @@ def test_inits_match_peft(init: str) -> None:
     assert ours_state.keys() == reference_state.keys()
     for key, value in reference_state.items():
         torch.testing.assert_close(ours_state[key], value, atol=1e-5, rtol=0, msg=lambda m, key=key: f"{key}: {m}")
-    torch.testing.assert_close(_logits(ours), _logits(tiny_llama()), atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits(ours), logits(tiny_llama()), atol=1e-5, rtol=0)
 
 
 def test_adapter_config_round_trips_through_peft(tmp_path: Path) -> None:
@@ -125,4 +106,4 @@ def test_adapter_config_round_trips_through_peft(tmp_path: Path) -> None:
 
 def test_default_targets_are_peft_s() -> None:
     """target_modules=None means what it means in peft, for every model type peft knows."""
-    assert {key: value if isinstance(value, str) else list(value) for key, value in DEFAULT_TARGETS.items()} == TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    assert as_peft_table(DEFAULT_TARGETS) == TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING

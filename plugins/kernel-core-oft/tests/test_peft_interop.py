@@ -10,7 +10,6 @@ that. (PEFT's OFT has no Conv1D layer, so GPT-2 is not a case.)
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,13 @@ import torch
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING
 from transformers import PreTrainedModel
 
-from kernel_core.peft import BASE_ADAPTER, PeftModel, get_config, get_peft_model
+from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_oft.config import DEFAULT_TARGETS
-from kernel_core_sdk.tiny_models import tiny_llama, token_ids
+from kernel_core_sdk.peft_oracle import (
+    as_peft_table, assert_changes_output, assert_equal_weights, assert_mixed_batch, assert_peft_reads_config,
+    assert_same, logits, noise_floor, peft_load, peft_made, peft_merged, quiet, randomise,
+)
+from kernel_core_sdk.tiny_models import tiny_llama
 
 CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
     "architecture-defaults": (tiny_llama, {}),
@@ -65,69 +68,31 @@ CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
 }
 
 
-def _randomise(model: torch.nn.Module, seed: int = 3) -> None:
-    """Move every trainable tensor off its init, so that the adapter (and any saved copy or bias) matters."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
-
-
-def _logits(model: torch.nn.Module, **kwargs: Any) -> torch.Tensor:
-    with torch.no_grad():
-        return model(token_ids(), **kwargs).logits
-
-
-def _quiet(call: Callable[[], Any]) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # block sizes adjusted to a layer, and peft's notes on defaults
-        return call()
-
-
 def _peft_made(build: Callable[[], PreTrainedModel], fields: dict[str, Any], folder: Path, seed: int = 3) -> peft.PeftModel:
-    reference = _quiet(lambda: peft.get_peft_model(build(), peft.OFTConfig(**fields, init_weights=False)).eval())
-    _randomise(reference, seed)
-    _logits(reference)  # COFT projects its rotations on the first forward; save them as they are used
-    _quiet(lambda: reference.save_pretrained(str(folder)))
+    reference = peft_made(build, peft.OFTConfig(**fields, init_weights=False), seed)
+    logits(reference)  # COFT projects its rotations on the first forward; save them as they are used
+    quiet(lambda: reference.save_pretrained(str(folder)))
     return reference
 
 
 def _ours(build: Callable[[], PreTrainedModel], folder: Path, **kwargs: Any) -> PeftModel:
-    return _quiet(lambda: PeftModel.from_pretrained(build(), folder, **kwargs))
-
-
-def peft_merged(reference: peft.PeftModel) -> PreTrainedModel:
-    """A copy of ``reference`` with its adapter merged by peft (``reference`` is left as it is)."""
-    return _quiet(lambda: copy.deepcopy(reference).merge_and_unload())
-
-
-def noise_floor(reference: peft.PeftModel) -> float:
-    """How far peft's merged logits are from its unmerged ones, on the same adapter."""
-    return (_logits(peft_merged(reference)) - _logits(reference)).abs().max().item()
-
-
-def assert_same(ours: torch.Tensor, reference: torch.Tensor, floor: float) -> None:
-    difference = (ours - reference).abs().max().item()
-    assert difference <= floor, f"ours differs from peft by {difference:.3g}, more than peft's own noise floor {floor:.3g}"
+    return quiet(lambda: PeftModel.from_pretrained(build(), folder, **kwargs))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_ours_loads_in_peft(case: str, tmp_path: Path) -> None:
     build, fields = CASES[case]
-    ours = _quiet(lambda: get_peft_model(build(), get_config("oft", **fields, init_weights=False))).eval()
-    _randomise(ours)
-    _logits(ours)  # COFT projects its rotations on the first forward; save them as they are used
+    ours = quiet(lambda: get_peft_model(build(), get_config("oft", **fields, init_weights=False))).eval()
+    randomise(ours)
+    logits(ours)  # COFT projects its rotations on the first forward; save them as they are used
     ours.save_pretrained(tmp_path)
-    ours_logits = _logits(ours)
+    ours_logits = logits(ours)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # only keys peft's OFTConfig has, and the Neumann series of today's peft
-        peft.PeftConfig.from_pretrained(str(tmp_path))
-    reference = _quiet(lambda: peft.PeftModel.from_pretrained(build(), str(tmp_path)).eval())
+    assert_peft_reads_config(tmp_path)  # only keys peft's OFTConfig has, and the Neumann series of today's peft
+    reference = peft_load(build, tmp_path)
 
-    assert (ours_logits - _logits(build())).abs().max() > 1e-3, "the adapter must change the output"
-    assert_same(ours_logits, _logits(reference), noise_floor(reference))
+    assert_changes_output(ours_logits, logits(build()))
+    assert_same(ours_logits, logits(reference), noise_floor(reference))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -136,8 +101,8 @@ def test_peft_loads_in_ours(case: str, tmp_path: Path) -> None:
     reference = _peft_made(build, fields, tmp_path)
     ours = _ours(build, tmp_path)
 
-    assert (_logits(reference) - _logits(build())).abs().max() > 1e-3, "the adapter must change the output"
-    assert_same(_logits(ours), _logits(reference), noise_floor(reference))
+    assert_changes_output(logits(reference), logits(build()))
+    assert_same(logits(ours), logits(reference), noise_floor(reference))
     assert not any(p.requires_grad for p in ours.parameters()), "loaded for inference: nothing trains"
 
 
@@ -148,12 +113,12 @@ def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
     build, fields = CASES[case]
     reference = _peft_made(build, fields, tmp_path)
     ours = _ours(build, tmp_path)
-    unmerged = _logits(ours)
+    unmerged = logits(ours)
 
     ours.merge_adapter()
-    merged_logits = _logits(ours)
+    merged_logits = logits(ours)
     ours.unmerge_adapter()
-    round_trip = _quiet(lambda: copy.deepcopy(reference))
+    round_trip = quiet(lambda: copy.deepcopy(reference))
     round_trip.merge_adapter()
     round_trip.unmerge_adapter()
     expected = {k: v for k, v in round_trip.state_dict().items() if ".base_layer." in k}  # the wrapped layers'
@@ -164,9 +129,7 @@ def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
 
     merged = _ours(build, tmp_path).merge_and_unload().state_dict()
     expected = peft_merged(reference).state_dict()
-    assert merged.keys() == expected.keys()
-    for key, value in expected.items():
-        assert torch.equal(merged[key], value), f"{key}: merged weight differs from peft's"
+    assert_equal_weights(merged, expected)
     assert_same(merged_logits, unmerged, noise_floor(reference))
 
 
@@ -177,25 +140,15 @@ def test_mixed_batch_rows_equal_each_adapter_alone(tmp_path: Path) -> None:
         "first": {"target_modules": ["k_proj", "down_proj"], "oft_block_size": 4},
         "second": {"target_modules": ["k_proj", "up_proj"], "r": 2, "oft_block_size": 0, "use_cayley_neumann": False},
     }
-    references, floors = {}, []
+    references = {}
     for seed, (name, options) in enumerate(fields.items()):
-        reference = _peft_made(tiny_llama, options, tmp_path / name, seed)
-        references[name] = _logits(reference)
-        floors.append(noise_floor(reference))
-    references[BASE_ADAPTER] = _logits(tiny_llama())
-
-    ours = _ours(tiny_llama, tmp_path / "first", adapter_name="first")
-    ours.load_adapter(tmp_path / "second", "second")
-    rows = ["second", BASE_ADAPTER, "first"]
-    mixed = _logits(ours, adapter_names=rows)
-    for i, name in enumerate(rows):
-        assert_same(mixed[i], references[name][i], max(floors))
-    assert (references["first"] - references["second"]).abs().max() > 1e-3, "the two adapters must differ"
+        references[name] = _peft_made(tiny_llama, options, tmp_path / name, seed)
+    assert_mixed_batch(tiny_llama, references, tmp_path)
 
 
 def test_default_targets_are_peft_s() -> None:
     """target_modules=None means what it means in peft, for every model type."""
-    expected = {key: value if isinstance(value, str) else list(value) for key, value in DEFAULT_TARGETS.items()}
+    expected = as_peft_table(DEFAULT_TARGETS)
     assert expected == TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING
 
 
@@ -205,27 +158,27 @@ def test_two_adapters_merged_compute_as_both_active(tmp_path: Path) -> None:
     peft's merged in the reverse order, bit for bit (peft merges in the given order, so its
     merged model does not compute as its adapters did active)."""
     options = {"target_modules": ["q_proj", "down_proj"], "oft_block_size": 4}
-    reference = _quiet(lambda: peft.get_peft_model(tiny_llama(), peft.OFTConfig(**options, init_weights=False)).eval())
-    _quiet(lambda: reference.add_adapter("second", peft.OFTConfig(**options, init_weights=False)))
+    reference = quiet(lambda: peft.get_peft_model(tiny_llama(), peft.OFTConfig(**options, init_weights=False)).eval())
+    quiet(lambda: reference.add_adapter("second", peft.OFTConfig(**options, init_weights=False)))
     floors = []
     for name in ("default", "second"):
         reference.set_adapter(name)
-        _randomise(reference, seed=len(floors))
+        randomise(reference, seed=len(floors))
         floors.append(noise_floor(reference))
     reference.base_model.set_adapter(["default", "second"])
-    both_active = _logits(reference)
-    _quiet(lambda: reference.save_pretrained(str(tmp_path)))
+    both_active = logits(reference)
+    quiet(lambda: reference.save_pretrained(str(tmp_path)))
 
     ours = _ours(tiny_llama, tmp_path)
     ours.load_adapter(tmp_path / "second", "second")
     layers = [module for module in ours.modules() if hasattr(module, "oft_R")]
     for layer in layers:
         layer.set_adapter(["default", "second"])
-    assert_same(_logits(ours), both_active, max(floors))
+    assert_same(logits(ours), both_active, max(floors))
 
     ours.merge_adapter(["default", "second"])
-    assert_same(_logits(ours), both_active, max(floors))
-    _quiet(lambda: reference.merge_adapter(["second", "default"]))
+    assert_same(logits(ours), both_active, max(floors))
+    quiet(lambda: reference.merge_adapter(["second", "default"]))
     expected = {k: v for k, v in reference.state_dict().items() if ".base_layer." in k}
     got = ours.state_dict()
     assert len(expected) == len(layers) == 4

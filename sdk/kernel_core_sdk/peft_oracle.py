@@ -1,0 +1,139 @@
+"""Hugging Face ``peft`` as the oracle of a tuner plugin's tests: adapters made by peft on tiny
+models and moved off their init, files loaded both ways, and "same output" judged against peft's
+own noise floor. What the PEFT-method plugins' interop tests compare the plugin with, as
+:mod:`kernel_core_sdk.hf_oracle` serves the model plugins.
+
+The noise floor of an adapter is how far peft's merged model is from its unmerged one on the same
+input: the two orders of the same float arithmetic. A plugin's output must be no farther from
+peft's than that; a tolerance is never loosened to pass.
+
+peft is imported when a helper is called, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kernel_core_sdk.tiny_models import token_ids
+
+#: What an output is measured on: a model to a tensor (default :func:`logits` on the tiny token ids).
+Output = Callable[[torch.nn.Module], torch.Tensor]
+
+
+def randomise(model: torch.nn.Module, seed: int = 3, scale: float = 0.3) -> None:
+    """Move every trainable tensor off its init (seeded), so that the adapter, and any saved copy
+    or trained bias, changes the output."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+
+
+def logits(model: torch.nn.Module, **kwargs: Any) -> torch.Tensor:
+    """``model``'s logits on :func:`~kernel_core_sdk.tiny_models.token_ids`, without grad
+    (``kwargs``: e.g. ``adapter_names`` for a mixed batch)."""
+    with torch.no_grad():
+        return model(token_ids(), **kwargs).logits
+
+
+def quiet(call: Callable[[], Any]) -> Any:
+    """``call()`` with warnings silenced: peft's notes on its defaults, inexact unmerges and the like."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return call()
+
+
+def peft_made(build: Callable[[], torch.nn.Module], config: Any, seed: int = 3, folder: Path | None = None) -> Any:
+    """A peft model (eval mode) of ``build()`` with an adapter of the peft ``config``, randomised
+    with ``seed``, and saved to ``folder`` when one is given."""
+    import peft
+
+    reference = quiet(lambda: peft.get_peft_model(build(), config).eval())
+    randomise(reference, seed)
+    if folder is not None:
+        quiet(lambda: reference.save_pretrained(str(folder)))
+    return reference
+
+
+def peft_load(build: Callable[[], torch.nn.Module], folder: Path) -> Any:
+    """``folder``'s adapter loaded by peft onto ``build()``, in eval mode."""
+    import peft
+
+    return quiet(lambda: peft.PeftModel.from_pretrained(build(), str(folder)).eval())
+
+
+def assert_peft_reads_config(folder: Path) -> None:
+    """peft reads ``folder``'s ``adapter_config.json`` without a warning: it holds only keys the
+    method's peft config has (and nothing peft would warn about)."""
+    import peft
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        peft.PeftConfig.from_pretrained(str(folder))
+
+
+def peft_merged(reference: Any) -> torch.nn.Module:
+    """A copy of the peft model ``reference`` with its adapter merged by peft (``reference`` is left as it is)."""
+    return quiet(lambda: copy.deepcopy(reference).merge_and_unload())
+
+
+def noise_floor(reference: Any, output: Output = logits) -> float:
+    """How far peft's merged ``output`` is from its unmerged one, on the same adapter."""
+    return (output(peft_merged(reference)) - output(reference)).abs().max().item()
+
+
+def assert_same(ours: torch.Tensor, reference: torch.Tensor, floor: float) -> None:
+    """``ours`` is no farther from peft's ``reference`` than peft's own noise ``floor``."""
+    difference = (ours - reference).abs().max().item()
+    assert difference <= floor, f"ours differs from peft by {difference:.3g}, more than peft's own noise floor {floor:.3g}"
+
+
+def assert_changes_output(adapted: torch.Tensor, base: torch.Tensor) -> None:
+    """The adapter matters: ``adapted`` differs from the ``base`` model's output (else a test
+    comparing outputs would pass with any adapter)."""
+    assert (adapted - base).abs().max() > 1e-3, "the adapter must change the output"
+
+
+def assert_mixed_batch(
+    build: Callable[[], torch.nn.Module], references: Mapping[str, Any], folder: Path, floor: float | None = None
+) -> Any:
+    """Two or more peft-made adapters, each saved in ``folder / name``, loaded into one of our
+    models with the base, one per row of one forward: each row is what peft gives with that
+    adapter alone (within ``floor``; None: the largest of their noise floors), and the adapters
+    differ. Returns our model, for checks of its own."""
+    from kernel_core.contracts.tuner import BASE_ADAPTER
+    from kernel_core.peft import PeftModel
+
+    names = list(references)
+    expected = {name: logits(reference) for name, reference in references.items()}
+    expected[BASE_ADAPTER] = logits(build())
+    if floor is None:
+        floor = max(noise_floor(reference) for reference in references.values())
+    ours = quiet(lambda: PeftModel.from_pretrained(build(), folder / names[0], adapter_name=names[0]))
+    for name in names[1:]:
+        quiet(lambda name=name: ours.load_adapter(folder / name, name))
+    rows = [names[-1], BASE_ADAPTER, *names[:-1]]
+    mixed = logits(ours, adapter_names=rows)
+    for i, name in enumerate(rows):
+        assert_same(mixed[i], expected[name][i], floor)
+    assert (expected[names[0]] - expected[names[1]]).abs().max() > 1e-3, "the two adapters must differ"
+    return ours
+
+
+def assert_equal_weights(ours: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
+    """Two state dicts (say ours merged and peft's merged) have the same keys and bit-equal tensors."""
+    assert ours.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(ours[key], value), f"{key}: merged weight differs from peft's"
+
+
+def as_peft_table(table: Mapping[str, Sequence[str] | str]) -> dict[str, list[str] | str]:
+    """A per-architecture target table as peft's ``constants`` write it (name lists; a regex string stays one)."""
+    return {key: value if isinstance(value, str) else list(value) for key, value in table.items()}
