@@ -18,9 +18,10 @@ from typing import Any
 import peft
 import pytest
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 
-from kernel_core.peft import PeftModel
+from kernel_core.finetune.callbacks import TunerTrainingCallback
+from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama
 
 OPTIONS: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
@@ -121,11 +122,6 @@ def test_a_plain_trainer_allocates_through_the_callback(tmp_path: Path) -> None:
     """transformers' Trainer with TunerTrainingCallback runs the allocation after every optimizer
     step (gradient accumulation included): at the end the rank pattern holds the final budget,
     the pruned triplets' E are zero, and the saved file holds only the kept ranks."""
-    from transformers import Trainer, TrainingArguments
-
-    from kernel_core.finetune.callbacks import TunerTrainingCallback
-    from kernel_core.peft import get_config, get_peft_model
-
     options = {"target_modules": ["q_proj", "v_proj"], "init_r": 4, "target_r": 2, "tinit": 1, "tfinal": 1, "total_step": 5}
     model = get_peft_model(tiny_llama(), get_config("adalora", **options))
     rows = [{"input_ids": row, "labels": row} for row in _batches(1, 64)[0].repeat(10, 1)]
