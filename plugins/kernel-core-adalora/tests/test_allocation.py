@@ -10,7 +10,6 @@ as PEFT asks of ``update_and_allocate(step)``.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from kernel_core.finetune.callbacks import TunerTrainingCallback
 from kernel_core.peft import PeftModel, get_config, get_peft_model
+from kernel_core_sdk.peft_oracle import quiet
 from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama
 
 OPTIONS: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
@@ -38,12 +38,6 @@ OPTIONS: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
 }
 
 
-def _quiet(call: Callable[[], Any]) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # peft's notes about fan_in_fan_out and r
-        return call()
-
-
 def _batches(steps: int, vocab: int) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(7)
     return [torch.randint(0, vocab, (2, 9), generator=generator) for _ in range(steps)]
@@ -53,7 +47,7 @@ def twin_models(build: Callable[[], PreTrainedModel], options: dict[str, Any], f
     """peft's trainable AdaLoRA and ours, starting from the same adapter tensors."""
     torch.manual_seed(0)
     # peft adds its regulariser in its task models' forward only: a task_type is needed
-    reference = _quiet(lambda: peft.get_peft_model(build(), peft.AdaLoraConfig(task_type="CAUSAL_LM", **options)))
+    reference = quiet(lambda: peft.get_peft_model(build(), peft.AdaLoraConfig(task_type="CAUSAL_LM", **options)))
     reference.save_pretrained(str(folder))
     ours = PeftModel.from_pretrained(build(), folder, is_trainable=True)
     return reference.train(), ours.train()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,13 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_M
 from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
-from kernel_core.peft import BASE_ADAPTER, PeftModel, get_config, get_peft_model
+from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_adalora.config import DEFAULT_TARGETS
-from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama, token_ids
+from kernel_core_sdk.peft_oracle import (
+    as_peft_table, assert_changes_output, assert_equal_weights, assert_mixed_batch, assert_peft_reads_config, assert_same,
+    logits, noise_floor, peft_load, peft_merged, quiet,
+)
+from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama
 
 SCHEDULE = {"total_step": 8, "tinit": 1, "tfinal": 2, "init_lora_weights": False}
 CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
@@ -50,17 +53,6 @@ CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
 }
 
 
-def _quiet(call: Callable[[], Any]) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # peft's notes about fan_in_fan_out
-        return call()
-
-
-def _logits(model: torch.nn.Module, **kwargs: Any) -> torch.Tensor:
-    with torch.no_grad():
-        return model(token_ids(), **kwargs).logits
-
-
 def train(model: torch.nn.Module, allocate: Callable[[int], None], steps: int) -> None:
     """AdamW steps on fixed random batches, allocating after each step as AdaLoRA asks."""
     model.train()
@@ -75,27 +67,12 @@ def train(model: torch.nn.Module, allocate: Callable[[int], None], steps: int) -
     model.eval()
 
 
-def peft_trained(build: Callable[[], PreTrainedModel], fields: dict[str, Any], folder: Path, name: str = "default") -> peft.PeftModel:
+def peft_trained(build: Callable[[], PreTrainedModel], fields: dict[str, Any], folder: Path) -> peft.PeftModel:
     torch.manual_seed(0)
-    reference = _quiet(lambda: peft.get_peft_model(build(), peft.AdaLoraConfig(task_type="CAUSAL_LM", **fields), name))
+    reference = quiet(lambda: peft.get_peft_model(build(), peft.AdaLoraConfig(task_type="CAUSAL_LM", **fields)))
     train(reference, reference.base_model.update_and_allocate, fields["total_step"])
-    _quiet(lambda: reference.save_pretrained(str(folder)))
+    quiet(lambda: reference.save_pretrained(str(folder)))
     return reference
-
-
-def _peft_load(build: Callable[[], PreTrainedModel], folder: Path) -> peft.PeftModel:
-    return _quiet(lambda: peft.PeftModel.from_pretrained(build(), str(folder)).eval())
-
-
-def noise_floor(reference: peft.PeftModel) -> float:
-    """How far peft's merged logits are from its unmerged ones, on the same adapter."""
-    merged = _quiet(lambda: copy.deepcopy(reference).merge_and_unload())
-    return (_logits(merged) - _logits(reference)).abs().max().item()
-
-
-def assert_same(ours: torch.Tensor, reference: torch.Tensor, floor: float) -> None:
-    difference = (ours - reference).abs().max().item()
-    assert difference <= floor, f"ours differs from peft by {difference:.3g}, more than peft's own noise floor {floor:.3g}"
 
 
 def _check_pruned(folder: Path) -> None:
@@ -115,12 +92,12 @@ def test_peft_trained_loads_in_ours(case: str, tmp_path: Path) -> None:
     build, fields = CASES[case]
     peft_trained(build, fields, tmp_path)
     _check_pruned(tmp_path)
-    reference = _peft_load(build, tmp_path)
+    reference = peft_load(build, tmp_path)
 
     ours = PeftModel.from_pretrained(build(), tmp_path)
 
-    assert (_logits(ours) - _logits(build())).abs().max() > 1e-3, "the adapter must change the output"
-    assert_same(_logits(ours), _logits(reference), noise_floor(reference))
+    assert_changes_output(logits(ours), logits(build()))
+    assert_same(logits(ours), logits(reference), noise_floor(reference))
     assert not any(p.requires_grad for p in ours.parameters()), "loaded for inference: nothing trains"
 
 
@@ -133,15 +110,13 @@ def test_ours_trained_loads_in_peft(case: str, tmp_path: Path) -> None:
     ours.save_pretrained(tmp_path)
     _check_pruned(tmp_path)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # our adapter_config.json holds only keys peft's AdaLoraConfig has
-        peft.PeftConfig.from_pretrained(str(tmp_path))
-    reference = _peft_load(build, tmp_path)
+    assert_peft_reads_config(tmp_path)  # only keys peft's AdaLoraConfig has
+    reference = peft_load(build, tmp_path)
 
-    assert (_logits(ours) - _logits(build())).abs().max() > 1e-3, "the adapter must change the output"
-    assert_same(_logits(ours), _logits(reference), noise_floor(reference))
+    assert_changes_output(logits(ours), logits(build()))
+    assert_same(logits(ours), logits(reference), noise_floor(reference))
     # and back: the truncated file loads here too, with the same logits
-    assert_same(_logits(PeftModel.from_pretrained(build(), tmp_path)), _logits(ours), noise_floor(reference))
+    assert_same(logits(PeftModel.from_pretrained(build(), tmp_path)), logits(ours), noise_floor(reference))
 
 
 @pytest.mark.parametrize("case", ["conv1d", "regex-knobs"])
@@ -150,51 +125,37 @@ def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
     as peft's merge then unmerge does (bit for bit: adding and subtracting the update rounds)."""
     build, fields = CASES[case]
     peft_trained(build, fields, tmp_path)
-    reference = _peft_load(build, tmp_path)
+    reference = peft_load(build, tmp_path)
     ours = PeftModel.from_pretrained(build(), tmp_path)
 
-    unmerged = _logits(ours)
+    unmerged = logits(ours)
     ours.merge_adapter()
-    merged_logits = _logits(ours)
+    merged_logits = logits(ours)
     ours.unmerge_adapter()
     round_trip = copy.deepcopy(reference)
-    _quiet(round_trip.merge_adapter)
-    _quiet(round_trip.unmerge_adapter)
-    expected = _quiet(round_trip.unload).state_dict()
+    quiet(round_trip.merge_adapter)
+    quiet(round_trip.unmerge_adapter)
+    expected = quiet(round_trip.unload).state_dict()
     for key, value in ours.unload().state_dict().items():
         assert torch.equal(value, expected[key]), f"{key} after merge and unmerge differs from peft's"
 
     ours = PeftModel.from_pretrained(build(), tmp_path)
-    merged = ours.merge_and_unload().state_dict()
-    expected = _quiet(lambda: copy.deepcopy(reference).merge_and_unload()).state_dict()
-    assert merged.keys() == expected.keys()
-    for key, value in expected.items():
-        assert torch.equal(merged[key], value), f"{key}: merged weight differs from peft's"
+    assert_equal_weights(ours.merge_and_unload().state_dict(), peft_merged(reference).state_dict())
     assert_same(merged_logits, unmerged, noise_floor(reference))
 
 
 def test_mixed_batch_rows_equal_each_adapter_alone(tmp_path: Path) -> None:
-    """Two peft-trained adapters and the base, one per row, in one forward: each row is what peft
-    gives with that adapter alone."""
+    """Two peft-trained (differently pruned) adapters and the base, one per row, in one forward:
+    each row is what peft gives with that adapter alone."""
     build, fields = CASES["regex-knobs"]
-    references, floors = {}, []
+    references = {}
     for seed, name in enumerate(("first", "second")):
         torch.manual_seed(seed)
-        reference = peft_trained(build, {**fields, "target_r": 2 + seed}, tmp_path / name)
-        references[name] = _logits(_peft_load(build, tmp_path / name))
-        floors.append(noise_floor(reference))
-    references[BASE_ADAPTER] = _logits(build())
-
-    ours = PeftModel.from_pretrained(build(), tmp_path / "first", adapter_name="first")
-    ours.load_adapter(tmp_path / "second", "second")
-    rows = ["second", BASE_ADAPTER, "first"]
-    mixed = _logits(ours, adapter_names=rows)
-    for i, name in enumerate(rows):
-        assert_same(mixed[i], references[name][i], max(floors))
-    assert (references["first"] - references["second"]).abs().max() > 1e-3, "the two adapters must differ"
+        peft_trained(build, {**fields, "target_r": 2 + seed}, tmp_path / name)
+        references[name] = peft_load(build, tmp_path / name)
+    assert_mixed_batch(build, references, tmp_path)
 
 
 def test_default_table_is_peft_s() -> None:
     """target_modules=None means what it means in peft, for every model type."""
-    table = {key: value if isinstance(value, str) else list(value) for key, value in DEFAULT_TARGETS.items()}
-    assert table == TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING
+    assert as_peft_table(DEFAULT_TARGETS) == TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING
