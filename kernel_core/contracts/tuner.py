@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, model_validator
 from torch import nn
 
 #: The adapter name that means "no adapter" for a row of a mixed batch (as in PEFT).
@@ -123,6 +123,32 @@ class LayerSelection(BaseModel):
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("layers_pattern needs layers_to_transform: the layer indices to keep")
         return self
+
+
+class RankPatterns(BaseModel):
+    """``rank_pattern`` and ``alpha_pattern``: per-module rank ``r`` and alpha by module-name regex
+    (PEFT's matching, :func:`kernel_core.peft.targets.pattern_value`), for configs whose PEFT
+    counterpart has them (LoRA, LoHa, LoKr). The config has an ``r`` field and an alpha field
+    named by :attr:`alpha_field`; list this mixin before the base class, so that its
+    :meth:`for_module` extends the base's. Since API 1.4."""
+
+    #: The config's alpha field: ``"alpha"`` (LoHa, LoKr) or ``"lora_alpha"`` (LoRA).
+    alpha_field: ClassVar[str] = "alpha"
+
+    rank_pattern: dict[str, PositiveInt] = Field(default_factory=dict, description="Module-name regex -> r.")
+    alpha_pattern: dict[str, int | float] = Field(default_factory=dict, description="Module-name regex -> alpha.")
+
+    def for_module(self: ConfigT, module_name: str) -> ConfigT:
+        """The base's per-module copy, with this module's rank and alpha from the patterns."""
+        from kernel_core.peft.targets import pattern_value  # the package imports this module
+
+        config = super().for_module(module_name)  # type: ignore[misc]
+        alpha = getattr(self, self.alpha_field)
+        rank = pattern_value(module_name, self.rank_pattern, self.r)
+        module_alpha = pattern_value(module_name, self.alpha_pattern, alpha)
+        if (rank, module_alpha) == (self.r, alpha):
+            return config
+        return config.model_copy(update={"r": rank, self.alpha_field: module_alpha})
 
 
 class TunerConfig(BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave):

@@ -43,7 +43,10 @@ _LAZY: dict[str, str] = {
     # The tuner authoring surface (plugin API 1.4): the contract, the optional config fields and
     # the per-architecture default lookup.
     **dict.fromkeys(
-        ("BASE_ADAPTER", "BaseTunerConfig", "ExcludeModules", "LayerSelection", "ModulesToSave", "Tuner", "TunerConfig", "TunerLayer"),
+        (
+            "BASE_ADAPTER", "BaseTunerConfig", "ExcludeModules", "LayerSelection", "ModulesToSave", "RankPatterns", "Tuner",
+            "TunerConfig", "TunerLayer",
+        ),
         "kernel_core.contracts.tuner",
     ),
     "DeltaWeightLayer": "kernel_core.contracts.delta_weight",

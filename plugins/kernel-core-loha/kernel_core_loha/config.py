@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from pydantic import Field, PositiveInt
 
-from kernel_core.contracts.tuner import BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave
+from kernel_core.contracts.tuner import BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave, RankPatterns
 from kernel_core.peft.defaults import COMMON_TARGET_MODULES
-from kernel_core.peft.targets import pattern_value
 
 #: ``target_modules`` when a config has none, by transformers ``model_type``: PEFT's table for
 #: this method is, in 0.21, its LoRA table, the common one.
 DEFAULT_TARGETS = COMMON_TARGET_MODULES
 
 
-class LoHaConfig(BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave):
+class LoHaConfig(RankPatterns, BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave):
     """One LoHa adapter: ``ΔW = (alpha / r) * (W1a W1b) ⊙ (W2a W2b)`` on each target module."""
 
     r: PositiveInt = Field(default=8, description="Rank of each of the two low-rank factors.")
@@ -33,17 +32,6 @@ class LoHaConfig(BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave)
         default=False, description="On a Conv2d kernel above 1x1, each product as a CP decomposition (a core hada_t1/t2)."
     )
     init_weights: bool = Field(default=True, description="True: W2b = 0 (the identity); False: random, for tests.")
-    rank_pattern: dict[str, PositiveInt] = Field(default_factory=dict, description="Module-name regex -> r.")
-    alpha_pattern: dict[str, int | float] = Field(default_factory=dict, description="Module-name regex -> alpha.")
-
-    def for_module(self, module_name: str) -> LoHaConfig:
-        """This module's rank and alpha, from ``rank_pattern``/``alpha_pattern``."""
-        config = super().for_module(module_name)
-        rank = pattern_value(module_name, self.rank_pattern, self.r)
-        alpha = pattern_value(module_name, self.alpha_pattern, self.alpha)
-        if (rank, alpha) == (self.r, self.alpha):
-            return config
-        return config.model_copy(update={"r": rank, "alpha": alpha})
 
     @property
     def scaling(self) -> float:

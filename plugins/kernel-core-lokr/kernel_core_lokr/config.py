@@ -11,16 +11,15 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator
 
-from kernel_core.contracts.tuner import BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave
+from kernel_core.contracts.tuner import BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave, RankPatterns
 from kernel_core.peft.defaults import COMMON_TARGET_MODULES
-from kernel_core.peft.targets import pattern_value
 
 #: ``target_modules`` when a config has none, by transformers ``model_type``: PEFT's table for
 #: this method is, in 0.21, its LoRA table, the common one.
 DEFAULT_TARGETS = COMMON_TARGET_MODULES
 
 
-class LoKrConfig(BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave):
+class LoKrConfig(RankPatterns, BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave):
     """One LoKr adapter: ``ΔW = (alpha / r) * W1 ⊗ W2`` on each target module, the weight's
     output and input dimensions each split in two factors; a factor much larger than ``r`` is
     itself a low-rank product."""
@@ -46,8 +45,6 @@ class LoKrConfig(BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave)
     init_weights: bool | Literal["lycoris"] = Field(
         default=True, description="True: W1 = 0 (the identity); 'lycoris': W2 = 0 instead; False: random, for tests."
     )
-    rank_pattern: dict[str, PositiveInt] = Field(default_factory=dict, description="Module-name regex -> r.")
-    alpha_pattern: dict[str, int | float] = Field(default_factory=dict, description="Module-name regex -> alpha.")
 
     @field_validator("decompose_factor")
     @classmethod
@@ -55,15 +52,6 @@ class LoKrConfig(BaseTunerConfig, ExcludeModules, LayerSelection, ModulesToSave)
         if value != -1 and value < 1:
             raise ValueError(f"decompose_factor must be -1 (near the square root) or a positive factor, got {value}")
         return value
-
-    def for_module(self, module_name: str) -> LoKrConfig:
-        """This module's rank and alpha, from ``rank_pattern``/``alpha_pattern``."""
-        config = super().for_module(module_name)
-        rank = pattern_value(module_name, self.rank_pattern, self.r)
-        alpha = pattern_value(module_name, self.alpha_pattern, self.alpha)
-        if (rank, alpha) == (self.r, self.alpha):
-            return config
-        return config.model_copy(update={"r": rank, "alpha": alpha})
 
     @property
     def scaling(self) -> float:

@@ -6,11 +6,10 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, field_validator
 
-from kernel_core.contracts.tuner import TunerConfig
+from kernel_core.contracts.tuner import RankPatterns, TunerConfig
 from kernel_core.peft.defaults import COMMON_TARGET_MODULES
-from kernel_core.peft.targets import pattern_value
 
 #: ``target_modules`` when a config has none, by transformers ``model_type`` (PEFT's LoRA table,
 #: which the SDK holds as the common one).
@@ -19,10 +18,11 @@ DEFAULT_TARGETS = COMMON_TARGET_MODULES
 INITS = ("gaussian", "pissa", r"pissa_niter_\d+", "olora")
 
 
-class LoraConfig(TunerConfig):
+class LoraConfig(RankPatterns, TunerConfig):
     """One LoRA adapter: ``W x + (alpha / r) * B A x`` on each target module."""
 
     inert_peft_keys: ClassVar[Mapping[str, Any]] = {"megatron_core": "megatron.core", "qalora_group_size": 16}
+    alpha_field: ClassVar[str] = "lora_alpha"
 
     r: int = Field(default=8, gt=0, description="Rank of the update.")
     lora_alpha: int | float = Field(default=8, description="Scale numerator: the update is scaled by alpha / r.")
@@ -35,8 +35,6 @@ class LoraConfig(TunerConfig):
         description="True (B = 0), 'gaussian', 'pissa', 'pissa_niter_<n>', 'olora', or False (random, for tests).",
     )
     fan_in_fan_out: bool = Field(default=False, description="Weights stored (in, out), as GPT-2's Conv1D.")
-    rank_pattern: dict[str, PositiveInt] = Field(default_factory=dict, description="Module-name regex -> r.")
-    alpha_pattern: dict[str, int | float] = Field(default_factory=dict, description="Module-name regex -> alpha.")
 
     @field_validator("init_lora_weights")
     @classmethod
@@ -44,15 +42,6 @@ class LoraConfig(TunerConfig):
         if isinstance(value, str) and not any(re.fullmatch(init, value) for init in INITS):
             raise ValueError(f"unknown init {value!r}; use True, False, or one of {', '.join(INITS)}")
         return value
-
-    def for_module(self, module_name: str) -> LoraConfig:
-        """This module's rank and alpha, from ``rank_pattern``/``alpha_pattern``."""
-        config = super().for_module(module_name)
-        rank = pattern_value(module_name, self.rank_pattern, self.r)
-        alpha = pattern_value(module_name, self.alpha_pattern, self.lora_alpha)
-        if (rank, alpha) == (self.r, self.lora_alpha):
-            return config
-        return config.model_copy(update={"r": rank, "lora_alpha": alpha})
 
     @property
     def max_rank(self) -> int:
