@@ -13,6 +13,7 @@ peft is imported when a helper is called, so importing this module stays cheap.
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -137,3 +138,19 @@ def assert_equal_weights(ours: Mapping[str, torch.Tensor], expected: Mapping[str
 def as_peft_table(table: Mapping[str, Sequence[str] | str]) -> dict[str, list[str] | str]:
     """A per-architecture target table as peft's ``constants`` write it (name lists; a regex string stays one)."""
     return {key: value if isinstance(value, str) else list(value) for key, value in table.items()}
+
+
+def rewrite_adapter_tensors(folder: Path, edit: Callable[[dict[str, torch.Tensor]], Any]) -> None:
+    """Apply ``edit`` to the tensors of ``folder``'s ``adapter_model.safetensors`` (for tests of
+    the errors a broken adapter file gets: a tensor of the wrong shape, one missing)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+
+
+def edit_adapter_config(folder: Path, **changes: Any) -> None:
+    """Overwrite fields of ``folder``'s ``adapter_config.json`` (a config that no longer fits its tensors)."""
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps(config | changes))

@@ -3,14 +3,17 @@ is written as peft's constants write it, a peft-made adapter changes the output.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import peft
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from kernel_core_sdk.peft_oracle import (
-    as_peft_table, assert_changes_output, assert_same, logits, noise_floor, peft_load, peft_made,
+    as_peft_table, assert_changes_output, assert_same, edit_adapter_config, logits, noise_floor, peft_load, peft_made,
+    rewrite_adapter_tensors,
 )
 from kernel_core_sdk.tiny_models import tiny_llama
 
@@ -35,3 +38,12 @@ def test_a_peft_made_adapter_is_saved_and_matters(tmp_path: Path) -> None:
     assert torch.equal(logits(peft_load(tiny_llama, tmp_path)), logits(reference))
     with pytest.raises(AssertionError, match="the adapter must change the output"):
         assert_changes_output(logits(tiny_llama()), logits(tiny_llama()))
+
+
+def test_adapter_files_are_edited_in_place(tmp_path: Path) -> None:
+    reference = peft_made(tiny_llama, peft.LoraConfig(r=2, target_modules=["q_proj"]), folder=tmp_path)
+    key = next(k for k in reference.state_dict() if "lora_A" in k).replace(".default", "")
+    rewrite_adapter_tensors(tmp_path, lambda tensors: tensors.update({key: torch.zeros(3, 1)}))
+    edit_adapter_config(tmp_path, r=7)
+    assert load_file(str(tmp_path / "adapter_model.safetensors"))[key].shape == (3, 1)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["r"] == 7

@@ -5,15 +5,14 @@ anything is half-loaded, naming the tensor)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from kernel_core.errors import AdapterLoadError, InvalidAdapterConfigError
 from kernel_core.peft import PeftModel, get_config, get_peft_model
+from kernel_core_sdk.peft_oracle import edit_adapter_config, rewrite_adapter_tensors
 from kernel_core_sdk.tiny_models import tiny_llama
 
 FIELDS = {"target_modules": ["q_proj", "down_proj"], "boft_block_size": 4}
@@ -48,9 +47,7 @@ def _saved(folder: Path, **fields: object) -> Path:
 
 def test_a_tensor_of_the_wrong_shape_is_named(tmp_path: Path) -> None:
     folder = _saved(tmp_path)
-    tensors = load_file(str(folder / "adapter_model.safetensors"))
-    tensors[f"{DOWN}.boft_s"] = torch.ones(32, 1)
-    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    rewrite_adapter_tensors(folder, lambda tensors: tensors.update({f"{DOWN}.boft_s": torch.ones(32, 1)}))
     with pytest.raises(AdapterLoadError, match=rf"{DOWN}.boft_s: file \(32, 1\) vs model \(16, 1\)"):
         PeftModel.from_pretrained(tiny_llama(), folder)
 
@@ -58,8 +55,7 @@ def test_a_tensor_of_the_wrong_shape_is_named(tmp_path: Path) -> None:
 def test_a_config_that_does_not_fit_its_tensors_is_refused(tmp_path: Path) -> None:
     """One butterfly factor saved, two in the config now."""
     folder = _saved(tmp_path)
-    config = json.loads((folder / "adapter_config.json").read_text())
-    (folder / "adapter_config.json").write_text(json.dumps(config | {"boft_n_butterfly_factor": 2}))
+    edit_adapter_config(folder, boft_n_butterfly_factor=2)
     with pytest.raises(AdapterLoadError, match=rf"{DOWN}.boft_R: file \(1, 8, 4, 4\) vs model \(2, 8, 4, 4\)"):
         PeftModel.from_pretrained(tiny_llama(), folder)
 

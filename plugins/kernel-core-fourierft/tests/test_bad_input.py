@@ -5,15 +5,14 @@ tensor)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from kernel_core.errors import AdapterLoadError, InvalidAdapterConfigError
 from kernel_core.peft import PeftModel, get_config, get_peft_model
+from kernel_core_sdk.peft_oracle import edit_adapter_config, rewrite_adapter_tensors
 from kernel_core_sdk.tiny_models import tiny_llama
 
 FIELDS = {"n_frequency": 30, "target_modules": ["q_proj", "down_proj"]}
@@ -45,17 +44,14 @@ def _saved(folder: Path) -> Path:
 
 def test_a_tensor_of_the_wrong_shape_is_named(tmp_path: Path) -> None:
     folder = _saved(tmp_path)
-    tensors = load_file(str(folder / "adapter_model.safetensors"))
-    tensors[SPECTRUM] = torch.ones(31)
-    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    rewrite_adapter_tensors(folder, lambda tensors: tensors.update({SPECTRUM: torch.ones(31)}))
     with pytest.raises(AdapterLoadError, match=rf"{SPECTRUM}: file \(31,\) vs model \(30,\)"):
         PeftModel.from_pretrained(tiny_llama(), folder)
 
 
 def test_a_config_that_does_not_fit_its_tensors_is_refused(tmp_path: Path) -> None:
     folder = _saved(tmp_path)
-    config = json.loads((folder / "adapter_config.json").read_text())
-    (folder / "adapter_config.json").write_text(json.dumps(config | {"n_frequency_pattern": {"down_proj": 12}}))
+    edit_adapter_config(folder, n_frequency_pattern={"down_proj": 12})
     with pytest.raises(AdapterLoadError, match=rf"{SPECTRUM}: file \(30,\) vs model \(12,\)"):
         PeftModel.from_pretrained(tiny_llama(), folder)
 
@@ -63,8 +59,7 @@ def test_a_config_that_does_not_fit_its_tensors_is_refused(tmp_path: Path) -> No
 def test_a_file_for_another_model_is_refused(tmp_path: Path) -> None:
     """A coefficient count that fits the saved model but not this one's smaller weight."""
     folder = _saved(tmp_path)
-    config = json.loads((folder / "adapter_config.json").read_text())
-    (folder / "adapter_config.json").write_text(json.dumps(config | {"n_frequency": 300, "target_modules": ["down_proj"]}))
+    edit_adapter_config(folder, n_frequency=300, target_modules=["down_proj"])
     model = tiny_llama(intermediate_size=8)
     with pytest.raises(ValueError, match=r"n_frequency 300 for model\.layers\.0\.mlp\.down_proj must be between 1 and out \* in = 16 \* 8 = 128"):
         PeftModel.from_pretrained(model, folder)

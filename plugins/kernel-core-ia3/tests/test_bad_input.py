@@ -5,15 +5,14 @@ is half-loaded, naming the tensor)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from kernel_core.errors import AdapterLoadError, InvalidAdapterConfigError
 from kernel_core.peft import PeftModel, config_from_dict, get_config, get_peft_model
+from kernel_core_sdk.peft_oracle import edit_adapter_config, rewrite_adapter_tensors
 from kernel_core_sdk.tiny_models import tiny_llama
 
 FIELDS = {"target_modules": ["k_proj", "down_proj"], "feedforward_modules": ["down_proj"]}
@@ -58,9 +57,7 @@ def _saved(folder: Path) -> Path:
 
 def test_a_tensor_of_the_wrong_shape_is_named(tmp_path: Path) -> None:
     folder = _saved(tmp_path)
-    tensors = load_file(str(folder / "adapter_model.safetensors"))
-    tensors[FEEDFORWARD_KEY] = torch.ones(32, 1)
-    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    rewrite_adapter_tensors(folder, lambda tensors: tensors.update({FEEDFORWARD_KEY: torch.ones(32, 1)}))
     with pytest.raises(AdapterLoadError, match=rf"{FEEDFORWARD_KEY}: file \(32, 1\) vs model \(1, 32\)"):
         PeftModel.from_pretrained(tiny_llama(), folder)
 
@@ -68,8 +65,7 @@ def test_a_tensor_of_the_wrong_shape_is_named(tmp_path: Path) -> None:
 def test_a_config_that_does_not_fit_its_tensors_is_refused(tmp_path: Path) -> None:
     """down_proj saved as a feed-forward (input) scale, but the config now says output."""
     folder = _saved(tmp_path)
-    config = json.loads((folder / "adapter_config.json").read_text())
-    (folder / "adapter_config.json").write_text(json.dumps(config | {"feedforward_modules": []}))
+    edit_adapter_config(folder, feedforward_modules=[])
     with pytest.raises(AdapterLoadError, match=rf"{FEEDFORWARD_KEY}: file \(1, 32\) vs model \(16, 1\)"):
         PeftModel.from_pretrained(tiny_llama(), folder)
 

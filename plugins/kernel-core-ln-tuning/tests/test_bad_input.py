@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file, save_file
 
 from kernel_core.errors import AdapterLoadError, InvalidAdapterConfigError
 from kernel_core.peft import PeftModel, get_config, get_peft_model
+from kernel_core_sdk.peft_oracle import rewrite_adapter_tensors
 from kernel_core_sdk.tiny_models import tiny_llama
 
 
@@ -22,10 +22,7 @@ def test_unknown_and_invalid_fields_name_the_field() -> None:
 
 def test_a_tensor_of_the_wrong_shape_is_refused_by_name(tmp_path: Path) -> None:
     get_peft_model(tiny_llama(), get_config("ln_tuning")).save_pretrained(tmp_path)
-    weights = tmp_path / "adapter_model.safetensors"
-    tensors = load_file(str(weights))
     key = "base_model.model.model.norm.ln_tuning_layers.weight"
-    tensors[key] = tensors[key][:-1].clone()
-    save_file(tensors, str(weights))
+    rewrite_adapter_tensors(tmp_path, lambda tensors: tensors.update({key: tensors[key][:-1].clone()}))
     with pytest.raises(AdapterLoadError, match=key.replace(".", r"\.")):
         PeftModel.from_pretrained(tiny_llama(), tmp_path)

@@ -4,15 +4,14 @@ range or of the wrong type, and a file whose tensors do not fit the config or th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from kernel_core.errors import AdapterLoadError, InvalidAdapterConfigError
 from kernel_core.peft import PeftModel, config_from_dict, get_config, get_peft_model
+from kernel_core_sdk.peft_oracle import edit_adapter_config, rewrite_adapter_tensors
 from kernel_core_sdk.tiny_models import tiny_llama
 
 FIELDS = {"target_modules": ["k_proj", "down_proj"], "r": 4}
@@ -51,9 +50,7 @@ def _saved(folder: Path) -> Path:
 
 def test_a_tensor_of_the_wrong_shape_is_named(tmp_path: Path) -> None:
     folder = _saved(tmp_path)
-    tensors = load_file(str(folder / "adapter_model.safetensors"))
-    tensors[KEY] = torch.ones(4, 33)
-    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    rewrite_adapter_tensors(folder, lambda tensors: tensors.update({KEY: torch.ones(4, 33)}))
     with pytest.raises(AdapterLoadError, match=rf"{KEY}: file \(4, 33\) vs model \(4, 32\)"):
         PeftModel.from_pretrained(tiny_llama(), folder)
 
@@ -61,8 +58,7 @@ def test_a_tensor_of_the_wrong_shape_is_named(tmp_path: Path) -> None:
 def test_a_config_that_does_not_fit_its_tensors_is_refused(tmp_path: Path) -> None:
     """The tensors were saved at rank 4, but the config now gives down_proj rank 2."""
     folder = _saved(tmp_path)
-    config = json.loads((folder / "adapter_config.json").read_text())
-    (folder / "adapter_config.json").write_text(json.dumps(config | {"rank_pattern": {"down_proj": 2}}))
+    edit_adapter_config(folder, rank_pattern={"down_proj": 2})
     with pytest.raises(AdapterLoadError, match=r"layers\.0\.mlp\.down_proj\.hada_w1_a: file \(16, 4\) vs model \(16, 2\)"):
         PeftModel.from_pretrained(tiny_llama(), folder)
 

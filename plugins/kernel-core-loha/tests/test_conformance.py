@@ -6,7 +6,6 @@ from __future__ import annotations
 from types import ModuleType
 
 import pytest
-import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -14,7 +13,7 @@ from kernel_core_loha import plugin
 from kernel_core_loha.config import LoHaConfig
 from kernel_core_loha.tuner import LoHaTuner
 from kernel_core_sdk.conformance import TunerConformance
-from kernel_core_sdk.conformance.tuner import CANDIDATES
+from kernel_core_sdk.conformance.tuner import CANDIDATES, CONV2D_CANDIDATES
 
 PATTERNED = "model.layers.0.mlp.down_proj"
 PLAIN = "model.layers.0.self_attn.k_proj"
@@ -25,8 +24,7 @@ class TestLoHaConformance(TunerConformance):
     # Conv2d gets the CP form (use_effective_conv2d), a grouped one the flattened form
     candidates = {
         **{k: v for k, v in CANDIDATES.items() if k != "embedding"},
-        "conv2d-3x3": lambda: nn.Conv2d(4, 6, 3, padding=1),
-        "conv2d-1x1-grouped": lambda: nn.Conv2d(4, 6, 1, groups=2),
+        **CONV2D_CANDIDATES,
     }
     module_names = (PATTERNED, PLAIN)
 
@@ -37,13 +35,6 @@ class TestLoHaConformance(TunerConformance):
     @pytest.fixture
     def rejected_module(self) -> nn.Module:
         return Conv1D(8, 16)
-
-    @pytest.fixture
-    def module_input(self, candidate_module: nn.Module) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(1)
-        if isinstance(candidate_module, nn.Conv2d):
-            return torch.randn(3, candidate_module.in_channels, 5, 5, generator=generator)
-        return torch.randn(3, 5, candidate_module.in_features, generator=generator)
 
     @pytest.fixture
     def tuner_config(self) -> LoHaConfig:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from types import ModuleType
 
 import pytest
-import torch
 from peft.tuners.lokr.layer import factorization as peft_factorization
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -16,7 +15,7 @@ from kernel_core_lokr.config import LoKrConfig
 from kernel_core_lokr.factorization import factorization
 from kernel_core_lokr.tuner import LoKrTuner
 from kernel_core_sdk.conformance import TunerConformance
-from kernel_core_sdk.conformance.tuner import CANDIDATES
+from kernel_core_sdk.conformance.tuner import CANDIDATES, CONV2D_CANDIDATES
 
 DECOMPOSED = "model.layers.0.mlp.down_proj"
 WHOLE = "model.layers.0.self_attn.k_proj"
@@ -33,8 +32,7 @@ class TestLoKrConformance(TunerConformance):
     # Conv2d gets a CP W2 at rank 1 (use_effective_conv2d), a grouped 1x1 one a flattened W2
     candidates = {
         **{k: v for k, v in CANDIDATES.items() if k != "embedding"},
-        "conv2d-3x3": lambda: nn.Conv2d(4, 6, 3, padding=1),
-        "conv2d-1x1-grouped": lambda: nn.Conv2d(4, 6, 1, groups=2),
+        **CONV2D_CANDIDATES,
     }
     module_names = (DECOMPOSED, WHOLE)
 
@@ -45,13 +43,6 @@ class TestLoKrConformance(TunerConformance):
     @pytest.fixture
     def rejected_module(self) -> nn.Module:
         return Conv1D(8, 16)
-
-    @pytest.fixture
-    def module_input(self, candidate_module: nn.Module) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(1)
-        if isinstance(candidate_module, nn.Conv2d):
-            return torch.randn(3, candidate_module.in_channels, 5, 5, generator=generator)
-        return torch.randn(3, 5, candidate_module.in_features, generator=generator)
 
     @pytest.fixture
     def tuner_config(self) -> LoKrConfig:

@@ -4,16 +4,15 @@ the config or the model (refused before anything is half-loaded, naming the tens
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from kernel_core.errors import AdapterLoadError, InvalidAdapterConfigError
 from kernel_core.peft import PeftModel, config_from_dict, get_config, get_peft_model
+from kernel_core_sdk.peft_oracle import edit_adapter_config, rewrite_adapter_tensors
 from kernel_core_sdk.tiny_models import tiny_llama
 
 FIELDS = {"target_modules": ["q_proj", "down_proj"], "oft_block_size": 4}
@@ -45,9 +44,7 @@ def _saved(folder: Path, **fields: object) -> Path:
 
 def test_a_tensor_of_the_wrong_shape_is_named(tmp_path: Path) -> None:
     folder = _saved(tmp_path)
-    tensors = load_file(str(folder / "adapter_model.safetensors"))
-    tensors[DOWN_KEY] = torch.zeros(8, 3)
-    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    rewrite_adapter_tensors(folder, lambda tensors: tensors.update({DOWN_KEY: torch.zeros(8, 3)}))
     with pytest.raises(AdapterLoadError, match=rf"{DOWN_KEY}: file \(8, 3\) vs model \(8, 6\)"):
         PeftModel.from_pretrained(tiny_llama(), folder)
 
@@ -55,16 +52,14 @@ def test_a_tensor_of_the_wrong_shape_is_named(tmp_path: Path) -> None:
 def test_a_config_that_does_not_fit_its_tensors_is_refused(tmp_path: Path) -> None:
     """Blocks of 4 saved (down_proj: 8 blocks of 6 entries), but the config now says blocks of 8."""
     folder = _saved(tmp_path)
-    config = json.loads((folder / "adapter_config.json").read_text())
-    (folder / "adapter_config.json").write_text(json.dumps(config | {"oft_block_size": 8}))
+    edit_adapter_config(folder, oft_block_size=8)
     with pytest.raises(AdapterLoadError, match=rf"{DOWN_KEY}: file \(8, 6\) vs model \(4, 28\)"):
         PeftModel.from_pretrained(tiny_llama(), folder)
 
 
 def test_a_shared_block_file_read_as_per_block_is_refused(tmp_path: Path) -> None:
     folder = _saved(tmp_path, block_share=True)
-    config = json.loads((folder / "adapter_config.json").read_text())
-    (folder / "adapter_config.json").write_text(json.dumps(config | {"block_share": False}))
+    edit_adapter_config(folder, block_share=False)
     with pytest.raises(AdapterLoadError, match=rf"{DOWN_KEY}: file \(1, 6\) vs model \(8, 6\)"):
         PeftModel.from_pretrained(tiny_llama(), folder)
 

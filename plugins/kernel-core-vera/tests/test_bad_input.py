@@ -4,15 +4,14 @@ config or the model (refused before anything is half-loaded, naming the tensor).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from kernel_core.errors import AdapterLoadError, InvalidAdapterConfigError
 from kernel_core.peft import PeftModel, get_config, get_peft_model
+from kernel_core_sdk.peft_oracle import edit_adapter_config, rewrite_adapter_tensors
 from kernel_core_sdk.tiny_models import tiny_llama
 
 FIELDS = {"r": 4, "target_modules": ["q_proj", "down_proj"]}
@@ -44,25 +43,21 @@ def _saved(folder: Path) -> Path:
 
 def test_a_tensor_of_the_wrong_shape_is_named(tmp_path: Path) -> None:
     folder = _saved(tmp_path)
-    tensors = load_file(str(folder / "adapter_model.safetensors"))
-    tensors[LAMBDA_B] = torch.ones(32)
-    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    rewrite_adapter_tensors(folder, lambda tensors: tensors.update({LAMBDA_B: torch.ones(32)}))
     with pytest.raises(AdapterLoadError, match=rf"{LAMBDA_B}: file \(32,\) vs model \(16,\)"):
         PeftModel.from_pretrained(tiny_llama(), folder)
 
 
 def test_a_config_whose_rank_does_not_fit_its_projections_is_refused(tmp_path: Path) -> None:
     folder = _saved(tmp_path)
-    config = json.loads((folder / "adapter_config.json").read_text())
-    (folder / "adapter_config.json").write_text(json.dumps(config | {"r": 8}))
+    edit_adapter_config(folder, r=8)
     with pytest.raises(AdapterLoadError, match=r"base_model\.vera_A: file \(4, 32\) vs model \(8, 32\)"):
         PeftModel.from_pretrained(tiny_llama(), folder)
 
 
 def test_a_file_without_the_projections_it_says_it_has_is_refused(tmp_path: Path) -> None:
     folder = _saved(tmp_path)
-    tensors = load_file(str(folder / "adapter_model.safetensors"))
-    save_file({k: v for k, v in tensors.items() if k != "base_model.vera_B"}, str(folder / "adapter_model.safetensors"))
+    rewrite_adapter_tensors(folder, lambda tensors: tensors.pop("base_model.vera_B"))
     with pytest.raises(AdapterLoadError, match=r"missing from the file: base_model\.vera_B"):
         PeftModel.from_pretrained(tiny_llama(), folder)
 

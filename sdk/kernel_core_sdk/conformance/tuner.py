@@ -30,6 +30,12 @@ CANDIDATES: dict[str, Callable[[], nn.Module]] = {
     "linear-no-bias": lambda: nn.Linear(16, 8, bias=False),
     "embedding": lambda: nn.Embedding(10, 16),
 }
+#: ``nn.Conv2d`` candidates for a method that adapts convolutions: a 3x3 kernel and a grouped 1x1
+#: one (add them: ``candidates = {**CANDIDATES, **CONV2D_CANDIDATES}``).
+CONV2D_CANDIDATES: dict[str, Callable[[], nn.Module]] = {
+    "conv2d-3x3": lambda: nn.Conv2d(4, 6, 3, padding=1),
+    "conv2d-1x1-grouped": lambda: nn.Conv2d(4, 6, 1, groups=2),
+}
 #: Names a candidate module is given, as in a model; each test of a wrapped module runs once per
 #: entry, with the config ``tuner_config.for_module(name)`` (the per-module option channel).
 MODULE_NAMES: tuple[str, ...] = ("model.layers.0.mlp.up_proj",)
@@ -55,14 +61,16 @@ class TunerConformance(PluginUnderTest):
     - ``candidates`` (class attribute): name -> factory of the modules offered to ``wrap``,
       each test running once per entry (default :data:`CANDIDATES`: ``nn.Linear`` with and
       without bias, ``nn.Embedding``). Tests of a module ``can_wrap`` declines are skipped.
-      Add your own with ``candidates = {**CANDIDATES, "conv1d": lambda: Conv1D(8, 16)}``.
+      Add your own with ``candidates = {**CANDIDATES, "conv1d": lambda: Conv1D(8, 16)}``, or
+      :data:`CONV2D_CANDIDATES`.
     - ``module_names`` (class attribute): the dotted names a candidate module gets, as in a
       model (default :data:`MODULE_NAMES`); ``wrap`` and ``update_layer`` receive
       ``tuner_config.for_module(name)``, each test running once per name. Give names that
       reach every per-module option of the method, e.g. IA3's suite names a feed-forward and
       an attention module, so that both the input- and the output-scaling layers are checked.
     - ``module_input``: an input batch for ``candidate_module`` (rows along dim 0, at least
-      two); defaults handle Linear-like modules (``in_features``), ``Conv1D`` and Embedding.
+      two); defaults handle Linear-like modules (``in_features``), ``Conv1D``, ``Conv2d``
+      (3 images of 5x5) and Embedding.
     - ``rejected_module``: a module ``can_wrap`` must decline (default ``nn.LayerNorm``).
 
     Wrapped layers are put in eval mode, so that outputs compare deterministically.
@@ -102,6 +110,8 @@ class TunerConformance(PluginUnderTest):
         generator = torch.Generator().manual_seed(1)
         if isinstance(candidate_module, nn.Embedding):
             return torch.randint(candidate_module.num_embeddings, (3, 5), generator=generator)
+        if isinstance(candidate_module, nn.Conv2d):
+            return torch.randn(3, candidate_module.in_channels, 5, 5, generator=generator)
         return torch.randn(3, 5, input_features(candidate_module), generator=generator)
 
     @pytest.fixture
