@@ -102,6 +102,29 @@ def assert_changes_output(adapted: torch.Tensor, base: torch.Tensor) -> None:
     assert (adapted - base).abs().max() > 1e-3, "the adapter must change the output"
 
 
+def assert_ours_loads_in_peft(ours: torch.nn.Module, build: Callable[[], torch.nn.Module], folder: Path) -> Any:
+    """Our model ``ours`` (its adapter moved off its init) saved to ``folder`` loads in peft onto
+    ``build()``: the adapter changes the output, and peft's logits are ours within peft's noise
+    floor. Returns peft's model (checks of the saved config are the caller's)."""
+    ours_logits = logits(ours)
+    ours.save_pretrained(folder)
+    reference = peft_load(build, folder)
+    assert_changes_output(ours_logits, logits(build()))
+    assert_same(ours_logits, logits(reference), noise_floor(reference))
+    return reference
+
+
+def assert_peft_loads_in_ours(reference: Any, build: Callable[[], torch.nn.Module], folder: Path) -> Any:
+    """peft's model ``reference``, its adapter saved in ``folder``, loads in ours onto ``build()``
+    for inference (nothing trains) with peft's logits within peft's noise floor. Returns our model."""
+    from kernel_core.peft import PeftModel
+
+    ours = quiet(lambda: PeftModel.from_pretrained(build(), folder))
+    assert_same(logits(ours), logits(reference), noise_floor(reference))
+    assert not any(p.requires_grad for p in ours.parameters()), "loaded for inference: nothing trains"
+    return ours
+
+
 def assert_mixed_batch(
     build: Callable[[], torch.nn.Module], references: Mapping[str, Any], folder: Path, floor: float | None = None
 ) -> Any:

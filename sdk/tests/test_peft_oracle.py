@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from kernel_core_sdk.peft_oracle import (
-    as_peft_table, assert_changes_output, assert_same, edit_adapter_config, logits, noise_floor, peft_load, peft_made,
-    rewrite_adapter_tensors,
+    as_peft_table, assert_changes_output, assert_ours_loads_in_peft, assert_peft_loads_in_ours, assert_same,
+    edit_adapter_config, logits, noise_floor, peft_load, peft_made, rewrite_adapter_tensors,
 )
 from kernel_core_sdk.tiny_models import tiny_llama
 
@@ -47,3 +47,10 @@ def test_adapter_files_are_edited_in_place(tmp_path: Path) -> None:
     edit_adapter_config(tmp_path, r=7)
     assert load_file(str(tmp_path / "adapter_model.safetensors"))[key].shape == (3, 1)
     assert json.loads((tmp_path / "adapter_config.json").read_text())["r"] == 7
+
+
+def test_an_adapter_goes_both_ways_with_the_ia3_plugin(tmp_path: Path) -> None:
+    config = peft.IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"])
+    reference = peft_made(tiny_llama, config, folder=tmp_path / "peft")
+    ours = assert_peft_loads_in_ours(reference, tiny_llama, tmp_path / "peft")
+    assert assert_ours_loads_in_peft(ours, tiny_llama, tmp_path / "ours") is not None

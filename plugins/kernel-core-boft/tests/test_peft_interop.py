@@ -30,8 +30,9 @@ from transformers import PreTrainedModel
 from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_boft.config import DEFAULT_TARGETS
 from kernel_core_sdk.peft_oracle import (
-    as_peft_table, assert_changes_output, assert_equal_weights, assert_mixed_batch, assert_peft_reads_config,
-    assert_same, logits, noise_floor, peft_load, peft_made, peft_merged, quiet, randomise,
+    as_peft_table, assert_changes_output, assert_equal_weights, assert_mixed_batch, assert_ours_loads_in_peft,
+    assert_peft_loads_in_ours, assert_peft_reads_config, assert_same, logits, noise_floor, peft_load, peft_made,
+    peft_merged, quiet, randomise,
 )
 from kernel_core_sdk.tiny_models import tiny_llama
 
@@ -96,24 +97,16 @@ def test_ours_loads_in_peft(case: str, tmp_path: Path) -> None:
     build, fields = CASES[case]
     ours = quiet(lambda: get_peft_model(build(), get_config("boft", **fields, init_weights=False))).eval()
     randomise(ours)
-    ours.save_pretrained(tmp_path)
-
+    assert_ours_loads_in_peft(ours, build, tmp_path)
     assert_peft_reads_config(tmp_path)  # only keys peft's BOFTConfig has
-    reference = peft_load(build, tmp_path)
-
-    assert_changes_output(logits(ours), logits(build()))
-    assert_same(logits(ours), logits(reference), noise_floor(reference))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_peft_loads_in_ours(case: str, tmp_path: Path) -> None:
     build, fields = CASES[case]
     reference = _peft_made(build, fields, tmp_path)
-    ours = _ours(build, tmp_path)
-
     assert_changes_output(logits(reference), logits(build()))
-    assert_same(logits(ours), logits(reference), noise_floor(reference))
-    assert not any(p.requires_grad for p in ours.parameters()), "loaded for inference: nothing trains"
+    assert_peft_loads_in_ours(reference, build, tmp_path)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -20,8 +20,8 @@ from transformers import PreTrainedModel
 from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_ln_tuning.config import DEFAULT_TARGETS
 from kernel_core_sdk.peft_oracle import (
-    as_peft_table, assert_changes_output, assert_equal_weights, assert_mixed_batch, assert_peft_reads_config,
-    assert_same, logits, noise_floor, peft_made, peft_merged, randomise,
+    as_peft_table, assert_equal_weights, assert_mixed_batch, assert_ours_loads_in_peft, assert_peft_loads_in_ours,
+    assert_peft_reads_config, assert_same, logits, noise_floor, peft_made, peft_merged, randomise,
 )
 from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama
 
@@ -57,13 +57,8 @@ def test_ours_loads_in_peft(case: str, tmp_path: Path) -> None:
     build, fields = CASES[case]
     ours = get_peft_model(build(), get_config("ln_tuning", **fields)).eval()
     randomise(ours)
-    ours.save_pretrained(tmp_path)
-
+    assert_ours_loads_in_peft(ours, build, tmp_path)
     assert_peft_reads_config(tmp_path)  # our adapter_config.json holds only keys peft's LNTuningConfig has
-    reference = peft.PeftModel.from_pretrained(build(), str(tmp_path)).eval()
-
-    assert_changes_output(logits(ours), logits(build()))
-    assert_same(logits(ours), logits(reference), noise_floor(reference))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -72,10 +67,7 @@ def test_peft_loads_in_ours(case: str, tmp_path: Path) -> None:
     reference = _peft_model(build, fields)
     reference.save_pretrained(str(tmp_path))
 
-    ours = PeftModel.from_pretrained(build(), tmp_path)
-
-    assert_same(logits(ours), logits(reference), noise_floor(reference))
-    assert not any(p.requires_grad for p in ours.parameters()), "loaded for inference: nothing trains"
+    ours = assert_peft_loads_in_ours(reference, build, tmp_path)
     wrapped = {name for name, _ in reference.named_modules() if name.endswith(".ln_tuning_layers")}
     assert wrapped == {name for name, _ in ours.named_modules() if name.endswith(".ln_tuning_layers")}
 

@@ -22,8 +22,9 @@ from transformers import PreTrainedModel
 from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_loha.config import DEFAULT_TARGETS
 from kernel_core_sdk.peft_oracle import (
-    as_peft_table, assert_changes_output, assert_equal_weights, assert_mixed_batch, assert_peft_reads_config,
-    assert_same, logits, noise_floor, peft_load, peft_made, peft_merged, quiet, randomise,
+    as_peft_table, assert_changes_output, assert_equal_weights, assert_mixed_batch, assert_ours_loads_in_peft,
+    assert_peft_loads_in_ours, assert_peft_reads_config, assert_same, logits, noise_floor, peft_load, peft_made,
+    peft_merged, quiet, randomise,
 )
 from kernel_core_sdk.tiny_models import tiny_llama
 
@@ -64,13 +65,8 @@ def test_ours_loads_in_peft(case: str, tmp_path: Path) -> None:
     build, fields = CASES[case]
     ours = get_peft_model(build(), get_config("loha", **fields)).eval()
     randomise(ours)
-    ours.save_pretrained(tmp_path)
-
+    assert_ours_loads_in_peft(ours, build, tmp_path)
     assert_peft_reads_config(tmp_path)  # our adapter_config.json holds only keys peft's LoHaConfig has
-    reference = peft_load(build, tmp_path)
-
-    assert_changes_output(logits(ours), logits(build()))
-    assert_same(logits(ours), logits(reference), noise_floor(reference))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -78,10 +74,7 @@ def test_peft_loads_in_ours(case: str, tmp_path: Path) -> None:
     build, fields = CASES[case]
     reference = _peft_made(build, fields, folder=tmp_path)
 
-    ours = PeftModel.from_pretrained(build(), tmp_path)
-
-    assert_same(logits(ours), logits(reference), noise_floor(reference))
-    assert not any(p.requires_grad for p in ours.parameters()), "loaded for inference: nothing trains"
+    ours = assert_peft_loads_in_ours(reference, build, tmp_path)
     assert {p.dtype for n, p in ours.named_parameters() if "_w" in n.rsplit(".", 3)[-2]} == {torch.float32}
     peft_shapes = {k: v.shape for k, v in reference.state_dict().items() if "hada_" in k}
     assert {k: v.shape for k, v in ours.state_dict().items() if "hada_" in k} == peft_shapes
