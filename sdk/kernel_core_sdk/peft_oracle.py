@@ -93,7 +93,9 @@ def noise_floor(reference: Any, output: Output = logits) -> float:
 def assert_same(ours: torch.Tensor, reference: torch.Tensor, floor: float) -> None:
     """``ours`` is no farther from peft's ``reference`` than peft's own noise ``floor``."""
     difference = (ours - reference).abs().max().item()
-    assert difference <= floor, f"ours differs from peft by {difference:.3g}, more than peft's own noise floor {floor:.3g}"
+    assert difference <= floor, (
+        f"ours differs from peft by {difference:.3g}, more than peft's own noise floor {floor:.3g}"
+    )
 
 
 def assert_changes_output(adapted: torch.Tensor, base: torch.Tensor) -> None:
@@ -122,6 +124,24 @@ def assert_peft_loads_in_ours(reference: Any, build: Callable[[], torch.nn.Modul
     ours = quiet(lambda: PeftModel.from_pretrained(build(), folder))
     assert_same(logits(ours), logits(reference), noise_floor(reference))
     assert not any(p.requires_grad for p in ours.parameters()), "loaded for inference: nothing trains"
+    return ours
+
+
+def assert_merges_as_peft(reference: Any, build: Callable[[], torch.nn.Module], folder: Path) -> Any:
+    """peft's adapter in ``folder`` loaded in ours onto ``build()``: merged, our logits stay within
+    peft's noise floor of our unmerged ones, and ``merge_and_unload`` (on a fresh load) gives
+    peft's merged weights bit for bit. Returns our model merged then unmerged, for the method's
+    own check of the weights it restores."""
+    from kernel_core.peft import PeftModel
+
+    ours = quiet(lambda: PeftModel.from_pretrained(build(), folder))
+    unmerged = logits(ours)
+    ours.merge_adapter()
+    merged_logits = logits(ours)
+    ours.unmerge_adapter()
+    merged = quiet(lambda: PeftModel.from_pretrained(build(), folder)).merge_and_unload().state_dict()
+    assert_equal_weights(merged, peft_merged(reference).state_dict())
+    assert_same(merged_logits, unmerged, noise_floor(reference))
     return ours
 
 

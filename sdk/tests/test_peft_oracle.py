@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from kernel_core_sdk.peft_oracle import (
-    as_peft_table, assert_changes_output, assert_ours_loads_in_peft, assert_peft_loads_in_ours, assert_same,
-    edit_adapter_config, logits, noise_floor, peft_load, peft_made, rewrite_adapter_tensors,
+    as_peft_table, assert_changes_output, assert_merges_as_peft, assert_ours_loads_in_peft, assert_peft_loads_in_ours,
+    assert_same, edit_adapter_config, logits, noise_floor, peft_load, peft_made, rewrite_adapter_tensors,
 )
 from kernel_core_sdk.tiny_models import tiny_llama
 
@@ -54,3 +54,5 @@ def test_an_adapter_goes_both_ways_with_the_ia3_plugin(tmp_path: Path) -> None:
     reference = peft_made(tiny_llama, config, folder=tmp_path / "peft")
     ours = assert_peft_loads_in_ours(reference, tiny_llama, tmp_path / "peft")
     assert assert_ours_loads_in_peft(ours, tiny_llama, tmp_path / "ours") is not None
+    unmerged = assert_merges_as_peft(reference, tiny_llama, tmp_path / "peft")
+    assert_same(logits(unmerged), logits(reference), noise_floor(reference))

@@ -22,7 +22,7 @@ from transformers import PreTrainedModel
 from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_loha.config import DEFAULT_TARGETS
 from kernel_core_sdk.peft_oracle import (
-    as_peft_table, assert_changes_output, assert_equal_weights, assert_mixed_batch, assert_ours_loads_in_peft,
+    as_peft_table, assert_changes_output, assert_merges_as_peft, assert_mixed_batch, assert_ours_loads_in_peft,
     assert_peft_loads_in_ours, assert_peft_reads_config, assert_same, logits, noise_floor, peft_load, peft_made,
     peft_merged, quiet, randomise,
 )
@@ -86,12 +86,7 @@ def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
     as peft's merge then unmerge does (exactly in float32 here; bfloat16 keeps the rounding)."""
     build, fields = CASES[case]
     reference = _peft_made(build, fields, folder=tmp_path)
-    ours = PeftModel.from_pretrained(build(), tmp_path)
-
-    unmerged = logits(ours)
-    ours.merge_adapter()
-    merged_logits = logits(ours)
-    ours.unmerge_adapter()
+    ours = assert_merges_as_peft(reference, build, tmp_path)
     restored = quiet(lambda: copy.deepcopy(reference))
     quiet(lambda: (restored.merge_adapter(), restored.unmerge_adapter()))
     expected_restored = restored.unload().state_dict()
@@ -105,12 +100,6 @@ def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
         base = build().state_dict()
         for key, value in ours_restored.items():
             torch.testing.assert_close(value, base[key], rtol=0, atol=1e-6, msg=lambda m, key=key: f"{key} after unmerge: {m}")
-
-    ours = PeftModel.from_pretrained(build(), tmp_path)
-    merged = ours.merge_and_unload().state_dict()
-    expected = peft_merged(reference).state_dict()
-    assert_equal_weights(merged, expected)
-    assert_same(merged_logits, unmerged, noise_floor(reference))
 
 
 def test_training_forward_with_dropouts_equals_peft(tmp_path: Path) -> None:
