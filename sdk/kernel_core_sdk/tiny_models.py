@@ -1,6 +1,6 @@
-"""Tiny random transformers models for fast tuner tests: a Llama (Linear layers, tied or untied
-embeddings) and a GPT-2 (transformers' Conv1D layers), built from a seed so two calls give the
-same weights, e.g. one for our wrapper and one for the ``peft`` oracle."""
+"""Tiny random models for fast tuner tests: a Llama (Linear layers, tied or untied embeddings), a
+GPT-2 (transformers' Conv1D layers) and a convolution net (``nn.Conv2d`` layers), built from a
+seed so two calls give the same weights, e.g. one for our wrapper and one for the ``peft`` oracle."""
 
 from __future__ import annotations
 
@@ -28,3 +28,25 @@ def tiny_gpt2(seed: int = 0, **config: Any) -> PreTrainedModel:
 def token_ids(batch: int = 3, length: int = 7, vocab: int = 64, seed: int = 1) -> torch.Tensor:
     """Random input ids for the tiny models."""
     return torch.randint(vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+class TinyConvNet(torch.nn.Module):
+    """3x3, grouped 3x3 and 1x1 ``Conv2d`` layers and a Linear head, the same for one seed; its
+    input is :func:`images`."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv1 = torch.nn.Conv2d(4, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.conv3 = torch.nn.Conv2d(8, 6, 1)
+        self.head = torch.nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
+        return self.head(hidden.mean((2, 3)))
+
+
+def images(batch: int = 2, seed: int = 5) -> torch.Tensor:
+    """Random 4-channel 6x6 inputs for :class:`TinyConvNet`."""
+    return torch.randn(batch, 4, 6, 6, generator=torch.Generator().manual_seed(seed))

@@ -26,7 +26,7 @@ from kernel_core_sdk.peft_oracle import (
     assert_peft_loads_in_ours, assert_peft_reads_config, assert_same, logits, noise_floor, peft_load, peft_made,
     peft_merged, quiet, randomise,
 )
-from kernel_core_sdk.tiny_models import tiny_llama
+from kernel_core_sdk.tiny_models import TinyConvNet, images, tiny_llama
 
 CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
     "architecture-defaults": (tiny_llama, {}),
@@ -136,22 +136,6 @@ def test_default_table_is_peft_s() -> None:
     assert as_peft_table(DEFAULT_TARGETS) == expected
 
 
-class TinyConvNet(torch.nn.Module):
-    """3x3, grouped 3x3 and 1x1 ``Conv2d`` layers and a Linear head, the same for one seed."""
-
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.conv1 = torch.nn.Conv2d(4, 8, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1, groups=2)
-        self.conv3 = torch.nn.Conv2d(8, 6, 1)
-        self.head = torch.nn.Linear(6, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
-        return self.head(hidden.mean((2, 3)))
-
-
 CONV_CASES: dict[str, dict[str, Any]] = {
     "flattened": {"target_modules": ["conv1", "conv2", "conv3", "head"], "r": 2, "alpha": 3},
     "effective-conv2d": {"target_modules": r"conv\d|head", "r": 3, "use_effective_conv2d": True, "rank_pattern": {"conv2": 2}},
@@ -160,7 +144,7 @@ CONV_CASES: dict[str, dict[str, Any]] = {
 
 def _conv_out(model: torch.nn.Module) -> torch.Tensor:
     with torch.no_grad():
-        return model(torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(5)))
+        return model(images())
 
 
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
