@@ -223,17 +223,19 @@ class PeftModel(nn.Module):
     def merge_and_unload(self, adapter_names: Sequence[str] | None = None) -> nn.Module:
         """Fold adapters into the base weights and return the plain transformers model."""
         self.merge_adapter(adapter_names)
-        return self._unload(merge=True)
+        return self._unload()
 
     def unload(self) -> nn.Module:
-        """Return the plain transformers model without the adapters (weights as loaded)."""
+        """Return the plain transformers model without the adapters, their updates not folded in
+        (base weights as loaded); a ``modules_to_save`` module keeps the active adapter's trained
+        copy, as peft's ``unload`` does."""
         self.unmerge_adapter()
-        return self._unload(merge=False)
+        return self._unload()
 
-    def _unload(self, merge: bool) -> nn.Module:
+    def _unload(self) -> nn.Module:
         for name, layer in list(tuner_layers(self.model)):
             if isinstance(layer, ModulesToSaveWrapper):
-                replace(self.model, name, layer.unloaded(merge))
+                replace(self.model, name, layer.unloaded())
             else:
                 replace(self.model, name, innermost(layer))
         return self.model

@@ -53,9 +53,10 @@ class ModulesToSaveWrapper(TunerLayer):
     def unmerge(self) -> None:
         """Nothing was folded."""
 
-    def unloaded(self, merge: bool) -> nn.Module:
-        """What replaces this wrapper when adapters are unloaded: the active copy when merging."""
-        if merge and self.active_adapters:
+    def unloaded(self) -> nn.Module:
+        """What replaces this wrapper when adapters are unloaded, merged or not (as in peft): the
+        active adapter's trained copy, else the original module."""
+        if self.active_adapters:
             return self.modules_to_save[self.active_adapters[-1]]
         return self.original_module
 

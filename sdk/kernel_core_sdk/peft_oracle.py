@@ -85,6 +85,12 @@ def peft_merged(reference: Any) -> torch.nn.Module:
     return quiet(lambda: copy.deepcopy(reference).merge_and_unload())
 
 
+def peft_unloaded(reference: Any) -> torch.nn.Module:
+    """A copy of the peft model ``reference`` unloaded by peft, unmerged: the base weights, with
+    each ``modules_to_save`` module replaced by the active adapter's trained copy, as ours does."""
+    return quiet(lambda: copy.deepcopy(reference).unload())
+
+
 def noise_floor(reference: Any, output: Output = logits) -> float:
     """How far peft's merged ``output`` is from its unmerged one, on the same adapter."""
     return (output(peft_merged(reference)) - output(reference)).abs().max().item()

@@ -177,3 +177,11 @@ def test_trains_with_transformers_trainer(tmp_path: object) -> None:
     for name, parameter in peft_model.named_parameters():
         if name in base_before:
             assert torch.equal(parameter, base_before[name]), f"{name} moved"
+
+
+def test_unload_keeps_the_active_modules_to_save_copy_as_peft_does(model: PeftModel) -> None:
+    model.set_adapter("b")
+    trained_head = model.model.lm_head.modules_to_save["b"].weight.detach().clone()
+    plain = model.unload()
+    assert not any(isinstance(module, TunerLayer) for module in plain.modules())
+    assert torch.equal(plain.lm_head.weight, trained_head)

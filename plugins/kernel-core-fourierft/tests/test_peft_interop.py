@@ -22,8 +22,15 @@ from transformers import PreTrainedModel
 from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_fourierft.config import DEFAULT_TARGETS
 from kernel_core_sdk.peft_oracle import (
-    as_peft_table, assert_merges_as_peft, assert_mixed_batch, assert_ours_loads_in_peft, assert_peft_loads_in_ours,
-    logits, peft_made, randomise,
+    as_peft_table,
+    assert_merges_as_peft,
+    assert_mixed_batch,
+    assert_ours_loads_in_peft,
+    assert_peft_loads_in_ours,
+    logits,
+    peft_made,
+    peft_unloaded,
+    randomise,
 )
 from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama
 
@@ -80,7 +87,7 @@ def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
     build, fields = CASES[case]
     reference = _peft_made(build, fields, tmp_path)
     ours = assert_merges_as_peft(reference, build, tmp_path)
-    base = build().state_dict()
+    base = peft_unloaded(reference).state_dict()
     for key, value in ours.unload().state_dict().items():
         if key.endswith(".bias") and fields.get("bias", "none") != "none":
             continue  # trained biases are the adapter's, not the base's

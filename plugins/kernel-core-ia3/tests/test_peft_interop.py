@@ -25,8 +25,19 @@ from transformers import PreTrainedModel
 from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_ia3.config import DEFAULT_FEEDFORWARD, DEFAULT_TARGETS
 from kernel_core_sdk.peft_oracle import (
-    as_peft_table, assert_merges_as_peft, assert_mixed_batch, assert_ours_loads_in_peft, assert_peft_loads_in_ours,
-    assert_peft_reads_config, assert_same, logits, noise_floor, peft_made, quiet, randomise,
+    as_peft_table,
+    assert_merges_as_peft,
+    assert_mixed_batch,
+    assert_ours_loads_in_peft,
+    assert_peft_loads_in_ours,
+    assert_peft_reads_config,
+    assert_same,
+    logits,
+    noise_floor,
+    peft_made,
+    peft_unloaded,
+    quiet,
+    randomise,
 )
 from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama
 
@@ -79,7 +90,7 @@ def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
     build, fields = CASES[case]
     reference = peft_made(build, peft.IA3Config(**fields, init_ia3_weights=False), folder=tmp_path)
     ours = assert_merges_as_peft(reference, build, tmp_path)
-    base = build().state_dict()
+    base = peft_unloaded(reference).state_dict()
     for key, value in ours.unload().state_dict().items():
         torch.testing.assert_close(value, base[key], rtol=1e-6, atol=0, msg=lambda m, key=key: f"{key} after unmerge: {m}")
 

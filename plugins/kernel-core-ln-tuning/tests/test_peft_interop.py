@@ -20,8 +20,19 @@ from transformers import PreTrainedModel
 from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_ln_tuning.config import DEFAULT_TARGETS
 from kernel_core_sdk.peft_oracle import (
-    as_peft_table, assert_equal_weights, assert_mixed_batch, assert_ours_loads_in_peft, assert_peft_loads_in_ours,
-    assert_peft_reads_config, assert_same, logits, noise_floor, peft_made, peft_merged, randomise,
+    as_peft_table,
+    assert_equal_weights,
+    assert_mixed_batch,
+    assert_ours_loads_in_peft,
+    assert_peft_loads_in_ours,
+    assert_peft_reads_config,
+    assert_same,
+    logits,
+    noise_floor,
+    peft_made,
+    peft_merged,
+    peft_unloaded,
+    randomise,
 )
 from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama
 
@@ -84,7 +95,7 @@ def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
     ours.merge_adapter()
     merged_logits = logits(ours)
     ours.unmerge_adapter()
-    base = build().state_dict()
+    base = peft_unloaded(reference).state_dict()
     saved = tuple(fields.get("modules_to_save") or ())  # what unload keeps of those is the core's rule
     for key, value in ours.unload().state_dict().items():
         if not key.startswith(saved):

@@ -22,9 +22,22 @@ from transformers import PreTrainedModel
 from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_lokr.config import DEFAULT_TARGETS
 from kernel_core_sdk.peft_oracle import (
-    as_peft_table, assert_changes_output, assert_merges_as_peft, assert_mixed_batch, assert_ours_loads_in_peft,
-    assert_peft_loads_in_ours, assert_peft_reads_config, assert_same, logits, noise_floor, peft_load, peft_made,
-    peft_merged, quiet, randomise,
+    as_peft_table,
+    assert_changes_output,
+    assert_merges_as_peft,
+    assert_mixed_batch,
+    assert_ours_loads_in_peft,
+    assert_peft_loads_in_ours,
+    assert_peft_reads_config,
+    assert_same,
+    logits,
+    noise_floor,
+    peft_load,
+    peft_made,
+    peft_merged,
+    peft_unloaded,
+    quiet,
+    randomise,
 )
 from kernel_core_sdk.tiny_models import TinyConvNet, images, tiny_llama
 
@@ -103,7 +116,7 @@ def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
         if key.rsplit(".", 1)[0] in adapted:
             assert torch.equal(value, expected_restored[key]), f"{key} after unmerge differs from peft's"
     if ours_restored[next(iter(ours_restored))].dtype == torch.float32:
-        base = build().state_dict()
+        base = peft_unloaded(reference).state_dict()
         for key, value in ours_restored.items():
             torch.testing.assert_close(value, base[key], rtol=0, atol=1e-6, msg=lambda m, key=key: f"{key} after unmerge: {m}")
 
