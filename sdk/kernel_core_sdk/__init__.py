@@ -50,6 +50,7 @@ _LAZY: dict[str, str] = {
         "kernel_core.contracts.tuner",
     ),
     "DeltaWeightLayer": "kernel_core.contracts.delta_weight",
+    "BufferDict": "kernel_core.contracts.buffers",
     **dict.fromkeys(("COMMON_TARGET_MODULES", "by_model_type"), "kernel_core.peft.defaults"),
     "pattern_value": "kernel_core.peft.targets",
     "ModelArchitecture": "kernel_core.contracts.model",

@@ -15,6 +15,7 @@ def test_every_name_of_kernel_core_modeling_is_re_exported() -> None:
 
 def test_the_tuner_authoring_surface_is_re_exported() -> None:
     """A tuner plugin finds the whole API 1.4 authoring surface in the SDK (docs/writing-a-plugin.md)."""
+    import kernel_core.contracts.buffers as buffers
     import kernel_core.contracts.delta_weight as delta_weight
     import kernel_core.contracts.tuner as contract
     import kernel_core.peft.defaults as defaults
@@ -23,6 +24,7 @@ def test_the_tuner_authoring_surface_is_re_exported() -> None:
     for module, names in (
         (contract, ("BASE_ADAPTER", "BaseTunerConfig", "ExcludeModules", "LayerSelection", "ModulesToSave", "Tuner", "TunerConfig", "TunerLayer")),
         (delta_weight, ("DeltaWeightLayer",)),
+        (buffers, ("BufferDict",)),
         (defaults, ("by_model_type",)),
         (targets, ("pattern_value",)),
     ):

@@ -9,38 +9,10 @@ the matrices are as large as the largest wrapped module in each dimension.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import torch
-from torch import nn
 
-
-class BufferDict(nn.Module):
-    """Named buffers, one per adapter, each saved with the model or not (``save_projection``)."""
-
-    def put(self, name: str, tensor: torch.Tensor, persistent: bool) -> None:
-        """Add ``tensor`` as ``name``, in the state dict (and so the adapter file) if ``persistent``."""
-        if name in self._buffers:
-            del self[name]
-        self.register_buffer(name, tensor, persistent=persistent)
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        tensor = self._buffers[name]
-        assert tensor is not None
-        return tensor
-
-    def __delitem__(self, name: str) -> None:
-        del self._buffers[name]
-        self._non_persistent_buffers_set.discard(name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._buffers
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._buffers)
-
-    def __len__(self) -> int:
-        return len(self._buffers)
+from kernel_core.contracts.buffers import BufferDict
 
 
 class Projections:
