@@ -16,7 +16,7 @@ from typing import Any
 
 from kernel_core.bench import build_engine, run_engine, settings
 from kernel_core.bench.machine import describe_cpu, summary
-from kernel_core.bench.moe_layer import HF_IMPLEMENTATIONS, LayerTiming, benchmark_layer
+from kernel_core.bench.moe_layer import DENSE_FLOOR, HF_IMPLEMENTATIONS, LayerTiming, benchmark_layer
 from kernel_core.bench.moe_model import CONFIG
 from kernel_core.bench.report import Measurement, Ratio, _table, render as render_engine
 from kernel_core.bench.report import Report
@@ -28,6 +28,8 @@ TARGET_ENGINE_VS_HF = 3.0
 TARGET_LAYER_VS_LOOP = 2.0
 #: Token counts from which the layer target applies (one to a few tokens is launch-bound).
 LAYER_TARGET_FROM_TOKENS = 16
+#: Token counts from which the dense GEMM floor bounds what an exact kernel can gain (compute-bound).
+FLOOR_FROM_TOKENS = 1024
 #: int8 experts may take at most this much of float32's time.
 TARGET_INT8_VS_FP32 = 1.1
 INT8 = " int8"
@@ -112,7 +114,8 @@ def agreeing_prefix_tokens(reference: Sequence[Sequence[int]], other: Sequence[S
 
 def layer_ratios(timings: Sequence[LayerTiming]) -> dict[str, Ratio]:
     """Per kernel and dtype: the slowest speed-up over the loop from 16 tokens, and int8's worst
-    time against the same kernel's float32 experts."""
+    time against the same kernel's float32 experts; per dtype, the least headroom the dense GEMM
+    floor leaves over the loop from :data:`FLOOR_FROM_TOKENS` (not judged: it bounds the target)."""
     seconds = {(t.implementation, t.dtype, t.tokens): t.seconds for t in timings}
     loop = f"hf-{HF_IMPLEMENTATIONS[0]}"
     ratios = {}
@@ -135,6 +138,14 @@ def layer_ratios(timings: Sequence[LayerTiming]) -> dict[str, Ratio]:
             f"layer speed, {implementation} / HF loop, {dtype}, slowest at {worst} tokens",
             seconds[loop, dtype, worst], seconds[implementation, dtype, worst], at_least=TARGET_LAYER_VS_LOOP,
         )
+    for dtype in dict.fromkeys(t.dtype for t in timings):
+        counts = [n for (i, d, n) in seconds if i == DENSE_FLOOR and d == dtype and n >= FLOOR_FROM_TOKENS]
+        if counts and all((loop, dtype, n) in seconds for n in counts):
+            least = min(counts, key=lambda n: seconds[loop, dtype, n] / seconds[DENSE_FLOOR, dtype, n])
+            ratios[f"{DENSE_FLOOR}/{dtype}/headroom"] = Ratio(
+                f"most an exact kernel can gain: HF loop / dense GEMM floor, {dtype}, least at {least} tokens",
+                seconds[loop, dtype, least], seconds[DENSE_FLOOR, dtype, least],
+            )
     return ratios
 
 

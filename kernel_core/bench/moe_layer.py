@@ -6,6 +6,12 @@ The baseline is the benchmark model's MoE block built by transformers, run with 
 implementation transformers picks by default (``grouped_mm`` where torch can dispatch it). Ours is
 the router GEMM plus the kernel's ``forward``, as a model plugin calls it. Each kernel's output is
 checked against the baseline's before it is timed, so a fast wrong kernel is reported, not praised.
+
+Beside them, :data:`DENSE_FLOOR` times the same arithmetic as one GEMM pair: every (token, choice)
+row through one expert's weights, with no routing, gather, loop or weighted sum. Once the GEMMs are
+compute-bound (about a thousand tokens) no kernel that computes the layer exactly with torch's GEMMs
+can beat it, so the loop's time over it is the most such a kernel can gain there. Below that the
+GEMMs are bound by reading every expert's weights, which the floor (one expert's) does not model.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from kernel_core.plugins import PluginManager
 
 #: transformers' expert implementations timed as baselines: the loop first (the judged one).
 HF_IMPLEMENTATIONS = ("eager", "grouped_mm")
+#: The same GEMMs as one dense pair on one expert's weights: the compute floor of an exact kernel.
+DENSE_FLOOR = "floor:dense-gemm"
 DEFAULT_TOKEN_COUNTS = (1, 4, 16, 64, 256, 1024, 4096)
 #: A timing repeats calls until this much time has passed (and at least MIN_CALLS calls).
 MIN_SECONDS = 0.5
@@ -70,6 +78,8 @@ def benchmark_layer(
                 reference = output if reference is None else reference
                 error = None if implementation == HF_IMPLEMENTATIONS[0] else _error(output, reference)
                 timings.append(LayerTiming(f"hf-{implementation}", dtype_name, tokens, _median_seconds(run), error))
+            floor = _dense_floor(block, x, config["num_experts_per_tok"])
+            timings.append(LayerTiming(DENSE_FLOOR, dtype_name, tokens, _median_seconds(floor)))
             for name, run in ours(x).items():
                 timings.append(LayerTiming(name, dtype_name, tokens, _median_seconds(run), _error(run(), reference)))
     return timings
@@ -93,6 +103,23 @@ def _hf_call(block: Any, x: Any) -> Callable[[], Any]:
     def run() -> Any:
         out = block(x[None])
         return (out[0] if isinstance(out, tuple) else out)[0]
+
+    return run
+
+
+def _dense_floor(block: Any, x: Any, top_k: int) -> Callable[[], Any]:
+    """Every (token, choice) row of ``x`` through the first expert's gate/up, SiLU, down: the
+    layer's GEMMs as one dense pair (output not comparable, not checked)."""
+    import torch
+    import torch.nn.functional as F
+
+    rows = x.repeat(top_k, 1)
+    gate_up, down = block.experts.gate_up_proj[0].detach(), block.experts.down_proj[0].detach()
+
+    @torch.inference_mode()
+    def run() -> Any:
+        gate, up = F.linear(rows, gate_up).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, down)
 
     return run
 

@@ -54,10 +54,11 @@ def test_every_kernel_and_its_int8_variant_is_timed_and_checked_against_the_loop
     timings = benchmark_layer(get_plugin_manager(), [1, 16], ["float32"], TINY)
 
     by_name = {(t.implementation, t.tokens): t for t in timings}
-    names = ["hf-eager", "hf-grouped_mm", "kernel:reference", "kernel:reference int8"]
+    names = ["hf-eager", "hf-grouped_mm", "floor:dense-gemm", "kernel:reference", "kernel:reference int8"]
     assert sorted(by_name) == sorted((name, n) for name in names for n in (1, 16))
     assert all(t.seconds > 0 and t.dtype == "float32" for t in timings)
     assert by_name["hf-eager", 16].max_abs_error is None  # the loop is what the others are checked against
+    assert by_name["floor:dense-gemm", 16].max_abs_error is None  # another computation: never checked
     assert by_name["kernel:reference", 16].max_abs_error < 1e-5
     # int8 experts: close, not equal (half a quantization step per weight, summed over the layer).
     assert 0 < by_name["kernel:reference int8", 16].max_abs_error < 1e-2
@@ -82,13 +83,24 @@ def test_layer_ratios_judge_the_slowest_token_count_from_16() -> None:
     assert set(ratios) == {"kernel:k/float32/vs_loop", "kernel:k int8/float32/vs_unquantized"}
 
 
+def test_the_dense_floor_bounds_the_gain_from_1024_tokens_and_is_not_judged() -> None:
+    timings = [
+        _timing("hf-eager", 256, 4.0), _timing("floor:dense-gemm", 256, 1.0),  # below 1024 tokens: not a bound
+        _timing("hf-eager", 1024, 3.0), _timing("floor:dense-gemm", 1024, 2.0),
+        _timing("hf-eager", 4096, 9.0), _timing("floor:dense-gemm", 4096, 5.0),
+    ]
+    headroom = moe.layer_ratios(timings)["floor:dense-gemm/float32/headroom"]
+
+    assert (headroom.value, headroom.met, headroom.target) == (1.5, None, None) and "1024 tokens" in headroom.label
+
+
 def test_the_report_renders_the_layer_table_and_serialises(only_reference_kernel) -> None:
     report = moe.run(get_plugin_manager(), None, None, {}, None, False, [16], ["float32"], TINY)
 
     text = moe.render(report)
     assert "kernel:reference int8" in text and "hf-eager" in text and "Layer ratios" in text
     data = report.to_dict()
-    assert data["engine"] is None and data["model_config"] == TINY and len(data["layer"]) == 4
+    assert data["engine"] is None and data["model_config"] == TINY and len(data["layer"]) == 5
     assert set(data["layer_ratios"]) == {"kernel:reference/float32/vs_loop", "kernel:reference int8/float32/vs_unquantized"}
 
 
