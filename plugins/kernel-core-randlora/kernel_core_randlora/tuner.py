@@ -1,0 +1,91 @@
+"""The RandLoRA method: which modules it adapts, and the bases it keeps once per model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from kernel_core.contracts.buffers import BufferDict
+from kernel_core.contracts.tuner import BaseTunerConfig, Tuner, TunerLayer
+from kernel_core_randlora.bases import draw_bases
+from kernel_core_randlora.config import DEFAULT_TARGETS, RandLoraConfig
+from kernel_core_randlora.layer import RandLoraLayer
+
+
+class RandLoraTuner(Tuner):
+    """RandLoRA on ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2), as PEFT has it.
+
+    ``prefix`` is ``"randlora_"`` so that the per-layer matrices (``randlora_lambda``/``_gamma``),
+    the layers' references to the bases and the model-level bases (``base_model.randlora_A``/
+    ``randlora_B``) all follow the state-dict rule: PEFT's files hold the bases at each of these
+    places.
+    """
+
+    config_class = RandLoraConfig
+    prefix = "randlora_"
+    default_target_modules = DEFAULT_TARGETS
+
+    def can_wrap(self, module: nn.Module) -> bool:
+        return isinstance(module, (nn.Linear, Conv1D))
+
+    def wrap(self, module: nn.Module, adapter_name: str, config: BaseTunerConfig) -> TunerLayer:
+        if not isinstance(module, (nn.Linear, Conv1D)):
+            raise TypeError(f"RandLoRA adapts Linear and Conv1D layers, not {type(module).__name__}")
+        if not isinstance(config, RandLoraConfig):
+            raise TypeError(f"RandLoRA needs a RandLoraConfig, got {type(config).__name__}")
+        return RandLoraLayer(module, adapter_name, config)
+
+    def before_inject(self, model: Any, adapter_name: str, config: BaseTunerConfig) -> BaseTunerConfig:
+        """As PEFT: the RandLoRA adapters of a model share one ``projection_prng_key`` and one
+        ``save_projection``, and only one of them may train biases."""
+        assert isinstance(config, RandLoraConfig)
+        for name, other in model.peft_config.items():
+            if name == adapter_name or not isinstance(other, RandLoraConfig):
+                continue
+            for field in ("projection_prng_key", "save_projection"):
+                if getattr(other, field) != getattr(config, field):
+                    raise ValueError(
+                        f"{field} {getattr(config, field)} differs from adapter {name!r}'s {getattr(other, field)}: "
+                        "all RandLoRA adapters of a model share their bases' key and whether they are saved"
+                    )
+            if config.bias != "none":
+                raise ValueError(f"bias={config.bias!r} with another adapter ({name!r}): only a model's single RandLoRA adapter may train biases")
+        return config
+
+    def after_inject(self, model: Any, adapter_name: str, config: BaseTunerConfig, wrapped: Sequence[str]) -> None:
+        """Draw the adapter's bases for the largest wrapped module in each dimension, cast to
+        the base weights' dtype, and bind every wrapped layer to them; they are saved only if
+        ``save_projection`` (a file without them then gets the same ones back from the key)."""
+        assert isinstance(config, RandLoraConfig)
+        base = model.base_model
+        for container in ("randlora_A", "randlora_B"):
+            if not hasattr(base, container):
+                setattr(base, container, BufferDict())
+        layers = [model.get_base_model().get_submodule(name) for name in wrapped]
+        layers = [layer for layer in layers if isinstance(layer, RandLoraLayer)]
+        weight = layers[0].base_layer.weight
+        A, B = draw_bases(config, max(layer.out_features for layer in layers), max(layer.in_features for layer in layers))
+        A, B = A.to(weight), B.to(weight)
+        base.randlora_A.put(adapter_name, A, config.save_projection)
+        base.randlora_B.put(adapter_name, B, config.save_projection)
+        for layer in layers:
+            layer.bind(adapter_name, A, B, config.save_projection)
+
+    def adapter_file_tensors(self, model: Any, adapter_name: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each saved copy of the bases on its own (safetensors refuses tensors sharing memory;
+        PEFT's files hold one copy per place too)."""
+        return {key: value.clone() if key.endswith(("randlora_A", "randlora_B")) else value for key, value in tensors.items()}
+
+    def trained_base_parameters(self, config: BaseTunerConfig, model: nn.Module, wrapped: Sequence[str]) -> list[str]:
+        """``bias="all"``: every bias of the model; ``"randlora_only"``: those of wrapped layers."""
+        assert isinstance(config, RandLoraConfig)
+        names = [name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
+        if config.bias == "all":
+            return names
+        if config.bias == "randlora_only":
+            return [name for name in names if name.rsplit(".", 2)[0] in wrapped and ".base_layer." in name]
+        return []
