@@ -335,7 +335,10 @@ class Tuner(ABC):
         config to use, which is also the one saved. Fill method-specific defaults here (IA3's
         ``feedforward_modules`` by model type), or create state shared by every layer (VeRA's
         projections: a prefix-named container on ``model.base_model``, keyed by adapter name,
-        which is then saved, loaded and deleted with the adapter). Since API 1.4."""
+        which is then saved, loaded and deleted with the adapter; a parameter there that
+        requires grad once the adapter is injected, such as VB-LoRA's vector bank, then trains
+        while its adapter is active and not loaded for inference, as the layers' parameters do,
+        and a frozen one stays frozen). Since API 1.4."""
         return config
 
     def after_inject(self, model: Any, adapter_name: str, config: BaseTunerConfig, wrapped: Sequence[str]) -> None:
@@ -363,6 +366,24 @@ class Tuner(ABC):
         kept) returns them reshaped here; loading builds the layers at the file's shapes from the
         saved config. Since API 1.4 (additive)."""
         return dict(tensors)
+
+    def adapter_tensors_from_file(self, model: Any, adapter_name: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The inverse of :meth:`adapter_file_tensors`: given a file's tensors by key, the tensors
+        to load into ``adapter_name`` (already added to ``model``, the
+        :class:`kernel_core.peft.PeftModel`, with its config in ``model.peft_config``), which are
+        then checked against the model's shapes; the default loads them as they are. A method
+        whose file holds another form than its layers overrides it (VB-LoRA's
+        ``save_only_topk_weights`` files hold each logits tensor's top-k indices and weights,
+        turned back into logits here, as PEFT does). A ``ValueError`` raised here refuses the
+        file; the core names the folder. Since API 1.4 (additive)."""
+        return dict(tensors)
+
+    def default_targets(self, model: nn.Module) -> Sequence[str] | str | None:
+        """``target_modules`` for a config without them, when they depend on ``model`` (the
+        transformers model) itself rather than its type: trainable tokens target the model's
+        input embedding, whatever it is named, as PEFT. None (the default) looks the model type
+        up in :attr:`default_target_modules`. Since API 1.4 (additive)."""
+        return None
 
     def add_weighted_adapter(self, model: Any, adapters: Sequence[str], weights: Sequence[float], adapter_name: str, **options: Any) -> None:
         """Add ``adapter_name`` to ``model`` (a :class:`kernel_core.peft.PeftModel`) as a weighted

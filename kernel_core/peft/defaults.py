@@ -63,9 +63,12 @@ def by_model_type(table: Mapping[str, T], model: nn.Module, *, method: str, fiel
 
 
 def resolve_target_modules(config: ConfigT, tuner: Tuner, method: str, model: nn.Module) -> ConfigT:
-    """``config`` with ``target_modules`` filled from ``tuner.default_target_modules`` when it
-    is None (names as a list, as PEFT saves them, or a regex string); unchanged otherwise."""
+    """``config`` with ``target_modules`` filled, when it is None, from ``tuner.default_targets``
+    or else ``tuner.default_target_modules`` (names as a list, as PEFT saves them, or a regex
+    string); unchanged otherwise."""
     if config.target_modules is not None:
         return config
-    targets: Any = by_model_type(tuner.default_target_modules, model, method=method, field="target_modules")
+    targets: Any = tuner.default_targets(model)
+    if targets is None:
+        targets = by_model_type(tuner.default_target_modules, model, method=method, field="target_modules")
     return config.model_copy(update={"target_modules": targets if isinstance(targets, str) else list(targets)})

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from kernel_core.contracts.tuner import BASE_ADAPTER, BaseTunerConfig, TunerLayer
-from kernel_core.errors import InvalidAdapterConfigError
+from kernel_core.errors import AdapterLoadError, InvalidAdapterConfigError
 from kernel_core.peft.config import Method, config_from_dict, config_to_dict, method_of
 from kernel_core.peft.defaults import resolve_target_modules
 from kernel_core.peft.injection import all_tuner_layers, inject, innermost, layer_stack, replace, tuner_layers
@@ -83,6 +83,7 @@ class PeftModel(nn.Module):
         self.peft_config: dict[str, BaseTunerConfig] = {}
         self._methods: dict[str, Method] = {}
         self._trained_base: dict[str, list[str]] = {}
+        self._trained_shared: dict[str, list[str]] = {}
         self.active_adapter = adapter_name
         self.add_adapter(adapter_name, config)
         self.set_adapter(adapter_name)
@@ -129,6 +130,8 @@ class PeftModel(nn.Module):
         self.peft_config[adapter_name] = config
         self._methods[adapter_name] = method
         self._trained_base[adapter_name] = method.tuner.trained_base_parameters(config, self.model, wrapped)
+        # shared parameters the method made trainable train with their adapter; frozen ones stay frozen
+        self._trained_shared[adapter_name] = [name for name, p in self._shared_parameters(adapter_name).items() if p.requires_grad]
         self._keep_active(adapter_name)
 
     def _keep_active(self, added: str) -> None:
@@ -161,6 +164,10 @@ class PeftModel(nn.Module):
                 parameter.requires_grad_(trained[name])
             elif inference and parameter.requires_grad:
                 parameter.requires_grad_(False)
+        for adapter, names in self._trained_shared.items():
+            shared = self._shared_parameters(adapter)
+            for name in names:
+                shared[name].requires_grad_(adapter in adapter_names and not self.peft_config[adapter].inference_mode)
 
     @property
     def active_adapters(self) -> list[str]:
@@ -181,7 +188,7 @@ class PeftModel(nn.Module):
             replace(self.model, name, kept[0] if kept else innermost(outer))
         for container in self._shared_containers(adapter_name):
             del container[adapter_name]
-        del self.peft_config[adapter_name], self._methods[adapter_name], self._trained_base[adapter_name]
+        del self.peft_config[adapter_name], self._methods[adapter_name], self._trained_base[adapter_name], self._trained_shared[adapter_name]
         if self.active_adapter == adapter_name and self.peft_config:
             self.set_adapter(next(iter(self.peft_config)))
 
@@ -194,6 +201,17 @@ class PeftModel(nn.Module):
             for name, child in self.base_model.named_children()
             if name.startswith(prefix) and hasattr(child, "__delitem__") and adapter_name in child
         ]
+
+    def _shared_parameters(self, adapter_name: str) -> dict[str, nn.Parameter]:
+        """``adapter_name``'s parameters that its method keeps once per model, in containers on
+        :attr:`base_model`, by name there (``vblora_vector_bank.default``)."""
+        return {
+            f"{container}.{key}": parameter
+            for container, child in self.base_model.named_children()
+            if container != "model"
+            for key, parameter in child.named_parameters()
+            if key.split(".")[0] == adapter_name
+        }
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
@@ -366,7 +384,12 @@ class PeftModel(nn.Module):
             raise
 
     def _load_tensors(self, adapter_name: str, tensors: dict[str, torch.Tensor], source: str) -> None:
-        load_adapter_tensors(self, adapter_name, self._methods[adapter_name].tuner.prefix, tensors, source)
+        tuner = self._methods[adapter_name].tuner
+        try:
+            tensors = tuner.adapter_tensors_from_file(self, adapter_name, tensors)
+        except ValueError as exc:
+            raise AdapterLoadError(f"cannot load adapter {adapter_name!r} from {source}: {exc}") from None
+        load_adapter_tensors(self, adapter_name, tuner.prefix, tensors, source)
 
     def _model_name(self) -> str | None:
         config = getattr(self.model, "config", None)

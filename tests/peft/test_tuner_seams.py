@@ -1,7 +1,8 @@
 """The tuner authoring seams of plugin API 1.4, through a toy tuner: a layer's input transformed
 by ``adapter_input`` (alone and in mixed batches), the module's name reaching its layer through
-``for_module``, per-architecture default targets, the model-level hooks around injection, and
-state a method keeps once per model saved, loaded and deleted with the adapter."""
+``for_module``, per-architecture default targets (or the model's own), the model-level hooks around
+injection, and state a method keeps once per model saved, loaded and deleted with the adapter,
+trained with it when it requires grad."""
 
 from __future__ import annotations
 
@@ -88,6 +89,17 @@ def test_a_model_type_without_defaults_is_named() -> None:
         get_peft_model(base, get_config("toy"))
 
 
+def test_default_targets_may_come_from_the_model_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Tuner.default_targets(model)``, when not None, is what a config without targets gets,
+    whatever the model type (trainable tokens: the input embedding's name)."""
+    monkeypatch.setattr(ToyTuner, "default_targets", lambda self, model: f"model.layers.{model.config.num_hidden_layers - 1}.self_attn.q_proj")
+    base = tiny_llama()
+    base.config.model_type = "made_up"
+    model = get_peft_model(base, get_config("toy"))
+    assert model.peft_config["default"].target_modules == "model.layers.1.self_attn.q_proj"
+    assert [name for name, m in model.model.named_modules() if isinstance(m, ToyLayer)] == ["model.layers.1.self_attn.q_proj"]
+
+
 def test_hooks_run_around_injection_and_their_config_is_kept() -> None:
     model = get_peft_model(tiny_llama(), get_config("toy", target_modules=["q_proj"]))
     assert [call for call, _ in ToyTuner.calls] == ["before", "after"]
@@ -113,6 +125,31 @@ def test_state_kept_once_per_model_is_saved_loaded_and_deleted_with_the_adapter(
     assert list(loaded.base_model.toy_shared) == ["default"]
     with torch.no_grad():
         assert loaded(token_ids()).logits.shape[-1] == loaded.config.vocab_size
+
+
+def test_a_shared_parameter_trains_with_its_adapter_and_a_frozen_one_stays_frozen(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A parameter kept once per model that requires grad after injection (VB-LoRA's vector bank)
+    trains while its adapter is active and not loaded for inference; ``toy_shared``, made frozen, stays so."""
+
+    def trained_bank(self: ToyTuner, model: PeftModel, adapter_name: str, config: ToyConfig, wrapped: list[str]) -> None:
+        if not hasattr(model.base_model, "toy_bank"):
+            model.base_model.toy_bank = nn.ParameterDict()
+        model.base_model.toy_bank[adapter_name] = nn.Parameter(torch.ones(3))
+
+    monkeypatch.setattr(ToyTuner, "after_inject", trained_bank)
+    model = get_peft_model(tiny_llama(), get_config("toy", target_modules=["q_proj"]))
+    model.add_adapter("other", get_config("toy", target_modules=["q_proj"]))
+    bank, frozen = model.base_model.toy_bank, model.base_model.toy_shared
+    assert bank["default"].requires_grad and not bank["other"].requires_grad
+    model.set_adapter("other")
+    assert not bank["default"].requires_grad and bank["other"].requires_grad
+    assert not frozen["default"].requires_grad and not frozen["other"].requires_grad
+    model.delete_adapter("other")
+    assert bank["default"].requires_grad
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_llama(), tmp_path)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    assert PeftModel.from_pretrained(tiny_llama(), tmp_path, is_trainable=True).base_model.toy_bank["default"].requires_grad
 
 
 def test_before_inject_must_return_the_method_config(monkeypatch: pytest.MonkeyPatch) -> None:
