@@ -1,0 +1,1 @@
+"""MiSS for kernel-core: a tuner plugin written on the public tuner authoring surface."""
