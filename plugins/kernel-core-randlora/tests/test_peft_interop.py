@@ -58,6 +58,8 @@ CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
                      "randlora_alpha": 8}
     ),
     "regex": (tiny_llama, {"r": 4, "target_modules": r".*\.(k_proj|down_proj)", "randlora_alpha": 8}),
+    # the largest module is (32, 32) elementwise (gate/up 32 x 16, down 16 x 32): min_dim 32, 6 bases of r 6
+    "all-linear": (tiny_llama, {"r": 6, "target_modules": "all-linear", "randlora_alpha": 12}),
     "layers-to-transform": (
         tiny_llama, {"r": 4, "target_modules": ["q_proj", "down_proj"], "layers_to_transform": [1], "layers_pattern": "layers",
                      "randlora_alpha": 8}
