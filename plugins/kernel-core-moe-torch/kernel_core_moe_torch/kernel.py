@@ -5,7 +5,8 @@ contiguous slice of a gathered copy of the hidden states; the Python loop runs o
 that received tokens (never over tokens), each computing gate and up in one GEMM into a buffer
 shared by all experts, SiLU times up in place, and down straight into its slice of the output.
 The routing weights scale the slices, and one ``index_add_`` sums each token's experts back into
-its row.
+its row. float32 GEMMs on the CPU go through oneDNN's linear when torch has it (see
+:data:`ONEDNN_FLOAT32`); bfloat16 ones already do inside ``torch.mm``.
 
 int8 experts on the CPU are multiplied as int8, without converting the weights: each activation
 row is written as a few signed base-256 digits of a fixed-point integer (a power-of-two step per
@@ -46,6 +47,11 @@ DIGITS_MAX_WIDTH = (2**31 - 1) // (128 * 128)
 #: a bfloat16 GEMM was as fast at 32 rows and twice as fast from 64 (float32 digits won at every
 #: size measured, up to 256 rows).
 DIGITS_MAX_ROWS_BFLOAT16 = 32
+#: Whether float32 expert GEMMs on the CPU call oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``,
+#: a private op of torch's CPU builds with oneDNN) rather than ``torch.mm``, which takes MKL's sgemm: on
+#: a 2-core AMD EPYC (Zen 5, AVX-512, no AMX), one thread, the whole layer ran 2.0-2.4x faster from 16
+#: to 1024 tokens (outputs within 2e-6 of the loop's). Checked once, at import.
+ONEDNN_FLOAT32 = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 class TorchMoE(MoEKernel):
@@ -100,7 +106,7 @@ def _project(
     """``out = x @ weight.T`` for one expert; with ``scale``, ``weight`` is int8, the real weight
     is ``weight * scale[:, None]``, and ``scratch`` holds at least one expert's converted weights."""
     if scale is None:
-        torch.mm(x, weight.t(), out=out)
+        _matmul(x, weight, out)
     elif x.device.type != "cpu":
         _project_converted(x, weight, scale, out, scratch)
     elif x.dtype == torch.bfloat16 and x.shape[0] <= INT8PACK_MAX_ROWS and weight.shape[1] % INT8PACK_ALIGNMENT == 0:
@@ -109,6 +115,15 @@ def _project(
         _project_digits(x, weight, scale, out, ACTIVATION_DIGITS[x.dtype])
     else:
         _project_converted(x, weight, scale, out, scratch)
+
+
+def _matmul(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = x @ weight.T`` in ``x``'s dtype: oneDNN's linear for float32 on the CPU where torch
+    has it (:data:`ONEDNN_FLOAT32`), else ``torch.mm``."""
+    if ONEDNN_FLOAT32 and x.dtype == torch.float32 and x.device.type == "cpu":
+        out.copy_(torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], ""))
+    else:
+        torch.mm(x, weight.t(), out=out)
 
 
 def _digits_apply(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -123,7 +138,8 @@ def _project_converted(
 ) -> None:
     """The int8 ``weight`` converted to ``x``'s dtype into ``scratch`` (exact), scales on the output."""
     dense = scratch[: weight.numel()].view(weight.shape).copy_(weight)
-    torch.mm(x, dense.t(), out=out).mul_(scale.to(out.dtype))
+    _matmul(x, dense, out)
+    out.mul_(scale.to(out.dtype))
 
 
 def _project_digits(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor, digits: int) -> None:

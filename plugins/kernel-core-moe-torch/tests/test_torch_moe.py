@@ -19,6 +19,7 @@ from kernel_core_moe_torch.kernel import (
     INT8PACK_MAX_ROWS,
     TorchMoE,
     _int8_digits,
+    _matmul as matmul,
 )
 from kernel_core_sdk.conformance import MoEKernelConformance
 from kernel_core_sdk.conformance._reference import moe as reference_moe
@@ -104,10 +105,27 @@ def test_int8_weights_wider_than_int32_sums_allow_are_converted(monkeypatch: pyt
     """With the width limit lowered to 16: gate/up (32 input columns) is converted, down (16) still
     takes the digits, and the result is unchanged."""
     monkeypatch.setattr(kernel, "DIGITS_MAX_WIDTH", 16)
-    calls = count_calls(monkeypatch, ["_int_mm", "mm"])
+    calls = count_calls(monkeypatch, ["_int_mm"])
+    converted = []
+    monkeypatch.setattr(kernel, "_matmul", lambda x, weight, out: converted.append(weight.dtype) or matmul(x, weight, out))
     hidden = torch.randn(5, 32, generator=torch.Generator().manual_seed(7))
     out, expected = single_expert_int8(hidden, 16)
-    assert calls == {"_int_mm": 1, "mm": 1}
+    assert calls == {"_int_mm": 1} and converted == [torch.float32]
+    assert_close_for(torch.float32, out, expected)
+
+
+@pytest.mark.parametrize("onednn", [False, True][: 1 + kernel.ONEDNN_FLOAT32], ids=["torch-mm", "onednn"][: 1 + kernel.ONEDNN_FLOAT32])
+def test_float32_gemms_take_onednn_where_torch_has_it_and_give_the_reference(onednn: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full-precision float32 experts on the CPU: oneDNN's linear when torch has it (a torch build
+    without it runs only the torch.mm case), torch.mm otherwise; both give the reference."""
+    monkeypatch.setattr(kernel, "ONEDNN_FLOAT32", onednn)
+    calls = count_calls(monkeypatch, ["mm"])
+    generator = torch.Generator().manual_seed(3)
+    hidden, logits = torch.randn(6, 32, generator=generator), torch.randn(6, 4, generator=generator)
+    w_gate_up, w_down = torch.randn(4, 48, 32, generator=generator), torch.randn(4, 32, 24, generator=generator)
+    out = TorchMoE().forward(hidden, logits, w_gate_up, w_down, top_k=2)
+    expected = reference_moe(hidden.double(), logits.double(), w_gate_up.double(), w_down.double(), 2, True)
+    assert (calls["mm"] == 0) is onednn
     assert_close_for(torch.float32, out, expected)
 
 
