@@ -107,8 +107,21 @@ def write_adapter(folder: Path, config: Mapping[str, Any], tensors: Mapping[str,
     folder holding ``adapter_config.json`` always holds the weights saved with it (other files of
     the folder are left alone)."""
     with atomic_files(folder, commit=CONFIG_NAME) as staging:
-        save_file(dict(tensors), str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+        save_file(_unshared(tensors), str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with each one whose memory an earlier one uses copied: safetensors refuses
+    tensors sharing memory, and a file may hold one tensor under two keys (trainable tokens on an
+    embedding and the head tied to it, as PEFT writes them)."""
+    seen: set[int] = set()
+    unshared = {}
+    for key, tensor in tensors.items():
+        storage = tensor.untyped_storage().data_ptr()
+        unshared[key] = tensor.clone() if storage in seen and tensor.numel() else tensor
+        seen.add(storage)
+    return unshared
 
 
 def read_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

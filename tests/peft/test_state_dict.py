@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from kernel_core.contracts.tuner import TunerLayer
 from kernel_core.errors import AdapterLoadError
 from kernel_core.peft import PeftModel, get_config, get_peft_model
-from kernel_core.peft.state_dict import file_key
+from kernel_core.peft.state_dict import file_key, write_adapter
 from kernel_core_sdk.tiny_models import tiny_llama
 
 
@@ -34,6 +34,15 @@ def saved(tmp_path: Path) -> Path:
     model = get_peft_model(tiny_llama(), get_config("lora", r=4, target_modules=["q_proj", "v_proj"]))
     model.save_pretrained(tmp_path)
     return tmp_path
+
+
+def test_one_tensor_under_two_keys_is_written_twice(tmp_path: Path) -> None:
+    """safetensors refuses tensors sharing memory; a file may hold one under two keys (trainable
+    tokens on an embedding and the head tied to it, as PEFT writes them), so each is copied out."""
+    rows = torch.arange(6.0).reshape(2, 3)
+    write_adapter(tmp_path, {"peft_type": "X"}, {"m.embed.delta": rows, "m.head.delta": rows, "m.other": rows[1]})
+    written = load_file(str(tmp_path / "adapter_model.safetensors"))
+    assert all(torch.equal(written[key], value) for key, value in (("m.embed.delta", rows), ("m.head.delta", rows), ("m.other", rows[1])))
 
 
 def test_saved_folder_has_peft_names(saved: Path) -> None:

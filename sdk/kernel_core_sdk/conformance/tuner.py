@@ -68,6 +68,9 @@ class TunerConformance(PluginUnderTest):
       ``tuner_config.for_module(name)``, each test running once per name. Give names that
       reach every per-module option of the method, e.g. IA3's suite names a feed-forward and
       an attention module, so that both the input- and the output-scaling layers are checked.
+    - ``other_config``: the config the tests that add a second adapter give it; defaults to
+      the first adapter's (override when two adapters of a module may not share options:
+      trainable tokens refuse two active adapters with overlapping token indices, as PEFT).
     - ``module_input``: an input batch for ``candidate_module`` (rows along dim 0, at least
       two); defaults handle Linear-like modules (``in_features``), ``Conv1D``, ``Conv2d``
       (3 images of 5x5) and Embedding.
@@ -99,6 +102,11 @@ class TunerConformance(PluginUnderTest):
     def module_config(self, tuner_config: BaseTunerConfig, module_name: str) -> BaseTunerConfig:
         """The config the module named ``module_name`` gets."""
         return tuner_config.for_module(module_name)
+
+    @pytest.fixture
+    def other_config(self, module_config: BaseTunerConfig) -> BaseTunerConfig:
+        """The config the second adapter (:data:`OTHER`) of a module gets; default the first's."""
+        return module_config
 
     @pytest.fixture
     def candidate_module(self, candidate_name: str) -> nn.Module:
@@ -241,11 +249,11 @@ class TunerConformance(PluginUnderTest):
     # -- several adapters ----------------------------------------------------------------------
 
     def test_second_adapter_switches_output_and_training(
-        self, tuner: Tuner, module_config: BaseTunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
+        self, tuner: Tuner, other_config: BaseTunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
     ) -> None:
         train_step(wrapped, module_input)
         first = output(wrapped, module_input)
-        wrapped.update_layer(OTHER, module_config)
+        wrapped.update_layer(OTHER, other_config)
         assert sorted(wrapped.adapter_names) == sorted([ADAPTER, OTHER])
         names = [key for key in wrapped.state_dict() if not key.startswith("base_layer.")]
         assert {container_and_adapter(key, tuner.prefix) for key in names} == {ADAPTER, OTHER}, names
@@ -266,12 +274,12 @@ class TunerConformance(PluginUnderTest):
         torch.testing.assert_close(output(wrapped, module_input), first, atol=1e-6, rtol=1e-6)
 
     def test_delete_adapter_removes_its_parameters(
-        self, tuner: Tuner, module_config: BaseTunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
+        self, tuner: Tuner, other_config: BaseTunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
     ) -> None:
         train_step(wrapped, module_input)
         first = output(wrapped, module_input)
         base = output(wrapped.base_layer, module_input)
-        wrapped.update_layer(OTHER, module_config)
+        wrapped.update_layer(OTHER, other_config)
         wrapped.set_adapter([OTHER])
 
         wrapped.delete_adapter(OTHER)
@@ -305,9 +313,9 @@ class TunerConformance(PluginUnderTest):
         torch.testing.assert_close(output(wrapped, module_input), enabled, atol=1e-5, rtol=1e-5)
 
     def test_mixed_batch_matches_each_row_alone(
-        self, module_config: BaseTunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
+        self, other_config: BaseTunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
     ) -> None:
-        wrapped.update_layer(OTHER, module_config)
+        wrapped.update_layer(OTHER, other_config)
         x = two_trained_adapters(wrapped, module_input)
         pattern = [ADAPTER, BASE_ADAPTER, OTHER, ADAPTER]
         rows = [pattern[i % len(pattern)] for i in range(x.shape[0])]
@@ -357,9 +365,9 @@ class TunerConformance(PluginUnderTest):
         torch.testing.assert_close(output(wrapped, module_input), unmerged, atol=1e-5, rtol=1e-5)
 
     def test_merge_given_adapters(
-        self, module_config: BaseTunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
+        self, other_config: BaseTunerConfig, wrapped: TunerLayer, module_input: torch.Tensor
     ) -> None:
-        wrapped.update_layer(OTHER, module_config)
+        wrapped.update_layer(OTHER, other_config)
         x = two_trained_adapters(wrapped, module_input)
         base = base_state(wrapped)
         alone = {}
