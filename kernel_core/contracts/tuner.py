@@ -214,7 +214,9 @@ class TunerLayer(nn.Module):
 
     @abstractmethod
     def update_layer(self, adapter_name: str, config: BaseTunerConfig) -> None:
-        """Add (or re-initialise) one adapter, with the config this module gets."""
+        """Add (or re-initialise) one adapter, with the config this module gets. A ``ValueError``
+        refuses the module (a shape the method cannot take): the core names the module and the
+        method beside the message, and takes the adapter back out of every module it reached."""
 
     @abstractmethod
     def delete_adapter(self, adapter_name: str) -> None:
@@ -320,7 +322,8 @@ class Tuner(ABC):
         """Return a :class:`TunerLayer` around ``module`` holding the adapter ``adapter_name``.
 
         ``config`` is already the one this module gets (:meth:`BaseTunerConfig.for_module`). Only
-        the adapter's parameters (in containers named with :attr:`prefix`) require grad.
+        the adapter's parameters (in containers named with :attr:`prefix`) require grad. A
+        ``ValueError`` refuses the module, as in :meth:`TunerLayer.update_layer`.
         """
 
     def trained_base_parameters(self, config: BaseTunerConfig, model: nn.Module, wrapped: Sequence[str]) -> list[str]:

@@ -39,15 +39,20 @@ def inject(model: nn.Module, adapter_name: str, config: BaseTunerConfig, method:
         module = model.get_submodule(name)
         module_config = config.for_module(name)
         own = _own_layer(module, method) if isinstance(module, TunerLayer) else None
-        if own is not None:
-            own.update_layer(adapter_name, module_config)
-        elif method.tuner.can_wrap(innermost(module)):
-            replace(model, name, _stacked(method.tuner.wrap(innermost(module), adapter_name, module_config), module))
-        else:
+        if own is None and not method.tuner.can_wrap(innermost(module)):
             raise InvalidAdapterConfigError(
                 f"{method.spec.name} cannot adapt module {name!r} of type {type(module).__name__}; "
                 "narrow target_modules"
             )
+        try:
+            if own is not None:
+                own.update_layer(adapter_name, module_config)
+            else:
+                replace(model, name, _stacked(method.tuner.wrap(innermost(module), adapter_name, module_config), module))
+        except ValueError as exc:  # the method refuses this module's shape: say which module
+            if isinstance(exc, InvalidAdapterConfigError):
+                raise
+            raise InvalidAdapterConfigError(f"{method.spec.name} cannot adapt module {name!r}: {exc}") from exc
         model.get_submodule(name).train(module.training)  # new dropout follows the model's mode
     for name in _modules_to_save(model, modules_to_save):
         module = model.get_submodule(name)

@@ -125,8 +125,12 @@ class PeftModel(nn.Module):
         config = method.tuner.before_inject(self, adapter_name, config)
         if type(config) is not method.config_class:
             raise TypeError(f"{type(method.tuner).__name__}.before_inject returned {type(config).__name__}, not {method.config_class.__name__}")
-        wrapped = inject(self.model, adapter_name, config, method)
-        method.tuner.after_inject(self, adapter_name, config, wrapped)
+        try:
+            wrapped = inject(self.model, adapter_name, config, method)
+            method.tuner.after_inject(self, adapter_name, config, wrapped)
+        except BaseException:  # a refused adapter (a module the method cannot take) leaves the model as it was
+            self._remove_from_model(adapter_name, method)
+            raise
         self.peft_config[adapter_name] = config
         self._methods[adapter_name] = method
         self._trained_base[adapter_name] = method.tuner.trained_base_parameters(config, self.model, wrapped)
@@ -176,6 +180,14 @@ class PeftModel(nn.Module):
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter; when it was active, another remaining one becomes active."""
         self._check_known([adapter_name])
+        self._remove_from_model(adapter_name, self._methods[adapter_name])
+        del self.peft_config[adapter_name], self._methods[adapter_name], self._trained_base[adapter_name], self._trained_shared[adapter_name]
+        if self.active_adapter == adapter_name and self.peft_config:
+            self.set_adapter(next(iter(self.peft_config)))
+
+    def _remove_from_model(self, adapter_name: str, method: Method) -> None:
+        """Take ``adapter_name`` out of every layer (unwrapping layers it leaves empty) and out of
+        its method's containers on :attr:`base_model`; the bookkeeping is the caller's."""
         for name, outer in list(tuner_layers(self.model)):
             kept = []
             for layer in layer_stack(outer):
@@ -186,16 +198,13 @@ class PeftModel(nn.Module):
             for layer, inner in zip(kept, kept[1:] + [innermost(outer)]):  # drop emptied layers from the stack
                 layer.base_layer = inner
             replace(self.model, name, kept[0] if kept else innermost(outer))
-        for container in self._shared_containers(adapter_name):
+        for container in self._shared_containers(adapter_name, method):
             del container[adapter_name]
-        del self.peft_config[adapter_name], self._methods[adapter_name], self._trained_base[adapter_name], self._trained_shared[adapter_name]
-        if self.active_adapter == adapter_name and self.peft_config:
-            self.set_adapter(next(iter(self.peft_config)))
 
-    def _shared_containers(self, adapter_name: str) -> list[Any]:
+    def _shared_containers(self, adapter_name: str, method: Method) -> list[Any]:
         """Containers of ``adapter_name``'s method on :attr:`base_model` (state it keeps once per
         model, see :meth:`kernel_core.contracts.tuner.Tuner.before_inject`) that hold the adapter."""
-        prefix = self._methods[adapter_name].tuner.prefix
+        prefix = method.tuner.prefix
         return [
             child
             for name, child in self.base_model.named_children()
