@@ -18,7 +18,7 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import PreTrainedModel
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedModel
 
 from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_sdk.peft_oracle import (
@@ -39,6 +39,14 @@ def tied_llama() -> PreTrainedModel:
     return tiny_llama(tie_word_embeddings=True)
 
 
+def tiny_gemma3() -> PreTrainedModel:
+    """A 2-layer Gemma 3 text model: its embedding scales its output (``embed_scale``), its head is tied."""
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              num_key_value_heads=1, head_dim=8, tie_word_embeddings=True)
+    return Gemma3ForCausalLM(config).eval()
+
+
 def _peft_made(build: Callable[[], PreTrainedModel], fields: dict[str, Any], folder: Path, seed: int = 3) -> peft.PeftModel:
     """A peft model with a trainable-tokens adapter made with ``fields`` and randomised, saved to ``folder``."""
     return peft_made(build, peft.TrainableTokensConfig(**fields, init_weights=False), seed, folder)
@@ -48,6 +56,7 @@ CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
     "input-embedding-default": (tiny_llama, {"token_indices": [3, 7, 60]}),
     "tied-head": (tied_llama, {"token_indices": [0, 5, 63]}),
     "gpt2-tied-head": (tiny_gpt2, {"token_indices": [2, 9, 40, 41]}),
+    "gemma3-scaled-embedding": (tiny_gemma3, {"token_indices": [3, 7, 60]}),
     "regex": (tiny_llama, {"target_modules": r".*\.embed_tokens", "token_indices": [1, 2]}),
     "untied-head-only": (tiny_llama, {"target_modules": ["lm_head"], "token_indices": [10, 20, 30]}),
 }
