@@ -1,12 +1,16 @@
 """The text report of ``kcore bench finetune``: what was measured in this run (with the CPU it ran
 on), every step's loss, the references measured elsewhere (labelled, never judged), the ratios and
-loss-curve checks, and what the DDP ratio means on this machine."""
+loss-curve checks, and what the DDP ratio means on this machine; with ``--method``, one row per
+PEFT method (:func:`render_methods`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kernel_core.bench.finetune import GB, REFERENCES, FinetuneReport
+from kernel_core.bench.finetune import (
+    GB, REFERENCES, TARGET_LOSS_DIFFERENCE, TARGET_STEP_RATIO, FinetuneReport,
+)
+from kernel_core.bench.finetune_methods import MethodsReport
 from kernel_core.bench.machine import summary
 from kernel_core.bench.report import _table
 
@@ -89,3 +93,48 @@ def ddp_meaning(single: dict[str, Any], ddp: dict[str, Any], cpu: dict[str, Any]
 
 def _loss(value: float) -> str:
     return f"{value:.6f}"
+
+
+def render_methods(report: MethodsReport) -> str:
+    """``--method``: the settings and CPU, one row per method (s/step and peak RSS of both sides
+    and their ratios, the largest loss gap, whether the targets are met), then what did not run."""
+    s = report.settings
+    title = (
+        f"finetune benchmark, per PEFT method: {', '.join(s['methods'])}; each method's default config (kcore "
+        f"finetune's; --set overrides) on both sides, batch {s['batch_size']} x {s['seq_len']} tokens per step, fp32, "
+        f"constant lr {s['lr']:g}, {s['steps']} steps under transformers' Trainer (ours: AdapterTrainer), from "
+        f"{s['start']}; each run in its own process: measured in this run\n{summary(report.cpu)}\n"
+        f"flags: {report.cpu['flags']}"
+    )
+    rows, failed, loads = [], [], []
+    for c in report.comparisons:
+        if c.error is not None or c.ours is None or c.peft is None:
+            failed.append(f"{c.method} (GC {'on' if c.gradient_checkpointing else 'off'}): {c.error}")
+            continue
+        ratios, check = c.ratios, c.loss_check
+        assert check is not None
+        loads += [c.ours["load_average"][0], c.peft["load_average"][0]]
+        rows.append([
+            c.method, "on" if c.gradient_checkpointing else "off",
+            c.ours["seconds_per_step"], c.peft["seconds_per_step"], ratios["step_time"].value, ratios["step_cpu_time"].value,
+            c.ours["peak_rss_bytes"] / GB, c.peft["peak_rss_bytes"] / GB, ratios["peak_rss"].value,
+            c.ours["trainable_parameters"], c.peft["trainable_parameters"],
+            f"{check.value:.2e}" + ("" if c.loss_judged else " (not judged)"), c.met,
+        ])
+    parts = [
+        title,
+        _table(["method", "GC", "s/step ours", "s/step peft", "ratio", "CPU s ratio", "RSS GB ours", "RSS GB peft", "ratio",
+                "params ours", "params peft", "max loss gap", "met"], rows),
+        f"Targets, judged on this run's numbers only: s/step and peak RSS ours / peft <= {TARGET_STEP_RATIO:g}, and the "
+        f"same loss curve (every step within {TARGET_LOSS_DIFFERENCE:g}) except where a dropout draws masks "
+        "(each library its own: not judged). CPU s ratio: the processes' CPU seconds per step, ours / peft, shown "
+        "beside the judged wall-time ratio because other processes' load moves it far less.",
+    ]
+    for c in report.comparisons:
+        if c.loss_check is not None and not c.loss_judged:
+            parts.append(f"{c.method}: loss gap not judged, {c.to_dict()['loss_not_judged_because']}")
+    if loads:
+        parts.append(f"1-minute load average at the end of each run: {min(loads):.2f} to {max(loads):.2f}")
+    if failed:
+        parts += ["Did not run:", "\n".join(failed)]
+    return "\n\n".join(parts) + "\n"

@@ -14,6 +14,11 @@ step trains on all of them), the same collator, and LoRA with the same init
 (``torch.manual_seed(seed)`` right before wrapping; both libraries draw the LoRA A matrices in
 module order). ``peft`` is imported only for the ``peft`` side.
 
+With ``--adapter FOLDER`` (``kcore bench finetune --method M``), both sides instead load the
+adapter saved there (any method; made once by :mod:`kernel_core.bench.finetune_init`) as trainable,
+ours with :meth:`kernel_core.peft.PeftModel.from_pretrained`, peft's with its own, so both start
+from the same weights; ``--r`` and ``--lora-alpha`` are then unused (the adapter's config says all).
+
 Under a launcher (``torchrun``, ``--nproc``), every rank runs this with ``batch_size / nproc``
 sequences, so the global batch is the one process's, and writes its own result file.
 """
@@ -61,11 +66,16 @@ class WorkerConfig:
     seed: int = 0
     threads: int | None = None
     nproc: int = 1
+    #: A PEFT-format adapter folder both sides load trainable instead of making LoRA themselves.
+    adapter: str | None = None
+    #: The method's name, for the label only (the adapter's config says which method it is).
+    method: str | None = None
 
     @property
     def label(self) -> str:
         processes = f", {self.nproc} processes (DDP)" if self.nproc > 1 else ""
-        return f"{self.side}, GC {'on' if self.gradient_checkpointing else 'off'}{processes}"
+        method = f"{self.method}, " if self.method else ""
+        return f"{method}{self.side}, GC {'on' if self.gradient_checkpointing else 'off'}{processes}"
 
     def argv(self) -> list[str]:
         """The command-line arguments that make :func:`main` run this configuration."""
@@ -83,18 +93,22 @@ class WorkerConfig:
 class StepTimer(TrainerCallback):
     """Wall time of every optimizer step, from ``on_step_begin`` to ``on_step_end``: forward, backward
     (the gradient all-reduce under DDP), clipping, optimizer step; not the data loading before it nor
-    the logging after it. With ``out``, the main process prints each step's loss and seconds there."""
+    the logging after it. Beside the wall time, the process's CPU time (all its threads): on a
+    machine other processes load, it moves much less than the wall time, which waits for them.
+    With ``out``, the main process prints each step's loss and seconds there."""
 
     def __init__(self, label: str, total: int, out: TextIO | None = None) -> None:
         self.label, self.total, self.out = label, total, out
         self.seconds: list[float] = []
-        self._started = 0.0
+        self.cpu_seconds: list[float] = []
+        self._started = self._cpu_started = 0.0
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        self._started = time.perf_counter()
+        self._started, self._cpu_started = time.perf_counter(), time.process_time()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self.seconds.append(time.perf_counter() - self._started)
+        self.cpu_seconds.append(time.process_time() - self._cpu_started)
 
     def on_log(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -123,10 +137,10 @@ def train(config: WorkerConfig, quiet: bool = False) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32, use_safetensors=True)
     rows = token_rows(config, model.config.vocab_size)
     torch.manual_seed(config.seed)  # the LoRA init: the same draws on both sides
-    wrapped = _wrap(model, config)
+    wrapped = _wrap(model, config) if config.adapter is None else _load(model, config)
     timer = StepTimer(config.label, config.steps, None if quiet else sys.stderr)
     with tempfile.TemporaryDirectory(prefix="kcore-bench-finetune-") as output_dir:
-        trainer_class, callbacks = _trainer(config.side)
+        trainer_class, callbacks = _trainer(config.side, wrapped)
         trainer = trainer_class(
             model=wrapped, args=training_arguments(config, output_dir, world), train_dataset=rows,
             data_collator=default_data_collator, callbacks=[timer, *callbacks],
@@ -145,6 +159,8 @@ def train(config: WorkerConfig, quiet: bool = False) -> dict[str, Any]:
         "checkpointing_active": model.is_activation_checkpointing,  # what Trainer did with the arguments
         "step_seconds": timer.seconds,
         "seconds_per_step": statistics.median(timer.seconds[1:] or timer.seconds),
+        "step_cpu_seconds": timer.cpu_seconds,
+        "cpu_seconds_per_step": statistics.median(timer.cpu_seconds[1:] or timer.cpu_seconds),
         "losses": losses,
         "final_loss": losses[-1],
         "peak_rss_bytes": _peak_rss_bytes(),
@@ -209,8 +225,10 @@ def _check(config: WorkerConfig) -> int:
     return world
 
 
-def _trainer(side: str) -> tuple[type, list[TrainerCallback]]:
-    """Our ``AdapterTrainer`` with the callback ``kcore finetune`` adds, or the plain ``Trainer``."""
+def _trainer(side: str, wrapped: Any) -> tuple[type, list[TrainerCallback]]:
+    """Our ``AdapterTrainer`` with the callback ``kcore finetune`` adds, or the plain ``Trainer``,
+    with, for a peft method that asks its user to call ``update_and_allocate(step)`` after every
+    optimizer step (AdaLoRA's rank allocation), the callback that does."""
     if side == OURS:
         from kernel_core.finetune.callbacks import TunerTrainingCallback
         from kernel_core.finetune.trainer import AdapterTrainer
@@ -218,7 +236,20 @@ def _trainer(side: str) -> tuple[type, list[TrainerCallback]]:
         return AdapterTrainer, [TunerTrainingCallback()]
     from transformers import Trainer
 
-    return Trainer, []
+    update = getattr(wrapped.base_model, "update_and_allocate", None)
+    return Trainer, [] if update is None else [PeftStepCallback(update)]
+
+
+class PeftStepCallback(TrainerCallback):
+    """peft's training-step protocol under the plain ``Trainer``: ``update_and_allocate(step)``
+    after the optimizer step, gradients still in place, with the step number our
+    :class:`~kernel_core.finetune.callbacks.TunerTrainingCallback` passes (counted from 1)."""
+
+    def __init__(self, update: Any) -> None:
+        self.update = update
+
+    def on_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self.update(state.global_step + 1)
 
 
 def _wrap(model: Any, config: WorkerConfig) -> Any:
@@ -232,6 +263,18 @@ def _wrap(model: Any, config: WorkerConfig) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # peft reads transformers' deprecated names
         return peft.get_peft_model(model, peft.LoraConfig(**options))
+
+
+def _load(model: Any, config: WorkerConfig) -> Any:
+    """The adapter in ``config.adapter``, trainable, by each library's own ``from_pretrained``."""
+    if config.side == OURS:
+        from kernel_core.peft import PeftModel
+
+        return PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
+    peft = _import_peft()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return peft.PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
 
 
 def _import_peft() -> Any:
@@ -298,6 +341,8 @@ def _parser() -> argparse.ArgumentParser:
         ("seed", int), ("threads", int), ("nproc", int),
     ):
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
+    parser.add_argument("--adapter", help="a PEFT-format adapter folder both sides load trainable (instead of LoRA)")
+    parser.add_argument("--method", help="the adapter's method, for the label")
     parser.add_argument("--out", required=True, help="the JSON file to write (rank k > 0: <stem>.rank<k>.json)")
     return parser
 

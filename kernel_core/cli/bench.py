@@ -180,45 +180,79 @@ def _request_rate(text: str) -> float:
     return value
 
 
+#: ``kcore bench finetune``'s defaults without ``--method`` (the reference numbers' settings) and
+#: with it (small enough that ``--method all`` runs in minutes on 2 cores).
+_FINETUNE_DEFAULTS = {"steps": 20, "batch_size": 8, "seq_len": 256, "gradient_checkpointing": "both", "r": 16,
+                      "lora_alpha": 32}
+_METHOD_DEFAULTS = {"steps": 6, "batch_size": 4, "seq_len": 64, "gradient_checkpointing": "off", "threads": 1}
+
+
 def _register_finetune(benchmarks: argparse._SubParsersAction) -> None:
     sub = benchmarks.add_parser(
         "finetune",
         help="LoRA training under transformers' Trainer: our PEFT and Hugging Face peft, gradient checkpointing "
-        "off and on, optionally ours on N processes (DDP)",
+        "off and on, optionally ours on N processes (DDP); with --method, any PEFT method against peft's",
         description="Train LoRA (all linear layers, dropout 0) for a few steps on one fixed batch, fp32, under "
         "transformers' Trainer with the same TrainingArguments: our PEFT with kernel-core's AdapterTrainer and "
         "Hugging Face peft with the plain Trainer, gradient checkpointing off and on, each configuration in its "
         "own process; with --nproc N, ours also on N processes (DDP, the same global batch). Reports the CPU, "
         "seconds per step (median, first step excluded), peak RSS, every step's loss, ratios ours / peft and "
-        "N processes / 1, and the largest loss differences.",
+        "N processes / 1, and the largest loss differences. With --method M (repeatable; 'all': every installed "
+        "tuner plugin peft also provides), each method instead, with its default config (--set overrides) and a "
+        "starting adapter made once by peft that both sides load: one row per method.",
     )
     sub.set_defaults(func=run_finetune)
     sub.add_argument(
         "--model", default=EMBEDDED_MODEL_ID, help="a known model id or a model folder (default: %(default)s)"
     )
     sub.add_argument(
-        "--steps", type=_at_least_two, default=20, metavar="N",
-        help="optimizer steps per configuration, at least 2 (default: %(default)s)",
+        "--steps", type=_at_least_two, metavar="N",
+        help=f"optimizer steps per configuration, at least 2 (default: {_FINETUNE_DEFAULTS['steps']}, "
+        f"with --method {_METHOD_DEFAULTS['steps']})",
     )
+    for flag, kind, metavar, what in (
+        ("--batch-size", positive_int, "B", "sequences per step"),
+        ("--seq-len", positive_int, "T", "tokens per sequence"),
+    ):
+        name = flag[2:].replace("-", "_")
+        sub.add_argument(
+            flag, type=kind, metavar=metavar,
+            help=f"{what} (default: {_FINETUNE_DEFAULTS[name]}, with --method {_METHOD_DEFAULTS[name]})",
+        )
+    for flag, what in (("--r", "LoRA rank"), ("--lora-alpha", "LoRA alpha")):
+        name = flag[2:].replace("-", "_")
+        sub.add_argument(
+            flag, type=positive_int, metavar=name[0].upper(),
+            help=f"{what} (default: {_FINETUNE_DEFAULTS[name]}; not with --method: --set {name}=... there)",
+        )
     for flag, kind, default, metavar, what in (
-        ("--batch-size", positive_int, 8, "B", "sequences per step"),
-        ("--seq-len", positive_int, 256, "T", "tokens per sequence"),
-        ("--r", positive_int, 16, "R", "LoRA rank"),
-        ("--lora-alpha", positive_int, 32, "A", "LoRA alpha"),
         ("--lr", float, 1e-4, "LR", "learning rate, constant"),
-        ("--seed", int, 0, "S", "seed of the batch and of the LoRA init"),
+        ("--seed", int, 0, "S", "seed of the batch and of the adapter's init"),
     ):
         sub.add_argument(flag, type=kind, default=default, metavar=metavar, help=f"{what} (default: %(default)s)")
     sub.add_argument(
-        "--gradient-checkpointing", choices=("off", "on", "both"), default="both",
-        help="run with gradient checkpointing off, on, or both (default: %(default)s)",
+        "--gradient-checkpointing", choices=("off", "on", "both"),
+        help="run with gradient checkpointing off, on, or both (default: both, with --method off)",
     )
-    sub.add_argument("--skip-peft", action="store_true", help="run only our PEFT, not the peft baseline")
-    sub.add_argument("--threads", type=positive_int, metavar="N", help="torch threads per run (default: torch's)")
+    sub.add_argument("--skip-peft", action="store_true", help="run only our PEFT, not the peft baseline (not with --method)")
+    sub.add_argument(
+        "--threads", type=positive_int, metavar="N",
+        help="torch threads per run (default: torch's; with --method 1, which other processes' load disturbs least)",
+    )
     sub.add_argument(
         "--nproc", type=positive_int, default=1, metavar="N",
         help="also run ours on N processes (DDP, each on batch/N sequences, torch threads split between them) "
-        "beside 1 process, at the first checkpointing setting run (default: %(default)s, no DDP run)",
+        "beside 1 process, at the first checkpointing setting run (default: %(default)s, no DDP run; not with --method)",
+    )
+    sub.add_argument(
+        "--method", action="append", default=[], metavar="M",
+        help="benchmark PEFT method M (an installed tuner's name or peft_type; repeatable) against peft's, or "
+        "'all': every installed tuner plugin whose peft_type peft provides",
+    )
+    sub.add_argument(
+        "--set", action="append", default=[], metavar="[M:]KEY=VALUE",
+        help="with --method: a config field of every method run that has it (M:KEY: of method M only), as "
+        "kcore finetune --set takes it; kcore finetune --method M --show-config lists the fields",
     )
     sub.add_argument("--json", metavar="FILE", help="also write the whole report as JSON to FILE")
 
@@ -440,6 +474,14 @@ def run_finetune(args: argparse.Namespace) -> int:
     from kernel_core.bench.finetune_worker import OURS, WorkerConfig
     from kernel_core.finetune.launch import check_nproc
 
+    defaults = _METHOD_DEFAULTS if args.method else _FINETUNE_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.method:
+        return _run_finetune_methods(args)
+    if args.set:
+        raise KernelCoreError("--set sets a method's config field: it needs --method")
     if args.batch_size % args.nproc:
         raise KernelCoreError(f"--batch-size {args.batch_size} does not split over --nproc {args.nproc} processes")
     check_nproc(args.nproc)
@@ -456,3 +498,31 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.json:
         finetune.write_json(report, args.json)
     return 0
+
+
+def _run_finetune_methods(args: argparse.Namespace) -> int:
+    """``--method``: each method ours against peft; 1 if any method did not run."""
+    from kernel_core.bench import finetune_methods
+    from kernel_core.bench.finetune_render import render_methods
+    from kernel_core.bench.finetune_worker import OURS, WorkerConfig
+    from kernel_core.finetune.arguments import parse_set
+
+    refused = [flag for flag, given in (("--skip-peft", args.skip_peft), ("--nproc", args.nproc != 1),
+                                         ("--r", args.r is not None), ("--lora-alpha", args.lora_alpha is not None)) if given]
+    if refused:
+        raise KernelCoreError(
+            f"{', '.join(refused)} cannot go with --method (it compares each method with peft's on one process; "
+            "a method's rank or alpha is --set r=R / --set lora_alpha=A)"
+        )
+    methods = finetune_methods.select_methods(args.method, finetune_methods.peft_types())
+    overrides = finetune_methods.split_overrides(parse_set(args.set), methods)
+    template = WorkerConfig(
+        model=str(resolve_model(args.model)), side=OURS, gradient_checkpointing=False, steps=args.steps,
+        batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, seed=args.seed, threads=args.threads,
+    )
+    settings = {"off": [False], "on": [True], "both": [False, True]}[args.gradient_checkpointing]
+    report = finetune_methods.benchmark_methods(template, methods, overrides, settings)
+    print(render_methods(report), end="")
+    if args.json:
+        finetune_methods.write_json(report, args.json)
+    return 1 if any(c.error is not None for c in report.comparisons) else 0
