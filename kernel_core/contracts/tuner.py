@@ -312,6 +312,11 @@ class Tuner(ABC):
     #: model (``{"llama": ("k_proj", "v_proj", "down_proj")}``; a string is a regex), as PEFT's
     #: per-method tables; a model type missing here makes ``target_modules`` required. Since API 1.4.
     default_target_modules: ClassVar[Mapping[str, Sequence[str] | str]] = {}
+    #: Config fields ``kcore finetune`` sets before the user's options, where the config's own
+    #: default suits a library call but not a training run from the command line (LoRA:
+    #: ``{"target_modules": "all-linear"}``, since ``LoraConfig`` targets nothing by default).
+    #: Shown by ``kcore finetune --method M --show-config``. Since API 1.4 (additive).
+    finetune_defaults: ClassVar[Mapping[str, Any]] = {}
 
     @abstractmethod
     def can_wrap(self, module: nn.Module) -> bool:

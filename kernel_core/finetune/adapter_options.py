@@ -25,10 +25,6 @@ from kernel_core.peft.config import Method, get_config, get_method, validated
 #: ``kcore finetune`` flag -> the config field it sets, for a method whose config has that field.
 SHORTCUTS = {"--r": "r", "--alpha": "lora_alpha", "--dropout": "lora_dropout", "--target-modules": "target_modules"}
 
-#: kernel-core's defaults per ``peft_type``, over the config's own: LoRA on every linear layer, as
-#: ``kcore finetune`` trained it before methods were plugins (LoraConfig's own default is no target).
-FINETUNE_DEFAULTS: Mapping[str, Mapping[str, Any]] = {"LORA": {"target_modules": "all-linear"}}
-
 #: Fields ``kcore finetune`` sets itself: ``--set`` naming them is refused, and an
 #: ``--adapter-config`` file's values for them (a saved adapter's, e.g. ``inference_mode: true``)
 #: are left out.
@@ -146,10 +142,10 @@ def _nearest(name: str, known: Iterable[str]) -> str:
 
 
 def build(method_name: str, layers: Iterable[tuple[str, Mapping[str, Any]]]) -> Any:
-    """The method's validated config: :data:`FINETUNE_DEFAULTS` for it, then ``(source, fields)``
+    """The method's validated config: its tuner's ``finetune_defaults``, then ``(source, fields)``
     layers, later ones winning; a bad field is named, with the layers' sources."""
     method = get_method(method_name)
-    merged: dict[str, Any] = dict(FINETUNE_DEFAULTS.get(method.spec.peft_type, {}))
+    merged: dict[str, Any] = dict(method.tuner.finetune_defaults)
     sources: list[str] = []
     for source, values in layers:
         merged.update(values)
@@ -165,7 +161,7 @@ def build(method_name: str, layers: Iterable[tuple[str, Mapping[str, Any]]]) -> 
 def describe(method: Method) -> str:
     """``--show-config``: the method, then one entry per field of its config: name, type, default
     (kernel-core's where it has one), the flag that sets it, and the field's description."""
-    defaults = FINETUNE_DEFAULTS.get(method.spec.peft_type, {})
+    defaults = method.tuner.finetune_defaults
     flags = {name: flag for flag, name in SHORTCUTS.items()}
     lines = [
         f"{method.spec.name} (peft_type {method.spec.peft_type}): {method.spec.description}",

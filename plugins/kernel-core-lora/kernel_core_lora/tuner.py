@@ -20,6 +20,8 @@ class LoraTuner(Tuner):
     config_class = LoraConfig
     prefix = "lora_"
     default_target_modules = DEFAULT_TARGETS
+    #: ``kcore finetune`` trains every linear layer but the head unless told otherwise.
+    finetune_defaults = {"target_modules": "all-linear"}
 
     def can_wrap(self, module: nn.Module) -> bool:
         return isinstance(module, (nn.Linear, nn.Embedding, Conv1D))
