@@ -30,6 +30,9 @@ from kernel_core_sdk.peft_oracle import (
 )
 from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama
 
+#: A float64 bound on pruned-in-memory against truncated-in-file logits: far above float64
+#: reordering (~1e-15 on logits of order 1), far below any dropped or misplaced triplet (> 1e-3).
+TRUNCATION_FLOAT64_BOUND = 1e-9
 SCHEDULE = {"total_step": 8, "tinit": 1, "tfinal": 2, "init_lora_weights": False}
 CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
     "regex-knobs": (
@@ -113,10 +116,14 @@ def test_ours_trained_loads_in_peft(case: str, tmp_path: Path) -> None:
     assert_peft_reads_config(tmp_path)  # only keys peft's AdaLoraConfig has
     reference = peft_load(build, tmp_path)
 
+    loaded = PeftModel.from_pretrained(build(), tmp_path)
     assert_changes_output(logits(ours), logits(build()))
-    assert_same(logits(ours), logits(reference), noise_floor(reference))
-    # and back: the truncated file loads here too, with the same logits
-    assert_same(logits(PeftModel.from_pretrained(build(), tmp_path)), logits(ours), noise_floor(reference))
+    # peft and ours read the same truncated file: the same arithmetic, judged by peft's noise floor
+    assert_same(logits(loaded), logits(reference), noise_floor(reference))
+    # and the file keeps the function ours trained. Compared in float64: in float32 the truncated
+    # rank sums (pruned triplets dropped, not multiplied by zero) round in another order, noise of
+    # the floor's own size (5.96e-8 against 5.77e-8 on an AMD EPYC), not a difference of function.
+    assert_same(logits(loaded.double()), logits(ours.double()), TRUNCATION_FLOAT64_BOUND)
 
 
 @pytest.mark.parametrize("case", ["conv1d", "regex-knobs"])
