@@ -393,6 +393,22 @@ class Tuner(ABC):
         up in :attr:`default_target_modules`. Since API 1.4 (additive)."""
         return None
 
+    def model_inputs(self, model: Any, adapter_name: str, inputs: dict[str, Any], rows: Sequence[str] | None = None) -> dict[str, Any]:
+        """The keyword arguments of the transformers model's forward (``input_ids``,
+        ``attention_mask``, ``labels``, ...) with active adapter ``adapter_name``'s effect on
+        what the model reads; ``model`` is the :class:`kernel_core.peft.PeftModel`, ``rows`` the
+        forward's ``adapter_names`` (None: every row is the active adapters'). The default
+        leaves them unchanged; prompt learning (:mod:`kernel_core.contracts.prompt`) puts its
+        virtual tokens or its per-layer keys and values in. Not called while adapters are
+        disabled. Since API 1.4 (additive)."""
+        return inputs
+
+    def generation_inputs(self, model: Any, adapter_name: str, inputs: dict[str, Any], rows: Sequence[str] | None = None) -> dict[str, Any]:
+        """As :meth:`model_inputs`, for one step of ``PeftModel.generate``: ``inputs`` is what
+        the transformers model's ``prepare_inputs_for_generation`` returned for the step (the
+        first step has an empty cache or none). Since API 1.4 (additive)."""
+        return inputs
+
     def add_weighted_adapter(self, model: Any, adapters: Sequence[str], weights: Sequence[float], adapter_name: str, **options: Any) -> None:
         """Add ``adapter_name`` to ``model`` (a :class:`kernel_core.peft.PeftModel`) as a weighted
         combination of existing adapters; methods that can combine adapters override this."""

@@ -20,7 +20,10 @@ LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
 
 def inject(model: nn.Module, adapter_name: str, config: BaseTunerConfig, method: Method) -> list[str]:
     """Wrap (or extend) every target module of ``model`` with adapter ``adapter_name``; returns
-    the names of the modules the method wraps."""
+    the names of the modules the method wraps (none for ``target_modules=[]``: a method that
+    changes what the model reads, such as prompt learning, wraps nothing)."""
+    if config.target_modules == []:
+        return []
     if config.target_modules is None:
         raise InvalidAdapterConfigError(
             f"{type(config).__name__}.target_modules is required: a list of module names, a regex, or 'all-linear'"

@@ -85,6 +85,7 @@ class PeftModel(nn.Module):
         self._trained_base: dict[str, list[str]] = {}
         self._trained_shared: dict[str, list[str]] = {}
         self.active_adapter = adapter_name
+        self._adapters_disabled = False
         self.add_adapter(adapter_name, config)
         self.set_adapter(adapter_name)
 
@@ -228,9 +229,11 @@ class PeftModel(nn.Module):
         layers = list(all_tuner_layers(self.model))
         for layer in layers:
             layer.disable_adapters = True
+        self._adapters_disabled = True
         try:
             yield
         finally:
+            self._adapters_disabled = False
             for layer in layers:
                 layer.disable_adapters = False
 
@@ -239,6 +242,9 @@ class PeftModel(nn.Module):
         unmergeable."""
         names = list(adapter_names or self.active_adapters)
         self._check_known(names)
+        unmergeable = [name for name in names if self.peft_config[name].target_modules == []]
+        if unmergeable:
+            raise ValueError(f"adapter(s) {unmergeable} wrap no module (they change what the model reads): nothing to merge")
         for layer in all_tuner_layers(self.model):
             layer.merge(names)
 
@@ -287,12 +293,29 @@ class PeftModel(nn.Module):
         """The transformers model's forward; ``adapter_names`` gives one adapter (or
         ``"__base__"``) per row, computed as one batch per adapter group."""
         with self._rows(adapter_names):
-            output = self.model(*args, **kwargs)
+            if args:  # the input hooks see every input by name
+                kwargs = self._named_inputs(args, kwargs)
+            output = self.model(**self._adapter_inputs("model_inputs", kwargs, adapter_names))
         if self.training and kwargs.get("labels") is not None and getattr(output, "loss", None) is not None:
             terms = [term for term in map(self._training_loss, self.active_adapters) if term is not None]
             if terms:
                 output.loss = output.loss + sum(terms)
         return output
+
+    def _named_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        bound = inspect.signature(self.model.forward).bind_partial(*args, **kwargs).arguments
+        rest = [p.name for p in inspect.signature(self.model.forward).parameters.values() if p.kind is p.VAR_KEYWORD]
+        return {**{k: v for k, v in bound.items() if k not in rest}, **(bound.get(rest[0], {}) if rest else {})}
+
+    def _adapter_inputs(self, hook: str, inputs: dict[str, Any], rows: Sequence[str] | None) -> dict[str, Any]:
+        """``inputs`` through each adapter's input hook (:meth:`Tuner.model_inputs` or
+        :meth:`Tuner.generation_inputs`): the active adapters', or those ``rows`` name."""
+        if self._adapters_disabled:
+            return inputs
+        names = self.active_adapters if rows is None else [name for name in dict.fromkeys(rows) if name != BASE_ADAPTER]
+        for name in names:
+            inputs = getattr(self._methods[name].tuner, hook)(self, name, inputs, rows)
+        return inputs
 
     def _training_loss(self, adapter_name: str) -> torch.Tensor | None:
         return self._methods[adapter_name].tuner.training_loss(self, adapter_name)
@@ -321,8 +344,23 @@ class PeftModel(nn.Module):
         if adapter_names is not None:
             copies = kwargs.get("num_return_sequences", 1) * max(kwargs.get("num_beams", 1), 1)
             adapter_names = [name for name in adapter_names for _ in range(copies)]
-        with self._rows(adapter_names):
-            return self.model.generate(*args, **kwargs)
+        own = self.model.__dict__.get("prepare_inputs_for_generation")
+        prepare = self.model.prepare_inputs_for_generation
+        rows = adapter_names
+
+        @functools.wraps(prepare)  # generate checks its inputs against this signature
+        def prepare_step(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            return self._adapter_inputs("generation_inputs", prepare(*args, **kwargs), rows)
+
+        self.model.prepare_inputs_for_generation = prepare_step  # as peft does: each step's inputs pass the hooks
+        try:
+            with self._rows(adapter_names):
+                return self.model.generate(*args, **kwargs)
+        finally:
+            if own is None:
+                del self.model.prepare_inputs_for_generation
+            else:
+                self.model.prepare_inputs_for_generation = own
 
     @contextlib.contextmanager
     def _rows(self, adapter_names: Sequence[str] | None) -> Iterator[None]:

@@ -51,6 +51,11 @@ _LAZY: dict[str, str] = {
     ),
     "DeltaWeightLayer": "kernel_core.contracts.delta_weight",
     "BufferDict": "kernel_core.contracts.buffers",
+    # Prompt learning (API 1.4, additive): methods that change what the model reads.
+    **dict.fromkeys(
+        ("PastKeyValuesTuner", "PromptLearningConfig", "PromptLearningTuner", "VirtualTokensTuner"),
+        "kernel_core.contracts.prompt",
+    ),
     **dict.fromkeys(("COMMON_TARGET_MODULES", "by_model_type"), "kernel_core.peft.defaults"),
     "pattern_value": "kernel_core.peft.targets",
     "ModelArchitecture": "kernel_core.contracts.model",

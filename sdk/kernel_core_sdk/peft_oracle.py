@@ -203,3 +203,47 @@ def edit_adapter_config(folder: Path, **changes: Any) -> None:
     """Overwrite fields of ``folder``'s ``adapter_config.json`` (a config that no longer fits its tensors)."""
     config = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps(config | changes))
+
+
+def greedy(model: Any, steps: int = 6, **kwargs: Any) -> torch.Tensor:
+    """``model.generate`` greedy on :func:`~kernel_core_sdk.tiny_models.token_ids` (attention
+    mask of ones): the prompt and ``steps`` new tokens."""
+    ids = token_ids()
+    return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, do_sample=False,
+                          pad_token_id=0, **kwargs)
+
+
+def greedy_by_forward(model: Any, steps: int = 6) -> torch.Tensor:
+    """Greedy decoding as a loop of plain forwards on the whole sequence (no cache, no
+    ``generate``): what :func:`greedy` must give, on any model whose forward is right (a row
+    that has produced the model's end-of-sequence token is padded with 0 from then on, as
+    ``generate`` pads it)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stops = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos))
+    sequence = token_ids()
+    done = torch.zeros(sequence.shape[0], dtype=torch.bool)
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(input_ids=sequence, attention_mask=torch.ones_like(sequence)).logits
+            step = logits[:, -1].argmax(-1).masked_fill(done, 0)
+            done |= torch.isin(step, stops)
+            sequence = torch.cat([sequence, step[:, None]], dim=1)
+    return sequence
+
+
+def assert_same_prompt_learning(ours: torch.nn.Module, reference: Any) -> None:
+    """A prompt-learning adapter computes in ours what it computes in peft: the same logits (the
+    same float arithmetic, so bit-equal, with no merged form to measure a noise floor on) and
+    the same greedy tokens, ours through ``generate`` with the cache and without it, peft's as a
+    loop of its forwards (peft 0.21.2's ``generate`` is wrong for prompt learning on
+    transformers 5.2x, which renamed ``past_key_values`` to ``cache``: with the cache it ignores a
+    prefix and repeats virtual tokens at each step, and without it it can drift from its own
+    forward: seen with a prefix on a Llama with two key/value heads)."""
+    ids = token_ids()
+    with torch.no_grad():
+        ours_logits = ours(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        reference_logits = quiet(lambda: reference(input_ids=ids, attention_mask=torch.ones_like(ids)).logits)
+    assert_same(ours_logits, reference_logits, 0.0)
+    expected = quiet(lambda: greedy_by_forward(reference))
+    assert torch.equal(greedy(ours), expected), "greedy generate (with the cache) differs from peft's"
+    assert torch.equal(greedy(ours, use_cache=False), expected), "greedy generate (without the cache) differs from peft's"

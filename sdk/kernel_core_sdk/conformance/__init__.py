@@ -14,6 +14,7 @@ from kernel_core_sdk.conformance.lora import LoRAKernelConformance
 from kernel_core_sdk.conformance.model import ModelArchitectureConformance
 from kernel_core_sdk.conformance.moe import MoEKernelConformance
 from kernel_core_sdk.conformance.platform import PlatformConformance, PlatformContractChecks
+from kernel_core_sdk.conformance.prompt import PromptLearningConformance
 from kernel_core_sdk.conformance.registration import RegistrationChecks
 from kernel_core_sdk.conformance.scheduler import SchedulerConformance
 from kernel_core_sdk.conformance.tuner import TunerConformance
@@ -29,6 +30,7 @@ __all__ = [
     "PlatformConformance",
     "PlatformContractChecks",
     "PrefixCachingConformance",
+    "PromptLearningConformance",
     "ReferenceAttentionBackend",
     "ReferenceMoEKernel",
     "RegistrationChecks",
