@@ -18,9 +18,9 @@ largest: on random activations, with and without a feature at 10^4, the output's
 below a float32 GEMM's on the dequantized weights, and below a bfloat16 GEMM's. The weights are
 read as int8 (a quarter of float32's bytes, half of bfloat16's) and the GEMM runs on the int8
 units. bfloat16 slices of at most :data:`INT8PACK_MAX_ROWS` rows go through
-``torch._weight_int8pack_mm`` instead. bfloat16 slices over :data:`DIGITS_MAX_ROWS_BFLOAT16`
-rows (where the bfloat16 GEMM beats three integer GEMMs), wider weights, other dtypes and other
-devices convert the expert's weights to the activations' dtype (exact) into a scratch buffer
+``torch._weight_int8pack_mm`` instead. Slices longer than :data:`DIGITS_MAX_ROWS` for their
+dtype (where one float GEMM beats the integer GEMM of several digits), wider weights, other dtypes
+and other devices convert the expert's weights to the activations' dtype (exact) into a scratch buffer
 reused by every expert and scale the GEMM's output per channel. Only experts that received
 tokens are read.
 """
@@ -43,10 +43,12 @@ ACTIVATION_DIGITS = {torch.float32: 4, torch.bfloat16: 3}
 #: Widest reduced dimension whose int32 sums of digit times weight products (each at most 128 * 128
 #: in magnitude) cannot overflow; wider weights are converted.
 DIGITS_MAX_WIDTH = (2**31 - 1) // (128 * 128)
-#: Longest bfloat16 slice multiplied as digits: on a 2-core Xeon (AMX) converting the weights and
-#: a bfloat16 GEMM was as fast at 32 rows and twice as fast from 64 (float32 digits won at every
-#: size measured, up to 256 rows).
-DIGITS_MAX_ROWS_BFLOAT16 = 32
+#: Longest slice multiplied as digits, by activation dtype; longer ones convert the weights. bfloat16:
+#: on a 2-core Xeon (AMX) converting and a bfloat16 GEMM was as fast at 32 rows and twice as fast
+#: from 64. float32: on that Xeon the digits won at every size measured (up to 256 rows, against
+#: MKL); on a 2-core AMD EPYC (Zen 5), against oneDNN's float32 GEMM, they won up to 128 rows and
+#: lost from 256 (1.3x slower at 256, 2.2-2.8x at 512-1024: a gate/up projection of one expert, one thread).
+DIGITS_MAX_ROWS = {torch.float32: 128, torch.bfloat16: 32}
 #: Whether float32 expert GEMMs on the CPU call oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``,
 #: a private op of torch's CPU builds with oneDNN) rather than ``torch.mm``, which takes MKL's sgemm: on
 #: a 2-core AMD EPYC (Zen 5, AVX-512, no AMX), one thread, the whole layer ran 2.0-2.4x faster from 16
@@ -130,7 +132,7 @@ def _digits_apply(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the CPU's int8 GEMM of ``x`` by ``weight`` goes through activation digits."""
     if x.dtype not in ACTIVATION_DIGITS or weight.shape[1] > DIGITS_MAX_WIDTH:
         return False
-    return x.dtype != torch.bfloat16 or x.shape[0] <= DIGITS_MAX_ROWS_BFLOAT16
+    return x.shape[0] <= DIGITS_MAX_ROWS[x.dtype]
 
 
 def _project_converted(

@@ -15,7 +15,7 @@ from kernel_core.contracts.moe import dequantize_int8, quantize_int8
 from kernel_core_moe_torch import kernel, plugin
 from kernel_core_moe_torch.kernel import (
     ACTIVATION_DIGITS,
-    DIGITS_MAX_ROWS_BFLOAT16,
+    DIGITS_MAX_ROWS,
     INT8PACK_MAX_ROWS,
     TorchMoE,
     _int8_digits,
@@ -75,17 +75,31 @@ def count_calls(monkeypatch: pytest.MonkeyPatch, names: list[str]) -> dict[str, 
     return calls
 
 
-#: (tokens, hidden, intermediate, dtype) -> GEMMs expected per op: gate_up reads hidden columns,
-#: down reads intermediate ones; int8pack takes short bfloat16 slices over multiples of 16,
-#: digits (_int_mm) float32 always and bfloat16 up to its limit, longer bfloat16 slices convert (mm).
+def count_converted(monkeypatch: pytest.MonkeyPatch) -> list[torch.dtype]:
+    """The dtype of each weight the kernel's float GEMM receives from now on (the converted int8
+    path's), whichever GEMM it takes (torch.mm or oneDNN)."""
+    converted: list[torch.dtype] = []
+
+    def counted(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
+        converted.append(weight.dtype)
+        matmul(x, weight, out)
+
+    monkeypatch.setattr(kernel, "_matmul", counted)
+    return converted
+
+
+#: (tokens, hidden, intermediate, dtype) -> GEMMs expected per path (int8pack, digits, converted):
+#: gate_up reads hidden columns, down reads intermediate ones; int8pack takes short bfloat16 slices
+#: over multiples of 16, the digits (_int_mm) slices up to the dtype's limit, longer ones convert.
 INT8_CASES = {
     "float32-one-row": ((1, 32, 16, torch.float32), (0, 2, 0)),
-    "float32-long": ((DIGITS_MAX_ROWS_BFLOAT16 + 1, 32, 24, torch.float32), (0, 2, 0)),
+    "float32-digits-limit": ((DIGITS_MAX_ROWS[torch.float32], 32, 24, torch.float32), (0, 2, 0)),
+    "float32-converted": ((DIGITS_MAX_ROWS[torch.float32] + 1, 32, 24, torch.float32), (0, 0, 2)),
     "bfloat16-both-int8pack": ((INT8PACK_MAX_ROWS, 32, 16, torch.bfloat16), (2, 0, 0)),
     "bfloat16-down-unaligned": ((INT8PACK_MAX_ROWS, 32, 24, torch.bfloat16), (1, 1, 0)),
     "bfloat16-digits": ((INT8PACK_MAX_ROWS + 1, 32, 16, torch.bfloat16), (0, 2, 0)),
-    "bfloat16-digits-limit": ((DIGITS_MAX_ROWS_BFLOAT16, 32, 16, torch.bfloat16), (0, 2, 0)),
-    "bfloat16-converted": ((DIGITS_MAX_ROWS_BFLOAT16 + 1, 32, 16, torch.bfloat16), (0, 0, 2)),
+    "bfloat16-digits-limit": ((DIGITS_MAX_ROWS[torch.bfloat16], 32, 16, torch.bfloat16), (0, 2, 0)),
+    "bfloat16-converted": ((DIGITS_MAX_ROWS[torch.bfloat16] + 1, 32, 16, torch.bfloat16), (0, 0, 2)),
 }
 
 
@@ -94,10 +108,11 @@ def test_int8_paths_give_the_dequantized_result(case: str, monkeypatch: pytest.M
     """Each int8 path on either side of its limits gives the reference on the dequantized weights
     (int8pack returns NaN or crashes on widths that are not multiples of 16, so those never use it)."""
     (tokens, hidden_size, intermediate, dtype), expected_calls = INT8_CASES[case]
-    calls = count_calls(monkeypatch, ["_weight_int8pack_mm", "_int_mm", "mm"])
+    calls = count_calls(monkeypatch, ["_weight_int8pack_mm", "_int_mm"])
+    converted = count_converted(monkeypatch)
     hidden = torch.randn(tokens, hidden_size, generator=torch.Generator().manual_seed(2)).to(dtype)
     out, expected = single_expert_int8(hidden, intermediate)
-    assert tuple(calls.values()) == expected_calls
+    assert (*calls.values(), len(converted)) == expected_calls
     assert_close_for(dtype, out, expected)
 
 
@@ -106,8 +121,7 @@ def test_int8_weights_wider_than_int32_sums_allow_are_converted(monkeypatch: pyt
     takes the digits, and the result is unchanged."""
     monkeypatch.setattr(kernel, "DIGITS_MAX_WIDTH", 16)
     calls = count_calls(monkeypatch, ["_int_mm"])
-    converted = []
-    monkeypatch.setattr(kernel, "_matmul", lambda x, weight, out: converted.append(weight.dtype) or matmul(x, weight, out))
+    converted = count_converted(monkeypatch)
     hidden = torch.randn(5, 32, generator=torch.Generator().manual_seed(7))
     out, expected = single_expert_int8(hidden, 16)
     assert calls == {"_int_mm": 1} and converted == [torch.float32]
