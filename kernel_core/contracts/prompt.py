@@ -145,8 +145,11 @@ class PromptLearningTuner(Tuner):
         return model.base_model.prompt_encoder[adapter_name].table()
 
     def adapter_file_tensors(self, model: Any, adapter_name: str, tensors: Any) -> dict[str, torch.Tensor]:
-        """PEFT's file: the prompt table alone, whatever encoder computes it."""
-        return {PROMPT_EMBEDDINGS: self.prompt_table(model, adapter_name).detach().contiguous()}
+        """PEFT's file: the prompt table alone, whatever encoder computes it, computed without
+        grad as an inference forward computes it (an LSTM's grad and no-grad kernels round
+        differently), so that the file gives the logits the model gave."""
+        with torch.no_grad():
+            return {PROMPT_EMBEDDINGS: self.prompt_table(model, adapter_name).contiguous()}
 
     def adapter_tensors_from_file(self, model: Any, adapter_name: str, tensors: Any) -> dict[str, torch.Tensor]:
         """The file's table goes into the encoder's ``embedding``; an encoder that computes its
