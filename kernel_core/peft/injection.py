@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -18,8 +18,9 @@ from kernel_core.peft.targets import select_targets
 LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
 
 
-def inject(model: nn.Module, adapter_name: str, config: BaseTunerConfig, method: Method) -> list[str]:
-    """Wrap (or extend) every target module of ``model`` with adapter ``adapter_name``; returns
+def inject(model: nn.Module, adapter_name: str, config: BaseTunerConfig, method: Method, methods: Mapping[str, str]) -> list[str]:
+    """Wrap (or extend) every target module of ``model`` with adapter ``adapter_name``
+    (``methods``: the method name of each adapter the model already holds); returns
     the names of the modules the method wraps (none for ``target_modules=[]``: a method that
     changes what the model reads, such as prompt learning, wraps nothing)."""
     if config.target_modules == []:
@@ -41,7 +42,7 @@ def inject(model: nn.Module, adapter_name: str, config: BaseTunerConfig, method:
     for name in targets:
         module = model.get_submodule(name)
         module_config = config.for_module(name)
-        own = _own_layer(module, method) if isinstance(module, TunerLayer) else None
+        own = _own_layer(module, method, methods)
         if own is None and not method.tuner.can_wrap(innermost(module)):
             raise InvalidAdapterConfigError(
                 f"{method.spec.name} cannot adapt module {name!r} of type {type(module).__name__}; "
@@ -96,12 +97,15 @@ def replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name), child, module)
 
 
-def _own_layer(module: TunerLayer, method: Method) -> TunerLayer | None:
-    """The layer of ``method`` in the stack ``module`` (one holding containers named with the
-    method's prefix), or None when the method has none there yet."""
-    for layer in layer_stack(module):
-        if any(child.startswith(method.tuner.prefix) for child, _ in layer.named_children()):
-            return layer
+def _own_layer(module: nn.Module, method: Method, methods: Mapping[str, str]) -> TunerLayer | None:
+    """``module`` when it is a layer of ``method``, else None. As in PEFT, a new adapter joins
+    the outermost layer of a stack when that layer is its method's, and otherwise a new layer
+    wraps the stack (OFT, LoRA, OFT on one module is three layers: the second OFT rotates what
+    LoRA's layer sees). A layer's method is its adapters' (``methods``), never read from its
+    container names, so methods whose prefixes overlap (AdaLoRA uses LoRA's ``lora_``) stack."""
+    if isinstance(module, TunerLayer) and not isinstance(module, ModulesToSaveWrapper):
+        if any(methods.get(name) == method.spec.name for name in module.adapter_names):
+            return module
     return None
 
 

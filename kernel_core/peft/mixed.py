@@ -1,13 +1,14 @@
 """``PeftMixedModel``: adapters of several PEFT methods on one model, as PEFT's mixed model.
 
 Methods that allow it declare the ``"mixed-model"`` capability in their :class:`TunerSpec`
-(PEFT allows LoRA, LoHa, LoKr, AdaLoRA, OFT and SHiRA; not IA3 or LayerNorm tuning). Adapters
-of one method on a module share that method's layer; a later method's layer wraps the earlier
-one's (``q_proj.base_layer`` is then the inner layer, as in PEFT), so on a module each active
-adapter acts in turn, the earliest added innermost. Nothing here knows any method: the stack
-is built, switched, disabled, merged and unloaded through the tuner-layer contract alone; a
-method's layer in a stack is the one holding containers named with its prefix, so two methods
-whose prefixes overlap (AdaLoRA uses LoRA's ``lora_``) cannot share a mixed model.
+(PEFT allows LoRA, LoHa, LoKr, AdaLoRA, OFT and SHiRA; not IA3 or LayerNorm tuning). On a
+module, a new adapter joins the outermost layer when that layer is its method's; otherwise its
+method's new layer wraps the stack (``q_proj.base_layer`` is then the inner layer), as PEFT
+stacks them, so on a module each active adapter acts in turn, the earliest added innermost.
+Nothing here knows any method: the stack is built, switched, disabled, merged and unloaded
+through the tuner-layer contract alone. A layer's method, and an adapter's tensors, are known
+by the adapter's name (unique in the model), never by container prefixes alone, so methods
+whose prefixes overlap (AdaLoRA uses LoRA's ``lora_``) share a model.
 """
 
 from __future__ import annotations
@@ -34,14 +35,6 @@ class PeftMixedModel(PeftModel):
                 f"adapter {adapter_name!r} is {method.spec.name}, which does not declare the {MIXED_CAPABILITY!r} "
                 "capability: it cannot be mixed with other methods (as in PEFT); use a PeftModel for it"
             )
-        prefix = method.tuner.prefix
-        for other in {m.spec.name: m for m in self._methods.values()}.values():
-            theirs = other.tuner.prefix
-            if other.spec.name != method.spec.name and (prefix.startswith(theirs) or theirs.startswith(prefix)):
-                raise InvalidAdapterConfigError(
-                    f"adapter {adapter_name!r} is {method.spec.name}, whose container prefix {prefix!r} overlaps "
-                    f"{other.spec.name}'s {theirs!r}: a stacked layer is found by its prefix, so these two cannot share a model"
-                )
 
     def set_adapter(self, adapter_name: str | Sequence[str]) -> None:  # type: ignore[override]
         """Make these adapters active (a name or a list), whatever their methods; on a module

@@ -127,7 +127,7 @@ class PeftModel(nn.Module):
         if type(config) is not method.config_class:
             raise TypeError(f"{type(method.tuner).__name__}.before_inject returned {type(config).__name__}, not {method.config_class.__name__}")
         try:
-            wrapped = inject(self.model, adapter_name, config, method)
+            wrapped = inject(self.model, adapter_name, config, method, {name: m.spec.name for name, m in self._methods.items()})
             method.tuner.after_inject(self, adapter_name, config, wrapped)
         except BaseException:  # a refused adapter (a module the method cannot take) leaves the model as it was
             self._remove_from_model(adapter_name, method)

@@ -1,10 +1,12 @@
 """``PeftMixedModel`` (issue 14 point 5) against peft's own mixed model, the oracle.
 
-Adapters of LoRA and of LoHa, LoKr or OFT (whichever plugins are installed) sit on different
-and on the same modules; switched, combined (several active at once), disabled and merged they
-give peft's ``PeftMixedModel`` logits. "Same" is judged against peft's noise floor on the same
-adapters (its merged mixed model against its unmerged one). peft refuses IA3 and LayerNorm
-tuning in a mixed model; so does ours, by the method's capability rather than a list.
+Adapters of LoRA and of LoHa, LoKr, OFT or AdaLoRA (whichever plugins are installed) sit on
+different and on the same modules; switched, combined (several active at once), disabled and
+merged they give peft's ``PeftMixedModel`` logits. "Same" is judged against peft's noise floor on
+the same adapters (its merged mixed model against its unmerged one). AdaLoRA's containers share
+LoRA's ``lora_`` prefix: layers and tensors belong to an adapter by its name, not by prefix.
+peft refuses IA3 and LayerNorm tuning in a mixed model; so does ours, by the method's
+capability rather than a list.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import peft
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from kernel_core.errors import InvalidAdapterConfigError
 from kernel_core.peft import BASE_ADAPTER, PeftMixedModel, get_config, get_peft_model
@@ -31,7 +34,13 @@ ADAPTERS: dict[str, tuple[str, Callable[..., Any]]] = {
     "loha": ("loha", lambda targets: peft.LoHaConfig(target_modules=targets, r=4, alpha=6, init_weights=False)),
     "lokr": ("lokr", lambda targets: peft.LoKrConfig(target_modules=targets, r=4, alpha=6, init_weights=False)),
     "oft": ("oft", lambda targets: peft.OFTConfig(target_modules=targets, r=0, oft_block_size=4, init_weights=False)),
+    "adalora": (
+        "adalora",
+        lambda targets: peft.AdaLoraConfig(target_modules=targets, init_r=4, target_r=2, lora_alpha=8, total_step=10, init_lora_weights=False),
+    ),
 }
+#: Fields our config of a method needs beyond its targets (AdaLoRA's schedule needs the run's length).
+REQUIRED: dict[str, dict[str, Any]] = {"adalora": {"total_step": 10}}
 #: Targets of LoRA and of the other method: overlapping (q_proj carries both) and apart.
 LAYOUTS = {
     "same-modules": (["q_proj", "v_proj"], ["q_proj", "v_proj"]),
@@ -44,7 +53,7 @@ def _installed(method: str) -> bool:
     return method == "lora" or importlib.util.find_spec(f"kernel_core_{method}") is not None
 
 
-OTHERS = [name for name in ("loha", "lokr", "oft") if _installed(name)]
+OTHERS = [name for name in ("loha", "lokr", "oft", "adalora") if _installed(name)]
 
 
 def _randomise(model: torch.nn.Module, seed: int) -> None:
@@ -67,9 +76,11 @@ def _quiet(call: Callable[[], Any]) -> Any:
 
 
 def _saved_by_peft(folder: Path, adapters: Sequence[tuple[str, list[str]]]) -> None:
-    """Each adapter made by peft alone (random, trained-looking) and saved in ``folder/<name>``."""
+    """Each adapter made by peft alone (random, trained-looking) and saved in ``folder/<name>``;
+    a name's method is the name without trailing digits (``lora2`` is a second LoRA)."""
     for seed, (name, targets) in enumerate(adapters):
-        model = _quiet(lambda name=name, targets=targets: peft.get_peft_model(tiny_llama(), ADAPTERS[name][1](targets)))
+        config = ADAPTERS[name.rstrip("0123456789")][1](targets)
+        model = _quiet(lambda config=config: peft.get_peft_model(tiny_llama(), config))
         _randomise(model, seed)
         _quiet(lambda model=model, name=name: model.save_pretrained(str(folder / name)))
 
@@ -147,7 +158,7 @@ def test_ours_saved_load_in_peft_s_mixed_model(other: str, tmp_path: Path) -> No
     """A mixed model made here saves each adapter as its method's own PEFT folder (peft's mixed
     model cannot save); peft's mixed model loads them and computes the same."""
     ours = get_peft_model(tiny_llama(), get_config("lora", target_modules=["q_proj", "v_proj"]), "lora", mixed=True)
-    ours.add_adapter(other, get_config(other, target_modules=["q_proj", "down_proj"]))
+    ours.add_adapter(other, get_config(other, target_modules=["q_proj", "down_proj"], **REQUIRED.get(other, {})))
     ours.set_adapter(["lora", other])
     assert all(p.requires_grad for n, p in ours.named_parameters() if ".lora_" in n), "active adapters train"
     _randomise(ours, seed=5)
@@ -236,17 +247,99 @@ def test_methods_peft_does_not_mix_are_refused(method: str, fields: dict[str, An
     assert list(model.peft_config) == ["default"]
 
 
-def test_methods_sharing_a_prefix_are_refused() -> None:
-    """A stacked layer is found by its method's container prefix: a second method with an
-    overlapping prefix (AdaLoRA's is LoRA's ``lora_``) is refused by name."""
+def _peft_stack(module: torch.nn.Module) -> list[list[str]]:
+    """The adapter names of each peft layer stacked on a module, outermost first."""
+    stack = []
+    while hasattr(module, "base_layer"):
+        stack.append(sorted({name for attr in module.adapter_layer_names for name in getattr(module, attr).keys()}))
+        module = module.base_layer
+    return stack
+
+
+@pytest.mark.parametrize("order", [("lora", "adalora", "lora2"), ("lora", "oft", "lora2", "oft2"), ("lora", "lora2", "adalora")])
+def test_a_later_adapter_joins_only_the_outermost_layer_as_peft(order: tuple[str, ...], tmp_path: Path) -> None:
+    """As peft stacks them: a new adapter joins a module's outermost layer when that layer is its
+    method's, else its method's new layer wraps the stack (a second OFT after LoRA rotates what
+    LoRA sees, so joining the first OFT layer would compute something else; peft loads
+    no OFT folder first, hence LoRA first). AdaLoRA's layer,
+    whose containers are named like LoRA's, is never taken for LoRA's."""
+    if not all(_installed(name.rstrip("0123456789")) for name in order):
+        pytest.skip(f"needs the plugins of {order}")
+    _saved_by_peft(tmp_path, [(name, ["q_proj", "v_proj"]) for name in order])
+    reference, ours = _load_both(tmp_path, list(order))
+    _set([reference, ours], list(order))
+    expected = _peft_stack(reference.base_model.model.model.layers[0].self_attn.q_proj)
+    assert [layer.adapter_names for layer in layer_stack(ours.model.model.layers[0].self_attn.q_proj)] == expected
+    floor = noise_floor(reference)
+    assert_same(_logits(ours), _logits(reference), floor)
+    for name in order:
+        _set([reference, ours], [name])
+        assert_same(_logits(ours), _logits(reference), floor)
+
+
+@pytest.mark.skipif("adalora" not in OTHERS, reason="needs the AdaLoRA plugin")
+def test_adalora_trained_in_a_mixed_model_saves_its_pruned_adapter(tmp_path: Path) -> None:
+    """AdaLoRA keeps its training in a mixed model (peft's mixed model has neither its
+    regulariser nor update_and_allocate, and cannot load a pruned AdaLoRA file): its layers under
+    LoRA's are allocated by their module names, and the saved folder holds the pattern's ranks,
+    which peft's AdaLoRA and ours read alike."""
+    torch.manual_seed(0)
+    fields = {"target_modules": ["q_proj", "v_proj", "o_proj"], "init_r": 4, "target_r": 1, "total_step": 6, "tinit": 1, "tfinal": 2}
+    ours = get_peft_model(tiny_llama(), get_config("adalora", init_lora_weights=False, **fields), "ada", mixed=True)
+    ours.add_adapter("lora", get_config("lora", target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    ours.set_adapter(["ada", "lora"])
+    assert isinstance(ours.model.model.layers[0].self_attn.q_proj.base_layer, type(ours.model.model.layers[0].self_attn.o_proj))
+    ours.train()
+    trained = [p for p in ours.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=0.05)
+    generator = torch.Generator().manual_seed(5)
+    for step in range(1, 7):
+        batch = torch.randint(0, 64, (2, 9), generator=generator)
+        ours(batch, labels=batch).loss.backward()
+        optimizer.step()
+        ours.on_optimizer_step(step)
+        optimizer.zero_grad()
+    ours.eval()
+    pattern = ours.peft_config["ada"].rank_pattern
+    modules = {f"model.layers.{i}.self_attn.{m}.lora_E" for i in range(2) for m in ("q_proj", "v_proj", "o_proj")}
+    assert pattern is not None and set(pattern) == modules and any(not all(kept) for kept in pattern.values())
+    ours.save_pretrained(tmp_path, ["ada"])
+    ours.set_adapter("ada")
+
+    reference = _quiet(lambda: peft.PeftModel.from_pretrained(tiny_llama(), str(tmp_path / "ada")).eval())
+    loaded = PeftMixedModel.from_pretrained(tiny_llama(), tmp_path / "ada", "ada")
+    assert_same(_logits(loaded), _logits(reference), noise_floor(reference))
+    # the file keeps what was trained: compared in float64 as the AdaLoRA interop test does
+    # (in float32 dropping pruned triplets rather than zeroing them rounds in another order)
+    assert_same(_logits(loaded.double()), _logits(copy.deepcopy(ours).double()), 1e-9)
+
+
+def test_methods_sharing_a_prefix_share_a_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Two methods whose containers are named alike (a twin of LoRA, as AdaLoRA's share LoRA's
+    ``lora_``) stack on one module: the twin's adapter gets its own layer over LoRA's, and each
+    adapter's file holds its own tensors only, under its module's name."""
     from kernel_core.contracts.records import TunerSpec
+    from kernel_core.peft import model as model_module
     from kernel_core.peft.config import Method, get_method
 
     lora = get_method("lora")
-    twin = Method(TunerSpec(name="twin", description="a", implementation="x:y", peft_type="TWIN", capabilities=frozenset({"mixed-model"})), lora.tuner)
-    model = get_peft_model(tiny_llama(), get_config("lora", target_modules=["q_proj"]), mixed=True)
-    with pytest.raises(InvalidAdapterConfigError, match="twin.*'lora_' overlaps lora's 'lora_'"):
-        model._check_method("other", twin)
+    twin = Method(TunerSpec(name="twin", description="a", implementation="x:y", peft_type="LORA", capabilities=frozenset({"mixed-model"})), lora.tuner)
+    twin_config = get_config("lora", target_modules=["q_proj", "o_proj"], init_lora_weights=False)
+    real = model_module.method_of
+    monkeypatch.setattr(model_module, "method_of", lambda config: twin if config is twin_config else real(config))
+    model = get_peft_model(tiny_llama(), get_config("lora", target_modules=["q_proj", "v_proj"], init_lora_weights=False), mixed=True)
+    model.add_adapter("other", twin_config)
+    attention = model.model.model.layers[0].self_attn
+    assert [layer.adapter_names for layer in layer_stack(attention.q_proj)] == [["other"], ["default"]]
+    assert [layer.adapter_names for layer in layer_stack(attention.o_proj)] == [["other"]]
+    model.save_pretrained(tmp_path)
+    state = model.state_dict()
+    for name, folder, targets in (("default", tmp_path, {"q_proj", "v_proj"}), ("other", tmp_path / "other", {"q_proj", "o_proj"})):
+        saved = load_file(folder / "adapter_model.safetensors")
+        assert {key.split(".")[-3] for key in saved} == targets and len(saved) == 2 * 2 * len(targets), sorted(saved)
+        assert not any("base_layer" in key for key in saved)
+        own = [value for key, value in state.items() if f".{name}." in key]
+        assert all(sum(torch.equal(value, mine) for mine in own) == 1 for value in saved.values()), f"{name}'s file holds another's tensors"
 
 
 def test_a_plain_peft_model_still_holds_one_method() -> None:

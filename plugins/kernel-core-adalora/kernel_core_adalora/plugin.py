@@ -19,6 +19,6 @@ def kernel_core_tuners() -> list[TunerSpec]:
             description="AdaLoRA: SVD-form LoRA whose ranks are pruned by importance during training, on Linear and Conv1D.",
             implementation="kernel_core_adalora.tuner:AdaLoraTuner",
             peft_type="ADALORA",
-            capabilities=frozenset({"merge", "mixed-batch"}),
+            capabilities=frozenset({"merge", "mixed-batch", "mixed-model"}),
         )
     ]

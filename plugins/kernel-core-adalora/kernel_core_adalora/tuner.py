@@ -21,9 +21,17 @@ _ALLOCATORS: weakref.WeakKeyDictionary[Any, dict[str, RankAllocator]] = weakref.
 
 
 def svd_layers(model: nn.Module, adapter_name: str) -> Layers:
-    """(module name in the transformers model, layer) of every layer holding ``adapter_name``."""
+    """(module name in the transformers model, layer) of every layer holding ``adapter_name``;
+    in a mixed model a layer under another method's has its module's name, without the
+    ``base_layer`` segments, which is the name rank patterns and files use."""
     root = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return [(name, module) for name, module in root.named_modules() if isinstance(module, SVDLayer) and adapter_name in module.lora_A]
+    return [(_module_name(name), module) for name, module in root.named_modules() if isinstance(module, SVDLayer) and adapter_name in module.lora_A]
+
+
+def _module_name(path: str) -> str:
+    while path.endswith(".base_layer"):
+        path = path.removesuffix(".base_layer")
+    return path
 
 
 class AdaLoraTuner(Tuner):
