@@ -149,7 +149,12 @@ class AdapterTrainer(Trainer):
 
 
 def _row_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``[rows, 2]``: each row's summed next-token loss and its number of target tokens (float64)."""
+    """``[rows, 2]``: each row's summed next-token loss and its number of target tokens (float64).
+    Logits longer than the labels have positions an adapter put before the input (prompt
+    tuning's virtual tokens), whose labels are ignored, as the model's own loss ignores them."""
+    extra = logits.shape[1] - labels.shape[1]
+    if extra > 0:
+        labels = torch.nn.functional.pad(labels, (extra, 0), value=IGNORE_INDEX)
     targets = labels[:, 1:]
     losses = torch.nn.functional.cross_entropy(
         logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
