@@ -1,12 +1,12 @@
 """``PeftMixedModel`` (issue 14 point 5) against peft's own mixed model, the oracle.
 
-Adapters of LoRA and of LoHa, LoKr, OFT or AdaLoRA (whichever plugins are installed) sit on
-different and on the same modules; switched, combined (several active at once), disabled and
+Adapters of LoRA and of LoHa, LoKr, OFT, AdaLoRA or SHiRA (whichever plugins are installed) sit
+on different and on the same modules; switched, combined (several active at once), disabled and
 merged they give peft's ``PeftMixedModel`` logits. "Same" is judged against peft's noise floor on
 the same adapters (its merged mixed model against its unmerged one). AdaLoRA's containers share
 LoRA's ``lora_`` prefix: layers and tensors belong to an adapter by its name, not by prefix.
-peft refuses IA3 and LayerNorm tuning in a mixed model; so does ours, by the method's
-capability rather than a list.
+peft refuses every other method (IA3, LayerNorm tuning, VeRA, BOFT, ...) in a mixed model; so
+does ours, by the method's capability rather than a list.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from kernel_core.errors import InvalidAdapterConfigError
 from kernel_core.peft import BASE_ADAPTER, PeftMixedModel, get_config, get_peft_model
+from kernel_core.peft.config import config_to_dict
 from kernel_core.peft.injection import layer_stack
 from kernel_core_sdk.tiny_models import tiny_llama, token_ids
 
@@ -34,13 +35,14 @@ ADAPTERS: dict[str, tuple[str, Callable[..., Any]]] = {
     "loha": ("loha", lambda targets: peft.LoHaConfig(target_modules=targets, r=4, alpha=6, init_weights=False)),
     "lokr": ("lokr", lambda targets: peft.LoKrConfig(target_modules=targets, r=4, alpha=6, init_weights=False)),
     "oft": ("oft", lambda targets: peft.OFTConfig(target_modules=targets, r=0, oft_block_size=4, init_weights=False)),
+    "shira": ("shira", lambda targets: peft.ShiraConfig(target_modules=targets, r=2, init_weights=False)),
     "adalora": (
         "adalora",
         lambda targets: peft.AdaLoraConfig(target_modules=targets, init_r=4, target_r=2, lora_alpha=8, total_step=10, init_lora_weights=False),
     ),
 }
 #: Fields our config of a method needs beyond its targets (AdaLoRA's schedule needs the run's length).
-REQUIRED: dict[str, dict[str, Any]] = {"adalora": {"total_step": 10}}
+REQUIRED: dict[str, dict[str, Any]] = {"adalora": {"total_step": 10}, "shira": {"r": 2}}
 #: Targets of LoRA and of the other method: overlapping (q_proj carries both) and apart.
 LAYOUTS = {
     "same-modules": (["q_proj", "v_proj"], ["q_proj", "v_proj"]),
@@ -53,7 +55,13 @@ def _installed(method: str) -> bool:
     return method == "lora" or importlib.util.find_spec(f"kernel_core_{method}") is not None
 
 
-OTHERS = [name for name in ("loha", "lokr", "oft", "adalora") if _installed(name)]
+OTHERS = [name for name in ("loha", "lokr", "oft", "adalora", "shira") if _installed(name)]
+
+
+def _order(other: str) -> list[str]:
+    """The order to add LoRA and ``other`` in: peft refuses a SHiRA layer over another layer
+    ("SHiRA does not support nested base layers"), so SHiRA goes first (see the nested test)."""
+    return [other, "lora"] if other == "shira" else ["lora", other]
 
 
 def _randomise(model: torch.nn.Module, seed: int) -> None:
@@ -124,7 +132,7 @@ def _set(models: Sequence[Any], names: list[str]) -> None:
 def test_switched_combined_disabled_and_merged_as_peft(other: str, layout: str, tmp_path: Path) -> None:
     lora_targets, other_targets = LAYOUTS[layout]
     _saved_by_peft(tmp_path, [("lora", lora_targets), (other, other_targets)])
-    reference, ours = _load_both(tmp_path, ["lora", other])
+    reference, ours = _load_both(tmp_path, _order(other))
     base = _logits(tiny_llama())
 
     _set([reference, ours], ["lora", other])
@@ -157,16 +165,18 @@ def test_switched_combined_disabled_and_merged_as_peft(other: str, layout: str, 
 def test_ours_saved_load_in_peft_s_mixed_model(other: str, tmp_path: Path) -> None:
     """A mixed model made here saves each adapter as its method's own PEFT folder (peft's mixed
     model cannot save); peft's mixed model loads them and computes the same."""
-    ours = get_peft_model(tiny_llama(), get_config("lora", target_modules=["q_proj", "v_proj"]), "lora", mixed=True)
-    ours.add_adapter(other, get_config(other, target_modules=["q_proj", "down_proj"], **REQUIRED.get(other, {})))
+    targets = {"lora": ["q_proj", "v_proj"], other: ["q_proj", "down_proj"]}
+    first, second = _order(other)
+    ours = get_peft_model(tiny_llama(), get_config(first, target_modules=targets[first], **REQUIRED.get(first, {})), first, mixed=True)
+    ours.add_adapter(second, get_config(second, target_modules=targets[second], **REQUIRED.get(second, {})))
     ours.set_adapter(["lora", other])
     assert all(p.requires_grad for n, p in ours.named_parameters() if ".lora_" in n), "active adapters train"
     _randomise(ours, seed=5)
     ours.eval()
     ours.save_pretrained(tmp_path)
 
-    reference = _quiet(lambda: peft.PeftMixedModel.from_pretrained(tiny_llama(), str(tmp_path / "lora"), "lora"))
-    _quiet(lambda: reference.load_adapter(str(tmp_path / other), other))
+    reference = _quiet(lambda: peft.PeftMixedModel.from_pretrained(tiny_llama(), str(tmp_path / first), first))
+    _quiet(lambda: reference.load_adapter(str(tmp_path / second), second))
     _quiet(lambda: reference.set_adapter(["lora", other]))
     reference.eval()
     assert (_logits(ours) - _logits(tiny_llama())).abs().max() > 1e-3
@@ -202,7 +212,7 @@ def test_mixed_batch_rows_take_adapters_of_either_method(other: str, tmp_path: P
     """One adapter (of either method) or the base per row, in one forward: each row is what
     peft's mixed model gives with that adapter alone (peft has no per-row adapters here)."""
     _saved_by_peft(tmp_path, [("lora", ["q_proj", "v_proj"]), (other, ["q_proj", "o_proj"])])
-    reference, ours = _load_both(tmp_path, ["lora", other])
+    reference, ours = _load_both(tmp_path, _order(other))
     alone = {BASE_ADAPTER: _logits(tiny_llama())}
     for name in ("lora", other):
         _set([reference], [name])
@@ -218,7 +228,7 @@ def test_mixed_batch_rows_take_adapters_of_either_method(other: str, tmp_path: P
 @pytest.mark.parametrize("other", OTHERS)
 def test_delete_one_method_leaves_the_other(other: str, tmp_path: Path) -> None:
     _saved_by_peft(tmp_path, [("lora", ["q_proj", "v_proj"]), (other, ["q_proj", "o_proj"])])
-    reference, ours = _load_both(tmp_path, ["lora", other])
+    reference, ours = _load_both(tmp_path, _order(other))
     _set([reference, ours], ["lora", other])
     _set([reference], ["lora"])
     lora_alone = _logits(reference)
@@ -230,13 +240,25 @@ def test_delete_one_method_leaves_the_other(other: str, tmp_path: Path) -> None:
     assert torch.equal(_logits(ours), lora_alone)
 
 
-@pytest.mark.parametrize(("method", "fields"), [("ia3", {"target_modules": ["q_proj"], "feedforward_modules": []}), ("ln_tuning", {})])
-def test_methods_peft_does_not_mix_are_refused(method: str, fields: dict[str, Any]) -> None:
-    """peft's mixed model refuses IA3 and LayerNorm tuning (its list of compatible types); ours
-    refuses methods that do not declare the ``mixed-model`` capability, naming the method."""
+#: Every other tuner plugin, and the fields its config needs here: peft 0.21's mixed model takes
+#: LoRA, LoHa, LoKr, AdaLoRA, OFT and SHiRA only (COMPATIBLE_TUNER_TYPES).
+NOT_MIXED: dict[str, dict[str, Any]] = {
+    "ia3": {"target_modules": ["q_proj"], "feedforward_modules": []},
+    "ln_tuning": {},
+    "trainable_tokens": {},
+    **{name: {"target_modules": ["q_proj"]} for name in ("hra", "miss", "road", "randlora", "c3a", "vblora", "boft", "vera", "fourierft")},
+}
+
+
+@pytest.mark.parametrize("method", sorted(NOT_MIXED))
+def test_methods_peft_does_not_mix_are_refused(method: str) -> None:
+    """peft's mixed model refuses IA3, LayerNorm tuning and the newer methods (its list of
+    compatible types); ours refuses methods that do not declare the ``mixed-model`` capability,
+    naming the method."""
     if not _installed(method):
         pytest.skip(f"kernel-core-{method.replace('_', '-')} is not installed")
-    peft_config = {"ia3": peft.IA3Config, "ln_tuning": peft.LNTuningConfig}[method](**fields)
+    fields = NOT_MIXED[method]
+    peft_config = peft.get_peft_config(config_to_dict(get_config(method, **fields)))
     with pytest.raises(ValueError, match="not compatible with the `PeftMixedModel`"):
         _quiet(lambda: peft.get_peft_model(tiny_llama(), peft_config, mixed=True))
     with pytest.raises(InvalidAdapterConfigError, match=f"{method}.*mixed-model"):
@@ -245,6 +267,40 @@ def test_methods_peft_does_not_mix_are_refused(method: str, fields: dict[str, An
     with pytest.raises(InvalidAdapterConfigError, match=f"{method}.*mixed-model"):
         model.add_adapter("other", get_config(method, **fields))
     assert list(model.peft_config) == ["default"]
+
+
+#: A float64 bound on two orders of summing the same additive updates: far above float64
+#: reordering (~1e-15 on logits of order 1), far below any update missed or applied twice (> 1e-3).
+REORDERED_FLOAT64_BOUND = 1e-9
+
+
+@pytest.mark.skipif("shira" not in OTHERS, reason="needs the SHiRA plugin")
+def test_shira_over_another_method_s_layer_adds_its_update(tmp_path: Path) -> None:
+    """peft refuses SHiRA over another layer ("SHiRA does not support nested base layers");
+    ours stacks it, adding ``x ΔWᵀ`` to the inner layers' output. Both updates are additive, so
+    this is peft's model with SHiRA added first: compared in float64, where the two orders of
+    summation agree to rounding, alone, combined, per row, disabled and merged."""
+    _saved_by_peft(tmp_path, [("lora", ["q_proj", "v_proj"]), ("shira", ["q_proj", "o_proj"])])
+    with pytest.raises(ValueError, match="nested base layers"):
+        _load_both(tmp_path, ["lora", "shira"])
+    ours = PeftMixedModel.from_pretrained(tiny_llama(), tmp_path / "lora", "lora")
+    ours.load_adapter(tmp_path / "shira", "shira")
+    assert [layer.adapter_names for layer in layer_stack(ours.model.model.layers[0].self_attn.q_proj)] == [["shira"], ["lora"]]
+    reference, _ = _load_both(tmp_path, ["shira", "lora"])
+    ours, reference = ours.eval().double(), reference.double()
+    alone = {BASE_ADAPTER: _logits(tiny_llama().double())}
+    for names in (["lora", "shira"], ["lora"], ["shira"]):
+        _set([reference, ours], names)
+        expected = _logits(reference)
+        assert_same(_logits(ours), expected, REORDERED_FLOAT64_BOUND)
+        alone["+".join(names)] = expected
+    rows = ["shira", BASE_ADAPTER, "lora"]
+    for i, row in enumerate(_logits(ours, adapter_names=rows)):
+        assert_same(row, alone[rows[i]][i], REORDERED_FLOAT64_BOUND)
+    with ours.disable_adapter():
+        assert torch.equal(_logits(ours), alone[BASE_ADAPTER])
+    _set([ours], ["lora", "shira"])
+    assert_same(_logits(ours.merge_and_unload()), alone["lora+shira"], REORDERED_FLOAT64_BOUND)
 
 
 def _peft_stack(module: torch.nn.Module) -> list[list[str]]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from kernel_core.contracts.buffers import BufferDict
 from kernel_core.contracts.delta_weight import DeltaWeightLayer
-from kernel_core.contracts.tuner import BaseTunerConfig
+from kernel_core.contracts.tuner import BaseTunerConfig, TunerLayer
 from kernel_core_shira.config import ShiraConfig
 
 
@@ -75,15 +75,22 @@ class ShiraLayer(DeltaWeightLayer):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """With active adapters and no mixed batch: ``x (W + Σ ΔW)ᵀ + bias``, as PEFT computes it."""
         active = [name for name in self.active_adapters if name in self.shira_weight]
-        if self.disable_adapters or self.merged or self.row_adapters is not None or not active:
+        if self.disable_adapters or self.merged or self.row_adapters is not None or not active or self._stacked:
             return super().forward(x, *args, **kwargs)
         return self._updated_output(x, active)
 
     def adapter_output(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """A mixed batch's rows of one adapter (the only caller: :meth:`forward` handles the
-        rest): SHiRA's layers are never stacked (nor are PEFT's), so ``result`` is the base
-        layer's output, computed again with ``W + ΔW`` so that each row equals the adapter alone."""
+        """Over the base module (a mixed batch's rows of one adapter, :meth:`forward` doing the
+        rest): the base output computed again with ``W + ΔW``, so that each row equals the
+        adapter alone. Over another method's layer (a mixed model; PEFT refuses SHiRA there):
+        ``result + x ΔWᵀ``, the inner layers' output and this update."""
+        if self._stacked:
+            return super().adapter_output(adapter_name, x, result, *args, **kwargs)
         return self._updated_output(x, [adapter_name]).to(result.dtype)
+
+    @property
+    def _stacked(self) -> bool:
+        return isinstance(self.base_layer, TunerLayer)
 
     def _updated_output(self, x: torch.Tensor, adapter_names: list[str]) -> torch.Tensor:
         base = self.base_layer

@@ -18,6 +18,6 @@ def kernel_core_tuners() -> list[TunerSpec]:
             description="SHiRA: a sparse high-rank update training r (in + out) randomly chosen entries of each weight, on Linear.",
             implementation="kernel_core_shira.tuner:ShiraTuner",
             peft_type="SHIRA",
-            capabilities=frozenset({"merge", "mixed-batch"}),
+            capabilities=frozenset({"merge", "mixed-batch", "mixed-model"}),
         )
     ]
