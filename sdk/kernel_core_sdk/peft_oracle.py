@@ -240,10 +240,13 @@ def assert_same_prompt_learning(ours: torch.nn.Module, reference: Any) -> None:
     prefix and repeats virtual tokens at each step, and without it it can drift from its own
     forward: seen with a prefix on a Llama with two key/value heads)."""
     ids = token_ids()
-    with torch.no_grad():
-        ours_logits = ours(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-        reference_logits = quiet(lambda: reference(input_ids=ids, attention_mask=torch.ones_like(ids)).logits)
-    assert_same(ours_logits, reference_logits, 0.0)
+    padded = torch.ones_like(ids)
+    padded[0, :2] = 0  # a left-padded row: the prompt's mask and positions as peft places them
+    for mask in (torch.ones_like(ids), padded):
+        with torch.no_grad():
+            ours_logits = ours(input_ids=ids, attention_mask=mask).logits
+            reference_logits = quiet(lambda mask=mask: reference(input_ids=ids, attention_mask=mask).logits)
+        assert_same(ours_logits, reference_logits, 0.0)
     expected = quiet(lambda: greedy_by_forward(reference))
     assert torch.equal(greedy(ours), expected), "greedy generate (with the cache) differs from peft's"
     assert torch.equal(greedy(ours, use_cache=False), expected), "greedy generate (without the cache) differs from peft's"
