@@ -5,9 +5,11 @@ prompt-learning method wraps none, so this suite checks it on a whole model inst
 registration checks, the config (a ``PromptLearningConfig`` that round-trips, refuses unknown
 fields and is saved without ``target_modules``), the encoder (only it trains; its table has the
 kind's shape), forward (the prompt changes the output, disabled adapters give the base output),
-a training step, a file round trip (PEFT's single ``prompt_embeddings`` tensor, loaded for
-inference with the same logits), greedy ``generate`` with the cache equal to a greedy loop of
-plain forwards, training through transformers' ``Trainer``, and the refusals (merging, one adapter per row).
+a second adapter (switching the output and what trains, deleted with its encoder), a training
+step, training through transformers' ``Trainer``, a file round trip (PEFT's single
+``prompt_embeddings`` tensor, loaded for inference with the same logits), greedy ``generate``
+with and without the cache equal to a greedy loop of plain forwards, and the refusals (merging,
+one adapter per row).
 """
 
 from __future__ import annotations
@@ -129,6 +131,24 @@ class PromptLearningConformance(PluginUnderTest):
         expected = greedy_by_forward(adapted)
         assert torch.equal(greedy(adapted), expected)
         assert torch.equal(greedy(adapted, use_cache=False), expected)
+
+    def test_a_second_adapter_switches_the_output_and_what_trains(
+        self, adapted: PeftModel, tuner_config: PromptLearningConfig
+    ) -> None:
+        adapted.add_adapter("other", tuner_config)
+        randomise(adapted, seed=5)  # the active adapter's parameters only
+        ids = token_ids()
+        with torch.no_grad():
+            first = adapted(input_ids=ids).logits
+            adapted.set_adapter("other")
+            other = adapted(input_ids=ids).logits
+        assert (first - other).abs().max() > 1e-3
+        trained = {name.split(".")[2] for name, p in adapted.named_parameters() if p.requires_grad}
+        assert trained == {"other"}
+        adapted.delete_adapter("other")
+        assert list(adapted.base_model.prompt_encoder) == ["default"]
+        with torch.no_grad():
+            assert torch.equal(adapted(input_ids=ids).logits, first)
 
     def test_merging_and_mixed_batches_are_refused(self, adapted: PeftModel) -> None:
         with pytest.raises(ValueError, match="nothing to merge"):
