@@ -3,14 +3,30 @@
 Expert weights arrive stacked, one slice per expert, either in the activations' dtype or as int8
 weight-only quantized tensors with per-expert, per-output-channel scales (``moe_quantization``
 "int8"). A kernel lists the quantizations it consumes in its :class:`MoEKernelSpec` record, so
-that selection never hands it weights it cannot read.
+that selection never hands it weights it cannot read. A kernel may also turn a layer's experts, once
+at load, into a form of its own (:meth:`MoEKernel.prepare`): GEMM weights pre-packed for the CPU's
+library, another layout for a device kernel.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+
+@dataclass(frozen=True)
+class PreparedExperts:
+    """A kernel's own form of one layer's experts, made once at load by :meth:`MoEKernel.prepare`."""
+
+    #: What :meth:`MoEKernel.forward` receives as ``prepared`` on every call of that layer.
+    state: Any
+    #: Whether ``forward`` still reads the stacked weight tensors (and scales). When False the layer
+    #: keeps only their shapes and dtypes (``meta`` tensors, still passed to ``forward``) and frees
+    #: their memory, so that a kernel holding re-packed weights does not hold two copies.
+    reads_stacked: bool = True
 
 
 class MoEKernel(ABC):
@@ -28,6 +44,7 @@ class MoEKernel(ABC):
         *,
         w_gate_up_scale: torch.Tensor | None = None,
         w_down_scale: torch.Tensor | None = None,
+        prepared: Any = None,
     ) -> torch.Tensor:
         """Return ``[T, H]`` in ``hidden``'s dtype.
 
@@ -42,7 +59,25 @@ class MoEKernel(ABC):
         real weights are ``w.float() * scale[..., None]``: ``w_gate_up_scale`` is ``[E, 2 * I]``
         and ``w_down_scale`` ``[E, H]``, float32, one scale per expert and output channel. Only
         kernels whose record lists ``"int8"`` in ``quantizations`` receive them.
+
+        ``prepared`` is the ``state`` of what :meth:`prepare` returned for these weights, passed
+        only when it returned one (plugin API 1.4): a kernel that never overrides ``prepare``
+        never receives it.
         """
+
+    def prepare(
+        self,
+        w_gate_up: torch.Tensor,
+        w_down: torch.Tensor,
+        *,
+        w_gate_up_scale: torch.Tensor | None = None,
+        w_down_scale: torch.Tensor | None = None,
+    ) -> PreparedExperts | None:
+        """Called once per MoE layer after its experts are loaded (and quantized), with the
+        tensors :meth:`forward` receives: return a form of them this kernel computes faster from
+        (e.g. each expert's GEMM weights packed for oneDNN), or None to keep only the stacked
+        tensors (the default). Since plugin API 1.4 (additive)."""
+        return None
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernel_core.contracts.moe import MoEKernel, quantize_int8
+from kernel_core.contracts.moe import MoEKernel, PreparedExperts, quantize_int8
 from kernel_core.contracts.records import MOE_QUANTIZATIONS, PluginKind
 from kernel_core.errors import InvalidModelFolderError, PluginError, UnknownPluginError
 from kernel_core.plugins import PluginManager, Registration, get_plugin_manager
@@ -180,6 +180,11 @@ class ExpertWeights:
         tensors = (self.gate_up, self.down, self.gate_up_scale, self.down_scale)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
+    def without_storage(self) -> ExpertWeights:
+        """The same shapes and dtypes as ``meta`` tensors, holding no memory (for a kernel whose
+        :class:`PreparedExperts` no longer reads the stacked weights)."""
+        return ExpertWeights(*(None if t is None else t.to("meta") for t in (self.gate_up, self.down, self.gate_up_scale, self.down_scale)))
+
     def scales(self) -> dict[str, torch.Tensor]:
         """The keyword arguments :meth:`MoEKernel.forward` takes for these weights: the scales
         when they are int8, none otherwise (kernels without int8 support never see them)."""
@@ -281,7 +286,9 @@ class FusedMoE:
                 f"shape (1, {hidden})"
             )
         self.router = router
-        self.experts = experts
+        #: The kernel's own form of the experts (:meth:`MoEKernel.prepare`), None if it has none.
+        self.prepared: PreparedExperts | None = kernel.prepare(experts.gate_up, experts.down, **experts.scales())
+        self.experts = experts if self.prepared is None or self.prepared.reads_stacked else experts.without_storage()
         self.top_k = top_k
         self.renormalize = renormalize
         self.kernel = kernel
@@ -296,9 +303,10 @@ class FusedMoE:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[T, H]`` -> ``[T, H]``: each token's routed experts, plus the shared expert."""
         experts = self.experts
+        prepared = {} if self.prepared is None else {"prepared": self.prepared.state}
         out = self.kernel.forward(
             hidden, F.linear(hidden, self.router), experts.gate_up, experts.down, self.top_k, self.renormalize,
-            **experts.scales(),
+            **experts.scales(), **prepared,
         )
         if self.shared_expert is None:
             return out

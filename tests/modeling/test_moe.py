@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import kernel_core
-from kernel_core.contracts.moe import dequantize_int8
+from kernel_core.contracts.moe import PreparedExperts, dequantize_int8
 from kernel_core.contracts.records import MoEKernelSpec
 from kernel_core.errors import InvalidModelFolderError, PluginError, UnknownPluginError
 from kernel_core.modeling.moe import ExpertWeights, FusedMoE, MoEOptions
@@ -169,6 +169,39 @@ def test_qwen2_moe_block_with_its_shared_expert_matches_transformers(norm_topk_p
     x = torch.randn(6, HIDDEN)
     with torch.inference_mode():
         torch.testing.assert_close(block(x), hf(x[None])[0], atol=1e-5, rtol=1e-5)
+
+
+class DoublingKernel(ReferenceMoEKernel):
+    """Prepares the experts as twice their weights (so the output shows which form was used), and
+    says whether it still reads the stacked ones."""
+
+    def __init__(self, reads_stacked: bool) -> None:
+        self.reads_stacked = reads_stacked
+        self.seen: list[torch.Tensor] = []
+
+    def prepare(self, w_gate_up, w_down, **scales):
+        return PreparedExperts((2 * w_gate_up, 2 * w_down), reads_stacked=self.reads_stacked)
+
+    def forward(self, hidden, router_logits, w_gate_up, w_down, top_k, renormalize=True, *, prepared=None, **scales):
+        self.seen.append(w_gate_up)
+        return super().forward(hidden, router_logits, *prepared, top_k, renormalize, **scales)
+
+
+@pytest.mark.parametrize("reads_stacked", [True, False], ids=["keeps-stacked", "frees-stacked"])
+def test_a_kernels_prepared_experts_reach_every_forward_and_may_free_the_stacked_ones(reads_stacked: bool) -> None:
+    experts = from_experts(per_expert())
+    router = torch.randn(EXPERTS, HIDDEN, generator=torch.Generator().manual_seed(1))
+    kernel = DoublingKernel(reads_stacked)
+    block = FusedMoE(router, experts, top_k=2, renormalize=True, kernel=kernel)
+    doubled = FusedMoE(router, ExpertWeights(2 * experts.gate_up, 2 * experts.down), top_k=2, renormalize=True,
+                       kernel=ReferenceMoEKernel())
+    x = torch.randn(5, HIDDEN)
+    with torch.inference_mode():
+        torch.testing.assert_close(block(x), doubled(x), atol=0, rtol=0)
+    (seen,) = kernel.seen
+    assert seen.shape == experts.gate_up.shape and seen.dtype == experts.gate_up.dtype
+    assert seen.is_meta is not reads_stacked  # freed: the layer keeps shapes and dtypes only
+    assert block.nbytes == experts.nbytes
 
 
 def test_block_settings_are_checked_naming_the_field() -> None:

@@ -193,3 +193,17 @@ def test_top_k_equal_to_experts_mixes_every_expert() -> None:
         out = TorchMoE().forward(hidden, logits, w_gate_up, w_down, 4, renormalize=False)
     expected = reference_moe(hidden, logits, w_gate_up, w_down, 4, False)
     torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", list(kernel.PACK_DTYPES), ids=str)
+def test_full_precision_cpu_experts_are_packed_for_onednn_and_replace_the_stacked_ones(dtype: torch.dtype) -> None:
+    w_gate_up, w_down = (w.to(dtype) for w in expert_weights(3, 32, 16))
+    prepared = TorchMoE().prepare(w_gate_up, w_down)
+    assert prepared is not None and not prepared.reads_stacked
+    assert [len(prepared.state.gate_up), len(prepared.state.down)] == [3, 3]
+    assert all(w.is_mkldnn for w in (*prepared.state.gate_up, *prepared.state.down))
+
+
+def test_int8_experts_are_not_packed() -> None:
+    (q_gate_up, s_gate_up), (q_down, s_down) = (quantize_int8(w) for w in expert_weights(3, 32, 16))
+    assert TorchMoE().prepare(q_gate_up, q_down, w_gate_up_scale=s_gate_up, w_down_scale=s_down) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
@@ -124,7 +125,9 @@ class MoEKernelConformance(PluginUnderTest):
     2 and 3, one token, 80 tokens and experts that receive no token, with the output in the
     activations' dtype, shape and device, and no input modified. When the record lists
     ``"int8"`` in ``quantizations``, the same holds for int8 expert weights with their scales,
-    against the reference on the dequantized weights.
+    against the reference on the dequantized weights. Every call goes as a model's MoE layer makes
+    it: ``prepare`` first, and what it returns passed as ``prepared`` (with ``meta`` tensors for
+    the stacked weights when it no longer reads them), so a kernel's prepared form is checked too.
     """
 
     kind = PluginKind.MOE_KERNEL
@@ -177,10 +180,19 @@ class MoEKernelConformance(PluginUnderTest):
 def run_and_check(
     kernel: MoEKernel, case: Case, top_k: int, renormalize: bool, dtype: torch.dtype, device: torch.device
 ) -> None:
-    """Call ``forward`` on the case; the output matches the reference and no input changed."""
+    """Call ``prepare`` then ``forward`` on the case, as a layer does; the output matches the
+    reference and no input changed."""
     with torch.inference_mode():
+        prepared = kernel.prepare(case.w_gate_up, case.w_down, **case.scales)
+        stacked: dict[str, torch.Tensor] = {"w_gate_up": case.w_gate_up, "w_down": case.w_down, **case.scales}
+        extra: dict[str, Any] = {}
+        if prepared is not None:
+            extra["prepared"] = prepared.state
+            if not prepared.reads_stacked:  # what the layer keeps: shapes and dtypes, no data
+                stacked = {name: tensor.to("meta") for name, tensor in stacked.items()}
         out = kernel.forward(
-            case.hidden, case.router_logits, case.w_gate_up, case.w_down, top_k, renormalize, **case.scales
+            case.hidden, case.router_logits, stacked.pop("w_gate_up"), stacked.pop("w_down"), top_k, renormalize,
+            **stacked, **extra,
         )
     assert out.shape == case.hidden.shape, f"output shape {tuple(out.shape)}, expected {tuple(case.hidden.shape)}"
     assert out.dtype == dtype, f"output dtype {out.dtype}, expected the activations' {dtype}"
