@@ -29,7 +29,9 @@ MODULES_TO_SAVE = "modules_to_save"
 
 def file_key(model_key: str, adapter_name: str, prefix: str) -> str | None:
     """The PEFT file key of a model state-dict key, or None when the key is not one of
-    ``adapter_name``'s tensors (another adapter's, or a base weight)."""
+    ``adapter_name``'s tensors (another adapter's, or a base weight). The adapter name, unique in
+    a model, decides whose tensor it is; ``prefix`` only finds the container segment, so methods
+    sharing a prefix in a mixed model (AdaLoRA and LoRA: ``lora_``) keep to their own tensors."""
     parts = model_key.split(".")
     for index in range(len(parts) - 1):
         container, name = parts[index], parts[index + 1]
