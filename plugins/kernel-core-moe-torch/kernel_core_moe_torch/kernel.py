@@ -59,12 +59,15 @@ DIGITS_MAX_ROWS = {torch.float32: 128, torch.bfloat16: 32}
 #: to 1024 tokens (outputs within 2e-6 of the loop's). Checked once, at import.
 ONEDNN_FLOAT32 = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 #: Dtypes whose full-precision experts :meth:`TorchMoE.prepare` packs for oneDNN on the CPU (torch's
-#: ``mkldnn._reorder_linear_weight``, a private op; used only where torch has it). One expert's
-#: gate/up GEMM, packed against unpacked, on a 2-core AMD EPYC (Zen 5), one thread: float32 1.4-2.4x
-#: faster at 1-16 rows and on par from 256; bfloat16 4.6x at 16 rows, 1.1x at 256-2048.
+#: ``mkldnn._reorder_linear_weight``, a private op; used only where torch has it). The whole layer of
+#: ``kcore bench moe`` (8 experts, hidden 1024, width 3584, top-2), packed against unpacked, on a
+#: 2-core AMD EPYC (Zen 5), one thread, side by side under other load: float32 1.6x at 1 token,
+#: 1.3-1.4x at 16-64, 1.2x at 256, 1.06x at 1024; bfloat16 3.9x at 1, 1.5x at 16, 1.2x at 64,
+#: 1.1x at 256, 0.88x and 1.07x at 1024 (two runs), 1.03x at 2048.
 PACK_DTYPES = (torch.float32, torch.bfloat16) if ONEDNN_FLOAT32 and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") else ()
-#: The row count oneDNN lays packed weights out for (a hint: every row count computes correctly);
-#: packs for 64 rows were as fast as for 1024 at 2,048 rows and far faster than for 1 at one row (bfloat16).
+#: The row count oneDNN lays packed weights out for (a hint: every row count computes correctly). One
+#: bfloat16 gate/up GEMM on that EPYC: a pack for 64 rows took 0.8 ms at one row where a pack for 1
+#: took 4.6, and 186 ms at 2,048 rows where a pack for 1,024 took 167.
 PACK_ROWS_HINT = 64
 
 
