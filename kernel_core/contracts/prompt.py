@@ -271,9 +271,8 @@ class PastKeyValuesTuner(PromptLearningTuner):
 
             ids = inputs.get("input_ids")
             batch = (ids if ids is not None else inputs["inputs_embeds"]).shape[0]
-            cache = DynamicCache(config=model.model.config)
-            for layer, (keys, values) in enumerate(self.past_key_values(model, adapter_name, batch)):
-                cache.update(keys, values, layer)
+            # plain per-layer entries, built as PEFT builds them
+            cache = DynamicCache(self.past_key_values(model, adapter_name, batch))
             inputs.pop("past_key_values", None)
             inputs[_cache_keyword(model.model)] = cache
         return inputs

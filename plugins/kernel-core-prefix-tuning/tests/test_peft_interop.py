@@ -1,6 +1,7 @@
 """Prefix-tuning adapters move between kernel-core and Hugging Face ``peft`` (the oracle) both
 ways with the same logits and the same greedy ``generate`` tokens: a plain prefix table and one
-computed by the projection MLP, on a Llama with grouped-query attention, one without, and GPT-2;
+computed by the projection MLP, on a Llama with grouped-query attention, one without, GPT-2, and a Mistral
+whose sliding window is shorter than the prefix and the prompt;
 the saved config is one peft reads without a warning.
 
 "Same" is bit-equal logits: both sides put the same keys and values in the cache, and prompt
@@ -15,7 +16,8 @@ from typing import Any
 
 import peft
 import pytest
-from transformers import PreTrainedModel
+import torch
+from transformers import MistralConfig, MistralForCausalLM, PreTrainedModel
 
 from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_sdk.peft_oracle import (
@@ -28,12 +30,21 @@ from kernel_core_sdk.peft_oracle import (
 )
 from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama
 
+def tiny_mistral() -> PreTrainedModel:
+    """A 2-layer Mistral whose sliding window (5) is shorter than prefix and prompt together."""
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           num_key_value_heads=1, sliding_window=5)
+    return MistralForCausalLM(config).eval()
+
+
 CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
     "table": (tiny_llama, {"num_virtual_tokens": 5}),
     "projection": (tiny_llama, {"num_virtual_tokens": 3, "prefix_projection": True, "encoder_hidden_size": 24}),
     "projection-zero-init": (tiny_llama, {"num_virtual_tokens": 6, "prefix_projection": True, "init_weights": "zero"}),
     "multi-head-kv": (lambda: tiny_llama(num_key_value_heads=2), {"num_virtual_tokens": 4}),
     "gpt2": (tiny_gpt2, {"num_virtual_tokens": 4, "prefix_projection": True}),
+    "sliding-window": (tiny_mistral, {"num_virtual_tokens": 3}),
 }
 
 
