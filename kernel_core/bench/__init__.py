@@ -6,8 +6,9 @@ torch and transformers are imported inside the functions, so loading the package
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,32 @@ def run_engine(
         seconds=seconds,
     )
     return measurement, outputs
+
+
+def call_seconds(run: Callable[[], Any], min_seconds: float = 0.5, min_calls: int = 3) -> list[float]:
+    """Seconds of each call of ``run()``, called until ``min_seconds`` have passed and at least ``min_calls``
+    times, after one untimed call: one-off allocations and lazy set-up are not what a serving step pays."""
+    run()
+    seconds: list[float] = []
+    while len(seconds) < min_calls or sum(seconds) < min_seconds:
+        start = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def median_seconds(run: Callable[[], Any], min_seconds: float = 0.5, min_calls: int = 3) -> float:
+    """The median of :func:`call_seconds`: a call's typical time."""
+    return statistics.median(call_seconds(run, min_seconds, min_calls))
+
+
+def dtype_settings(dtype: str) -> dict[str, Any]:
+    """What a report records about its dtype: the dtype, the CPU, and whether the CPU computes that
+    dtype natively (a bfloat16 number means something else without bf16 dot products)."""
+    from kernel_core.bench.machine import describe_cpu, dtype_support
+
+    cpu = describe_cpu()
+    return {"dtype": dtype, "cpu": cpu, "dtype_support": dtype_support(dtype, cpu)}
 
 
 def settings(folder: Path, workload: Workload, options: Mapping[str, Any]) -> dict[str, Any]:

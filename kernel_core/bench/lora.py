@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kernel_core.bench import ENGINE_NAME, build_engine, greedy, run_engine, settings
+from kernel_core.bench import ENGINE_NAME, build_engine, dtype_settings, greedy, run_engine, settings
 from kernel_core.bench.adapters import AdapterSet, ensure_adapters
 from kernel_core.bench.report import Measurement, Ratio, Reference, Report, render
 from kernel_core.bench.throughput import VLLM_CPU_W1
@@ -45,6 +45,8 @@ class LoraRun:
     sweep: tuple[int, ...] = ()
     seed: int = 0
     adapter_dir: Path | None = None
+    #: The engine's dtype in every run (the anchor's command passes the same).
+    dtype: str = "float32"
 
 
 def benchmark(
@@ -84,6 +86,7 @@ def benchmark(
     w2_paths = made.paths[: run.adapters]
     report_settings = {
         **settings(folder, w1, options),
+        **dtype_settings(run.dtype),
         "workload": "W1 and W2",
         "adapters": run.adapters,
         "lora": {"rank": spec.rank, "alpha": spec.alpha, "targets": list(spec.targets), "seed": run.seed},
@@ -97,7 +100,7 @@ def benchmark(
             "W1 runs with W2's engine settings and no adapter"
         ),
         "sweep": list(run.sweep),
-        "anchor_command": anchor_command(w1.source, folder, w2_paths),
+        "anchor_command": anchor_command(w1.source, folder, w2_paths, run.dtype),
     }
     return Report(
         "lora",
@@ -122,12 +125,12 @@ def render_report(report: Report) -> str:
     return render(report) + "\n" + "\n".join(notes) + "\n"
 
 
-def anchor_command(workload_file: Path, model: Path, adapters: Sequence[Path]) -> str:
-    """``anchor_vllm.sh MODEL_DIR --w2 A0 ... A7``, the script beside the workload file."""
+def anchor_command(workload_file: Path, model: Path, adapters: Sequence[Path], dtype: str = "float32") -> str:
+    """``anchor_vllm.sh MODEL_DIR --dtype DTYPE --w2 A0 ... A7``, the script beside the workload file."""
     script = workload_file.parent / "anchor_vllm.sh"
     relative = os.path.relpath(script)
     shown = relative if len(relative) < len(str(script)) else str(script)
-    return shlex.join([shown, str(model), "--w2", *map(str, adapters)])
+    return shlex.join([shown, str(model), "--dtype", dtype, "--w2", *map(str, adapters)])
 
 
 def _adapters(k: int) -> str:
@@ -144,7 +147,7 @@ def _lora_options(
 ) -> dict[str, Any]:
     max_loras = min(k, run.max_loras)
     return {
-        **options, "enable_lora": True, "max_loras": max_loras, "max_lora_rank": spec.rank,
+        **options, "dtype": run.dtype, "enable_lora": True, "max_loras": max_loras, "max_lora_rank": spec.rank,
         "max_cpu_loras": max(used, max_loras),
     }
 
@@ -169,7 +172,7 @@ def _run(
     return replace(
         measurement,
         extra={
-            "adapters": k, "adapters_used": used, "max_loras": options["max_loras"],
+            "dtype": options["dtype"], "adapters": k, "adapters_used": used, "max_loras": options["max_loras"],
             "max_cpu_loras": options["max_cpu_loras"],
         },
     )

@@ -16,12 +16,11 @@ GEMMs are bound by reading every expert's weights, which the floor (one expert's
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from kernel_core.bench import median_seconds
 from kernel_core.bench.moe_model import CONFIG, MODEL_TYPE, SEED
 from kernel_core.contracts.records import PluginKind
 from kernel_core.plugins import PluginManager
@@ -31,9 +30,6 @@ HF_IMPLEMENTATIONS = ("eager", "grouped_mm")
 #: The same GEMMs as one dense pair on one expert's weights: the compute floor of an exact kernel.
 DENSE_FLOOR = "floor:dense-gemm"
 DEFAULT_TOKEN_COUNTS = (1, 4, 16, 64, 256, 1024, 4096)
-#: A timing repeats calls until this much time has passed (and at least MIN_CALLS calls).
-MIN_SECONDS = 0.5
-MIN_CALLS = 3
 
 
 @dataclass(frozen=True)
@@ -77,11 +73,11 @@ def benchmark_layer(
                 output = run()
                 reference = output if reference is None else reference
                 error = None if implementation == HF_IMPLEMENTATIONS[0] else _error(output, reference)
-                timings.append(LayerTiming(f"hf-{implementation}", dtype_name, tokens, _median_seconds(run), error))
+                timings.append(LayerTiming(f"hf-{implementation}", dtype_name, tokens, median_seconds(run), error))
             floor = _dense_floor(block, x, config["num_experts_per_tok"])
-            timings.append(LayerTiming(DENSE_FLOOR, dtype_name, tokens, _median_seconds(floor)))
+            timings.append(LayerTiming(DENSE_FLOOR, dtype_name, tokens, median_seconds(floor)))
             for name, run in ours(x).items():
-                timings.append(LayerTiming(name, dtype_name, tokens, _median_seconds(run), _error(run(), reference)))
+                timings.append(LayerTiming(name, dtype_name, tokens, median_seconds(run), _error(run(), reference)))
     return timings
 
 
@@ -163,16 +159,6 @@ def _kernels(
         return {name: call(kernel, int8) for name, kernel, int8 in kernels}
 
     return calls
-
-
-def _median_seconds(run: Callable[[], Any]) -> float:
-    run()  # warm-up: one-off allocations and lazy set-up are not what a serving step pays
-    seconds: list[float] = []
-    while len(seconds) < MIN_CALLS or sum(seconds) < MIN_SECONDS:
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
 
 
 def _error(output: Any, reference: Any) -> float:

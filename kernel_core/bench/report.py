@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kernel_core.bench.machine import summary
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -127,6 +129,8 @@ def render(report: Report) -> str:
         ],
     )
     parts = [f"{report.benchmark} benchmark, {report.settings['workload']}: measured in this run", measured]
+    if "dtype_support" in report.settings:
+        parts.append(f"{summary(report.settings['cpu'])}\n{report.settings['dtype_support']}")
     if report.references:
         parts += [
             "Reference numbers (NOT measured in this run)",

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from kernel_core.bench import build_engine, run_engine, settings
+from kernel_core.bench import build_engine, dtype_settings, run_engine, settings
 from kernel_core.bench.report import Measurement, Ratio, Reference, Report
 from kernel_core.bench.workloads import Workload
 
@@ -25,13 +26,16 @@ TARGET_VS_VLLM_CPU = 1.5
 TARGET_VS_HF = 2.25
 
 
-def benchmark(folder: Path, workload: Workload, options: Mapping[str, Any], hf_batch_size: int | None) -> Report:
-    """Our engine, then (unless ``hf_batch_size`` is None) the HF baseline, and their ratios."""
-    ours, _ = run_engine(build_engine(folder, options), workload)
+def benchmark(
+    folder: Path, workload: Workload, options: Mapping[str, Any], hf_batch_size: int | None, dtype: str = "float32"
+) -> Report:
+    """Our engine, then (unless ``hf_batch_size`` is None) the HF baseline, both in ``dtype``, and their ratios."""
+    ours, _ = run_engine(build_engine(folder, {**options, "dtype": dtype}), workload)
+    ours = replace(ours, extra={"dtype": dtype})
     measurements = [ours]
     ratios = {}
     if hf_batch_size is not None:
-        hf = run_hf(folder, workload, hf_batch_size)
+        hf = run_hf(folder, workload, hf_batch_size, dtype)
         measurements.append(hf)
         ratios["ours_vs_hf"] = Ratio(
             "output tok/s, kernel-core / HF (this run)", ours.output_tok_s, hf.output_tok_s, at_least=TARGET_VS_HF
@@ -44,7 +48,7 @@ def benchmark(folder: Path, workload: Workload, options: Mapping[str, Any], hf_b
     )
     return Report(
         "throughput",
-        {**settings(folder, workload, options), "hf_batch_size": hf_batch_size},
+        {**settings(folder, workload, options), **dtype_settings(dtype), "hf_batch_size": hf_batch_size},
         workload.full,
         measurements,
         [VLLM_CPU_W1, HF_W1],
@@ -52,8 +56,9 @@ def benchmark(folder: Path, workload: Workload, options: Mapping[str, Any], hf_b
     )
 
 
-def run_hf(folder: Path, workload: Workload, batch_size: int) -> Measurement:
-    """HF ``generate`` in input order, ``batch_size`` prompts at a time: left-padded, greedy, float32.
+def run_hf(folder: Path, workload: Workload, batch_size: int, dtype: str = "float32") -> Measurement:
+    """HF ``generate`` in input order, ``batch_size`` prompts at a time: left-padded, greedy, in ``dtype``
+    (our engine's, so both compute the same arithmetic).
 
     ``min_new_tokens == max_new_tokens`` forbids EOS, so as with ignore_eos every row yields exactly
     ``max_tokens`` tokens. Prompts are tokenized without special tokens, as our engine does.
@@ -63,7 +68,7 @@ def run_hf(folder: Path, workload: Workload, batch_size: int) -> Measurement:
 
     tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), use_safetensors=True).eval()
 
     @torch.inference_mode()
     def generate(prompts: list[str], max_tokens: int) -> tuple[int, int]:
@@ -87,5 +92,5 @@ def run_hf(folder: Path, workload: Workload, batch_size: int) -> Measurement:
         prompt_tokens=sum(p for p, _ in counts),
         output_tokens=sum(o for _, o in counts),
         seconds=seconds,
-        extra={"batch_size": batch_size},
+        extra={"dtype": dtype, "batch_size": batch_size},
     )

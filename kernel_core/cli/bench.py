@@ -1,5 +1,6 @@
 """``kcore bench throughput|prefix``: the engine on the shared reference workloads, beside a baseline;
 ``kcore bench lora``: W1 base only beside W2 on 8 LoRA adapters, on our engine;
+``kcore bench roofline``: W1's GEMMs timed on this machine per dtype, and W1's floor at that rate;
 ``kcore bench serve``: W1's prompts as a Poisson load on a ``kcore serve`` process, over HTTP;
 ``kcore bench soak``: a mixed load on a ``kcore serve`` process for a set time, failing on leaks;
 ``kcore bench finetune``: LoRA training under ``Trainer``, our PEFT beside Hugging Face ``peft``, and DDP;
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 
 from kernel_core.bench.workloads import ENV_WORKLOADS
 from kernel_core.cli.arguments import non_negative_float, non_negative_int, positive_float, positive_int
-from kernel_core.config import EngineConfig
+from kernel_core.config import DTYPES, EngineConfig
 from kernel_core.errors import KernelCoreError
 from kernel_core.models import EMBEDDED_MODEL_ID, resolve_model
 
@@ -64,7 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 help="batch size of the HF transformers baseline (default: %(default)s)",
             )
             sub.add_argument("--skip-hf", action="store_true", help="run only our engine, not the HF baseline")
+            _add_dtype_option(sub, "our engine's and the HF baseline's")
     _register_lora(benchmarks)
+    _register_roofline(benchmarks)
     _register_serve(benchmarks)
     _register_soak(benchmarks)
     _register_finetune(benchmarks)
@@ -101,6 +104,49 @@ def _register_lora(benchmarks: argparse._SubParsersAction) -> None:
         help="also run W2-style with K distinct adapters for each K (no K: 1 8 32 128)",
     )
     sub.add_argument("--seed", type=int, default=0, metavar="S", help="adapter i is drawn from seed S + i (default: 0)")
+    _add_dtype_option(sub, "every run's, and the anchor command's")
+
+
+def _add_dtype_option(parser: argparse.ArgumentParser, whose: str) -> None:
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="float32",
+        help=f"{whose} dtype (default: %(default)s; float16 only on a CPU with float16 dot products)",
+    )
+
+
+def _checked_dtype(dtype: str) -> str:
+    """``dtype``, refused before any model loads when the CPU cannot compute it natively (float16)."""
+    from kernel_core.bench.machine import check_dtype, describe_cpu
+
+    check_dtype(dtype, describe_cpu())
+    return dtype
+
+
+def _register_roofline(benchmarks: argparse._SubParsersAction) -> None:
+    from kernel_core.bench.roofline import DEFAULT_MIN_SECONDS
+
+    sub = benchmarks.add_parser(
+        "roofline",
+        help="W1's GEMMs timed on this machine per dtype, and W1's floor: the time its GEMM FLOPs take at "
+        "the best measured rate",
+        description="List the GEMMs one W1 run computes on our engine (each layer's fused projections at the "
+        "row counts of the steps the scheduler makes from --max-num-batched-tokens and --max-num-seqs, and "
+        "lm_head at each step's sampling rows), time each shape per dtype with every GEMM path torch has "
+        "(F.linear, oneDNN's linear, the engine's kernel_core.modeling.linear), and print W1's floor: the "
+        "sum over shapes of their FLOPs at the best path's rate. With --measure, also run W1 on our engine "
+        "in each dtype and print the measured time beside the floor.",
+    )
+    _add_common_options(sub, "W1")
+    sub.set_defaults(func=run_roofline)
+    sub.add_argument(
+        "--dtypes", nargs="+", choices=DTYPES, metavar="DTYPE",
+        help="dtypes to time (default: float32 and bfloat16, and float16 on a CPU with float16 dot products)",
+    )
+    sub.add_argument("--measure", action="store_true", help="also run W1 on our engine in each dtype")
+    sub.add_argument(
+        "--min-seconds", type=positive_float, default=DEFAULT_MIN_SECONDS, metavar="S",
+        help="time each shape and path for at least S seconds (and 3 calls; default: %(default)s)",
+    )
 
 
 def _register_serve(benchmarks: argparse._SubParsersAction) -> None:
@@ -343,11 +389,14 @@ def run(args: argparse.Namespace) -> int:
     from kernel_core.bench.workloads import locate, workload
 
     options = _engine_options(args)
+    if args.benchmark == "throughput":
+        _checked_dtype(args.dtype)  # before any model loads
     name = _BENCHMARKS[args.benchmark][0]
     chosen = workload(locate(args.workloads), name, args.num_prompts, args.max_tokens)
     folder = resolve_model(args.model)
     if args.benchmark == "throughput":
-        report = throughput.benchmark(folder, chosen, options, None if args.skip_hf else args.hf_batch_size)
+        hf_batch_size = None if args.skip_hf else args.hf_batch_size
+        report = throughput.benchmark(folder, chosen, options, hf_batch_size, args.dtype)
     else:
         report = prefix.benchmark(folder, chosen, options)
     print(render(report), end="")
@@ -388,11 +437,35 @@ def run_lora(args: argparse.Namespace) -> int:
         sweep=() if args.sweep is None else tuple(args.sweep or lora.SWEEP),
         seed=args.seed,
         adapter_dir=Path(args.adapter_dir) if args.adapter_dir else None,
+        dtype=_checked_dtype(args.dtype),
     )
     report = lora.benchmark(resolve_model(args.model), w1, w2, spec, options, run)
     print(lora.render_report(report), end="")
     if args.json:
         write_json(report, args.json)
+    return 0
+
+
+def run_roofline(args: argparse.Namespace) -> int:
+    """Run ``kcore bench roofline`` and print its report; errors propagate to ``kcore``'s handler."""
+    import json
+
+    from kernel_core.bench import roofline
+    from kernel_core.bench.machine import check_dtype, describe_cpu
+    from kernel_core.bench.workloads import locate, workload
+
+    options = _engine_options(args)
+    cpu = describe_cpu()
+    dtypes = args.dtypes or roofline.default_dtypes(cpu)
+    for dtype in dtypes:
+        check_dtype(dtype, cpu)
+    chosen = workload(locate(args.workloads), "W1", args.num_prompts, args.max_tokens)
+    report = roofline.benchmark(
+        resolve_model(args.model), chosen, options, dtypes, measure=args.measure, min_seconds=args.min_seconds
+    )
+    print(roofline.render(report), end="")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -88,6 +88,8 @@ def test_throughput_runs_ours_and_hf_on_the_same_prompts(
         _check_measured(result)
     assert ours["prompt_tokens"] == hf["prompt_tokens"]  # same prompts, same tokenization
     assert hf["batch_size"] == 16
+    assert report["dtype"] == ours["dtype"] == hf["dtype"] == "float32"
+    assert report["cpu"]["model"] and report["dtype_support"] in printed
     ratios = report["ratios"]
     _check_ratio(ratios["ours_vs_hf"], ours["output_tok_s"], hf["output_tok_s"])
     _check_ratio(ratios["ours_vs_vllm_cpu_reference"], ours["output_tok_s"], 50.9)
@@ -117,6 +119,15 @@ def test_prefix_runs_with_caching_on_and_off(model: Path, tmp_path: Path, capsys
     _check_ratio(report["ratios"]["wall_vs_vllm_cpu_reference"], on["seconds"], prefix.VLLM_CPU_W3.seconds)
     assert report["references"][0]["seconds"] == 58.3
     _check_printed(printed, report)
+
+
+def test_throughput_in_bfloat16_runs_ours_and_hf_in_bfloat16(
+    model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report, printed = _run(model, tmp_path, capsys, "throughput", "--dtype", "bfloat16")
+    assert report["dtype"] == "bfloat16" and [r["dtype"] for r in report["results"]] == ["bfloat16", "bfloat16"]
+    assert report["engine_config"] == {"kv_cache_memory": 0.02}
+    assert report["dtype_support"].startswith("bfloat16: the CPU has") and report["dtype_support"] in printed
 
 
 @pytest.mark.parametrize("benchmark", ["throughput", "prefix"])

@@ -77,6 +77,7 @@ def test_report_has_w1_and_w2_with_the_same_engine_settings(first_run: tuple[Pat
         total = result["prompt_tokens"] + result["output_tokens"]
         assert result["total_tok_s"] == pytest.approx(total / result["seconds"])
         assert (result["max_loras"], result["max_cpu_loras"]) == (8, 8)
+        assert result["dtype"] == "float32"
     assert w1["prompt_tokens"] == w2["prompt_tokens"]  # the same prompts
     assert (w1["adapters"], w2["adapters"], w2["adapters_used"]) == (0, 8, PROMPTS)
     assert report["adapters"] == 8 and report["adapters_created"] == 8
@@ -111,8 +112,8 @@ def test_printed_report_has_the_table_json_lines_and_anchor_command(
     assert [json.loads(line) for line in printed.splitlines() if line.startswith("{")] == report["results"]
     command = shlex.split(report["anchor_command"])
     assert Path(command[0]).resolve() == default_path().parent / "anchor_vllm.sh"
-    assert command[1:3] == [str(tiny_model), "--w2"]
-    assert command[3:] == [str(adapter_dir.resolve() / f"a{i}") for i in range(8)] == report["w2_adapter_paths"]
+    assert command[1:5] == [str(tiny_model), "--dtype", "float32", "--w2"]
+    assert command[5:] == [str(adapter_dir.resolve() / f"a{i}") for i in range(8)] == report["w2_adapter_paths"]
     assert report["anchor_command"] in printed
 
 
@@ -154,7 +155,30 @@ def test_sweep_runs_each_count_with_max_loras_capped(
         assert run["max_cpu_loras"] >= max(run["adapters_used"], run["max_loras"])
     assert {"sweep_1_vs_w1", "sweep_5_vs_w1"} <= set(report["ratios"])
     assert report["ratios"]["w2_vs_w1"]["numerator"] == pytest.approx(by_count[2]["output_tok_s"])
-    assert "max_loras = min(k, 2)" in printed and len(shlex.split(report["anchor_command"])) == 3 + 2
+    assert "max_loras = min(k, 2)" in printed and len(shlex.split(report["anchor_command"])) == 5 + 2
+
+
+def test_bfloat16_runs_every_engine_and_the_anchor_command_in_bfloat16(
+    tiny_model: Path, first_run: tuple[Path, dict[str, Any], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    adapter_dir, _, _ = first_run
+    report, printed = _run(
+        tiny_model, adapter_dir, tmp_path / "bf16.json", capsys, "--adapters", "2", "--dtype", "bfloat16"
+    )
+    assert report["dtype"] == "bfloat16" and [r["dtype"] for r in report["results"]] == ["bfloat16", "bfloat16"]
+    assert shlex.split(report["anchor_command"])[2:4] == ["--dtype", "bfloat16"]
+    assert report["dtype_support"].startswith("bfloat16: the CPU has") and report["dtype_support"] in printed
+
+
+def test_float16_is_refused_on_a_cpu_without_float16_dot_products(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kernel_core.bench import machine
+
+    monkeypatch.setattr(machine, "_lscpu", lambda: "Model name: Example EPYC\nFlags: avx2 avx512f avx512_bf16\n")
+    args = _parse("--model", str(tmp_path / "no-model"), "--dtype", "float16", "--adapter-dir", str(tmp_path))
+    with pytest.raises(KernelCoreError, match="float16 needs a CPU with amx_fp16 or avx512_fp16; Example EPYC"):
+        args.func(args)
 
 
 def test_sweep_without_counts_means_1_8_32_128() -> None:
