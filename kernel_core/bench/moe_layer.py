@@ -8,7 +8,9 @@ the router GEMM plus the kernel's ``forward``, as a model plugin calls it. Each 
 checked against the baseline's before it is timed, so a fast wrong kernel is reported, not praised.
 
 Beside them, :data:`DENSE_FLOOR` times the same arithmetic as one GEMM pair: every (token, choice)
-row through one expert's weights, with no routing, gather, loop or weighted sum. Once the GEMMs are
+row through one expert's weights, with no routing, gather, loop or weighted sum, by the fastest of
+the GEMM paths torch offers here (``F.linear``; oneDNN's linear on packed weights where torch has
+it, which on an AMD EPYC ran float32 at twice MKL's speed). Once the GEMMs are
 compute-bound (about a thousand tokens) no kernel that computes the layer exactly with torch's GEMMs
 can beat it, so the loop's time over it is the most such a kernel can gain there. Below that the
 GEMMs are bound by reading every expert's weights, which the floor (one expert's) does not model.
@@ -74,8 +76,8 @@ def benchmark_layer(
                 reference = output if reference is None else reference
                 error = None if implementation == HF_IMPLEMENTATIONS[0] else _error(output, reference)
                 timings.append(LayerTiming(f"hf-{implementation}", dtype_name, tokens, median_seconds(run), error))
-            floor = _dense_floor(block, x, config["num_experts_per_tok"])
-            timings.append(LayerTiming(DENSE_FLOOR, dtype_name, tokens, median_seconds(floor)))
+            floors = _dense_floors(block, x, config["num_experts_per_tok"])
+            timings.append(LayerTiming(DENSE_FLOOR, dtype_name, tokens, min(map(median_seconds, floors))))
             for name, run in ours(x).items():
                 timings.append(LayerTiming(name, dtype_name, tokens, median_seconds(run), _error(run(), reference)))
     return timings
@@ -103,60 +105,59 @@ def _hf_call(block: Any, x: Any) -> Callable[[], Any]:
     return run
 
 
-def _dense_floor(block: Any, x: Any, top_k: int) -> Callable[[], Any]:
+def _dense_floors(block: Any, x: Any, top_k: int) -> list[Callable[[], Any]]:
     """Every (token, choice) row of ``x`` through the first expert's gate/up, SiLU, down: the
-    layer's GEMMs as one dense pair (output not comparable, not checked)."""
+    layer's GEMMs as one dense pair, once per GEMM path (``F.linear``, and oneDNN's linear on
+    packed weights on the CPU where torch has it); outputs not comparable, not checked."""
     import torch
     import torch.nn.functional as F
 
     rows = x.repeat(top_k, 1)
     gate_up, down = block.experts.gate_up_proj[0].detach(), block.experts.down_proj[0].detach()
 
-    @torch.inference_mode()
-    def run() -> Any:
-        gate, up = F.linear(rows, gate_up).chunk(2, dim=-1)
-        return F.linear(F.silu(gate) * up, down)
+    def pair(linear: Callable[[Any, Any], Any], w_gate_up: Any, w_down: Any) -> Callable[[], Any]:
+        @torch.inference_mode()
+        def run() -> Any:
+            gate, up = linear(rows, w_gate_up).chunk(2, dim=-1)
+            return linear(F.silu(gate) * up, w_down)
 
-    return run
+        return run
+
+    paths = [pair(F.linear, gate_up, down)]
+    mkldnn = torch.ops.mkldnn
+    if x.device.type == "cpu" and torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_reorder_linear_weight"):
+        packed = [mkldnn._reorder_linear_weight(w, rows.shape[0]) for w in (gate_up, down)]
+        paths.append(pair(lambda a, w: mkldnn._linear_pointwise(a, w, None, "none", [], ""), *packed))
+    return paths
 
 
 def _kernels(
     manager: PluginManager, block: Any, top_k: int, device: str
 ) -> Callable[[Any], dict[str, Callable[[], Any]]]:
     """For a batch ``x``: a call per installed kernel that runs on ``device``, and its int8 variant
-    when the kernel consumes int8 experts."""
+    when the kernel consumes int8 experts, each through the MoE block a model plugin builds
+    (:class:`~kernel_core.modeling.moe.FusedMoE`: the router GEMM, then the kernel on the experts
+    the kernel prepared once, as at load)."""
     import torch
-    import torch.nn.functional as F
 
-    from kernel_core.contracts.moe import quantize_int8
+    from kernel_core.modeling.moe import ExpertWeights, FusedMoE
 
     router = block.gate.weight.detach()
     gate_up, down = block.experts.gate_up_proj.detach(), block.experts.down_proj.detach()
-    quantized = (*quantize_int8(gate_up), *quantize_int8(down))
-    kernels = []
+    layers = {}
     for registration in manager.registrations(PluginKind.MOE_KERNEL):
         if torch.device(device).type not in registration.spec.device_types:
             continue
         kernel = manager.load(registration)()
-        kernels.append((f"kernel:{registration.spec.name}", kernel, False))
-        if "int8" in registration.spec.quantizations:
-            kernels.append((f"kernel:{registration.spec.name} int8", kernel, True))
+        for quantization in (None, "int8") if "int8" in registration.spec.quantizations else (None,):
+            experts = ExpertWeights.from_stacked(
+                gate_up, down, quantization=quantization, dtype=gate_up.dtype, device=gate_up.device
+            )
+            name = f"kernel:{registration.spec.name}" + (f" {quantization}" if quantization else "")
+            layers[name] = FusedMoE(router, experts, top_k=top_k, renormalize=True, kernel=kernel)
 
     def calls(x: Any) -> dict[str, Callable[[], Any]]:
-        def call(kernel: Any, int8: bool) -> Callable[[], Any]:
-            @torch.inference_mode()
-            def run() -> Any:
-                logits = F.linear(x, router)
-                if int8:
-                    q_gate_up, s_gate_up, q_down, s_down = quantized
-                    return kernel.forward(
-                        x, logits, q_gate_up, q_down, top_k, True, w_gate_up_scale=s_gate_up, w_down_scale=s_down
-                    )
-                return kernel.forward(x, logits, gate_up, down, top_k, True)
-
-            return run
-
-        return {name: call(kernel, int8) for name, kernel, int8 in kernels}
+        return {name: torch.inference_mode()(lambda layer=layer: layer(x)) for name, layer in layers.items()}
 
     return calls
 

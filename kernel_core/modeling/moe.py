@@ -286,8 +286,10 @@ class FusedMoE:
                 f"shape (1, {hidden})"
             )
         self.router = router
-        #: The kernel's own form of the experts (:meth:`MoEKernel.prepare`), None if it has none.
-        self.prepared: PreparedExperts | None = kernel.prepare(experts.gate_up, experts.down, **experts.scales())
+        #: The kernel's own form of the experts (:meth:`MoEKernel.prepare`), None if it has none
+        #: (a kernel of plugin API 1.3 that does not subclass :class:`MoEKernel` has no ``prepare``).
+        prepare = getattr(kernel, "prepare", None)
+        self.prepared: PreparedExperts | None = None if prepare is None else prepare(experts.gate_up, experts.down, **experts.scales())
         self.experts = experts if self.prepared is None or self.prepared.reads_stacked else experts.without_storage()
         self.top_k = top_k
         self.renormalize = renormalize

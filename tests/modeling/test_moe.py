@@ -204,6 +204,23 @@ def test_a_kernels_prepared_experts_reach_every_forward_and_may_free_the_stacked
     assert block.nbytes == experts.nbytes
 
 
+def test_a_kernel_of_api_1_3_without_prepare_still_serves() -> None:
+    """A kernel plugin written before ``prepare`` existed, not subclassing MoEKernel (duck-typed)."""
+
+    class DuckKernel:
+        def forward(self, hidden, router_logits, w_gate_up, w_down, top_k, renormalize=True, **scales):
+            return ReferenceMoEKernel().forward(hidden, router_logits, w_gate_up, w_down, top_k, renormalize, **scales)
+
+    experts = from_experts(per_expert())
+    router = torch.randn(EXPERTS, HIDDEN, generator=torch.Generator().manual_seed(1))
+    block = FusedMoE(router, experts, top_k=2, renormalize=True, kernel=DuckKernel())
+    reference = FusedMoE(router, experts, top_k=2, renormalize=True, kernel=ReferenceMoEKernel())
+    x = torch.randn(5, HIDDEN)
+    with torch.inference_mode():
+        torch.testing.assert_close(block(x), reference(x), atol=0, rtol=0)
+    assert block.prepared is None
+
+
 def test_block_settings_are_checked_naming_the_field() -> None:
     experts = from_experts(per_expert())
     router = torch.zeros(EXPERTS, HIDDEN)
