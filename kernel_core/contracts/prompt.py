@@ -48,6 +48,8 @@ class PromptLearningConfig(BaseTunerConfig):
     adapter is added (None: not yet), as PEFT fills them, and saved. ``task_type`` is
     ``"CAUSAL_LM"`` (filled in when None: PEFT loads prompt learning only for a task type)."""
 
+    #: Never written (PEFT's prompt-learning configs lack it): the adapter wraps no module.
+    target_modules: list[str] | str | None = Field(default=None, exclude=True)
     num_virtual_tokens: PositiveInt = Field(description="How many virtual tokens the prompt has.")
     token_dim: PositiveInt | None = None
     num_transformer_submodules: Literal[1] | None = Field(
@@ -77,12 +79,6 @@ class PromptLearningConfig(BaseTunerConfig):
         if value not in (None, "CAUSAL_LM"):
             raise ValueError(f"only task_type 'CAUSAL_LM' (a decoder-only model) is supported, not {value!r}")
         return value
-
-    def to_dict(self) -> dict[str, Any]:
-        """As PEFT writes it: without ``target_modules``, which PEFT's prompt-learning configs lack."""
-        data = super().to_dict()
-        del data["target_modules"]
-        return data
 
 
 class PromptLearningTuner(Tuner):
