@@ -303,8 +303,10 @@ class PeftModel(nn.Module):
         return output
 
     def _named_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        bound = inspect.signature(self.model.forward).bind_partial(*args, **kwargs).arguments
-        rest = [p.name for p in inspect.signature(self.model.forward).parameters.values() if p.kind is p.VAR_KEYWORD]
+        """Positional inputs by their names in the model's forward, with the keyword ones."""
+        signature = self._forward_signature()
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        rest = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
         return {**{k: v for k, v in bound.items() if k not in rest}, **(bound.get(rest[0], {}) if rest else {})}
 
     def _adapter_inputs(self, hook: str, inputs: dict[str, Any], rows: Sequence[str] | None) -> dict[str, Any]:
