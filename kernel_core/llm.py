@@ -12,7 +12,7 @@ from tqdm import tqdm
 from kernel_core.config import EngineConfig
 from kernel_core.engine.llm_engine import LLMEngine, Prompt
 from kernel_core.errors import InvalidRequestError
-from kernel_core.lora.registry import AdapterInfo
+from kernel_core.adapters.registry import AdapterInfo
 from kernel_core.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from kernel_core.sampling_params import SamplingParams
 
@@ -42,7 +42,7 @@ class LLM:
 
         A prompt the engine refuses (e.g. longer than the context) gets an output with
         ``finish_reason == "error"`` and the message; the others run normally. ``adapter`` names
-        a loaded LoRA adapter for every prompt, or gives one (or None, the base model) per prompt.
+        a loaded adapter for every prompt, or gives one (or None, the base model) per prompt.
         """
         batch = _as_batch(prompts)
         params_list = _per_prompt(params or SamplingParams(), len(batch), SamplingParams, "params")
@@ -67,7 +67,7 @@ class LLM:
         return [results[request_id] for request_id in ids]
 
     def load_adapter(self, name: str, path: str | Path) -> None:
-        """Load a PEFT-format LoRA folder as ``name`` (needs ``enable_lora=True``)."""
+        """Load a PEFT-format adapter folder of a served kind as ``name`` (needs ``enable_lora=True``)."""
         self.engine.load_adapter(name, path)
 
     def unload_adapter(self, name: str) -> None:

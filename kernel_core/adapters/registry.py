@@ -1,9 +1,11 @@
-"""The engine's adapters: loaded by name, cached in host memory, placed in slots on demand.
+"""The engine's adapters, of every served kind: loaded by name, cached in host memory, placed
+in slots on demand.
 
 Disk -> host memory (an LRU of ``max_cpu_loras`` converted adapters; one that queued or running
-requests use is never evicted) -> active slots (``max_loras``, see :mod:`slots`). Every load gets
-a fresh key, so KV blocks cached for an adapter are never reused for another adapter, nor for a
-different adapter loaded later under the same name.
+requests use is never evicted) -> active slots (``max_loras``, see :mod:`slots`). Converting is
+the kind's serving's (:mod:`kernel_core.contracts.serving`); nothing here knows a method. Every
+load gets a fresh key, so KV blocks cached for an adapter are never reused for another adapter,
+nor for a different adapter loaded later under the same name.
 """
 
 from __future__ import annotations
@@ -12,16 +14,12 @@ import itertools
 import logging
 import re
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from kernel_core.contracts.lora import LoRAKernel, LoRATarget
+from kernel_core.adapters.loading import HostAdapter, ServedKinds, load_host_adapter
+from kernel_core.adapters.slots import AdapterSlots
 from kernel_core.errors import AdapterInUseError, AdapterLoadError, UnknownAdapterError
-from kernel_core.lora.adapter import ServingAdapter, load_serving_adapter
-from kernel_core.lora.slots import AdapterSlots
 
 log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -37,50 +35,44 @@ class AdapterInfo:
     in_host_memory: bool
     slot: int | None
     num_requests: int
+    kind: str = ""  #: the adapter's ``peft_type``
+
 
 
 class AdapterRegistry:
     """Loaded adapters by name; who uses them; where their weights are."""
 
-    def __init__(
-        self,
-        targets: Mapping[str, LoRATarget],
-        *,
-        max_loras: int,
-        max_rank: int,
-        max_cpu_loras: int,
-        kernel: LoRAKernel,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> None:
-        self.targets, self.max_rank, self.max_cpu_loras, self.dtype = targets, max_rank, max_cpu_loras, dtype
-        self.slots = AdapterSlots(targets, max_loras=max_loras, max_rank=max_rank, kernel=kernel, dtype=dtype, device=device)
+    def __init__(self, kinds: ServedKinds, *, max_slots: int, max_cpu_loras: int) -> None:
+        self.kinds, self.max_cpu_loras = kinds, max_cpu_loras
+        self.slots = AdapterSlots(kinds.servings, max_slots=max_slots)
         self._paths: dict[str, Path] = {}
         self._keys: dict[str, int] = {}
         self._ranks: dict[str, int] = {}
+        self._kinds: dict[str, str] = {}
         self._fingerprints: dict[str, tuple[tuple[int, int, int], ...]] = {}
-        self._host: OrderedDict[str, ServingAdapter] = OrderedDict()
+        self._host: OrderedDict[str, HostAdapter] = OrderedDict()
         self._users: Counter[str] = Counter()
         self._next_key = itertools.count(1)
 
     # -- loading -----------------------------------------------------------------------------
 
     def load(self, name: str, path: str | Path) -> None:
-        """Check, convert and cache one PEFT-format LoRA folder under ``name``."""
+        """Check, convert and cache one PEFT-format folder of a served kind under ``name``."""
         self.register(self.prepare(name, path))
 
-    def prepare(self, name: str, path: str | Path) -> ServingAdapter:
+    def prepare(self, name: str, path: str | Path) -> HostAdapter:
         """Read, check and convert a folder without touching the registry's state, so that it
         may run in another thread while the engine steps; :meth:`register` then adds it."""
         self._check_free(name)
-        return load_serving_adapter(name, path, next(self._next_key), self.targets, self.max_rank, self.dtype)
+        return load_host_adapter(name, path, next(self._next_key), self.kinds)
 
-    def register(self, adapter: ServingAdapter) -> None:
+    def register(self, adapter: HostAdapter) -> None:
         """Make a :meth:`prepare`-d adapter usable by requests under its name."""
         name = adapter.name
         self._check_free(name)  # another load of the name may have won meanwhile
         self._paths[name], self._keys[name] = adapter.path, adapter.key
         self._ranks[name], self._fingerprints[name] = adapter.rank, adapter.fingerprint
+        self._kinds[name] = adapter.kind
         self._cache(adapter)
 
     def _check_free(self, name: str) -> None:
@@ -100,6 +92,7 @@ class AdapterRegistry:
         self.slots.forget(key)
         self._host.pop(name, None)
         del self._paths[name], self._keys[name], self._users[name], self._ranks[name], self._fingerprints[name]
+        del self._kinds[name]
 
     def names(self) -> list[str]:
         return sorted(self._paths)
@@ -107,7 +100,7 @@ class AdapterRegistry:
     def info(self) -> list[AdapterInfo]:
         return [
             AdapterInfo(name, str(self._paths[name]), self._ranks[name], name in self._host,
-                        self.slots.slot_of(self._keys[name]), self._users[name])
+                        self.slots.slot_of(self._keys[name]), self._users[name], self._kinds[name])
             for name in self.names()
         ]
 
@@ -147,13 +140,13 @@ class AdapterRegistry:
 
     # -- host cache --------------------------------------------------------------------------
 
-    def _adapter(self, name: str) -> ServingAdapter:
+    def _adapter(self, name: str) -> HostAdapter:
         """The converted adapter, from the host cache or read again from disk. A folder that
         changed since the load is refused: its key would name KV computed with other weights."""
         adapter = self._host.get(name)
         if adapter is None:
             try:
-                adapter = load_serving_adapter(name, self._paths[name], self._keys[name], self.targets, self.max_rank, self.dtype)
+                adapter = load_host_adapter(name, self._paths[name], self._keys[name], self.kinds)
             except AdapterLoadError as exc:  # its folder was deleted, truncated or overwritten
                 raise AdapterLoadError(
                     f"adapter {name!r} had left host memory (max_cpu_loras={self.max_cpu_loras}) and cannot be read "
@@ -168,7 +161,7 @@ class AdapterRegistry:
         self._host.move_to_end(name)
         return adapter
 
-    def _cache(self, adapter: ServingAdapter) -> None:
+    def _cache(self, adapter: HostAdapter) -> None:
         self._host[adapter.name] = adapter
         self._trim(keep=adapter.name)
 

@@ -1,8 +1,9 @@
-"""The active adapter slots on the model's device, read by the LoRA kernel.
+"""The active adapter slots on the model's device, shared by every served kind.
 
-Each LoRA target gets ``A [max_loras, P * R, in]`` and ``B [max_loras, out, P * R]``. A slot is
-held while running requests use its adapter; a free slot keeps its adapter (a later request for
-it costs no copy) until another adapter needs the room, least recently used first.
+A slot is held while running requests use its adapter; a free slot keeps its adapter (a later
+request for it costs no copy) until another adapter needs the room, least recently used first.
+Placing an adapter in a slot is its kind's :meth:`~kernel_core.contracts.serving.AdapterServing.write`;
+each step, every kind is told the tokens whose slot holds one of its adapters.
 """
 
 from __future__ import annotations
@@ -11,45 +12,19 @@ from collections.abc import Mapping
 
 import torch
 
-from kernel_core.contracts.lora import LoRAKernel, LoRAProjection, LoRAStep, LoRATarget
-from kernel_core.lora.adapter import ServingAdapter
-
-
-def slots_nbytes(targets: Mapping[str, LoRATarget], max_loras: int, max_rank: int, dtype: torch.dtype) -> int:
-    """Bytes :class:`AdapterSlots` allocates for these targets: checked before allocating."""
-    return sum(
-        max_loras * len(t.parts) * max_rank * (t.weight.shape[0] + t.weight.shape[1]) * dtype.itemsize
-        for t in targets.values()
-    )
+from kernel_core.adapters.loading import HostAdapter
+from kernel_core.contracts.serving import NO_SLOT, AdapterServing, SlotBatch
 
 
 class AdapterSlots:
-    """``max_loras`` slots, their adapters and how many running requests hold each."""
+    """``max_slots`` slots, their adapters and how many running requests hold each."""
 
-    def __init__(
-        self,
-        targets: Mapping[str, LoRATarget],
-        *,
-        max_loras: int,
-        max_rank: int,
-        kernel: LoRAKernel,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> None:
-        self.step = LoRAStep()
-        self.projections: dict[str, LoRAProjection] = {}
-        for key, target in targets.items():
-            out_features, in_features = target.weight.shape
-            width = len(target.parts) * max_rank
-            target.lora = self.projections[key] = LoRAProjection(
-                torch.zeros(max_loras, width, in_features, dtype=dtype, device=device),
-                torch.zeros(max_loras, out_features, width, dtype=dtype, device=device),
-                kernel,
-                self.step,
-            )
-        self.adapter_in: list[int | None] = [None] * max_loras  # adapter key per slot
-        self.holders = [0] * max_loras
-        self._last_used = [0] * max_loras
+    def __init__(self, servings: Mapping[str, AdapterServing], *, max_slots: int) -> None:
+        self.servings = servings
+        self.adapter_in: list[int | None] = [None] * max_slots  # adapter key per slot
+        self.kind_in: list[str | None] = [None] * max_slots
+        self.holders = [0] * max_slots
+        self._last_used = [0] * max_slots
         self._clock = 0
 
     def slot_of(self, adapter_key: int) -> int | None:
@@ -58,7 +33,7 @@ class AdapterSlots:
     def can_acquire(self, adapter_key: int) -> bool:
         return self.slot_of(adapter_key) is not None or 0 in self.holders
 
-    def acquire(self, adapter: ServingAdapter) -> int | None:
+    def acquire(self, adapter: HostAdapter) -> int | None:
         """The slot holding ``adapter`` for one more request, copying it in if needed; None when
         every slot is held by other adapters."""
         slot = self.slot_of(adapter.key)
@@ -67,7 +42,8 @@ class AdapterSlots:
             if not free:
                 return None
             slot = min(free, key=lambda s: (self.adapter_in[s] is not None, self._last_used[s]))
-            self._write(slot, adapter)
+            self.servings[adapter.kind].write(slot, adapter.served)
+            self.adapter_in[slot], self.kind_in[slot] = adapter.key, adapter.kind
         self.holders[slot] += 1
         self._clock += 1
         self._last_used[slot] = self._clock
@@ -81,19 +57,36 @@ class AdapterSlots:
         self._last_used[slot] = self._clock  # used until now: evicted after those idle longer
 
     def forget(self, adapter_key: int) -> None:
-        """Drop an unloaded adapter's weights from its (unheld) slot."""
+        """Drop an unloaded adapter from its (unheld) slot."""
         slot = self.slot_of(adapter_key)
         if slot is not None:
             assert self.holders[slot] == 0, "an adapter in use cannot be forgotten"
-            self.adapter_in[slot] = None
+            self.adapter_in[slot] = self.kind_in[slot] = None
 
-    def _write(self, slot: int, adapter: ServingAdapter) -> None:
-        for key, projection in self.projections.items():
-            factors = adapter.factors.get(key)
-            if factors is None:
-                projection.lora_a[slot].zero_()
-                projection.lora_b[slot].zero_()
+    # -- steps -------------------------------------------------------------------------------
+
+    def begin_step(self, batch: SlotBatch | None) -> None:
+        """Tell each kind the tokens of this step that its adapters' slots serve."""
+        used = {} if batch is None else {slot: self.kind_in[slot] for slot in batch.slot_rows}
+        for kind, serving in self.servings.items():
+            mine = [slot for slot, of in used.items() if of == kind]
+            if not mine:
+                serving.begin_step(None)
+            elif len(mine) == len(used):
+                serving.begin_step(batch)
             else:
-                projection.lora_a[slot].copy_(factors[0])
-                projection.lora_b[slot].copy_(factors[1])
-        self.adapter_in[slot] = adapter.key
+                serving.begin_step(_only(batch, mine))  # type: ignore[arg-type]
+
+    def end_step(self) -> None:
+        for serving in self.servings.values():
+            serving.end_step()
+
+
+def _only(batch: SlotBatch, slots: list[int]) -> SlotBatch:
+    """``batch`` with every row outside ``slots`` set to :data:`NO_SLOT`."""
+    keep = torch.isin(batch.token_slots, torch.tensor(slots, device=batch.token_slots.device))
+    return SlotBatch(
+        token_slots=torch.where(keep, batch.token_slots, NO_SLOT),
+        segments=tuple(s for s in batch.segments if s[2] in slots),
+        slot_rows={slot: rows for slot, rows in batch.slot_rows.items() if slot in slots},
+    )

@@ -17,45 +17,11 @@ from typing import Protocol
 
 import torch
 
-#: The slot of a token that uses no adapter.
-NO_SLOT = -1
+from kernel_core.contracts.serving import NO_SLOT, SlotBatch
 
-
-@dataclass(frozen=True)
-class LoRABatch:
-    """Which slot each token of a step uses, in the two forms kernels want.
-
-    ``token_slots`` is ``[T]`` (``NO_SLOT`` for the base model). ``segments`` lists
-    ``(start, end, slot)`` runs of consecutive tokens sharing a slot (a request's tokens are
-    consecutive), for segmented GEMMs; ``slot_rows`` gives, per slot in use, the token rows as a
-    device tensor, for gather-based kernels.
-    """
-
-    token_slots: torch.Tensor
-    segments: tuple[tuple[int, int, int], ...]
-    slot_rows: dict[int, torch.Tensor]
-
-    @classmethod
-    def from_token_slots(cls, slots: list[int], device: torch.device) -> LoRABatch:
-        segments: list[tuple[int, int, int]] = []
-        rows: dict[int, list[int]] = {}
-        for row, slot in enumerate(slots):
-            if segments and segments[-1][2] == slot and segments[-1][1] == row:
-                start, _, _ = segments[-1]
-                segments[-1] = (start, row + 1, slot)
-            else:
-                segments.append((row, row + 1, slot))
-            if slot != NO_SLOT:
-                rows.setdefault(slot, []).append(row)
-        return cls(
-            token_slots=torch.tensor(slots, dtype=torch.int64, device=device),
-            segments=tuple(s for s in segments if s[2] != NO_SLOT),
-            slot_rows={slot: torch.tensor(r, dtype=torch.int64, device=device) for slot, r in rows.items()},
-        )
-
-    @property
-    def empty(self) -> bool:
-        return not self.slot_rows
+#: The LoRA kernel's name for the serving seam's :class:`SlotBatch` (kept for kernel plugins).
+LoRABatch = SlotBatch
+__all__ = ["NO_SLOT", "LoRABatch", "LoRAKernel", "LoRAProjection", "LoRAStep", "LoRATarget", "SlotBatch"]
 
 
 class LoRAKernel(ABC):

@@ -88,6 +88,17 @@ class TunerSpec(ImplementationSpec):
         pattern=r"^[A-Z][A-Z0-9_]*$",
         description="The `peft_type` written to adapter_config.json, e.g. LORA.",
     )
+    serving: str | None = Field(
+        default=None,
+        pattern=TARGET_PATTERN,
+        description="`module:attr` of its `kernel_core.contracts.serving.AdapterServing` subclass: how the "
+        "engine serves its adapters (plugin API 1.4, additive); None: its adapters are refused at load.",
+    )
+
+    def load_serving(self) -> type:
+        """Import and return the serving class named by ``serving`` (which must be set)."""
+        assert self.serving is not None, f"tuner {self.name!r} serves no adapters"
+        return import_target(self.serving)
 
 
 class SchedulerPolicySpec(ImplementationSpec):

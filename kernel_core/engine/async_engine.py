@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from kernel_core.engine.llm_engine import LLMEngine, Prompt
-from kernel_core.lora.registry import AdapterInfo
+from kernel_core.adapters.registry import AdapterInfo
 from kernel_core.errors import InvalidRequestError, KernelCoreError
 from kernel_core.outputs import RequestOutput
 from kernel_core.sampling_params import SamplingParams
@@ -160,7 +160,7 @@ class AsyncLLMEngine:
         """Yield the request's cumulative output after steps with news; the last is finished. A
         consumer slower than the engine skips intermediate outputs (see :class:`Mailbox`).
 
-        ``adapter`` names a loaded LoRA adapter (None: the base model); ``clip_max_tokens`` is
+        ``adapter`` names a loaded adapter (None: the base model); ``clip_max_tokens`` is
         :meth:`LLMEngine.add_request`'s. Bad input, an unknown
         adapter included, raises :class:`InvalidRequestError` from the first ``__anext__``.
         Leaving the loop early or cancelling the consuming task aborts the request, freeing its
@@ -208,13 +208,13 @@ class AsyncLLMEngine:
     # -- adapters ----------------------------------------------------------------------------
 
     async def load_adapter(self, name: str, path: str | Path) -> None:
-        """Load a PEFT-format LoRA folder as ``name`` without pausing running requests: the read
+        """Load a PEFT-format adapter folder as ``name`` without pausing running requests: the read
         and conversion run in a thread of their own, and only the registration (a few dict
         updates) waits for the worker, between two steps. Raises
         :class:`~kernel_core.errors.AdapterLoadError` for a folder the serving path refuses."""
         registry = self.engine.adapters
         if registry is None:
-            raise InvalidRequestError("LoRA serving is not enabled: build the engine with enable_lora=True")
+            raise InvalidRequestError("adapter serving is not enabled: build the engine with enable_lora=True")
         adapter = await asyncio.to_thread(registry.prepare, name, path)
         await self._call(lambda engine: registry.register(adapter))
 

@@ -20,8 +20,9 @@ from kernel_core.contracts.platform import Platform
 from kernel_core.contracts.records import PluginKind
 from kernel_core.contracts.scheduler import SchedulerPolicy
 from kernel_core.errors import InvalidModelFolderError, KernelCoreError, UnknownPluginError
-from kernel_core.lora.registry import AdapterRegistry
-from kernel_core.lora.slots import slots_nbytes
+from kernel_core.adapters.loading import ServedKinds
+from kernel_core.adapters.registry import AdapterRegistry
+from kernel_core.contracts.serving import AdapterServing, ServingContext
 from kernel_core.modeling.moe import MoEOptions
 from kernel_core.models import resolve_model
 from kernel_core.platforms import select_platform
@@ -108,25 +109,42 @@ def _adapter_registry(
     dtype: torch.dtype,
     device: torch.device,
 ) -> AdapterRegistry:
-    """Adapter slots on every LoRA target of the model, applied by the selected LoRA kernel."""
-    targets = model.lora_targets()
-    if not targets:
-        raise KernelCoreError(f"enable_lora: the {type(model).__name__} model plugin exposes no LoRA targets")
-    _check_fits(
-        platform, slots_nbytes(targets, config.max_loras, config.max_lora_rank, dtype),
-        f"LoRA slots for max_loras {config.max_loras} of max_lora_rank {config.max_lora_rank}",
+    """The serving of every installed tuner plugin that provides one (``TunerSpec.serving``),
+    each allocating its slots on the model once its memory is known to fit, and the registry
+    over them. A kind whose serving fails to build is refused at load, naming why."""
+
+    def select_kernel(kind: PluginKind, name: str | None) -> Any:
+        accept = lambda r: device.type in getattr(r.spec, "device_types", {device.type})  # noqa: E731
+        return manager.load(manager.select(kind, name, accept=accept))()
+
+    context = ServingContext(
+        max_slots=config.max_loras, max_rank=config.max_lora_rank, dtype=dtype, device=device,
+        settings=config.model_dump(), select_kernel=select_kernel,
     )
-    registration = manager.select(
-        PluginKind.LORA_KERNEL, config.lora_kernel, accept=lambda r: device.type in r.spec.device_types
-    )
+    servings: dict[str, AdapterServing] = {}
+    unserved: dict[str, str] = {}
+    for registration in manager.registrations(PluginKind.TUNER):
+        spec = registration.spec
+        source = f"tuner {spec.name!r} from {registration.plugin.distribution.name}"
+        if spec.serving is None:
+            unserved[spec.peft_type] = source
+            continue
+        serving_class: type[AdapterServing] = spec.load_serving()
+        nbytes = serving_class.slot_nbytes(model, context)
+        _check_fits(
+            platform, nbytes,
+            f"{spec.peft_type} adapter slots ({source}) for max_loras {config.max_loras} of max_lora_rank "
+            f"{config.max_lora_rank}",
+        )
+        servings[spec.peft_type] = serving_class(model, context)
+    if not servings:
+        raise KernelCoreError(
+            "enable_lora: no installed tuner plugin serves adapters (none names an AdapterServing in its TunerSpec)"
+        )
     return AdapterRegistry(
-        targets,
-        max_loras=config.max_loras,
-        max_rank=config.max_lora_rank,
+        ServedKinds(servings, unserved),
+        max_slots=config.max_loras,
         max_cpu_loras=config.max_cpu_loras or config.max_loras,
-        kernel=manager.load(registration)(),
-        dtype=dtype,
-        device=device,
     )
 
 

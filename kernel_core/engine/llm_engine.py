@@ -15,7 +15,7 @@ import torch
 
 from kernel_core.config import EngineConfig
 from kernel_core.contracts.events import RequestAdded, RequestFinished, StepDone
-from kernel_core.contracts.lora import NO_SLOT
+from kernel_core.contracts.serving import NO_SLOT
 from kernel_core.engine.components import Components, build_components
 from kernel_core.engine.detokenizer import IncrementalDetokenizer
 from kernel_core.engine.group import Completion, RequestGroup
@@ -23,7 +23,7 @@ from kernel_core.engine.request import Request, RequestStatus
 from kernel_core.engine.scheduler import ScheduledStep, Scheduler
 from kernel_core.engine.stop import StopChecker
 from kernel_core.errors import AdapterLoadError, ContextLengthError, InvalidRequestError, UnknownAdapterError
-from kernel_core.lora.registry import AdapterInfo, AdapterRegistry
+from kernel_core.adapters.registry import AdapterInfo, AdapterRegistry
 from kernel_core.outputs import RequestMetrics, RequestOutput
 from kernel_core.plugins import PluginManager, get_plugin_manager
 from kernel_core.runner.logprobs import prompt_logprobs
@@ -53,7 +53,7 @@ class LLMEngine:
         )
         self.runner = ModelRunner(
             c.model, c.attention, num_blocks=c.num_blocks, block_size=config.block_size, dtype=c.dtype, device=c.device,
-            lora_step=self.adapters.slots.step if self.adapters is not None else None,
+            adapters=self.adapters.slots if self.adapters is not None else None,
         )
         self.sampler = Sampler(self.eos_token_ids)
         torch.manual_seed(config.seed)  # the stream of unseeded sampling
@@ -89,7 +89,7 @@ class LLMEngine:
         self._check_stop_token_ids(request_id, params)
         if adapter is not None and self.adapters is None:
             raise InvalidRequestError(
-                f"request {request_id!r}: adapter {adapter!r} given, but LoRA serving is not enabled (enable_lora=True)"
+                f"request {request_id!r}: adapter {adapter!r} given, but adapter serving is not enabled (enable_lora=True)"
             )
         if adapter is not None:
             try:
@@ -225,7 +225,7 @@ class LLMEngine:
         return key
 
     def load_adapter(self, name: str, path: str | Path) -> None:
-        """Load a PEFT-format LoRA folder as ``name``; requests name it in ``adapter=``."""
+        """Load a PEFT-format adapter folder of a served kind as ``name``; requests name it in ``adapter=``."""
         self._registry().load(name, path)
 
     def unload_adapter(self, name: str) -> None:
@@ -237,7 +237,7 @@ class LLMEngine:
 
     def _registry(self) -> AdapterRegistry:
         if self.adapters is None:
-            raise InvalidRequestError("LoRA serving is not enabled: build the engine with enable_lora=True")
+            raise InvalidRequestError("adapter serving is not enabled: build the engine with enable_lora=True")
         return self.adapters
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -288,7 +288,7 @@ class LLMEngine:
     def _run(self, scheduled: ScheduledStep) -> None:
         now = time.time()
         try:
-            slots = self._lora_slots(scheduled)
+            slots = self._adapter_slots(scheduled)
             inputs = self.runner.prepare(
                 scheduled.requests,
                 scheduled.num_new_tokens,
@@ -321,9 +321,9 @@ class LLMEngine:
             for row, completion in enumerate(completions):
                 self._append(completion, sampled.token_ids[row], sampled.logprobs[row])
 
-    def _lora_slots(self, scheduled: ScheduledStep) -> list[int] | None:
+    def _adapter_slots(self, scheduled: ScheduledStep) -> list[int] | None:
         """Each scheduled request's adapter slot, after ordering the step by slot: each adapter's
-        tokens then form one run, which the LoRA kernel handles as slices rather than gathers."""
+        tokens then form one run, which kernels handle as slices rather than gathers."""
         if self.adapters is None:
             return None
         slots = [NO_SLOT if r.adapter is None else self.adapters.slot_of(r.adapter) for r in scheduled.requests]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from kernel_core.contracts.cache import CacheManager
 from kernel_core.contracts.scheduler import SchedulerPolicy
 from kernel_core.engine.request import Request, RequestStatus
-from kernel_core.lora.registry import AdapterRegistry
+from kernel_core.adapters.registry import AdapterRegistry
 
 
 @dataclass

@@ -7,12 +7,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
-from kernel_core.contracts.lora import NO_SLOT, LoRABatch, LoRAStep
 from kernel_core.contracts.model import ModelArchitecture
+from kernel_core.contracts.serving import NO_SLOT, SlotBatch
 from kernel_core.engine.request import Request
 
 
@@ -32,7 +33,15 @@ class StepInputs:
     positions: torch.Tensor  # [T]
     metadata: AttentionMetadata
     last_rows: torch.Tensor  # [B] row of each request's last scheduled token
-    lora: LoRABatch | None = None  # each token's adapter slot, when serving adapters
+    slots: SlotBatch | None = None  # each token's adapter slot, when serving adapters
+
+
+class StepAdapters(Protocol):
+    """What applies the adapters of a step's tokens (the engine's adapter slots)."""
+
+    def begin_step(self, batch: SlotBatch | None) -> None: ...
+
+    def end_step(self) -> None: ...
 
 
 class ModelRunner:
@@ -47,10 +56,10 @@ class ModelRunner:
         block_size: int,
         dtype: torch.dtype,
         device: torch.device,
-        lora_step: LoRAStep | None = None,
+        adapters: StepAdapters | None = None,
     ) -> None:
         self.model, self.attention = model, attention
-        self.lora_step = lora_step
+        self.adapters = adapters
         self.block_size, self.device = block_size, device
         shape = attention.kv_cache_shape(num_blocks, block_size, model.num_kv_heads, model.head_size)
         self.kv_caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(model.num_layers)]
@@ -61,10 +70,10 @@ class ModelRunner:
         requests: Sequence[Request],
         num_new_tokens: Sequence[int],
         block_tables: Sequence[list[int]],
-        lora_slots: Sequence[int] | None = None,
+        adapter_slots: Sequence[int] | None = None,
     ) -> StepInputs:
         """Token ids, positions and attention metadata for the scheduled slice of each request,
-        and each token's adapter slot when ``lora_slots`` gives one per request."""
+        and each token's adapter slot when ``adapter_slots`` gives one per request."""
         starts = [r.num_computed_tokens for r in requests]
         ids: list[int] = []
         for request, start, count in zip(requests, starts, num_new_tokens):
@@ -94,26 +103,26 @@ class ModelRunner:
             positions=positions.to(self.device),
             metadata=metadata,
             last_rows=(query_start_loc[1:] - 1).to(self.device),
-            lora=_lora_batch(lora_slots, num_new_tokens, self.device),
+            slots=_slot_batch(adapter_slots, num_new_tokens, self.device),
         )
 
     def execute(self, inputs: StepInputs) -> torch.Tensor:
         """Hidden states ``[T, hidden]`` of the step; the KV cache is updated in place."""
-        if self.lora_step is None:
+        if self.adapters is None:
             return self.model.forward(inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata)
-        self.lora_step.batch = inputs.lora
+        self.adapters.begin_step(inputs.slots)
         try:
             return self.model.forward(inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata)
         finally:
-            self.lora_step.batch = None
+            self.adapters.end_step()
 
     def logits(self, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Logits of the selected rows only: ``lm_head`` is the costliest GEMM of a decode step."""
         return self.model.compute_logits(hidden.index_select(0, rows)).float()
 
 
-def _lora_batch(slots: Sequence[int] | None, counts: Sequence[int], device: torch.device) -> LoRABatch | None:
+def _slot_batch(slots: Sequence[int] | None, counts: Sequence[int], device: torch.device) -> SlotBatch | None:
     """Per-token slots from per-request ones; None when no request of the step uses an adapter."""
     if slots is None or all(slot == NO_SLOT for slot in slots):
         return None
-    return LoRABatch.from_token_slots([slot for slot, count in zip(slots, counts) for _ in range(count)], device)
+    return SlotBatch.from_token_slots([slot for slot, count in zip(slots, counts) for _ in range(count)], device)

@@ -36,7 +36,7 @@ def base_url(host: str, port: int) -> str:
 
 def render(url: str, model: str, adapters: Sequence[str] = (), *, api_key: bool = False) -> str:
     """The banner: ``url`` without ``/v1``; ``adapters`` the names served besides ``model``."""
-    served = ", ".join([model, *(f"{name} (LoRA adapter)" for name in adapters)])
+    served = ", ".join([model, *(f"{name} (adapter)" for name in adapters)])
     lines = [f"kcore serve is ready at {url}/v1 serving {served}", ""]
     if api_key:
         lines += [f"The server wants its API key: export {ENV_API_KEY}=<the key> in the shell you paste into.", ""]

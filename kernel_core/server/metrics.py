@@ -130,7 +130,7 @@ class Metrics:
             ("kcore_prefix_cache_hit_rate", "Share of looked-up prompt tokens found in the prefix cache.",
              lambda s: s.prefix_cache_hit_rate),
             ("kcore_num_preemptions", "Preemptions since the engine started.", lambda s: s.num_preemptions),
-            ("kcore_adapters_loaded", "LoRA adapters loaded.", lambda _: num_adapters()),
+            ("kcore_adapters_loaded", "Adapters loaded.", lambda _: num_adapters()),
             ("kcore_process_resident_memory_bytes", "Resident memory of the server process.",
              lambda _: resident_memory_bytes()),
         ]))

@@ -37,7 +37,7 @@ async def load_adapter(body: LoadAdapterRequest, request: Request) -> ModelCard:
     if root is None:
         raise errors.bad_request("loading adapters over HTTP is off: start the server with --adapter-dir", param="path")
     if state.engine.engine.adapters is None:
-        raise errors.bad_request("LoRA serving is not enabled on this server", param="name")
+        raise errors.bad_request("adapter serving is not enabled on this server (enable_lora)", param="name")
     if body.name == state.settings.model_name or body.name in state.adapters:
         raise errors.bad_request(f"the name `{body.name}` is already served; unload it first", param="name",
                                  code="name_in_use")
@@ -46,7 +46,7 @@ async def load_adapter(body: LoadAdapterRequest, request: Request) -> ModelCard:
         await state.engine.load_adapter(body.name, folder)
     except AdapterLoadError as exc:
         raise errors.bad_request(str(exc), param="path") from None
-    except (InvalidRequestError, ValueError) as exc:  # a bad name; LoRA off
+    except (InvalidRequestError, ValueError) as exc:  # a bad name; serving off
         raise errors.bad_request(str(exc), param="name") from None
     state.adapters[body.name] = LoadedAdapter(body.name, str(folder))
     loaded = state.adapters[body.name]

@@ -14,7 +14,7 @@ from kernel_core.config import EngineConfig
 from kernel_core.engine.async_engine import AsyncLLMEngine, EngineNotRunningError
 from kernel_core.engine.llm_engine import LLMEngine
 from kernel_core.errors import AdapterInUseError, AdapterLoadError, InvalidRequestError, UnknownAdapterError
-from kernel_core.lora import registry as registry_module
+from kernel_core.adapters import registry as registry_module
 from kernel_core.sampling_params import SamplingParams
 
 from ..lora.peft_adapters import ADAPTERS, Oracle, make_adapter
@@ -72,7 +72,7 @@ def test_each_request_runs_its_own_adapter(engine, folders, tiny_model):
 
 def test_loading_does_not_pause_running_requests(engine, folders, monkeypatch):
     """The read and conversion run outside the worker: the stream keeps growing meanwhile."""
-    real = registry_module.load_serving_adapter
+    real = registry_module.load_host_adapter
     reading = threading.Event()
 
     def slow_read(*args, **kwargs):
@@ -81,7 +81,7 @@ def test_loading_does_not_pause_running_requests(engine, folders, monkeypatch):
         time.sleep(1.0)  # a large adapter on a slow disk
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(registry_module, "load_serving_adapter", slow_read)
+    monkeypatch.setattr(registry_module, "load_host_adapter", slow_read)
 
     async def main():
         async with engine:

@@ -86,7 +86,7 @@ def record_steps(engine: LLMEngine) -> list[set[int]]:
     execute = engine.runner.execute
 
     def recording(inputs):
-        steps.append(set(inputs.lora.slot_rows) if inputs.lora is not None else set())
+        steps.append(set(inputs.slots.slot_rows) if inputs.slots is not None else set())
         return execute(inputs)
 
     engine.runner.execute = recording
@@ -232,7 +232,7 @@ def test_an_unknown_adapter_fails_its_request_only(tiny_model, adapters, expecte
 
 def test_adapters_need_enable_lora(tiny_model, adapters):
     engine = LLMEngine(EngineConfig(model=str(tiny_model), num_kv_blocks=16))
-    with pytest.raises(InvalidRequestError, match="adapter 'qv8' given, but LoRA serving is not enabled"):
+    with pytest.raises(InvalidRequestError, match="adapter 'qv8' given, but adapter serving is not enabled"):
         engine.add_request("r", PROMPTS[0], GREEDY, adapter="qv8")
     with pytest.raises(InvalidRequestError, match="enable_lora=True"):
         engine.load_adapter("qv8", adapters["qv8"])

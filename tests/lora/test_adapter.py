@@ -1,5 +1,6 @@
-"""PEFT LoRA folders converted for serving: the fused layout and scaling checked against the real
-``peft`` layers (rank and alpha patterns, rsLoRA), and every refusal at load, by name."""
+"""PEFT LoRA folders converted for serving by the LoRA plugin's serving: the fused layout and
+scaling checked against the real ``peft`` layers (rank and alpha patterns, rsLoRA), and every
+refusal at load, by name."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from kernel_core.config import EngineConfig
 from kernel_core.engine.llm_engine import LLMEngine
 from kernel_core.errors import AdapterLoadError
-from kernel_core.lora.adapter import load_serving_adapter
+from kernel_core.adapters.loading import load_host_adapter
 from kernel_core.peft.state_dict import CONFIG_NAME, WEIGHTS_NAME
 from kernel_core.sampling_params import SamplingParams
 
@@ -55,8 +56,9 @@ def _peft_layers(base: Path, folder: Path) -> dict[str, tuple[int, float, torch.
 
 @pytest.mark.parametrize("name", ["pattern8", "rs16", "qv8"])
 def test_fused_layout_and_scaling_match_peft_layers(name, made, engine, tiny_model):
-    targets = engine.adapters.targets
-    adapter = load_serving_adapter(name, made[name], 7, targets, MAX_RANK, torch.float32)
+    targets = engine.adapters.kinds.servings["LORA"].targets
+    host = load_host_adapter(name, made[name], 7, engine.adapters.kinds)
+    adapter = host.served
     layers = _peft_layers(tiny_model, made[name])
     expected: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for key, target in targets.items():
@@ -74,7 +76,7 @@ def test_fused_layout_and_scaling_match_peft_layers(name, made, engine, tiny_mod
     for key, (a, b) in expected.items():
         torch.testing.assert_close(adapter.factors[key][0], a, rtol=0, atol=0)
         torch.testing.assert_close(adapter.factors[key][1], b, rtol=1e-6, atol=1e-7)
-    assert (adapter.key, adapter.rank) == (7, max(r for r, *_ in layers.values()))
+    assert (host.key, host.kind, host.rank) == (7, "LORA", max(r for r, *_ in layers.values()))
 
 
 def test_patterns_and_rslora_reach_the_scalings(made, tiny_model):
@@ -165,13 +167,22 @@ def test_a_tensor_that_is_not_a_lora_factor_is_refused(made, engine, tmp_path):
     _refused(engine, folder, "'base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector'")
 
 
-def test_non_lora_methods_are_refused(made, engine, tmp_path):
-    for peft_type in ("IA3", "LOHA", None):
-        folder = _copy(made["qv8"], tmp_path / str(peft_type))
-        config = json.loads((folder / CONFIG_NAME).read_text())
-        config["peft_type"] = peft_type
-        (folder / CONFIG_NAME).write_text(json.dumps(config))
-        _refused(engine, folder, f"serving runs LoRA adapters, not {peft_type!r}")
+def test_kinds_nothing_serves_are_refused_naming_the_kind_and_what_would_serve_it(made, engine, tmp_path):
+    for peft_type, tuner in (("IA3", "tuner 'ia3' from kernel-core-ia3"), ("LOHA", "tuner 'loha' from kernel-core-loha")):
+        _refused(engine, _with_peft_type(made["qv8"], tmp_path / peft_type, peft_type),
+                 f"adapters of kind {peft_type!r} cannot be served: {tuner} provides no serving (TunerSpec.serving)",
+                 f"a tuner plugin for {peft_type!r} that names an AdapterServing would serve it (kinds served here: LORA)")
+    for peft_type in ("NO_SUCH_METHOD", None):
+        _refused(engine, _with_peft_type(made["qv8"], tmp_path / str(peft_type), peft_type),
+                 f"adapters of kind {peft_type!r} cannot be served: no installed tuner plugin has that peft_type")
+
+
+def _with_peft_type(source: Path, target: Path, peft_type: str | None) -> Path:
+    folder = _copy(source, target)
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    config["peft_type"] = peft_type
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+    return folder
 
 
 def test_pickled_and_corrupt_files_are_refused(made, engine, tmp_path):

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from kernel_core.errors import AdapterInUseError, AdapterLoadError, UnknownAdapterError
-from kernel_core.lora.registry import AdapterInfo, AdapterRegistry
+from kernel_core.adapters.loading import ServedKinds
+from kernel_core.adapters.registry import AdapterInfo, AdapterRegistry
 from kernel_core.peft.state_dict import WEIGHTS_NAME, write_adapter
-from kernel_core_lora.punica import TorchLoRAKernel
 
-from .test_slots import RANK, targets
+from .test_slots import lora_serving, targets
 
 MODULES = {"q": 8, "k": 4, "v": 4, "o": 8}  # module -> output rows, as test_slots' targets
 
@@ -31,8 +31,8 @@ def write(folder: Path, value: float, r: int = 2) -> Path:
 
 @pytest.fixture
 def registry() -> AdapterRegistry:
-    return AdapterRegistry(targets(), max_loras=2, max_rank=RANK, max_cpu_loras=3, kernel=TorchLoRAKernel(),
-                           dtype=torch.float32, device=torch.device("cpu"))
+    return AdapterRegistry(ServedKinds({"LORA": lora_serving(targets(), 2)}, {"IA3": "tuner 'ia3' from x"}),
+                           max_slots=2, max_cpu_loras=3)
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_load_list_and_unknown_names(registry, folders):
     registry.load("a1", folders["a1"])
     registry.load("a2", folders["a2"])
     assert registry.names() == ["a1", "a2"]
-    assert registry.info()[0] == AdapterInfo("a1", str(folders["a1"]), 2, True, None, 0)
+    assert registry.info()[0] == AdapterInfo("a1", str(folders["a1"]), 2, True, None, 0, "LORA")
     with pytest.raises(UnknownAdapterError, match=r"unknown adapter 'nope' \(loaded: a1, a2\)"):
         registry.key_of("nope")
     with pytest.raises(UnknownAdapterError, match="'nope'"):
@@ -143,7 +143,7 @@ def test_a_folder_changed_on_disk_after_eviction_is_refused_not_served_under_the
     registry.load("a1", folders["a1"])
     registry.use("a1")
     slot = registry.acquire("a1")
-    assert torch.all(registry.slots.projections["o"].lora_a[slot, :2] == 42.0)
+    assert torch.all(registry.slots.servings["LORA"].projections["o"].lora_a[slot, :2] == 42.0)
 
 
 def test_prepare_then_register_and_names_checked(registry, folders):
@@ -157,3 +157,22 @@ def test_prepare_then_register_and_names_checked(registry, folders):
         registry.register(other)
     with pytest.raises(ValueError, match="must be letters, digits"):
         registry.prepare("a/b", folders["a1"])
+
+
+@pytest.mark.parametrize(
+    ("peft_type", "message"),
+    [
+        ("IA3", "adapters of kind 'IA3' cannot be served: tuner 'ia3' from x provides no serving (TunerSpec.serving); "
+                "a tuner plugin for 'IA3' that names an AdapterServing would serve it (kinds served here: LORA)"),
+        ("NEW", "adapters of kind 'NEW' cannot be served: no installed tuner plugin has that peft_type; install one "
+                "whose TunerSpec names an AdapterServing (kinds served here: LORA)"),
+    ],
+)
+def test_a_kind_nothing_serves_is_refused_at_load_naming_it_and_what_would_serve_it(registry, tmp_path, peft_type, message):
+    folder = write(tmp_path / "a", 1.0)
+    config = (folder / "adapter_config.json").read_text().replace('"LORA"', f'"{peft_type}"')
+    (folder / "adapter_config.json").write_text(config)
+    with pytest.raises(AdapterLoadError) as refused:
+        registry.load("x", folder)
+    assert str(refused.value) == f"adapter 'x' ({folder}): {message}"
+    assert registry.names() == []

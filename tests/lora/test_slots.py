@@ -1,5 +1,7 @@
 """The device slots: an adapter is copied in once and reused, held slots are never taken, free
-ones are taken least recently used first, and forgetting drops only unheld weights."""
+ones are taken least recently used first, forgetting drops only unheld weights, and each step
+every served kind sees only the rows of its own adapters' slots. LoRA's serving (the plugin's)
+lays out the stacked A/B its kernel reads."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from kernel_core.adapters.loading import HostAdapter
+from kernel_core.adapters.slots import AdapterSlots
 from kernel_core.contracts.lora import LoRAProjection
-from kernel_core.lora.adapter import ServingAdapter
-from kernel_core.lora.slots import AdapterSlots
+from kernel_core.contracts.serving import NO_SLOT, AdapterServing, ServedAdapter, ServingContext, SlotBatch
 from kernel_core_lora.punica import TorchLoRAKernel
+from kernel_core_lora.serving import LoraServing, ServedLora
 
 RANK = 4
 
@@ -31,26 +35,44 @@ def targets() -> dict[str, Target]:
     }
 
 
-def adapter(key: int, only: str | None = None) -> ServingAdapter:
+@dataclass
+class Model:
+    targets: dict[str, Target]
+
+    def lora_targets(self) -> dict[str, Target]:
+        return self.targets
+
+
+def context(n: int) -> ServingContext:
+    return ServingContext(max_slots=n, max_rank=RANK, dtype=torch.float32, device=torch.device("cpu"),
+                          settings={"lora_kernel": None}, select_kernel=lambda kind, name: TorchLoRAKernel())
+
+
+def lora_serving(t: dict[str, Target], n: int) -> LoraServing:
+    """LoRA's serving on these targets, with ``n`` slots."""
+    return LoraServing(Model(t), context(n))
+
+
+def adapter(key: int, only: str | None = None) -> HostAdapter:
     """An adapter whose every factor is filled with its key (``only``: on that target alone)."""
     factors = {
         name: (torch.full((len(t.parts) * RANK, 8), float(key)), torch.full((t.weight.shape[0], len(t.parts) * RANK), float(key)))
         for name, t in targets().items() if only in (None, name)
     }
-    return ServingAdapter(f"a{key}", key, Path("."), RANK, factors)
+    return HostAdapter(f"a{key}", key, "LORA", Path("."), ServedLora(factors, RANK))
 
 
 def slots(n: int = 2) -> tuple[AdapterSlots, dict[str, Target]]:
     t = targets()
-    return AdapterSlots(t, max_loras=n, max_rank=RANK, kernel=TorchLoRAKernel(), dtype=torch.float32,
-                        device=torch.device("cpu")), t
+    return AdapterSlots({"LORA": lora_serving(t, n)}, max_slots=n), t
 
 
 def test_every_target_gets_stacked_slots_shared_with_one_step():
     s, t = slots(3)
     assert t["qkv"].lora.lora_a.shape == (3, 3 * RANK, 8) and t["qkv"].lora.lora_b.shape == (3, 16, 3 * RANK)
     assert t["o"].lora.lora_a.shape == (3, RANK, 8) and t["o"].lora.lora_b.shape == (3, 8, RANK)
-    assert t["qkv"].lora.step is t["o"].lora.step is s.step
+    assert t["qkv"].lora.step is t["o"].lora.step is s.servings["LORA"].step
+    assert LoraServing.slot_nbytes(Model(t), context(3)) == 3 * RANK * 4 * ((3 * (16 + 8)) + (8 + 8))
     assert s.adapter_in == [None] * 3 and s.holders == [0] * 3
 
 
@@ -109,3 +131,44 @@ def test_forget_drops_an_unheld_adapter_and_refuses_a_held_one():
     s.forget(5)  # never placed: nothing to do
     with pytest.raises(AssertionError, match="holds no slot"):
         s.release(1)
+
+
+class Recording(AdapterServing):
+    """A kind that records what it is asked to place and which rows each step sends it."""
+
+    @classmethod
+    def slot_nbytes(cls, model, context: ServingContext) -> int:
+        return 0
+
+    def __init__(self, model=None, context=None) -> None:
+        self.written: dict[int, ServedAdapter] = {}
+        self.batches: list[SlotBatch | None] = []
+
+    def convert(self, name, config, tensors, where) -> ServedAdapter:
+        raise NotImplementedError
+
+    def write(self, slot: int, adapter: ServedAdapter) -> None:
+        self.written[slot] = adapter
+
+    def begin_step(self, batch: SlotBatch | None) -> None:
+        self.batches.append(batch)
+
+
+def test_each_kind_is_written_and_sees_only_its_own_slots_rows():
+    t = targets()
+    lora, other = lora_serving(t, 3), Recording()
+    s = AdapterSlots({"LORA": lora, "OTHER": other}, max_slots=3)
+    served = ServedLora({}, 0)
+    one = s.acquire(adapter(1))
+    two = s.acquire(HostAdapter("b", 2, "OTHER", Path("."), served))
+    assert other.written == {two: served} and torch.all(t["o"].lora.lora_a[one] == 1)
+    batch = SlotBatch.from_token_slots([one, one, NO_SLOT, two], torch.device("cpu"))
+    s.begin_step(batch)
+    mine = other.batches[-1]
+    assert mine.token_slots.tolist() == [NO_SLOT, NO_SLOT, NO_SLOT, two] and set(mine.slot_rows) == {two}
+    assert mine.segments == ((3, 4, two),)
+    assert lora.step.batch.token_slots.tolist() == [one, one, NO_SLOT, NO_SLOT] and set(lora.step.batch.slot_rows) == {one}
+    s.end_step()
+    assert lora.step.batch is None and other.batches[-1] is None
+    s.begin_step(SlotBatch.from_token_slots([one, NO_SLOT], torch.device("cpu")))  # one kind: the batch as is
+    assert other.batches[-1] is None and lora.step.batch.token_slots.tolist() == [one, NO_SLOT]

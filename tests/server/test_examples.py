@@ -36,7 +36,7 @@ def test_the_key_is_read_from_the_environment_never_printed() -> None:
 
 def test_the_example_adapter_gets_a_prompt_of_its_task() -> None:
     text = examples.render("http://127.0.0.1:8000", "base", ["person-records", "other"])
-    assert "person-records (LoRA adapter), other (LoRA adapter)" in text
+    assert "person-records (adapter), other (adapter)" in text
     assert json.dumps(examples.ADAPTER_PROMPTS["person-records"])[1:-1] in text
     other = examples.render("http://127.0.0.1:8000", "base", ["other"])
     assert f'"model": "other", "prompt": "{examples.GENERIC_PROMPT}"' in other

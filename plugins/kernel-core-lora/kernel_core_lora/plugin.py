@@ -5,18 +5,19 @@ from __future__ import annotations
 import kernel_core
 from kernel_core.contracts.records import LoRAKernelSpec, TunerSpec
 
-kernel_core_api = "1.1"
+kernel_core_api = "1.4"
 
 
 @kernel_core.hookimpl
 def kernel_core_tuners() -> list[TunerSpec]:
-    """LoRA, written to ``adapter_config.json`` as PEFT's ``LORA``."""
+    """LoRA, written to ``adapter_config.json`` as PEFT's ``LORA``, and served by :mod:`kernel_core_lora.serving`."""
     return [
         TunerSpec(
             name="lora",
             description="Low-rank adapters (LoRA, rsLoRA, DoRA; PiSSA/OLoRA inits) on Linear, Embedding, Conv1D.",
             implementation="kernel_core_lora.tuner:LoraTuner",
             peft_type="LORA",
+            serving="kernel_core_lora.serving:LoraServing",
             capabilities=frozenset({"merge", "mixed-batch", "weighted-combination", "mixed-model"}),
         )
     ]
