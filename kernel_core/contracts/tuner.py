@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -413,3 +413,43 @@ class Tuner(ABC):
         """Add ``adapter_name`` to ``model`` (a :class:`kernel_core.peft.PeftModel`) as a weighted
         combination of existing adapters; methods that can combine adapters override this."""
         raise NotImplementedError(f"{type(self).__name__} cannot combine adapters")
+
+
+class SingleLayerTuner(Tuner):
+    """A tuner that wraps every module it adapts in the same layer class, as most PEFT methods do:
+    set :attr:`layer_class` and :attr:`module_types` instead of writing :meth:`can_wrap` and
+    :meth:`wrap`. ``wrap`` refuses a module :meth:`can_wrap` declines and a config that is not a
+    :attr:`config_class` (``TypeError``), then builds ``layer_class(module, adapter_name,
+    config)``. A method whose test is more than the module's type overrides ``can_wrap`` (HRA
+    takes only square-kernel Conv2d); one with a layer class per module type (LoRA's Embedding
+    and Linear) subclasses :class:`Tuner` instead. Since API 1.4 (additive)."""
+
+    #: The layer around each adapted module, called as ``layer_class(module, adapter_name, config)``.
+    layer_class: ClassVar[Callable[[Any, str, Any], TunerLayer]]
+    #: The module types the default :meth:`can_wrap` accepts (``(nn.Linear, Conv1D)``).
+    module_types: ClassVar[tuple[type[nn.Module], ...]] = ()
+
+    def can_wrap(self, module: nn.Module) -> bool:
+        return isinstance(module, self.module_types)
+
+    def wrap(self, module: nn.Module, adapter_name: str, config: BaseTunerConfig) -> TunerLayer:
+        if not self.can_wrap(module):
+            raise TypeError(f"{type(self).__name__} cannot adapt this {type(module).__name__}: can_wrap declines it")
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        return self.layer_class(module, adapter_name, config)
+
+
+def bias_parameters(model: nn.Module, wrapped: Sequence[str], bias: str) -> list[str]:
+    """PEFT's ``bias`` option, what a method with one returns from
+    :meth:`Tuner.trained_base_parameters`: ``"none"`` trains no base parameter, ``"all"`` every
+    bias of ``model``, and the method's ``"<method>_only"`` (``"lora_only"``, ``"MiSS_only"``)
+    the biases of the wrapped modules named in ``wrapped``. Since API 1.4 (additive)."""
+    names = [name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
+    if bias == "all":
+        return names
+    if bias.endswith("_only"):
+        return [name for name in names if name.rsplit(".", 2)[0] in wrapped and ".base_layer." in name]
+    if bias != "none":
+        raise ValueError(f'bias={bias!r}: PEFT\'s bias option is "none", "all" or "<method>_only"')
+    return []

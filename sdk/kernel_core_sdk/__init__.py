@@ -44,8 +44,8 @@ _LAZY: dict[str, str] = {
     # the per-architecture default lookup.
     **dict.fromkeys(
         (
-            "BASE_ADAPTER", "BaseTunerConfig", "ExcludeModules", "LayerSelection", "ModulesToSave", "RankPatterns", "Tuner",
-            "TunerConfig", "TunerLayer",
+            "BASE_ADAPTER", "BaseTunerConfig", "ExcludeModules", "LayerSelection", "ModulesToSave", "RankPatterns",
+            "SingleLayerTuner", "Tuner", "TunerConfig", "TunerLayer", "bias_parameters",
         ),
         "kernel_core.contracts.tuner",
     ),

@@ -22,7 +22,13 @@ def test_the_tuner_authoring_surface_is_re_exported() -> None:
     import kernel_core.peft.targets as targets
 
     for module, names in (
-        (contract, ("BASE_ADAPTER", "BaseTunerConfig", "ExcludeModules", "LayerSelection", "ModulesToSave", "Tuner", "TunerConfig", "TunerLayer")),
+        (
+            contract,
+            (
+                "BASE_ADAPTER", "BaseTunerConfig", "ExcludeModules", "LayerSelection", "ModulesToSave", "SingleLayerTuner", "Tuner",
+                "TunerConfig", "TunerLayer", "bias_parameters",
+            ),
+        ),
         (delta_weight, ("DeltaWeightLayer",)),
         (buffers, ("BufferDict",)),
         (defaults, ("by_model_type",)),

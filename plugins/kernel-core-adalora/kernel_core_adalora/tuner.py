@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from kernel_core.contracts.tuner import BaseTunerConfig, Tuner, TunerLayer
+from kernel_core.contracts.tuner import SingleLayerTuner
 from kernel_core_adalora.allocator import Layers, RankAllocator
 from kernel_core_adalora.config import DEFAULT_TARGETS, RANK_KEY, AdaLoraConfig
 from kernel_core_adalora.layer import SVDLayer
@@ -34,22 +34,14 @@ def _module_name(path: str) -> str:
     return path
 
 
-class AdaLoraTuner(Tuner):
+class AdaLoraTuner(SingleLayerTuner):
     """AdaLoRA on ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2), as PEFT has it for LLMs."""
 
     config_class = AdaLoraConfig
     prefix = "lora_"
     default_target_modules = DEFAULT_TARGETS
-
-    def can_wrap(self, module: nn.Module) -> bool:
-        return isinstance(module, (nn.Linear, Conv1D))
-
-    def wrap(self, module: nn.Module, adapter_name: str, config: BaseTunerConfig) -> TunerLayer:
-        if not isinstance(module, (nn.Linear, Conv1D)):
-            raise TypeError(f"AdaLoRA adapts Linear and Conv1D layers, not {type(module).__name__}")
-        if not isinstance(config, AdaLoraConfig):
-            raise TypeError(f"AdaLoRA needs an AdaLoraConfig, got {type(config).__name__}")
-        return SVDLayer(module, adapter_name, config)
+    layer_class = SVDLayer
+    module_types = (nn.Linear, Conv1D)
 
     def training_loss(self, model: Any, adapter_name: str) -> torch.Tensor | None:
         """``orth_reg_weight`` times the mean of ``||A A^T - I||_F`` and ``||B^T B - I||_F`` over

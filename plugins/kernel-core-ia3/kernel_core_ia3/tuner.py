@@ -8,29 +8,21 @@ from typing import Any
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from kernel_core.contracts.tuner import Tuner, BaseTunerConfig, TunerLayer
+from kernel_core.contracts.tuner import BaseTunerConfig, SingleLayerTuner
 from kernel_core.peft.defaults import by_model_type
 from kernel_core_ia3.config import DEFAULT_FEEDFORWARD, DEFAULT_TARGETS, IA3Config
 from kernel_core_ia3.layer import IA3Layer
 from kernel_core_ia3.weighted import add_weighted_adapter
 
 
-class IA3Tuner(Tuner):
+class IA3Tuner(SingleLayerTuner):
     """IA3 on ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2), as PEFT has it for LLMs."""
 
     config_class = IA3Config
     prefix = "ia3_"
     default_target_modules = DEFAULT_TARGETS
-
-    def can_wrap(self, module: nn.Module) -> bool:
-        return isinstance(module, (nn.Linear, Conv1D))
-
-    def wrap(self, module: nn.Module, adapter_name: str, config: BaseTunerConfig) -> TunerLayer:
-        if not isinstance(module, (nn.Linear, Conv1D)):
-            raise TypeError(f"IA3 adapts Linear and Conv1D layers, not {type(module).__name__}")
-        if not isinstance(config, IA3Config):
-            raise TypeError(f"IA3 needs an IA3Config, got {type(config).__name__}")
-        return IA3Layer(module, adapter_name, config)
+    layer_class = IA3Layer
+    module_types = (nn.Linear, Conv1D)
 
     def before_inject(self, model: Any, adapter_name: str, config: BaseTunerConfig) -> BaseTunerConfig:
         """``feedforward_modules=None`` means the model type's feed-forward modules, as in PEFT."""

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from kernel_core.contracts.tuner import Tuner, BaseTunerConfig, TunerLayer
+from kernel_core.contracts.tuner import BaseTunerConfig, Tuner, TunerLayer, bias_parameters
 from kernel_core_lora.config import DEFAULT_TARGETS, LoraConfig
 from kernel_core_lora.layers import Embedding, Linear
 from kernel_core_lora.weighted import add_weighted_adapter
@@ -38,12 +38,7 @@ class LoraTuner(Tuner):
     def trained_base_parameters(self, config: BaseTunerConfig, model: nn.Module, wrapped: Sequence[str]) -> list[str]:
         """``bias="all"``: every bias of the model; ``"lora_only"``: those of wrapped layers."""
         assert isinstance(config, LoraConfig)
-        names = [name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
-        if config.bias == "all":
-            return names
-        if config.bias == "lora_only":
-            return [name for name in names if name.rsplit(".", 2)[0] in wrapped and ".base_layer." in name]
-        return []
+        return bias_parameters(model, wrapped, config.bias)
 
     def add_weighted_adapter(self, model: Any, adapters: Sequence[str], weights: Sequence[float], adapter_name: str, **options: Any) -> None:
         add_weighted_adapter(model, adapters, weights, adapter_name, **options)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from kernel_core.contracts.tuner import Tuner, BaseTunerConfig, TunerLayer
+from kernel_core.contracts.tuner import BaseTunerConfig, Tuner, TunerLayer, bias_parameters
 from kernel_core_oft.config import DEFAULT_TARGETS, OFTConfig
 from kernel_core_oft.layer import Embedding, Linear
 
@@ -34,9 +34,4 @@ class OFTTuner(Tuner):
     def trained_base_parameters(self, config: BaseTunerConfig, model: nn.Module, wrapped: Sequence[str]) -> list[str]:
         """``bias="all"``: every bias of the model; ``"oft_only"``: those of wrapped layers."""
         assert isinstance(config, OFTConfig)
-        names = [name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
-        if config.bias == "all":
-            return names
-        if config.bias == "oft_only":
-            return [name for name in names if name.rsplit(".", 2)[0] in wrapped and ".base_layer." in name]
-        return []
+        return bias_parameters(model, wrapped, config.bias)

@@ -10,13 +10,13 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from kernel_core.contracts.buffers import BufferDict
-from kernel_core.contracts.tuner import BaseTunerConfig, Tuner, TunerLayer
+from kernel_core.contracts.tuner import BaseTunerConfig, SingleLayerTuner, bias_parameters
 from kernel_core_randlora.bases import draw_bases
 from kernel_core_randlora.config import DEFAULT_TARGETS, RandLoraConfig
 from kernel_core_randlora.layer import RandLoraLayer
 
 
-class RandLoraTuner(Tuner):
+class RandLoraTuner(SingleLayerTuner):
     """RandLoRA on ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2), as PEFT has it.
 
     ``prefix`` is ``"randlora_"`` so that the per-layer matrices (``randlora_lambda``/``_gamma``),
@@ -28,16 +28,8 @@ class RandLoraTuner(Tuner):
     config_class = RandLoraConfig
     prefix = "randlora_"
     default_target_modules = DEFAULT_TARGETS
-
-    def can_wrap(self, module: nn.Module) -> bool:
-        return isinstance(module, (nn.Linear, Conv1D))
-
-    def wrap(self, module: nn.Module, adapter_name: str, config: BaseTunerConfig) -> TunerLayer:
-        if not isinstance(module, (nn.Linear, Conv1D)):
-            raise TypeError(f"RandLoRA adapts Linear and Conv1D layers, not {type(module).__name__}")
-        if not isinstance(config, RandLoraConfig):
-            raise TypeError(f"RandLoRA needs a RandLoraConfig, got {type(config).__name__}")
-        return RandLoraLayer(module, adapter_name, config)
+    layer_class = RandLoraLayer
+    module_types = (nn.Linear, Conv1D)
 
     def before_inject(self, model: Any, adapter_name: str, config: BaseTunerConfig) -> BaseTunerConfig:
         """As PEFT: the RandLoRA adapters of a model share one ``projection_prng_key`` and one
@@ -83,9 +75,4 @@ class RandLoraTuner(Tuner):
     def trained_base_parameters(self, config: BaseTunerConfig, model: nn.Module, wrapped: Sequence[str]) -> list[str]:
         """``bias="all"``: every bias of the model; ``"randlora_only"``: those of wrapped layers."""
         assert isinstance(config, RandLoraConfig)
-        names = [name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
-        if config.bias == "all":
-            return names
-        if config.bias == "randlora_only":
-            return [name for name in names if name.rsplit(".", 2)[0] in wrapped and ".base_layer." in name]
-        return []
+        return bias_parameters(model, wrapped, config.bias)

@@ -8,26 +8,18 @@ from typing import Any
 
 from torch import nn
 
-from kernel_core.contracts.tuner import BaseTunerConfig, Tuner, TunerLayer
+from kernel_core.contracts.tuner import BaseTunerConfig, SingleLayerTuner
 from kernel_core_trainable_tokens.config import TrainableTokensConfig
 from kernel_core_trainable_tokens.layer import TrainableTokensLayer
 
 
-class TrainableTokensTuner(Tuner):
+class TrainableTokensTuner(SingleLayerTuner):
     """Trainable tokens on ``nn.Embedding`` and on ``nn.Linear`` (a head, targeted or tied)."""
 
     config_class = TrainableTokensConfig
     prefix = "trainable_tokens_"
-
-    def can_wrap(self, module: nn.Module) -> bool:
-        return isinstance(module, (nn.Embedding, nn.Linear))
-
-    def wrap(self, module: nn.Module, adapter_name: str, config: BaseTunerConfig) -> TunerLayer:
-        if not isinstance(module, (nn.Embedding, nn.Linear)):
-            raise TypeError(f"trainable tokens adapt Embedding and Linear layers, not {type(module).__name__}")
-        if not isinstance(config, TrainableTokensConfig):
-            raise TypeError(f"trainable tokens need a TrainableTokensConfig, got {type(config).__name__}")
-        return TrainableTokensLayer(module, adapter_name, config)
+    layer_class = TrainableTokensLayer
+    module_types = (nn.Embedding, nn.Linear)
 
     def default_targets(self, model: nn.Module) -> str:
         """The input embedding's name (``model.embed_tokens``, GPT-2's ``transformer.wte``), or

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from kernel_core.contracts.tuner import BaseTunerConfig, Tuner, TunerLayer
+from kernel_core.contracts.tuner import BaseTunerConfig, SingleLayerTuner, bias_parameters
 from kernel_core_vblora.config import DEFAULT_TARGETS, VBLoRAConfig
 from kernel_core_vblora.layer import SharedBank, VBLoRALayer
 
@@ -19,7 +19,7 @@ LOGITS = ("vblora_logits_A", "vblora_logits_B")
 TOPK_INDICES, TOPK_WEIGHTS = "_topk_indices", "_topk_weights"
 
 
-class VBLoRATuner(Tuner):
+class VBLoRATuner(SingleLayerTuner):
     """VB-LoRA on ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2), as PEFT has it.
 
     ``prefix`` is ``"vblora_"`` so that the per-layer logits and the model-level bank
@@ -29,16 +29,8 @@ class VBLoRATuner(Tuner):
     config_class = VBLoRAConfig
     prefix = "vblora_"
     default_target_modules = DEFAULT_TARGETS
-
-    def can_wrap(self, module: nn.Module) -> bool:
-        return isinstance(module, (nn.Linear, Conv1D))
-
-    def wrap(self, module: nn.Module, adapter_name: str, config: BaseTunerConfig) -> TunerLayer:
-        if not isinstance(module, (nn.Linear, Conv1D)):
-            raise TypeError(f"VB-LoRA adapts Linear and Conv1D layers, not {type(module).__name__}")
-        if not isinstance(config, VBLoRAConfig):
-            raise TypeError(f"VB-LoRA needs a VBLoRAConfig, got {type(config).__name__}")
-        return VBLoRALayer(module, adapter_name, config)
+    layer_class = VBLoRALayer
+    module_types = (nn.Linear, Conv1D)
 
     def after_inject(self, model: Any, adapter_name: str, config: BaseTunerConfig, wrapped: Sequence[str]) -> None:
         """Keep the last wrapped layer's bank as the model's (trainable, saved as
@@ -59,12 +51,7 @@ class VBLoRATuner(Tuner):
     def trained_base_parameters(self, config: BaseTunerConfig, model: nn.Module, wrapped: Sequence[str]) -> list[str]:
         """``bias="all"``: every bias of the model; ``"vblora_only"``: those of wrapped layers."""
         assert isinstance(config, VBLoRAConfig)
-        names = [name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
-        if config.bias == "all":
-            return names
-        if config.bias == "vblora_only":
-            return [name for name in names if name.rsplit(".", 2)[0] in wrapped and ".base_layer." in name]
-        return []
+        return bias_parameters(model, wrapped, config.bias)
 
     def adapter_file_tensors(self, model: Any, adapter_name: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """With ``save_only_topk_weights``, each logits tensor becomes its top-k indices (in the

@@ -8,13 +8,13 @@ from typing import Any
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from kernel_core.contracts.tuner import BaseTunerConfig, Tuner, TunerLayer
+from kernel_core.contracts.tuner import BaseTunerConfig, SingleLayerTuner, bias_parameters
 from kernel_core_vera.config import DEFAULT_TARGETS, VeraConfig
 from kernel_core_vera.layer import VeraLayer
 from kernel_core_vera.projections import BufferDict, Projections
 
 
-class VeraTuner(Tuner):
+class VeraTuner(SingleLayerTuner):
     """VeRA on ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2), as PEFT has it.
 
     ``prefix`` is ``"vera_"`` so that the per-layer vectors (``vera_lambda_b``/``_d``) and the
@@ -24,16 +24,8 @@ class VeraTuner(Tuner):
     config_class = VeraConfig
     prefix = "vera_"
     default_target_modules = DEFAULT_TARGETS
-
-    def can_wrap(self, module: nn.Module) -> bool:
-        return isinstance(module, (nn.Linear, Conv1D))
-
-    def wrap(self, module: nn.Module, adapter_name: str, config: BaseTunerConfig) -> TunerLayer:
-        if not isinstance(module, (nn.Linear, Conv1D)):
-            raise TypeError(f"VeRA adapts Linear and Conv1D layers, not {type(module).__name__}")
-        if not isinstance(config, VeraConfig):
-            raise TypeError(f"VeRA needs a VeraConfig, got {type(config).__name__}")
-        return VeraLayer(module, adapter_name, config)
+    layer_class = VeraLayer
+    module_types = (nn.Linear, Conv1D)
 
     def before_inject(self, model: Any, adapter_name: str, config: BaseTunerConfig) -> BaseTunerConfig:
         """As PEFT: every VeRA adapter of a model draws from one ``projection_prng_key``."""
@@ -70,9 +62,4 @@ class VeraTuner(Tuner):
     def trained_base_parameters(self, config: BaseTunerConfig, model: nn.Module, wrapped: Sequence[str]) -> list[str]:
         """``bias="all"``: every bias of the model; ``"vera_only"``: those of wrapped layers."""
         assert isinstance(config, VeraConfig)
-        names = [name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
-        if config.bias == "all":
-            return names
-        if config.bias == "vera_only":
-            return [name for name in names if name.rsplit(".", 2)[0] in wrapped and ".base_layer." in name]
-        return []
+        return bias_parameters(model, wrapped, config.bias)
