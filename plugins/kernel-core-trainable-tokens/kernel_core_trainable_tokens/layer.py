@@ -121,7 +121,7 @@ class TrainableTokensLayer(TunerLayer):
         weight = self.base_layer.weight
         while self.merged_adapters:
             name = self.merged_adapters.pop()
-            index = torch.tensor(self.token_indices[name], device=weight.device)
+            index = torch.tensor(self.token_indices[name], dtype=torch.long, device=weight.device)
             weight.data.index_copy_(0, index, self.trainable_tokens_original[name].to(weight))
 
     def _output(self, x: torch.Tensor, adapter_names: Sequence[str]) -> torch.Tensor:
@@ -139,7 +139,7 @@ class TrainableTokensLayer(TunerLayer):
     def _with_rows(self, weight: torch.Tensor, adapter_names: Sequence[str]) -> torch.Tensor:
         """``weight`` with each adapter's trained rows in place of its token rows (a new tensor)."""
         for name in adapter_names:
-            index = torch.tensor(self.token_indices[name], device=weight.device)
+            index = torch.tensor(self.token_indices[name], dtype=torch.long, device=weight.device)
             weight = weight.index_copy(0, index, self.trainable_tokens_delta[name].to(weight))
         return weight
 
