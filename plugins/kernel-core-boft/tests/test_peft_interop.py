@@ -160,13 +160,14 @@ def test_two_adapters_active_and_merged_equal_peft(tmp_path: Path) -> None:
     options = {"target_modules": ["q_proj", "down_proj"], "boft_block_size": 2, "boft_n_butterfly_factor": 2}
     reference = quiet(lambda: peft.get_peft_model(tiny_llama(), peft.BOFTConfig(**options, init_weights=False)).eval())
     quiet(lambda: reference.add_adapter("second", peft.BOFTConfig(**options, init_weights=False)))
-    floors = []
-    for name in ("default", "second"):
+    for seed, name in enumerate(("default", "second")):
         reference.set_adapter(name)
-        randomise(reference, seed=len(floors))
-        floors.append(noise_floor(reference))
+        randomise(reference, seed=seed)
     reference.base_model.set_adapter(["default", "second"])
     both_active = logits(reference)
+    # the floor of what is compared: peft's two active adapters merged against the same two unmerged
+    # (one adapter's floor is not it: two rotations round twice; 4.5e-8 against 3.0e-8 on an AMD EPYC)
+    floor = noise_floor(reference)
     quiet(lambda: reference.save_pretrained(str(tmp_path)))
 
     ours = _ours(tiny_llama, tmp_path)
@@ -174,10 +175,10 @@ def test_two_adapters_active_and_merged_equal_peft(tmp_path: Path) -> None:
     layers = [module for module in ours.modules() if hasattr(module, "boft_R")]
     for layer in layers:
         layer.set_adapter(["default", "second"])
-    assert_same(logits(ours), both_active, max(floors))
+    assert_same(logits(ours), both_active, floor)
 
     ours.merge_adapter(["default", "second"])
-    assert_same(logits(ours), both_active, max(floors))
+    assert_same(logits(ours), both_active, floor)
     quiet(lambda: reference.merge_adapter(["default", "second"]))
     expected = {k: v for k, v in reference.state_dict().items() if ".base_layer." in k}
     got = ours.state_dict()
