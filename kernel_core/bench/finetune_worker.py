@@ -266,7 +266,10 @@ def _wrap(model: Any, config: WorkerConfig) -> Any:
 
 
 def _load(model: Any, config: WorkerConfig) -> Any:
-    """The adapter in ``config.adapter``, trainable, by each library's own ``from_pretrained``."""
+    """The adapter in ``config.adapter``, trainable, by each library's own ``from_pretrained``;
+    peft refuses ``is_trainable`` for a prompt-learning adapter, so one of those is wrapped anew
+    from the saved config and given the saved weights (``set_peft_model_state_dict``), as a peft
+    user resumes training it."""
     if config.side == OURS:
         from kernel_core.peft import PeftModel
 
@@ -274,7 +277,15 @@ def _load(model: Any, config: WorkerConfig) -> Any:
     peft = _import_peft()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return peft.PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
+        saved = peft.PeftConfig.from_pretrained(config.adapter)
+        if not saved.is_prompt_learning:
+            return peft.PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
+        from safetensors.torch import load_file
+
+        saved.inference_mode = False
+        wrapped = peft.get_peft_model(model, saved)
+        peft.set_peft_model_state_dict(wrapped, load_file(str(Path(config.adapter) / "adapter_model.safetensors")))
+        return wrapped
 
 
 def _import_peft() -> Any:

@@ -144,12 +144,17 @@ def _in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(finetune_methods, "run_config", lambda config: train(config, quiet=True))
 
 
-def test_lora_and_adalora_train_the_same_curve_as_peft(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """AdaLoRA masks its ranks from the first step (tinit 0): peft's update_and_allocate and ours agree."""
+def test_lora_adalora_and_prompt_tuning_train_the_same_curve_as_peft(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AdaLoRA masks its ranks from the first step (tinit 0): peft's update_and_allocate and ours
+    agree; prompt tuning reaches peft through set_peft_model_state_dict (peft's from_pretrained
+    refuses to make a prompt-learning adapter trainable)."""
     _in_process(monkeypatch)
     template = WorkerConfig(model=str(tiny_model), side=OURS, gradient_checkpointing=False, steps=3, lr=1e-2, **TINY)
-    methods = [get_method("lora"), get_method("adalora")]
-    report = finetune_methods.benchmark_methods(template, methods, {"lora": {"r": 4}}, [False])
+    methods = [get_method("lora"), get_method("adalora"), get_method("prompt-tuning")]
+    overrides = {"lora": {"r": 4}, "prompt-tuning": {"num_virtual_tokens": 4}}
+    report = finetune_methods.benchmark_methods(template, methods, overrides, [False])
     data = report.to_dict()
     assert data["methods"][0]["config"]["r"] == 4 and data["methods"][1]["config"]["total_step"] == 3
     for entry in data["methods"]:
