@@ -103,7 +103,7 @@ TEMPLATES: dict[PluginKind, KindTemplate] = {
         suite="LoRAKernelConformance",
         description="Batched LoRA for serving: per-token gathers of the slots' factors and two bmm, at priority -10.",
         usage="Select it by name with the `lora_kernel=\"${name}\"` setting: at priority -10 the kernel "
-        "kernel-core-lora registers wins otherwise. Set `device_types` in `plugin.py` to the torch device "
+        "kernel-core-lora-torch registers wins otherwise. Set `device_types` in `plugin.py` to the torch device "
         "types it runs on; the conformance suite runs on the CPU unless you override its `device` fixture.",
         spec_fields='\n            device_types=frozenset({"cpu", "cuda", "xpu"}),\n            priority=-10,',
     ),

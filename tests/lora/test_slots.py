@@ -15,7 +15,7 @@ from kernel_core.adapters.loading import HostAdapter
 from kernel_core.adapters.slots import AdapterSlots
 from kernel_core.contracts.lora import LoRAProjection
 from kernel_core.contracts.serving import NO_SLOT, AdapterServing, ServedAdapter, ServingContext, SlotBatch
-from kernel_core_lora.punica import TorchLoRAKernel
+from kernel_core_lora_torch.kernel import TorchLoRAKernel
 from kernel_core_lora.serving import LoraServing, ServedLora
 
 RANK = 4

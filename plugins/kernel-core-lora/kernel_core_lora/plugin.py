@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import kernel_core
-from kernel_core.contracts.records import LoRAKernelSpec, TunerSpec
+from kernel_core.contracts.records import TunerSpec
 
 kernel_core_api = "1.4"
 
@@ -19,18 +19,5 @@ def kernel_core_tuners() -> list[TunerSpec]:
             peft_type="LORA",
             serving="kernel_core_lora.serving:LoraServing",
             capabilities=frozenset({"merge", "mixed-batch", "weighted-combination", "mixed-model"}),
-        )
-    ]
-
-
-@kernel_core.hookimpl
-def kernel_core_lora_kernels() -> list[LoRAKernelSpec]:
-    """The pure-torch batched LoRA kernel, for any device; platforms may register faster ones."""
-    return [
-        LoRAKernelSpec(
-            name="torch",
-            description="Batched unmerged LoRA (shrink/expand per adapter group) in plain torch, any device.",
-            implementation="kernel_core_lora.punica:TorchLoRAKernel",
-            priority=0,
         )
     ]

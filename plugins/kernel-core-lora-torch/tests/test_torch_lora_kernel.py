@@ -6,8 +6,8 @@ from types import ModuleType
 
 import pytest
 
-from kernel_core_lora import plugin
-from kernel_core_lora.punica import TorchLoRAKernel
+from kernel_core_lora_torch import plugin
+from kernel_core_lora_torch.kernel import TorchLoRAKernel
 from kernel_core_sdk.conformance import LoRAKernelConformance
 
 
