@@ -58,6 +58,11 @@ _LAZY: dict[str, str] = {
     ),
     **dict.fromkeys(("COMMON_TARGET_MODULES", "by_model_type"), "kernel_core.peft.defaults"),
     "pattern_value": "kernel_core.peft.targets",
+    # Serving (API 1.4, additive): how a tuner's adapters are served (TunerSpec.serving), what LoRA's
+    # serving attaches to the model's projections, and the errors a serving raises.
+    **dict.fromkeys(("AdapterServing", "ServedAdapter", "ServingContext", "SlotBatch"), "kernel_core.contracts.serving"),
+    **dict.fromkeys(("LoRAProjection", "LoRAStep", "LoRATarget"), "kernel_core.contracts.lora"),
+    **dict.fromkeys(("AdapterLoadError", "KernelCoreError"), "kernel_core.errors"),
     "ModelArchitecture": "kernel_core.contracts.model",
     # The public model-building surface (plugin API 1.3): what a model plugin builds its forward from.
     **dict.fromkeys(
