@@ -163,5 +163,6 @@ class TestToyConformance(PromptLearningConformance):
     def tuner_config(self, method: str) -> PromptLearningConfig:
         return get_config(method, num_virtual_tokens=3)  # type: ignore[return-value]
 
-    def test_entry_point_imports_no_torch(self, plugin_module: ModuleType) -> None:
-        pytest.skip("the toy module is its own implementation (a real plugin's entry point is torch-free)")
+    # The toy module is its own implementation, so its entry point imports torch by design; the
+    # real prompt-learning plugins' suites run this check. None removes the inherited test.
+    test_entry_point_imports_no_torch = None

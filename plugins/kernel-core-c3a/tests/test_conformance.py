@@ -7,6 +7,7 @@ from __future__ import annotations
 from types import ModuleType
 
 import pytest
+from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from kernel_core_c3a import plugin
@@ -20,7 +21,7 @@ DEFAULT = "model.layers.0.self_attn.q_proj"
 
 
 class TestC3AConformance(TunerConformance):
-    candidates = {**CANDIDATES, "conv1d": lambda: Conv1D(8, 16)}
+    candidates = {name: make for name, make in CANDIDATES.items() if name != "embedding"}  # Linear only, as PEFT
     module_names = (PATTERNED, DEFAULT)
 
     @pytest.fixture
@@ -43,3 +44,10 @@ def test_record() -> None:
     (spec,) = plugin.kernel_core_tuners()
     assert (spec.name, spec.peft_type) == ("c3a", "C3A")
     assert spec.load() is C3ATuner
+
+
+def test_conv1d_and_embedding_are_declined_as_peft_declines_them() -> None:
+    tuner = C3ATuner()
+    assert tuner.can_wrap(nn.Linear(16, 8))
+    assert not tuner.can_wrap(Conv1D(8, 16)) and not tuner.can_wrap(nn.Embedding(10, 16))
+

@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import ModuleType
 
 import pytest
+from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from kernel_core_sdk.conformance import TunerConformance
@@ -16,7 +17,7 @@ from kernel_core_shira.tuner import ShiraTuner
 
 
 class TestShiraConformance(TunerConformance):
-    candidates = {**CANDIDATES, "conv1d": lambda: Conv1D(8, 16)}
+    candidates = {name: make for name, make in CANDIDATES.items() if name != "embedding"}  # Linear only, as PEFT
     module_names = ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj")
 
     @pytest.fixture
@@ -33,3 +34,10 @@ def test_record() -> None:
     (spec,) = plugin.kernel_core_tuners()
     assert (spec.name, spec.peft_type) == ("shira", "SHIRA")
     assert spec.load() is ShiraTuner
+
+
+def test_conv1d_and_embedding_are_declined_as_peft_declines_them() -> None:
+    tuner = ShiraTuner()
+    assert tuner.can_wrap(nn.Linear(16, 8))
+    assert not tuner.can_wrap(Conv1D(8, 16)) and not tuner.can_wrap(nn.Embedding(10, 16))
+
