@@ -89,4 +89,5 @@ def _only(batch: SlotBatch, slots: list[int]) -> SlotBatch:
         token_slots=torch.where(keep, batch.token_slots, NO_SLOT),
         segments=tuple(s for s in batch.segments if s[2] in slots),
         slot_rows={slot: rows for slot, rows in batch.slot_rows.items() if slot in slots},
+        positions=batch.positions,
     )

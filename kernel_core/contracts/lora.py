@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
+from kernel_core.contracts.adapter_targets import ProjectionHook, ProjectionTarget
 from kernel_core.contracts.serving import NO_SLOT, SlotBatch
 
 #: The LoRA kernel's name for the serving seam's :class:`SlotBatch` (kept for kernel plugins).
@@ -49,26 +49,21 @@ class LoRAStep:
 
 
 @dataclass(eq=False)
-class LoRAProjection:
+class LoRAProjection(ProjectionHook):
     """One projection's adapter slots (``lora_a [slots, R, in]``, ``lora_b [slots, out, R]``)
-    and the kernel that applies them: what a model's linear layer calls after its GEMM."""
+    and the kernel that applies them: the hook LoRA's serving adds to a projection target."""
 
     lora_a: torch.Tensor
     lora_b: torch.Tensor
     kernel: LoRAKernel
     step: LoRAStep
 
-    def add_to(self, output: torch.Tensor, x: torch.Tensor) -> None:
+    def after(self, output: torch.Tensor, x: torch.Tensor) -> None:
         batch = self.step.batch
         if batch is not None and not batch.empty:
             self.kernel.apply(output, x, self.lora_a, self.lora_b, batch)
 
 
-class LoRATarget(Protocol):
-    """A linear layer of a served model that LoRA can adapt: one GEMM computing one or more
-    Hugging Face modules (``parts``: module name -> its output columns), e.g. fused q/k/v.
-    The engine sets :attr:`lora`; the layer calls ``lora.add_to(output, x)`` after its GEMM."""
-
-    parts: dict[str, slice]
-    weight: torch.Tensor
-    lora: LoRAProjection | None
+#: A projection LoRA may adapt: any :class:`~kernel_core.contracts.adapter_targets.ProjectionTarget`
+#: (the name kept from plugin API 1.4).
+LoRATarget = ProjectionTarget

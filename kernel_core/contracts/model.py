@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
-from kernel_core.contracts.lora import LoRATarget
+from kernel_core.contracts.adapter_targets import EmbeddingHook, KVHook, ProjectionTarget
 
 
 class ModelArchitecture(ABC):
@@ -59,7 +59,21 @@ class ModelArchitecture(ABC):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, vocab]`` for the ``[N, hidden]`` rows that sample."""
 
-    def lora_targets(self) -> Mapping[str, LoRATarget]:
-        """The linear layers LoRA adapters may adapt while serving, by a stable key; an
-        architecture without any cannot serve adapters (``enable_lora`` is refused)."""
-        return {}
+    # -- where served adapters act (plugin API 1.5, kernel_core.contracts.adapter_targets) ------
+
+    def adapter_targets(self) -> Mapping[str, ProjectionTarget]:
+        """The linear layers served adapters may act on (LoRA, IA3), by a stable key such as
+        ``model.layers.0.qkv_proj``; a kind needing them is refused on a model without any.
+        Plugins written for API 1.3-1.4 named this ``lora_targets``: it is still read."""
+        legacy = getattr(self, "lora_targets", None)
+        return legacy() if legacy is not None else {}
+
+    def embedding_hooks(self) -> list[EmbeddingHook] | None:
+        """The list of hooks the model runs on its ``[T, hidden]`` token embeddings before the
+        first layer (servings append to it); None when the model offers no such place."""
+        return None
+
+    def kv_hooks(self) -> Sequence[list[KVHook]]:
+        """Per attention layer, the list of hooks the model runs on that layer's new keys
+        (after RoPE) and values before the cache write; empty when the model offers none."""
+        return ()

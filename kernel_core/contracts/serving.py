@@ -26,20 +26,25 @@ NO_SLOT = -1
 
 @dataclass(frozen=True)
 class SlotBatch:
-    """Which slot each token of a step uses, in the two forms kernels want.
+    """Which slot each token of a step uses, in the two forms kernels want, and where it sits.
 
     ``token_slots`` is ``[T]`` (``NO_SLOT`` for rows this batch leaves alone). ``segments``
     lists ``(start, end, slot)`` runs of consecutive tokens sharing a slot (a request's tokens
     are consecutive), for segmented GEMMs; ``slot_rows`` gives, per slot in use, the token rows
-    as a device tensor, for gather-based kernels.
+    as a device tensor, for gather-based kernels. ``positions`` ``[T]`` is each token's position
+    in its sequence (plugin API 1.5; virtual tokens count), for methods acting on some positions
+    only (prompt and prefix tuning's virtual tokens).
     """
 
     token_slots: torch.Tensor
     segments: tuple[tuple[int, int, int], ...]
     slot_rows: dict[int, torch.Tensor]
+    positions: torch.Tensor | None = None
 
     @classmethod
-    def from_token_slots(cls, slots: list[int], device: torch.device) -> SlotBatch:
+    def from_token_slots(
+        cls, slots: list[int], device: torch.device, positions: torch.Tensor | None = None
+    ) -> SlotBatch:
         segments: list[tuple[int, int, int]] = []
         rows: dict[int, list[int]] = {}
         for row, slot in enumerate(slots):
@@ -54,6 +59,7 @@ class SlotBatch:
             token_slots=torch.tensor(slots, dtype=torch.int64, device=device),
             segments=tuple(s for s in segments if s[2] != NO_SLOT),
             slot_rows={slot: torch.tensor(r, dtype=torch.int64, device=device) for slot, r in rows.items()},
+            positions=positions,
         )
 
     @property

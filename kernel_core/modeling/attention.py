@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedConfig
 
+from kernel_core.contracts.adapter_targets import KVHook
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
 from kernel_core.errors import InvalidModelFolderError
 from kernel_core.modeling.layers import FusedLinear, RotaryEmbedding
@@ -76,7 +77,8 @@ class SelfAttention:
 
     ``qkv_proj`` computes queries, keys and values in one GEMM; queries and keys are rotated in
     place in one pass; the backend writes the new keys/values to the paged cache and attends,
-    within ``sliding_window`` when the layer has one (passed in the step's metadata).
+    within ``sliding_window`` when the layer has one (passed in the step's metadata). ``kv_hooks``
+    (served adapters') may replace rows of the new keys/values first.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class SelfAttention:
         self.num_heads, self.num_kv_heads, self.head_size = heads.num_heads, heads.num_kv_heads, heads.head_size
         self.sliding_window, self.qk_norm, self.eps = sliding_window, qk_norm, eps
         self.qk_norm_scope, self.clip_qkv = qk_norm_scope, clip_qkv
+        self.kv_hooks: list[KVHook] = []
 
     @classmethod
     def load(
@@ -155,10 +158,12 @@ class SelfAttention:
             qkv.clamp_(-self.clip_qkv, self.clip_qkv)
         RotaryEmbedding.rotate_(qk, cos, sin)  # q and k heads in one pass
         value = qkv[:, (heads + kv_heads) * size :].view(tokens, kv_heads, size)
+        for hook in self.kv_hooks:
+            hook(qk[:, heads:], value)
         layer_metadata = metadata.for_layer(self.sliding_window)
         out = self.backend.forward(qk[:, :heads], qk[:, heads:], value, kv_cache, layer_metadata)
         return self.o_proj(out.reshape(tokens, heads * size))
 
-    def lora_projections(self) -> dict[str, FusedLinear]:
-        """The projections LoRA may adapt, by name within the layer."""
+    def adapter_projections(self) -> dict[str, FusedLinear]:
+        """The projections served adapters may act on, by name within the layer."""
         return {"qkv_proj": self.qkv_proj, "o_proj": self.o_proj}

@@ -3,7 +3,7 @@
 Llama, Mistral, Qwen2/3 and the mixture-of-experts families built on them share this skeleton; a
 model plugin subclasses :class:`DecoderModel` and says only what differs (which ``architectures``
 it runs, each layer's :class:`AttentionOptions`, the MLP block), so the forward, weight loading,
-LoRA targets and the checks stay in one place. Public (:mod:`kernel_core.modeling`, plugin API 1.3).
+adapter targets and the checks stay in one place. Public (:mod:`kernel_core.modeling`, plugin API 1.3).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, PreTrainedConfig
 
+from kernel_core.contracts.adapter_targets import EmbeddingHook, KVHook
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
 from kernel_core.contracts.model import ModelArchitecture
 from kernel_core.errors import UnsupportedModelError
@@ -31,8 +32,9 @@ log = logging.getLogger(__name__)
 
 
 class MLPBlock(Protocol):
-    """A layer's MLP: ``[T, hidden]`` normed input → ``[T, hidden]``. A block with a
-    ``lora_projections() -> dict[str, FusedLinear]`` method offers those projections to LoRA."""
+    """A layer's MLP: ``[T, hidden]`` normed input → ``[T, hidden]``. A block with an
+    ``adapter_projections() -> dict[str, FusedLinear]`` method offers those projections to served
+    adapters (``lora_projections``, its plugin API 1.3-1.4 name, is still read)."""
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
@@ -87,6 +89,7 @@ class DecoderModel(ModelArchitecture):
         #: stop at ``max_position_embeddings``.
         self.max_model_len = config.max_position_embeddings
         self.rotary = RotaryEmbedding(config, self.head_size, self.max_model_len, dtype, device)
+        self._embedding_hooks: list[EmbeddingHook] = []
 
     @classmethod
     def from_pretrained(
@@ -156,16 +159,22 @@ class DecoderModel(ModelArchitecture):
             self.lm_head = loader.tensor("lm_head.weight", (self.vocab_size, self.hidden_size))
         self.weight_slices = loader.slices
 
-    def lora_targets(self) -> dict[str, FusedLinear]:
+    def adapter_targets(self) -> dict[str, FusedLinear]:
         """Every projection of every layer's attention (q/k/v fused, o), and of its MLP block when
-        the block offers them (``lora_projections``), keyed ``model.layers.{i}.{name}``."""
+        the block offers them (``adapter_projections``), keyed ``model.layers.{i}.{name}``."""
         targets = {}
         for i, layer in enumerate(self.layers):
             for block in (layer.attention, layer.mlp):
-                projections = getattr(block, "lora_projections", None)
+                projections = getattr(block, "adapter_projections", None) or getattr(block, "lora_projections", None)
                 if projections is not None:
                     targets.update({f"model.layers.{i}.{name}": proj for name, proj in projections().items()})
         return targets
+
+    def embedding_hooks(self) -> list[EmbeddingHook]:
+        return self._embedding_hooks
+
+    def kv_hooks(self) -> list[list[KVHook]]:
+        return [layer.attention.kv_hooks for layer in self.layers]
 
     def forward(
         self,
@@ -177,6 +186,8 @@ class DecoderModel(ModelArchitecture):
         self._check_context(metadata)
         cos, sin = self.rotary.cos_sin_at(positions)
         hidden = F.embedding(input_ids, self.embed_tokens)  # the residual stream, updated in place
+        for hook in self._embedding_hooks:
+            hook(hidden)
         size, eps = (self.hidden_size,), self.eps
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden.add_(layer.attention(F.rms_norm(hidden, size, layer.input_norm, eps), cos, sin, kv_cache, metadata))

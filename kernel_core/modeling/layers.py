@@ -2,18 +2,19 @@
 
 Everything works on flattened tokens (``[T, ...]``, all requests of a step in one batch), so
 each projection is one GEMM per step and RoPE is indexed by each token's own position. Public
-(:mod:`kernel_core.modeling`, plugin API 1.3): the engine serves LoRA on :class:`FusedLinear`.
+(:mod:`kernel_core.modeling`, plugin API 1.3): the engine serves adapters on :class:`FusedLinear`
+(a :class:`~kernel_core.contracts.adapter_targets.ProjectionTarget`, plugin API 1.5).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from kernel_core.contracts.lora import LoRAProjection
+from kernel_core.contracts.adapter_targets import ProjectionHook, apply_projection_hooks
 from kernel_core.errors import UnsupportedModelError
 from kernel_core.modeling.gemm import linear
 
@@ -30,21 +31,21 @@ class FusedLinear:
 
     ``weight`` stacks the projections' weights row-wise (``[sum(out), in]``); ``parts`` maps
     each HF module name (``model.layers.0.self_attn.q_proj``) to its rows of ``weight`` and
-    ``bias``, which are also its columns of the output. When serving adapters, ``lora`` holds
-    the adapter slots, and each token's adapter update is added after the GEMM (a
-    :class:`~kernel_core.contracts.lora.LoRATarget`).
+    ``bias``, which are also its columns of the output. When serving adapters, ``hooks`` holds
+    what each served kind does around the GEMM (a
+    :class:`~kernel_core.contracts.adapter_targets.ProjectionTarget`).
     """
 
     weight: torch.Tensor
     bias: torch.Tensor | None
     parts: dict[str, slice]
-    lora: LoRAProjection | None = None
+    hooks: list[ProjectionHook] = field(default_factory=list)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        output = linear(x, self.weight, self.bias)
-        if self.lora is not None:
-            self.lora.add_to(output, x)
-        return output
+        return apply_projection_hooks(self.hooks, x, self._gemm)
+
+    def _gemm(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
 
 
 class RotaryEmbedding:

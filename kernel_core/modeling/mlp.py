@@ -45,6 +45,6 @@ class GatedMLP:
         gate, up = self.gate_up_proj(hidden).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate).mul_(up))
 
-    def lora_projections(self) -> dict[str, FusedLinear]:
-        """The projections LoRA may adapt, by name within the layer."""
+    def adapter_projections(self) -> dict[str, FusedLinear]:
+        """The projections served adapters may act on, by name within the layer."""
         return {"gate_up_proj": self.gate_up_proj, "down_proj": self.down_proj}

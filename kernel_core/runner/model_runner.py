@@ -98,12 +98,13 @@ class ModelRunner:
             seq_lens_host=tuple(seq_lens),
             query_lens_host=tuple(num_new_tokens),
         )
+        device_positions = positions.to(self.device)
         return StepInputs(
             input_ids=torch.tensor(ids, dtype=torch.int64, device=self.device),
-            positions=positions.to(self.device),
+            positions=device_positions,
             metadata=metadata,
             last_rows=(query_start_loc[1:] - 1).to(self.device),
-            slots=_slot_batch(adapter_slots, num_new_tokens, self.device),
+            slots=_slot_batch(adapter_slots, num_new_tokens, device_positions),
         )
 
     def execute(self, inputs: StepInputs) -> torch.Tensor:
@@ -121,8 +122,9 @@ class ModelRunner:
         return self.model.compute_logits(hidden.index_select(0, rows)).float()
 
 
-def _slot_batch(slots: Sequence[int] | None, counts: Sequence[int], device: torch.device) -> SlotBatch | None:
+def _slot_batch(slots: Sequence[int] | None, counts: Sequence[int], positions: torch.Tensor) -> SlotBatch | None:
     """Per-token slots from per-request ones; None when no request of the step uses an adapter."""
     if slots is None or all(slot == NO_SLOT for slot in slots):
         return None
-    return SlotBatch.from_token_slots([slot for slot, count in zip(slots, counts) for _ in range(count)], device)
+    per_token = [slot for slot, count in zip(slots, counts) for _ in range(count)]
+    return SlotBatch.from_token_slots(per_token, positions.device, positions)

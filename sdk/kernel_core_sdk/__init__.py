@@ -62,6 +62,11 @@ _LAZY: dict[str, str] = {
     # serving attaches to the model's projections, and the errors a serving raises.
     **dict.fromkeys(("AdapterServing", "ServedAdapter", "ServingContext", "SlotBatch"), "kernel_core.contracts.serving"),
     **dict.fromkeys(("LoRAProjection", "LoRAStep", "LoRATarget"), "kernel_core.contracts.lora"),
+    # Where served adapters act on a model (API 1.5, additive): hooks on projections, embeddings, KV.
+    **dict.fromkeys(
+        ("EmbeddingHook", "KVHook", "ProjectionHook", "ProjectionTarget", "apply_projection_hooks"),
+        "kernel_core.contracts.adapter_targets",
+    ),
     **dict.fromkeys(("AdapterLoadError", "KernelCoreError"), "kernel_core.errors"),
     "ModelArchitecture": "kernel_core.contracts.model",
     # The public model-building surface (plugin API 1.3): what a model plugin builds its forward from.

@@ -13,6 +13,7 @@ import torch
 
 from kernel_core.adapters.loading import HostAdapter
 from kernel_core.adapters.slots import AdapterSlots
+from kernel_core.contracts.adapter_targets import ProjectionHook
 from kernel_core.contracts.lora import LoRAProjection
 from kernel_core.contracts.serving import NO_SLOT, AdapterServing, ServedAdapter, ServingContext, SlotBatch
 from kernel_core_lora_torch.kernel import TorchLoRAKernel
@@ -25,7 +26,13 @@ RANK = 4
 class Target:
     parts: dict[str, slice]
     weight: torch.Tensor
-    lora: LoRAProjection | None = field(default=None)
+    hooks: list[ProjectionHook] = field(default_factory=list)
+
+    @property
+    def lora(self) -> LoRAProjection:
+        (hook,) = self.hooks
+        assert isinstance(hook, LoRAProjection)
+        return hook
 
 
 def targets() -> dict[str, Target]:
@@ -39,7 +46,7 @@ def targets() -> dict[str, Target]:
 class Model:
     targets: dict[str, Target]
 
-    def lora_targets(self) -> dict[str, Target]:
+    def adapter_targets(self) -> dict[str, Target]:
         return self.targets
 
 

@@ -7,6 +7,7 @@ import torch
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
+from kernel_core.contracts.adapter_targets import ProjectionHook
 from kernel_core.errors import UnsupportedModelError
 from kernel_core.modeling import RotaryEmbedding, layers
 
@@ -64,3 +65,27 @@ def test_unsupported_rope_type_is_named() -> None:
     }
     with pytest.raises(UnsupportedModelError, match="rope_type 'longrope'"):
         RotaryEmbedding(config(rope), HEAD_SIZE, MAX_POSITIONS, torch.float32, CPU)
+
+
+class Doubles(ProjectionHook):
+    """Doubles the input and adds one to the output; records the input the GEMM read."""
+
+    def before(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x
+
+    def after(self, output: torch.Tensor, x: torch.Tensor) -> None:
+        self.read = x
+        output.add_(1)
+
+
+def test_projection_hooks_run_around_the_gemm_in_order_without_changing_the_input() -> None:
+    weight, bias, x = torch.randn(6, 4), torch.randn(6), torch.randn(3, 4)
+    linear = layers.FusedLinear(weight, bias, {"p": slice(0, 6)})
+    torch.testing.assert_close(linear(x), x @ weight.T + bias)
+    first, second = Doubles(), Doubles()
+    linear.hooks += [first, second, ProjectionHook()]
+    original = x.clone()
+    torch.testing.assert_close(linear(x), 4 * x @ weight.T + bias + 2)
+    assert torch.equal(x, original)
+    torch.testing.assert_close(first.read, 4 * x)
+    assert second.read is first.read

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernel_core.contracts.lora import LoRAProjection, LoRAStep, LoRATarget
+from kernel_core.contracts.adapter_targets import ProjectionTarget
+from kernel_core.contracts.lora import LoRAProjection, LoRAStep
 from kernel_core.contracts.records import PluginKind
 from kernel_core.contracts.serving import AdapterServing, ServedAdapter, ServingContext, SlotBatch
 from kernel_core.errors import AdapterLoadError, KernelCoreError
@@ -41,7 +42,7 @@ class ServedLora(ServedAdapter):
         return sum(a.nbytes + b.nbytes for a, b in self.factors.values())
 
 
-def slots_nbytes(targets: Mapping[str, LoRATarget], max_loras: int, max_rank: int, dtype: torch.dtype) -> int:
+def slots_nbytes(targets: Mapping[str, ProjectionTarget], max_loras: int, max_rank: int, dtype: torch.dtype) -> int:
     """Bytes the slots take for these targets: checked before allocating."""
     return sum(
         max_loras * len(t.parts) * max_rank * (t.weight.shape[0] + t.weight.shape[1]) * dtype.itemsize
@@ -54,12 +55,12 @@ class LoraServing(AdapterServing):
 
     @classmethod
     def slot_nbytes(cls, model, context: ServingContext) -> int:
-        return slots_nbytes(model.lora_targets(), context.max_slots, context.max_rank, context.dtype)
+        return slots_nbytes(model.adapter_targets(), context.max_slots, context.max_rank, context.dtype)
 
     def __init__(self, model, context: ServingContext) -> None:
-        targets = model.lora_targets()
+        targets = model.adapter_targets()
         if not targets:
-            raise KernelCoreError(f"enable_lora: the {type(model).__name__} model plugin exposes no LoRA targets")
+            raise KernelCoreError(f"enable_lora: the {type(model).__name__} model plugin exposes no adapter targets")
         kernel = context.select_kernel(PluginKind.LORA_KERNEL, context.settings.get("lora_kernel"))
         self.targets, self.max_rank, self.dtype = targets, context.max_rank, context.dtype
         self.step = LoRAStep()
@@ -67,12 +68,13 @@ class LoraServing(AdapterServing):
         for key, target in targets.items():
             out_features, in_features = target.weight.shape
             width = len(target.parts) * context.max_rank
-            target.lora = self.projections[key] = LoRAProjection(
+            self.projections[key] = LoRAProjection(
                 torch.zeros(context.max_slots, width, in_features, dtype=context.dtype, device=context.device),
                 torch.zeros(context.max_slots, out_features, width, dtype=context.dtype, device=context.device),
                 kernel,
                 self.step,
             )
+            target.hooks.append(self.projections[key])
 
     def write(self, slot: int, adapter: ServedAdapter) -> None:
         assert isinstance(adapter, ServedLora)

@@ -31,7 +31,7 @@ from kernel_core_moe_models.plugin import FAMILIES
 
 class MoEBlock:
     """A sparse layer's MLP: the :class:`FusedMoE` layer, and its shared expert's projections
-    offered to LoRA (the routed experts are not LoRA targets)."""
+    offered to served adapters (the routed experts are not adapter targets)."""
 
     def __init__(self, moe: FusedMoE, shared_expert: GatedMLP | None = None) -> None:
         self.moe, self.shared_expert = moe, shared_expert
@@ -39,11 +39,11 @@ class MoEBlock:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.moe(hidden)
 
-    def lora_projections(self) -> dict[str, FusedLinear]:
+    def adapter_projections(self) -> dict[str, FusedLinear]:
         """The shared expert's projections, by name within the layer (none without one)."""
         if self.shared_expert is None:
             return {}
-        return {f"shared_expert.{name}": proj for name, proj in self.shared_expert.lora_projections().items()}
+        return {f"shared_expert.{name}": proj for name, proj in self.shared_expert.adapter_projections().items()}
 
 
 class SparseMoEModel(DecoderModel):
