@@ -31,8 +31,9 @@ from kernel_core.errors import KernelCoreError
 TARGET_MEASURED_VS_FLOOR = 1.5
 #: Each shape and path is timed for at least this long (and 3 calls): the default run stays ~2 minutes.
 DEFAULT_MIN_SECONDS = 0.05
-#: The GEMM paths timed: torch's ``F.linear`` (MKL for float32 here), oneDNN's linear (a private
-#: torch op, timed, not used by the engine) and the engine's own ``kernel_core.modeling.linear``.
+#: The GEMM paths timed: torch's ``F.linear`` (MKL for float32 here), oneDNN's linear on the weight as
+#: it is (a private torch op, timed for comparison) and the engine's: the selected platform's GEMM
+#: policy on the weight it prepared (oneDNN on packed weights on the CPU platform; packing not timed).
 PATHS = ("F.linear", "onednn", "engine")
 
 
@@ -159,16 +160,23 @@ def floor_seconds(gemms: Sequence[Gemm], seconds: Mapping[tuple[int, int, int], 
     return total
 
 
-def gemm_paths() -> dict[str, Callable[[Any, Any], Any]]:
-    """``(x, weight) -> x @ weight.T`` for each path of :data:`PATHS` this torch build has."""
+def gemm_paths() -> dict[str, tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]]:
+    """``(prepare(weight), (x, prepared) -> x @ weight.T)`` for each path of :data:`PATHS` this torch
+    build has; ``prepare`` runs once per weight, outside the timing, as the engine does at load."""
     import torch
     import torch.nn.functional as F
 
-    from kernel_core.modeling import linear
+    from kernel_core.platforms import select_platform
 
-    paths: dict[str, Callable[[Any, Any], Any]] = {"F.linear": F.linear, "engine": linear}
+    def as_is(weight: Any) -> Any:
+        return weight
+
+    policy = select_platform().platform.linear_policy()
+    paths: dict[str, tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]] = {
+        "F.linear": (as_is, F.linear), "engine": (policy.prepare, policy.linear),
+    }
     if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        paths["onednn"] = lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+        paths["onednn"] = (as_is, lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""))
     return {name: paths[name] for name in PATHS if name in paths}
 
 
@@ -181,15 +189,16 @@ def time_shapes(
     import torch
 
     generator = torch.Generator().manual_seed(0)
-    timings: dict[str, dict[tuple[int, int, int], float | None]] = {path: {} for path in gemm_paths()}
+    paths = gemm_paths()
+    timings: dict[str, dict[tuple[int, int, int], float | None]] = {path: {} for path in paths}
     for rows, in_features, out_features in shapes:
         x = torch.randn(rows, in_features, generator=generator).to(getattr(torch, dtype))
         weight = torch.randn(out_features, in_features, generator=generator).to(x.dtype)
-        for path, gemm in gemm_paths().items():
+        for path, (prepare, gemm) in paths.items():
 
             @torch.inference_mode()
-            def run(gemm: Callable[[Any, Any], Any] = gemm) -> Any:
-                return gemm(x, weight)
+            def run(gemm: Callable[[Any, Any], Any] = gemm, prepared: Any = prepare(weight)) -> Any:
+                return gemm(x, prepared)
 
             try:
                 timings[path][rows, in_features, out_features] = min(call_seconds(run, min_seconds))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -58,6 +58,11 @@ class ModelArchitecture(ABC):
     @abstractmethod
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, vocab]`` for the ``[N, hidden]`` rows that sample."""
+
+    def prepare_weights(self, prepare: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace each ``[out, in]`` weight the model multiplies through ``kernel_core.modeling.linear``
+        by ``prepare(weight)``, the layout the platform's GEMM policy runs fastest (plugin API 1.5;
+        the engine calls it once, after loading). Default: nothing, the weights stay as loaded."""
 
     # -- where served adapters act (plugin API 1.5, kernel_core.contracts.adapter_targets) ------
 

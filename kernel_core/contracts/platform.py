@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,32 @@ class MemoryInfo:
 
     total_bytes: int
     free_bytes: int
+
+
+class LinearPolicy:
+    """How a platform computes a model's projections, ``x @ weight.T + bias``: the GEMM every layer
+    calls through :func:`kernel_core.modeling.linear`. Hardware choices (which library, which weight
+    layout, per shape and dtype) live in the platform plugin that returns a subclass from
+    :meth:`Platform.linear_policy`, not in the core. This base class is the core's default:
+    ``F.linear`` on the weights as loaded. Plugin API 1.5.
+
+    A policy may keep weights in its own layout: :meth:`prepare` is called once per projection weight
+    at load and its result replaces the loaded tensor (no second copy), so :meth:`linear` must accept
+    what :meth:`prepare` returns as well as plain ``[out, in]`` tensors (weights a model keeps itself).
+    A prepared weight keeps the loaded one's ``shape``, ``dtype`` and ``device``; its data is read
+    only through :meth:`linear`.
+    """
+
+    #: Shown by ``kcore platform``: which GEMM the engine's projections run.
+    name: str = "F.linear"
+
+    def prepare(self, weight: torch.Tensor) -> torch.Tensor:
+        """The tensor a layer keeps for the ``[out, in]`` ``weight`` (default: ``weight`` itself)."""
+        return weight
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ weight.T + bias`` for ``x`` ``[..., in]``, as a contiguous ``[..., out]`` tensor."""
+        return F.linear(x, weight, bias)
 
 
 class Platform(ABC):
@@ -61,6 +88,11 @@ class Platform(ABC):
     @abstractmethod
     def memory_info(self, index: int = 0) -> MemoryInfo:
         """Total and free memory of device ``index``."""
+
+    def linear_policy(self) -> LinearPolicy:
+        """The GEMM policy the engine installs when it builds on this platform (plugin API 1.5);
+        default: :class:`LinearPolicy`, plain ``F.linear``."""
+        return LinearPolicy()
 
     def device(self, index: int = 0) -> torch.device:
         """The torch device to place tensors on."""

@@ -23,6 +23,7 @@ from kernel_core.errors import InvalidModelFolderError, KernelCoreError, Unknown
 from kernel_core.adapters.loading import ServedKinds
 from kernel_core.adapters.registry import AdapterRegistry
 from kernel_core.contracts.serving import AdapterServing, ServingContext
+from kernel_core.modeling.gemm import install_linear_policy
 from kernel_core.modeling.moe import MoEOptions
 from kernel_core.models import resolve_model
 from kernel_core.platforms import select_platform
@@ -67,6 +68,9 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     model_class = manager.load(_architecture(manager, folder, model_config, config.model_architecture))
     moe = _moe_options(config, manager, model_class, device)
     model = model_class.from_pretrained(folder, attention=attention, dtype=dtype, device=device, **moe)
+    gemm_policy = platform.linear_policy()
+    install_linear_policy(gemm_policy)
+    model.prepare_weights(gemm_policy.prepare)
     check_sliding_window_support(model, attention, attention_registration.spec.name)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     max_model_len = _max_model_len(config, folder, model_config)

@@ -9,6 +9,7 @@ adapter targets and the checks stay in one place. Public (:mod:`kernel_core.mode
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -158,6 +159,7 @@ class DecoderModel(ModelArchitecture):
         else:
             self.lm_head = loader.tensor("lm_head.weight", (self.vocab_size, self.hidden_size))
         self.weight_slices = loader.slices
+        self._projections = loader.linears
 
     def adapter_targets(self) -> dict[str, FusedLinear]:
         """Every projection of every layer's attention (q/k/v fused, o), and of its MLP block when
@@ -175,6 +177,19 @@ class DecoderModel(ModelArchitecture):
 
     def kv_hooks(self) -> list[list[KVHook]]:
         return [layer.attention.kv_hooks for layer in self.layers]
+
+    def prepare_weights(self, prepare: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Every projection the loader fused, and an untied ``lm_head``, in ``prepare``'s layout;
+        ``weight_slices`` points at the prepared tensors, so the loaded ones are freed. A tied
+        ``lm_head`` stays as loaded: it is also the embedding table, which is indexed, not multiplied."""
+        prepared: dict[int, torch.Tensor] = {}
+        for fused in self._projections:
+            loaded = fused.weight
+            fused.weight = prepared[id(loaded)] = prepare(loaded)
+        if self.lm_head is not self.embed_tokens:
+            loaded = self.lm_head
+            self.lm_head = prepared[id(loaded)] = prepare(loaded)
+        self.weight_slices = {name: (prepared.get(id(t), t), rows) for name, (t, rows) in self.weight_slices.items()}
 
     def forward(
         self,

@@ -19,11 +19,14 @@ class WeightLoader:
 
     ``slices`` maps every HF parameter name read so far to the tensor holding it and its rows
     there: ``model.layers.0.self_attn.k_proj.weight`` → (the layer's fused QKV weight, the k rows).
+    ``linears`` lists every :class:`FusedLinear` it built, whose weights a platform's GEMM policy
+    may later replace with its own layout (``DecoderModel.prepare_weights``).
     """
 
     def __init__(self, checkpoint: SafetensorsCheckpoint, dtype: torch.dtype, device: torch.device) -> None:
         self.checkpoint, self.dtype, self.device = checkpoint, dtype, device
         self.slices: dict[str, tuple[torch.Tensor, slice]] = {}
+        self.linears: list[FusedLinear] = []
 
     def tensor(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """The tensor ``name``, which must have ``shape`` (else the error names both)."""
@@ -41,6 +44,7 @@ class WeightLoader:
         fused = FusedLinear(
             self._stack(modules, "weight", (in_features,)), self._stack(modules, "bias", ()) if bias else None, parts
         )
+        self.linears.append(fused)
         for name, rows in parts.items():
             self.slices[f"{name}.weight"] = (fused.weight, rows)
             if fused.bias is not None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from kernel_core.contracts.platform import MemoryInfo, Platform
+from kernel_core.contracts.platform import LinearPolicy, MemoryInfo, Platform
+from kernel_core_platform_cpu.gemm import CPULinearPolicy
 
 CPUINFO = Path("/proc/cpuinfo")
 MEMINFO = Path("/proc/meminfo")
@@ -44,6 +45,10 @@ class CPUPlatform(Platform):
         """Host memory; "free" is what the kernel could hand out without swapping (MemAvailable)."""
         _check_index(index)
         return proc_meminfo() or sysconf_meminfo()
+
+    def linear_policy(self) -> LinearPolicy:
+        """oneDNN's linear on weights packed at load, for float32 and (where native) bfloat16."""
+        return CPULinearPolicy()
 
 
 def _check_index(index: int) -> None:
