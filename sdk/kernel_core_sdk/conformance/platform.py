@@ -153,6 +153,23 @@ class PlatformConformance(PlatformContractChecks):
             # 4x4 ones squared sums to 64, exact in every floating dtype.
             assert (ones @ ones).sum().item() == 64, dtype
 
+    def test_linear_policy_computes_the_product(self, platform: Platform) -> None:
+        """The GEMM policy (plugin API 1.5) in every supported dtype, on a weight it prepared and on a
+        plain one: entries in {-1, 0, 1} over 32 terms, so every summation order gives the exact sums."""
+        policy = platform.linear_policy()
+        generator = torch.Generator().manual_seed(0)
+        x, weight = (torch.randint(-1, 2, shape, generator=generator) for shape in ((5, 32), (24, 32)))
+        bias = torch.randint(-1, 2, (24,), generator=generator)
+        expected = (x @ weight.T + bias).double()
+        for dtype in platform.supported_dtypes():
+            w = weight.to(dtype=dtype, device=platform.device())
+            prepared = policy.prepare(w)
+            assert (prepared.shape, prepared.dtype, prepared.device) == (w.shape, w.dtype, w.device), dtype
+            for operand in (prepared, w):
+                out = policy.linear(x.to(w), operand, bias.to(w))
+                assert out.shape == (5, 24) and out.dtype == dtype, (dtype, out.shape, out.dtype)
+                assert torch.equal(out.cpu().double(), expected), f"{policy.name} in {dtype}"
+
     def test_distributed_backend_is_known(self, platform: Platform) -> None:
         backend = platform.distributed_backend()
         assert backend in known_backends(), f"{backend!r} is not a torch.distributed backend"
