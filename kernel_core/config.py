@@ -55,6 +55,10 @@ class EngineConfig(BaseModel):
         default=None, ge=1, description="Converted adapters kept in host memory; default max_loras."
     )
     lora_kernel: str | None = Field(default=None, description="Plugin name; default by priority for the device.")
+    max_virtual_tokens: int = Field(
+        default=64, ge=1,
+        description="Most virtual tokens a served prompt- or prefix-tuning adapter may have (sizes their slots).",
+    )
     moe_kernel: str | None = Field(
         default=None,
         description="MoE kernel plugin name; default by priority among those running on the device (and "

@@ -38,6 +38,10 @@ class HostAdapter:
     def nbytes(self) -> int:
         return self.served.nbytes
 
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.served.num_virtual_tokens
+
 
 @dataclass(frozen=True)
 class ServedKinds:

@@ -49,6 +49,7 @@ class AdapterRegistry:
         self._keys: dict[str, int] = {}
         self._ranks: dict[str, int] = {}
         self._kinds: dict[str, str] = {}
+        self._virtual: dict[str, int] = {}
         self._fingerprints: dict[str, tuple[tuple[int, int, int], ...]] = {}
         self._host: OrderedDict[str, HostAdapter] = OrderedDict()
         self._users: Counter[str] = Counter()
@@ -72,7 +73,7 @@ class AdapterRegistry:
         self._check_free(name)  # another load of the name may have won meanwhile
         self._paths[name], self._keys[name] = adapter.path, adapter.key
         self._ranks[name], self._fingerprints[name] = adapter.rank, adapter.fingerprint
-        self._kinds[name] = adapter.kind
+        self._kinds[name], self._virtual[name] = adapter.kind, adapter.num_virtual_tokens
         self._cache(adapter)
 
     def _check_free(self, name: str) -> None:
@@ -92,7 +93,7 @@ class AdapterRegistry:
         self.slots.forget(key)
         self._host.pop(name, None)
         del self._paths[name], self._keys[name], self._users[name], self._ranks[name], self._fingerprints[name]
-        del self._kinds[name]
+        del self._kinds[name], self._virtual[name]
 
     def names(self) -> list[str]:
         return sorted(self._paths)
@@ -103,6 +104,12 @@ class AdapterRegistry:
                         self.slots.slot_of(self._keys[name]), self._users[name], self._kinds[name])
             for name in self.names()
         ]
+
+    def num_virtual_tokens(self, name: str) -> int:
+        """Placeholder positions a request on ``name`` takes before its prompt (see
+        :attr:`~kernel_core.contracts.serving.ServedAdapter.num_virtual_tokens`)."""
+        self.key_of(name)
+        return self._virtual[name]
 
     def key_of(self, name: str) -> int:
         if name not in self._keys:

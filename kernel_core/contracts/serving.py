@@ -75,6 +75,12 @@ class ServedAdapter(ABC):
 
     #: What ``list_adapters`` reports as the adapter's rank (0 for a method without one).
     rank: int = 0
+    #: Virtual tokens every request on this adapter reads before its prompt (plugin API 1.5;
+    #: prompt tuning, prefix tuning): the engine puts that many placeholder tokens at positions
+    #: ``0 .. V - 1``, the prompt after them (as PEFT counts them), and the kind's hooks supply
+    #: their embeddings or keys and values (``SlotBatch.positions`` tells them apart). They count
+    #: toward ``max_model_len`` and the KV cache; they are never reported, sampled or penalised.
+    num_virtual_tokens: int = 0
 
     @property
     @abstractmethod

@@ -19,7 +19,7 @@ from kernel_core.contracts.serving import NO_SLOT
 from kernel_core.engine.components import Components, build_components
 from kernel_core.engine.detokenizer import IncrementalDetokenizer
 from kernel_core.engine.group import Completion, RequestGroup
-from kernel_core.engine.request import Request, RequestStatus
+from kernel_core.engine.request import VIRTUAL_TOKEN_ID, Request, RequestStatus
 from kernel_core.engine.scheduler import ScheduledStep, Scheduler
 from kernel_core.engine.stop import StopChecker
 from kernel_core.errors import AdapterLoadError, ContextLengthError, InvalidRequestError, UnknownAdapterError
@@ -91,13 +91,14 @@ class LLMEngine:
             raise InvalidRequestError(
                 f"request {request_id!r}: adapter {adapter!r} given, but adapter serving is not enabled (enable_lora=True)"
             )
+        virtual = 0
         if adapter is not None:
-            try:
-                self.adapters.key_of(adapter)  # unknown adapter: refused before anything is queued
+            try:  # unknown adapter: refused before anything is queued
+                virtual = self.adapters.num_virtual_tokens(adapter)
             except UnknownAdapterError as exc:
                 raise UnknownAdapterError(f"request {request_id!r}: {exc}") from None
         text, token_ids = self._tokenize(request_id, prompt)
-        max_tokens = self._max_tokens(request_id, len(token_ids), params, clip_max_tokens)
+        max_tokens = self._max_tokens(request_id, len(token_ids), params, clip_max_tokens, virtual)
         arrival = time.time() if arrival_time is None else arrival_time
         timeout = timeout if timeout is not None else self.config.request_timeout
         group = RequestGroup(request_id, text, token_ids, params, RequestMetrics(arrival))
@@ -105,7 +106,7 @@ class LLMEngine:
             group.prompt_logprobs = [None]
         adapter_key = self._use_adapter(request_id, adapter, params.n)
         try:
-            self._build_completions(group, max_tokens, priority, adapter, adapter_key, timeout)
+            self._build_completions(group, max_tokens, priority, adapter, adapter_key, timeout, virtual)
         except BaseException:
             for _ in range(params.n if adapter_key is not None else 0):
                 self.adapters.done(adapter)  # nothing was queued: the adapter is not in use
@@ -121,16 +122,17 @@ class LLMEngine:
 
     def _build_completions(
         self, group: RequestGroup, max_tokens: int, priority: int, adapter: str | None, adapter_key: int | None,
-        timeout: float | None,
+        timeout: float | None, virtual: int,
     ) -> None:
-        """The group's ``n`` completions, each with its scheduler request, stop checker and detokenizer."""
+        """The group's ``n`` completions, each with its scheduler request, stop checker and
+        detokenizer; the scheduler's prompt starts with the adapter's ``virtual`` placeholders."""
         params, token_ids, request_id = group.params, group.prompt_token_ids, group.request_id
         arrival = group.metrics.arrival_time
         for index in range(params.n):
             child_id = request_id if params.n == 1 else f"{request_id}#{index}"
             request = Request(
-                child_id, list(token_ids), max_tokens, arrival, priority=priority, adapter=adapter,
-                adapter_key=adapter_key,
+                child_id, [VIRTUAL_TOKEN_ID] * virtual + token_ids, max_tokens, arrival, priority=priority,
+                adapter=adapter, adapter_key=adapter_key, num_virtual_tokens=virtual,
                 deadline=arrival + timeout if timeout is not None else None,
                 skip_prefix_cache=params.prompt_logprobs is not None,
             )
@@ -177,17 +179,23 @@ class LLMEngine:
                 f"request {request_id!r}: stop_token_ids {bad[:5]} are outside the vocabulary (0..{vocab - 1})"
             )
 
-    def _max_tokens(self, request_id: str, prompt_len: int, params: SamplingParams, clip: bool) -> int:
+    def _max_tokens(self, request_id: str, prompt_len: int, params: SamplingParams, clip: bool, virtual: int) -> int:
+        """The request's output budget; ``virtual`` adapter tokens come before the prompt and
+        take their room in ``max_model_len`` and the KV cache (``prompt_len`` excludes them)."""
+        prompt = f"{prompt_len} tokens" + (f" after the adapter's {virtual} virtual tokens" if virtual else "")
+        prompt_len += virtual
+        label = "virtual + prompt" if virtual else "prompt"
         room = self.max_model_len - prompt_len
         if room < 1:
             raise ContextLengthError(
-                f"request {request_id!r}: the prompt has {prompt_len} tokens, but max_model_len is "
-                f"{self.max_model_len} (prompt plus at least one output token must fit)",
+                f"request {request_id!r}: the prompt has {prompt}, but max_model_len is "
+                f"{self.max_model_len} ({'virtual tokens, ' if virtual else ''}prompt plus at least one output token "
+                "must fit)",
                 prompt_tokens=prompt_len, max_tokens=None, max_model_len=self.max_model_len,
             )
         if not clip and params.max_tokens is not None and params.max_tokens > room:
             raise ContextLengthError(
-                f"request {request_id!r}: {prompt_len} prompt + {params.max_tokens} output tokens exceed "
+                f"request {request_id!r}: {prompt_len} {label} + {params.max_tokens} output tokens exceed "
                 f"max_model_len {self.max_model_len}: lower max_tokens to at most {room}",
                 prompt_tokens=prompt_len, max_tokens=params.max_tokens, max_model_len=self.max_model_len,
             )
@@ -196,7 +204,7 @@ class LLMEngine:
         capacity = self.scheduler.capacity_tokens
         if prompt_len >= capacity:
             raise InvalidRequestError(
-                f"request {request_id!r}: the prompt has {prompt_len} tokens, but the KV cache holds {capacity} "
+                f"request {request_id!r}: the {label} has {prompt_len} tokens, but the KV cache holds {capacity} "
                 "(prompt plus at least one output token must fit): raise kv_cache_memory or num_kv_blocks"
             )
         if params.max_tokens is None:  # as many as fit
@@ -204,7 +212,7 @@ class LLMEngine:
         max_tokens = min(params.max_tokens, room)
         if prompt_len + max_tokens > capacity:
             raise InvalidRequestError(
-                f"request {request_id!r}: {prompt_len} prompt + {params.max_tokens} output tokens exceed the KV cache "
+                f"request {request_id!r}: {prompt_len} {label} + {params.max_tokens} output tokens exceed the KV cache "
                 f"({capacity} tokens): lower max_tokens to at most {capacity - prompt_len}, or raise kv_cache_memory"
             )
         return max_tokens
@@ -339,9 +347,12 @@ class LLMEngine:
         for request, count in zip(scheduled.requests, scheduled.num_new_tokens):
             completion = self._completions[request.request_id]
             group = completion.group
-            first, end = request.num_computed_tokens, min(request.num_computed_tokens + count, request.num_prompt_tokens - 1)
+            computed = request.num_computed_tokens
+            # a virtual token predicts nothing reported: the first one reported is the prompt's second
+            first = max(computed, request.num_virtual_tokens)
+            end = min(computed + count, request.num_prompt_tokens - 1)
             if group.prompt_logprobs is not None and completion.index == 0 and first < end:
-                rows = torch.arange(start, start + end - first, device=hidden.device)
+                rows = torch.arange(start + first - computed, start + end - computed, device=hidden.device)
                 logits = self.runner.logits(hidden, rows)
                 entries = prompt_logprobs(logits, request.prompt_token_ids[first + 1 : end + 1], group.params.prompt_logprobs)
                 group.prompt_logprobs += [e.to_dict(self._decode_token) for e in entries]
@@ -391,7 +402,7 @@ class LLMEngine:
             event=RequestFinished(
                 request_id=request.request_id,
                 finish_reason=status.finish_reason or "",
-                num_prompt_tokens=request.num_prompt_tokens,
+                num_prompt_tokens=len(group.prompt_token_ids),
                 num_output_tokens=len(request.output_token_ids),
                 adapter=request.adapter,
                 arrival_time=request.arrival_time,
@@ -417,7 +428,7 @@ def _check_encodable(request_id: str, prompt: str) -> None:
 def _sampling_row(completion: Completion) -> SamplingRow:
     return SamplingRow(
         params=completion.stop.params,
-        prompt_token_ids=completion.request.prompt_token_ids,
+        prompt_token_ids=completion.group.prompt_token_ids,  # without virtual tokens: not penalised
         output_token_ids=completion.request.output_token_ids,
         generator=completion.generator,
     )

@@ -42,6 +42,12 @@ _TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
 }
 
 
+#: The token id at an adapter's virtual-token positions: never embedded as itself (the adapter's
+#: hooks replace its embedding or its keys and values), it only keys the prefix cache with the
+#: adapter's load key.
+VIRTUAL_TOKEN_ID = 0
+
+
 class InvalidTransitionError(KernelCoreError, RuntimeError):
     """A request was moved between states in a way the lifecycle forbids (an engine bug)."""
 
@@ -62,6 +68,10 @@ class Request:
     deadline: float | None = None
     #: Compute every prompt token even when cached (prompt logprobs need their logits).
     skip_prefix_cache: bool = False
+    #: The adapter's virtual tokens: the first ``num_virtual_tokens`` of ``prompt_token_ids``
+    #: are :data:`VIRTUAL_TOKEN_ID` placeholders at positions ``0 .. V - 1``; the user's prompt
+    #: follows. The scheduler, KV cache and runner count them as prompt tokens.
+    num_virtual_tokens: int = 0
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     num_preemptions: int = 0

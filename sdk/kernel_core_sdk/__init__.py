@@ -67,6 +67,11 @@ _LAZY: dict[str, str] = {
         ("EmbeddingHook", "KVHook", "ProjectionHook", "ProjectionTarget", "apply_projection_hooks"),
         "kernel_core.contracts.adapter_targets",
     ),
+    # Serving prompt learning (API 1.5, additive): virtual tokens' embeddings or per-layer keys/values.
+    **dict.fromkeys(
+        ("PastKeyValuesServing", "PromptServing", "ServedPrompt", "VirtualTokensServing"),
+        "kernel_core.contracts.prompt_serving",
+    ),
     **dict.fromkeys(("AdapterLoadError", "KernelCoreError"), "kernel_core.errors"),
     "ModelArchitecture": "kernel_core.contracts.model",
     # The public model-building surface (plugin API 1.3): what a model plugin builds its forward from.

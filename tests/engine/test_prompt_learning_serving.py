@@ -1,0 +1,256 @@
+"""Serving prompt tuning, P-tuning and prefix tuning adapters, mixed in one batch with base rows
+and LoRA rows, checked against HF PEFT.
+
+Adapters made by the real ``peft`` (prompt tuning, P-tuning with its MLP and LSTM encoders,
+prefix tuning with and without its projection) on a tiny random Llama with SmolLM2's tokenizer:
+each request's greedy tokens must equal HF PEFT's with that adapter alone, also with chunked
+prefill, prefix hits and preemption forced. PEFT's greedy tokens come from a loop of its
+``PeftModelForCausalLM`` forwards on the whole sequence: peft 0.21.2's ``generate`` ignores a
+prefix and repeats virtual tokens on transformers 5.x (see ``kernel_core_sdk.peft_oracle``).
+Then what a request reports (no virtual tokens), and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from kernel_core.errors import AdapterLoadError, ContextLengthError
+from kernel_core.llm import LLM
+from kernel_core.outputs import RequestOutput
+from kernel_core.sampling_params import SamplingParams
+from kernel_core.engine.llm_engine import _sampling_row
+from kernel_core.engine.request import VIRTUAL_TOKEN_ID
+from kernel_core_sdk.hf_oracle import make_lora_adapter
+
+MAX_TOKENS = 8
+GREEDY = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
+PROMPTS = [
+    "Hello, my name is",
+    "The capital of France is a city with many museums and old streets, where",
+    "Once upon a time, in a kingdom by the sea, there lived a princess who loved to read books about "
+    "stars, ships and the people who sailed them across the",
+]
+#: peft config class name -> fields, per adapter; every kind served, two shapes of each encoder.
+PROMPT_ADAPTERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "prompt5": ("PromptTuningConfig", dict(num_virtual_tokens=5)),
+    "ptune-mlp4": ("PromptEncoderConfig", dict(num_virtual_tokens=4, encoder_hidden_size=32)),
+    "ptune-lstm3": ("PromptEncoderConfig", dict(num_virtual_tokens=3, encoder_reparameterization_type="LSTM")),
+    "prefix6": ("PrefixTuningConfig", dict(num_virtual_tokens=6)),
+    "prefix-mlp20": ("PrefixTuningConfig", dict(num_virtual_tokens=20, prefix_projection=True, encoder_hidden_size=24)),
+}
+NAMES = [*PROMPT_ADAPTERS, "lora"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def base(embedded_model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random Llama (two key/value heads) whose weights are large enough that its
+    greedy tokens depend on what it reads (at the default init it repeats one token)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_cache / "models" / "smollm2-135m-instruct")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, initializer_range=0.3,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("prompt-serving-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_prompt_adapter(base: Path, folder: Path, seed: int, config_class: str, **fields: Any) -> Path:
+    """A PEFT prompt-learning folder saved by ``peft``, its trained parameters moved off their
+    init so that the adapter visibly changes the output."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    torch.manual_seed(seed)
+    peft_model = peft.get_peft_model(model, getattr(peft, config_class)(task_type="CAUSAL_LM", **fields))
+    with torch.no_grad():
+        for parameter in peft_model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.5)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adapters(base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("prompt-adapters")
+    made = {
+        name: make_prompt_adapter(base, root / name, seed, kind, **fields)
+        for seed, (name, (kind, fields)) in enumerate(PROMPT_ADAPTERS.items(), 1)
+    }
+    made["lora"] = make_lora_adapter(base, root / "lora", 9, r=8, lora_alpha=16, target_modules="all-linear")
+    return made
+
+
+class Expected:
+    """HF PEFT's greedy tokens per (adapter or None, prompt): a loop of its forwards, stopping
+    after an end-of-sequence token as ``generate`` does."""
+
+    def __init__(self, base: Path, adapters: dict[str, Path]) -> None:
+        from transformers import AutoTokenizer
+
+        self.base, self.adapters = base, adapters
+        self.tokenizer = AutoTokenizer.from_pretrained(base)
+        self._models: dict[str | None, Any] = {}
+        self._tokens: dict[tuple[str | None, str], list[int]] = {}
+
+    def model(self, adapter: str | None) -> Any:
+        if adapter not in self._models:
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(self.base, dtype=torch.float32)
+            if adapter is not None:
+                model = PeftModel.from_pretrained(model, self.adapters[adapter])
+            self._models[adapter] = model.eval()
+        return self._models[adapter]
+
+    def __call__(self, adapter: str | None, prompt: str) -> list[int]:
+        if (adapter, prompt) not in self._tokens:
+            model, eos = self.model(adapter), self.tokenizer.eos_token_id
+            sequence = torch.tensor([self.tokenizer(prompt)["input_ids"]])
+            new: list[int] = []
+            with torch.inference_mode():
+                while len(new) < MAX_TOKENS and (not new or new[-1] != eos):
+                    logits = model(input_ids=sequence, attention_mask=torch.ones_like(sequence)).logits
+                    new.append(int(logits[0, -1].argmax()))
+                    sequence = torch.cat([sequence, torch.tensor([[new[-1]]])], dim=1)
+            self._tokens[adapter, prompt] = new
+        return self._tokens[adapter, prompt]
+
+
+@pytest.fixture(scope="module")
+def expected(base: Path, adapters: dict[str, Path]) -> Expected:
+    return Expected(base, adapters)
+
+
+def make_llm(base: Path, adapters: dict[str, Path], **config: Any) -> LLM:
+    llm = LLM(str(base), **{"enable_lora": True, "num_kv_blocks": 256, **config})
+    for name, folder in adapters.items():
+        llm.load_adapter(name, folder)
+    return llm
+
+
+def workload() -> tuple[list[str], list[str | None]]:
+    """The base model, LoRA and every prompt-learning adapter, each on two prompts, interleaved."""
+    prompts, names = [], []
+    for i, name in enumerate([None, *NAMES]):
+        for j in (i, i + 1):
+            prompts.append(PROMPTS[j % len(PROMPTS)])
+            names.append(name)
+    return prompts, names
+
+
+def assert_equal_to_peft(outputs: list[RequestOutput], prompts, names, expected: Expected) -> None:
+    got = [list(o.outputs[0].token_ids) for o in outputs]
+    want = [expected(name, prompt) for prompt, name in zip(prompts, names)]
+    mismatches = [(i, names[i]) for i, (g, w) in enumerate(zip(got, want)) if g != w]
+    assert not mismatches, f"rows differing from HF PEFT (row, adapter): {mismatches}"
+
+
+def assert_idle(llm: LLM) -> None:
+    engine = llm.engine
+    stats = engine.components.cache.stats()
+    assert stats.num_free_blocks == stats.num_blocks
+    assert engine.adapters.slots.holders == [0] * len(engine.adapters.slots.holders)
+    assert all(info.num_requests == 0 for info in engine.list_adapters())
+
+
+def test_each_adapter_changes_the_output(expected):
+    """The oracle is not vacuous."""
+    for name in NAMES:
+        assert any(expected(name, p) != expected(None, p) for p in PROMPTS), name
+
+
+CONFIGS = {
+    "mixed": dict(max_loras=8),
+    "chunked": dict(max_loras=8, max_num_batched_tokens=16, block_size=16),
+    "preempted": dict(max_loras=8, num_kv_blocks=12, block_size=8),
+    "few-slots": dict(max_loras=2, max_cpu_loras=3, max_num_batched_tokens=24, block_size=8),
+}
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+def test_mixed_batch_equals_hf_peft_per_adapter(config, base, adapters, expected):
+    llm = make_llm(base, adapters, **config)
+    prompts, names = workload()
+    assert_equal_to_peft(llm.generate(prompts, GREEDY, adapter=names), prompts, names, expected)
+    if config.get("num_kv_blocks", 256) < 16:
+        assert llm.engine.scheduler.num_preemptions > 0
+    assert_idle(llm)
+    hits = llm.engine.components.cache.stats().prefix_hits
+    again = llm.generate(prompts, GREEDY, adapter=names)  # warm: virtual tokens and prompts cached
+    assert_equal_to_peft(again, prompts, names, expected)
+    assert llm.engine.components.cache.stats().prefix_hits > hits
+    assert_idle(llm)
+
+
+def test_virtual_tokens_are_never_reported(base, adapters, expected):
+    """prompt_token_ids, usage counts, prompt logprobs and penalties see the prompt alone."""
+    llm = make_llm(base, {"prefix-mlp20": adapters["prefix-mlp20"]}, max_loras=1)
+    prompt = PROMPTS[0]
+    ids = expected.tokenizer(prompt)["input_ids"]
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, prompt_logprobs=0)
+    served, plain = (llm.generate([prompt], params, adapter=a)[0] for a in ("prefix-mlp20", None))
+    assert list(served.prompt_token_ids) == ids == list(plain.prompt_token_ids)
+    assert len(served.prompt_logprobs) == len(ids) and served.prompt_logprobs[0] is None
+    logits = expected.model("prefix-mlp20")(input_ids=torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
+    want = [float(logits[i, t]) for i, t in enumerate(ids[1:])]
+    got = [served.prompt_logprobs[i + 1][t].logprob for i, t in enumerate(ids[1:])]
+    assert got == pytest.approx(want, abs=1e-4)
+    # penalties count the prompt's tokens only, not the placeholders at positions 0..V-1
+    llm.engine.add_request("r", prompt, SamplingParams(temperature=0, max_tokens=2, repetition_penalty=1.5), adapter="prefix-mlp20")
+    completion = llm.engine._completions["r"]
+    assert completion.request.prompt_token_ids == [VIRTUAL_TOKEN_ID] * 20 + ids  # the scheduler's view
+    assert _sampling_row(completion).prompt_token_ids == ids
+    while llm.engine.has_unfinished_requests():
+        llm.engine.step()
+    assert_idle(llm)
+
+
+def test_virtual_tokens_count_toward_max_model_len(base, adapters, expected):
+    """A prompt that fits alone but not after its adapter's 20 virtual tokens fails alone, with
+    both numbers; the same prompt on the base model and others in the batch run."""
+    prompt = expected.tokenizer(PROMPTS[2])["input_ids"]  # 30-odd tokens
+    llm = make_llm(base, {"prefix-mlp20": adapters["prefix-mlp20"]}, max_model_len=len(prompt) + 10)
+    with pytest.raises(ContextLengthError, match=rf"the prompt has {len(prompt)} tokens after the adapter's 20 virtual tokens, but max_model_len is {len(prompt) + 10}"):
+        llm.engine.add_request("too-long", prompt, GREEDY, adapter="prefix-mlp20")
+    fits = llm.generate([PROMPTS[0], PROMPTS[2]], SamplingParams(temperature=0, max_tokens=4), adapter=["prefix-mlp20", None])
+    assert [list(o.outputs[0].token_ids) for o in fits] == [expected("prefix-mlp20", PROMPTS[0])[:4], expected(None, PROMPTS[2])[:4]]
+    # max_tokens is clipped to what the virtual tokens and the prompt leave
+    short = llm.generate([PROMPTS[0]], SamplingParams(temperature=0, max_tokens=1000), adapter="prefix-mlp20")[0]
+    assert len(short.outputs[0].token_ids) <= len(prompt) + 10 - 20 - len(short.prompt_token_ids)
+    assert_idle(llm)
+
+
+def test_an_adapter_with_more_virtual_tokens_than_the_slots_hold_is_refused(base, adapters):
+    llm = LLM(str(base), enable_lora=True, num_kv_blocks=64, max_virtual_tokens=16)
+    with pytest.raises(AdapterLoadError, match="20 virtual tokens exceed max_virtual_tokens 16"):
+        llm.load_adapter("p", adapters["prefix-mlp20"])
+    llm.load_adapter("q", adapters["prompt5"])  # fits
+
+
+@pytest.mark.parametrize("name", ["prompt5", "prefix6"])
+def test_a_table_of_another_model_is_refused_naming_the_tensor(name, base, adapters, tmp_path):
+    import shutil
+
+    folder = tmp_path / name
+    shutil.copytree(adapters[name], folder)
+    from safetensors.torch import load_file, save_file
+
+    table = load_file(folder / "adapter_model.safetensors")["prompt_embeddings"]
+    save_file({"prompt_embeddings": table[:, :-4].contiguous()}, folder / "adapter_model.safetensors")
+    llm = LLM(str(base), enable_lora=True, num_kv_blocks=64)
+    with pytest.raises(AdapterLoadError, match=r"prompt_embeddings has shape \(\d+, \d+\), but num_virtual_tokens="):
+        llm.load_adapter("x", folder)
