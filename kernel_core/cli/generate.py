@@ -170,6 +170,8 @@ def build_engine(args: argparse.Namespace) -> LLMEngine:
     if adapter is not None:
         rank = getattr(args, "max_lora_rank", None) or adapter_rank(adapter)
         lora = dict(enable_lora=True, max_loras=1, max_lora_rank=rank)
+        if adapter_virtual_tokens(adapter):  # the slots sized for this adapter alone
+            lora["max_virtual_tokens"] = adapter_virtual_tokens(adapter)
     config = EngineConfig(
         model=args.model, max_model_len=args.max_model_len, kv_cache_memory=args.kv_cache_memory,
         moe_kernel=args.moe_kernel, moe_quantization=args.moe_quantization, **lora,
@@ -189,6 +191,18 @@ def adapter_rank(folder: str) -> int:
         return max(int(rank) for rank in ranks if int(rank) >= 1)
     except (OSError, ValueError, TypeError, AttributeError):
         return 16
+
+
+def adapter_virtual_tokens(folder: str) -> int:
+    """The virtual tokens an adapter's config declares (``num_virtual_tokens``, prompt
+    learning); 0 when none or the config cannot say (loading then names the problem)."""
+    import json
+    from pathlib import Path
+
+    try:
+        return max(0, int(json.loads((Path(folder) / "adapter_config.json").read_text()).get("num_virtual_tokens") or 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from kernel_core.cli.arguments import non_negative_float, number, positive_float, positive_int
-from kernel_core.cli.generate import adapter_rank, add_engine_options
+from kernel_core.cli.generate import adapter_rank, adapter_virtual_tokens, add_engine_options
 from kernel_core.errors import KernelCoreError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -133,6 +133,9 @@ def build_engine(args: argparse.Namespace):
     if args.adapter or args.adapter_dir is not None:
         rank = args.max_lora_rank or max([16, *(adapter_rank(path) for _, path in args.adapter)])
         options.update(enable_lora=True, max_lora_rank=rank)
+        virtual = max([0, *(adapter_virtual_tokens(path) for _, path in args.adapter)])
+        if virtual > EngineConfig.model_fields["max_virtual_tokens"].default:  # --adapter ones must load
+            options.update(max_virtual_tokens=virtual)
     try:
         config = EngineConfig(model=args.model, **{key: value for key, value in options.items() if value is not None})
     except ValueError as exc:

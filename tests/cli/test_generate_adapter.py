@@ -57,3 +57,16 @@ def test_max_lora_rank_must_be_positive(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--max-lora-rank", "0", PROMPT])
     assert "argument --max-lora-rank:" in capsys.readouterr().err
+
+
+def test_generate_with_a_prompt_learning_adapter(tiny_model, tmp_path, capsys):
+    """A prefix-tuning adapter with more virtual tokens than the default slots: the slots are
+    sized for it, and the text is the engine's."""
+    from ..lora.peft_adapters import make_prompt_adapter
+
+    folder = make_prompt_adapter(tiny_model, tmp_path / "prefix", 4, "PrefixTuningConfig", num_virtual_tokens=70)
+    llm = LLM(str(tiny_model), enable_lora=True, num_kv_blocks=32, max_virtual_tokens=70)
+    llm.load_adapter("a", folder)
+    want = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=8), adapter="a")[0].outputs[0].text
+    assert main(["generate", "--model", str(tiny_model), *ARGS, "--adapter", str(folder), PROMPT]) == 0
+    assert capsys.readouterr().out == want + "\n"

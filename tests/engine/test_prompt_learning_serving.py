@@ -25,6 +25,8 @@ from kernel_core.engine.llm_engine import _sampling_row
 from kernel_core.engine.request import VIRTUAL_TOKEN_ID
 from kernel_core_sdk.hf_oracle import make_lora_adapter
 
+from ..lora.peft_adapters import make_prompt_adapter
+
 MAX_TOKENS = 8
 GREEDY = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
 PROMPTS = [
@@ -62,23 +64,6 @@ def base(embedded_model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -
     folder = tmp_path_factory.mktemp("prompt-serving-llama")
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return folder
-
-
-def make_prompt_adapter(base: Path, folder: Path, seed: int, config_class: str, **fields: Any) -> Path:
-    """A PEFT prompt-learning folder saved by ``peft``, its trained parameters moved off their
-    init so that the adapter visibly changes the output."""
-    import peft
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    torch.manual_seed(seed)
-    peft_model = peft.get_peft_model(model, getattr(peft, config_class)(task_type="CAUSAL_LM", **fields))
-    with torch.no_grad():
-        for parameter in peft_model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(torch.randn_like(parameter) * 0.5)
-    peft_model.save_pretrained(folder)
     return folder
 
 
