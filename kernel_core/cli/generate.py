@@ -51,8 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--adapter",
         default=None,
         metavar="PATH",
-        help="a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to generate "
-        "with, applied unmerged by the serving path",
+        help="a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) of a served kind (LoRA, "
+        "IA3, prompt learning) to generate with, applied unmerged by the serving path",
     )
     parser.add_argument(
         "--max-lora-rank",
@@ -237,7 +237,7 @@ def stream_text(
 
     Bad input raises :class:`~kernel_core.errors.InvalidRequestError`; a request that fails while
     generating raises :class:`KernelCoreError`. Interrupted (Ctrl-C), the request is aborted so its
-    KV blocks are free for the next one. ``adapter`` names a loaded LoRA adapter to run with.
+    KV blocks are free for the next one. ``adapter`` names a loaded adapter to run with.
     """
     engine.add_request(REQUEST_ID, prompt, params, adapter=adapter)
     text = ""

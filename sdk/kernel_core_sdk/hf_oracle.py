@@ -1,6 +1,6 @@
 """Hugging Face transformers (and peft) as the oracle of a model plugin's tests: tiny random models
-saved as folders, transformers' logits and greedy tokens for them, LoRA adapters made by the real
-``peft``. What the Llama and MoE model plugins' tests compare the plugin with.
+saved as folders, transformers' logits and greedy tokens for them, LoRA and IA3 adapters made by
+the real ``peft``. What the Llama and MoE model plugins' tests compare the plugin with.
 
 transformers and peft are imported when a helper is called, so importing this module stays cheap.
 """
@@ -74,6 +74,24 @@ def make_lora_adapter(base: Path, folder: Path, seed: int, **lora: Any) -> Path:
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
+                param.mul_(4.0)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+def make_ia3_adapter(base: Path, folder: Path, seed: int, **ia3: Any) -> Path:
+    """A PEFT IA3 folder for the model folder ``base``, saved by ``peft``, with random scales
+    ``4 * N(0, 1)`` (an identity adapter would prove nothing); ``ia3`` are ``IA3Config``
+    fields (``target_modules``, ``feedforward_modules``; none: peft's defaults for the model type)."""
+    from peft import IA3Config, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, IA3Config(task_type="CAUSAL_LM", init_ia3_weights=False, **ia3))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "ia3_l" in name:
                 param.mul_(4.0)
     peft_model.save_pretrained(folder)
     return folder

@@ -168,10 +168,12 @@ def test_a_tensor_that_is_not_a_lora_factor_is_refused(made, engine, tmp_path):
 
 
 def test_kinds_nothing_serves_are_refused_naming_the_kind_and_what_would_serve_it(made, engine, tmp_path):
-    for peft_type, tuner in (("IA3", "tuner 'ia3' from kernel-core-ia3"), ("LOHA", "tuner 'loha' from kernel-core-loha")):
+    served = ", ".join(sorted(engine.adapters.kinds.servings))
+    assert {"IA3", "LORA"} <= set(engine.adapters.kinds.servings)
+    for peft_type, tuner in (("VERA", "tuner 'vera' from kernel-core-vera"), ("LOHA", "tuner 'loha' from kernel-core-loha")):
         _refused(engine, _with_peft_type(made["qv8"], tmp_path / peft_type, peft_type),
                  f"adapters of kind {peft_type!r} cannot be served: {tuner} provides no serving (TunerSpec.serving)",
-                 f"a tuner plugin for {peft_type!r} that names an AdapterServing would serve it (kinds served here: LORA)")
+                 f"a tuner plugin for {peft_type!r} that names an AdapterServing would serve it (kinds served here: {served})")
     for peft_type in ("NO_SUCH_METHOD", None):
         _refused(engine, _with_peft_type(made["qv8"], tmp_path / str(peft_type), peft_type),
                  f"adapters of kind {peft_type!r} cannot be served: no installed tuner plugin has that peft_type")

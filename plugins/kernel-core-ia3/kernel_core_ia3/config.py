@@ -72,11 +72,15 @@ class IA3Config(BaseTunerConfig, ExcludeModules, ModulesToSave):
 
     @property
     def is_feedforward(self) -> bool:
-        """Whether the module this config was made for (:attr:`module_name`) is a feed-forward
-        one, by PEFT's rule: a regex must match the whole name, a list entry its end."""
-        name, modules = self.module_name, self.feedforward_modules
-        if name is None or modules is None:
-            return False
-        if isinstance(modules, str):
-            return re.fullmatch(modules, name) is not None
-        return any(name.endswith(entry) for entry in modules)
+        """Whether the module this config was made for (:attr:`module_name`) is a feed-forward one."""
+        return self.module_name is not None and is_feedforward(self.module_name, self.feedforward_modules)
+
+
+def is_feedforward(name: str, modules: list[str] | str | None) -> bool:
+    """Whether ``feedforward_modules`` makes module ``name`` (``model.layers.0.mlp.down_proj``)
+    a feed-forward one, by PEFT's rule: a regex must match the whole name, a list entry its end."""
+    if modules is None:
+        return False
+    if isinstance(modules, str):
+        return re.fullmatch(modules, name) is not None
+    return any(name.endswith(entry) for entry in modules)

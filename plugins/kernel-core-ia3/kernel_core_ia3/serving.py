@@ -1,0 +1,208 @@
+"""IA3's side of the serving seam: a PEFT IA3 folder turned into per-projection scale vectors, the
+slots those projections read, and the per-step scaling of the rows that use them.
+
+A PEFT IA3 file holds one vector ``ia3_l`` per target module: ``[1, in]`` for a feed-forward module
+(``feedforward_modules``), which scales the module's input, and ``[out, 1]`` for any other, which
+scales its output (peft's ``IA3Layer.forward``; ``fan_in_fan_out`` only transposes the vector when
+merging into a ``Conv1D`` weight, so unmerged it changes nothing). Each projection of the served
+model gets ``inputs [max_loras, in]`` and ``outputs [max_loras, out]`` on the device, ones where a
+slot's adapter leaves it alone: a module fused with others (``k_proj`` in ``qkv_proj``) scales only
+its own output columns. An input-scaled module can share its GEMM's input only with modules scaling
+it by the same vector, which is checked at load. Each step, only the rows whose slot holds an IA3
+adapter are scaled: one gather of their scale vectors and one multiply per scaled projection, and
+projections no slot of the step scales are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from kernel_core.contracts.adapter_targets import ProjectionHook, ProjectionTarget
+from kernel_core.contracts.serving import AdapterServing, ServedAdapter, ServingContext, SlotBatch
+from kernel_core.errors import AdapterLoadError, KernelCoreError
+from kernel_core_ia3.config import is_feedforward
+
+_PREFIX = "base_model.model."
+_SUFFIX = ".ia3_l"
+
+
+@dataclass
+class ServedIA3(ServedAdapter):
+    """One IA3 adapter laid out for the served model's projections: per target key, the input
+    scale ``[in]`` and the output scale ``[out]`` (ones on columns it leaves alone), or None."""
+
+    scales: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for pair in self.scales.values() for t in pair if t is not None)
+
+
+class _Step:
+    """The rows of this step whose slot holds an IA3 adapter, shared by every projection."""
+
+    def __init__(self) -> None:
+        self.set(None)
+
+    def set(self, batch: SlotBatch | None) -> None:
+        self.used: frozenset[int] = frozenset() if batch is None else frozenset(batch.slot_rows)
+        if batch is None or batch.empty:
+            self.rows = self.slots = None
+        else:
+            self.rows = torch.cat(list(batch.slot_rows.values()))
+            self.slots = batch.token_slots.index_select(0, self.rows)
+
+
+class IA3Projection(ProjectionHook):
+    """The scale slots of one projection, applied to this step's IA3 rows around its GEMM."""
+
+    def __init__(self, in_features: int, out_features: int, context: ServingContext, step: _Step) -> None:
+        kwargs = dict(dtype=context.dtype, device=context.device)
+        self.inputs = torch.ones(context.max_slots, in_features, **kwargs)
+        self.outputs = torch.ones(context.max_slots, out_features, **kwargs)
+        #: Slots whose adapter scales this projection's input / output (the others hold ones).
+        self.input_slots: set[int] = set()
+        self.output_slots: set[int] = set()
+        self.step = step
+
+    def write(self, slot: int, scales: tuple[torch.Tensor | None, torch.Tensor | None]) -> None:
+        for table, vector, scaled in zip((self.inputs, self.outputs), scales, (self.input_slots, self.output_slots)):
+            if vector is None:
+                table[slot].fill_(1.0)
+                scaled.discard(slot)
+            else:
+                table[slot].copy_(vector)
+                scaled.add(slot)
+
+    def before(self, x: torch.Tensor) -> torch.Tensor:
+        step = self.step
+        if step.rows is None or step.used.isdisjoint(self.input_slots):
+            return x
+        return x.index_copy(0, step.rows, _scaled(x, self.inputs, step))
+
+    def after(self, output: torch.Tensor, x: torch.Tensor) -> None:
+        step = self.step
+        if step.rows is not None and not step.used.isdisjoint(self.output_slots):
+            output.index_copy_(0, step.rows, _scaled(output, self.outputs, step))
+
+
+def _scaled(rows_of: torch.Tensor, table: torch.Tensor, step: _Step) -> torch.Tensor:
+    """The step's IA3 rows of ``rows_of``, each times its slot's scale vector."""
+    return rows_of.index_select(0, step.rows).mul_(table.index_select(0, step.slots))
+
+
+class IA3Serving(AdapterServing):
+    """Input and output scale slots on every adapter target of the model."""
+
+    @classmethod
+    def slot_nbytes(cls, model, context: ServingContext) -> int:
+        return sum(
+            context.max_slots * (t.weight.shape[0] + t.weight.shape[1]) * context.dtype.itemsize
+            for t in model.adapter_targets().values()
+        )
+
+    def __init__(self, model, context: ServingContext) -> None:
+        targets = model.adapter_targets()
+        if not targets:
+            raise KernelCoreError(f"enable_lora: the {type(model).__name__} model plugin exposes no adapter targets")
+        self.targets, self.dtype, self.step = targets, context.dtype, _Step()
+        self.projections: dict[str, IA3Projection] = {}
+        for key, target in targets.items():
+            out_features, in_features = target.weight.shape
+            self.projections[key] = IA3Projection(in_features, out_features, context, self.step)
+            target.hooks.append(self.projections[key])
+
+    def write(self, slot: int, adapter: ServedAdapter) -> None:
+        assert isinstance(adapter, ServedIA3)
+        for key, projection in self.projections.items():
+            projection.write(slot, adapter.scales.get(key, (None, None)))
+
+    def begin_step(self, batch: SlotBatch | None) -> None:
+        self.step.set(batch)
+
+    def convert(self, name: str, config, tensors: Mapping[str, torch.Tensor], where: str) -> ServedIA3:
+        """Check and lay out one IA3 adapter; :class:`AdapterLoadError` names whatever the
+        serving path cannot run."""
+        if config.modules_to_save:
+            raise AdapterLoadError(
+                f"{where}: the serving path cannot run modules_to_save ({', '.join(config.modules_to_save)}); "
+                "merge it into a model instead"
+            )
+        vectors, foreign = _vectors(tensors, where)
+        owners = {module: key for key, target in self.targets.items() for module in target.parts}
+        unserved = sorted(module for module in vectors if module not in owners)
+        if unserved:
+            served = sorted({module.rpartition(".")[2] for module in owners})
+            raise AdapterLoadError(
+                f"{where}: targets module(s) {', '.join(map(repr, unserved))}, which the served model does not adapt "
+                f"(its IA3 targets are the {', '.join(served)} projections of its layers; not embeddings, lm_head, "
+                "convolutions, or a mixture-of-experts layer's router and routed experts)"
+            )
+        if foreign:
+            shown = ", ".join(map(repr, sorted(foreign)[:6])) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
+            raise AdapterLoadError(
+                f"{where}: tensor(s) {shown} are not IA3 vectors the serving path can run (saved modules are not served)"
+            )
+        inputs: dict[str, dict[str, torch.Tensor]] = {}
+        outputs: dict[str, dict[str, torch.Tensor]] = {}
+        mismatched: list[str] = []
+        for module, vector in vectors.items():
+            target = self.targets[owners[module]]
+            columns = target.parts[module]
+            feedforward = (
+                is_feedforward(module, config.feedforward_modules)
+                if config.feedforward_modules is not None else vector.shape[0] == 1
+            )
+            shape = (1, target.weight.shape[1]) if feedforward else (columns.stop - columns.start, 1)
+            if tuple(vector.shape) != shape:
+                scales = "input (feed-forward module)" if feedforward else "output"
+                mismatched.append(f"{module}{_SUFFIX}: file {tuple(vector.shape)} vs model {shape}, scaling its {scales}")
+                continue
+            (inputs if feedforward else outputs).setdefault(owners[module], {})[module] = vector.flatten()
+        if mismatched:
+            shown = "; ".join(mismatched[:8]) + (f"; and {len(mismatched) - 8} more" if len(mismatched) > 8 else "")
+            raise AdapterLoadError(f"{where}: shape mismatch (saved for another base model?): {shown}")
+        scales: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        for key, target in self.targets.items():
+            scale_in = self._input_scale(key, target, inputs.get(key), where)
+            scale_out = None
+            if key in outputs:
+                scale_out = torch.ones(target.weight.shape[0], dtype=self.dtype)
+                for module, vector in outputs[key].items():
+                    scale_out[target.parts[module]] = vector.to(self.dtype)
+            if scale_in is not None or scale_out is not None:
+                scales[key] = (scale_in, scale_out)
+        return ServedIA3(scales)
+
+    def _input_scale(
+        self, key: str, target: ProjectionTarget, inputs: dict[str, torch.Tensor] | None, where: str
+    ) -> torch.Tensor | None:
+        """The one input scale of a projection: every module it computes must scale its (shared)
+        input by the same vector, or the serving path cannot run the adapter."""
+        if not inputs:
+            return None
+        first = next(iter(inputs.values()))
+        if len(inputs) != len(target.parts) or any(not torch.equal(v, first) for v in inputs.values()):
+            raise AdapterLoadError(
+                f"{where}: {', '.join(sorted(inputs))} scale(s) the input (feedforward_modules), but the served "
+                f"model computes {', '.join(target.parts)} in one GEMM ({key}) reading one input: an input scale "
+                "is served only when every module of that GEMM scales it by the same vector"
+            )
+        return first.to(self.dtype)
+
+
+def _vectors(tensors: Mapping[str, torch.Tensor], where: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Module name -> its IA3 vector, from PEFT file keys, and the file keys that are none."""
+    found: dict[str, torch.Tensor] = {}
+    foreign: list[str] = []
+    for file_key, tensor in tensors.items():
+        if file_key.startswith(_PREFIX) and file_key.endswith(_SUFFIX):
+            found[file_key[len(_PREFIX) : -len(_SUFFIX)]] = tensor
+        else:
+            foreign.append(file_key)
+    if not found:
+        raise AdapterLoadError(f"{where}: the file holds no IA3 vectors")
+    return found, foreign
