@@ -216,7 +216,7 @@ class AsyncLLMEngine:
         if registry is None:
             raise InvalidRequestError("adapter serving is not enabled: build the engine with enable_lora=True")
         adapter = await asyncio.to_thread(registry.prepare, name, path)
-        await self._call(lambda engine: registry.register(adapter))
+        await self._call(lambda engine: engine.register_adapter(adapter))
 
     async def unload_adapter(self, name: str) -> None:
         """Unload ``name``; :class:`~kernel_core.errors.AdapterInUseError` while queued or

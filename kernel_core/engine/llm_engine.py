@@ -23,6 +23,7 @@ from kernel_core.engine.request import VIRTUAL_TOKEN_ID, Request, RequestStatus
 from kernel_core.engine.scheduler import ScheduledStep, Scheduler
 from kernel_core.engine.stop import StopChecker
 from kernel_core.errors import AdapterLoadError, ContextLengthError, InvalidRequestError, UnknownAdapterError
+from kernel_core.adapters.loading import HostAdapter
 from kernel_core.adapters.registry import AdapterInfo, AdapterRegistry
 from kernel_core.outputs import RequestMetrics, RequestOutput
 from kernel_core.plugins import PluginManager, get_plugin_manager
@@ -61,6 +62,9 @@ class LLMEngine:
         self._completions: dict[str, Completion] = {}
         self._changed: dict[str, RequestGroup] = {}  # groups with news for the next step()'s outputs
         self._steps = itertools.count(1)
+        #: Adapter name -> (KV blocks reserved for its virtual tokens, the cache id pinning them
+        #: once a request has computed them, else None).
+        self._pins: dict[str, tuple[int, str | None]] = {}
 
     # -- submission --------------------------------------------------------------------------
 
@@ -234,11 +238,67 @@ class LLMEngine:
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Load a PEFT-format adapter folder of a served kind as ``name``; requests name it in ``adapter=``."""
-        self._registry().load(name, path)
+        self.register_adapter(self._registry().prepare(name, path))
+
+    def register_adapter(self, adapter: HostAdapter) -> None:
+        """Make a prepared adapter usable under its name. An adapter with virtual tokens gets
+        the full KV blocks they fill reserved (with prefix caching on): the first request that
+        computes them leaves them pinned, so every later request on the adapter finds them and
+        they are never evicted while it is loaded. Refused, naming the numbers, when the pool
+        left after every pin could not hold them plus one token, or a queued request."""
+        registry = self._registry()
+        blocks = self._virtual_blocks(adapter.num_virtual_tokens)
+        if blocks:
+            self._check_pinnable(adapter.name, adapter.num_virtual_tokens, blocks)
+        registry.register(adapter)
+        if blocks:
+            self._pins[adapter.name] = (blocks, None)
+            self.scheduler.reserved_blocks += blocks
 
     def unload_adapter(self, name: str) -> None:
         """Unload ``name``; refused (AdapterInUseError) while queued or running requests use it."""
         self._registry().unload(name)
+        blocks, pin = self._pins.pop(name, (0, None))
+        self.scheduler.reserved_blocks -= blocks
+        if pin is not None:
+            self.components.cache.free(pin)
+
+    @property
+    def pinned_blocks(self) -> int:
+        """KV blocks held by loaded adapters' virtual tokens (never free while they are loaded)."""
+        return sum(blocks for blocks, pin in self._pins.values() if pin is not None)
+
+    def _virtual_blocks(self, virtual: int) -> int:
+        """Full KV blocks ``virtual`` tokens fill: what can be pinned and shared (none without prefix caching)."""
+        cache = self.components.cache
+        return virtual // cache.block_size if cache.enable_prefix_caching else 0
+
+    def _check_pinnable(self, name: str, virtual: int, blocks: int) -> None:
+        cache, reserved = self.components.cache, self.scheduler.reserved_blocks
+        left = (cache.num_blocks - reserved - blocks) * cache.block_size
+        queued = self.scheduler.waiting + self.scheduler.running
+        longest = max((r.num_prompt_tokens + r.max_tokens for r in queued), default=0)
+        if left < max(virtual + 1, longest):
+            raise AdapterLoadError(
+                f"adapter {name!r}: its {virtual} virtual tokens would pin {blocks} KV blocks of {cache.block_size} "
+                f"tokens; with the {reserved} blocks other adapters pin, the pool of {cache.num_blocks} blocks would "
+                f"leave {left} tokens, fewer than {'a queued request needs' if longest > virtual else 'the virtual tokens and one output token'} "
+                f"({max(virtual + 1, longest)}): raise kv_cache_memory or num_kv_blocks, or unload adapters"
+            )
+
+    def _pin_virtual_tokens(self, requests: Sequence[Request]) -> None:
+        """Pin the virtual tokens' blocks of adapters whose first request has just computed them."""
+        cache = self.components.cache
+        for request in requests:
+            blocks, pin = self._pins.get(request.adapter or "", (0, ""))
+            tokens = blocks * cache.block_size
+            if pin is not None or request.num_computed_tokens < tokens:
+                continue
+            pin = f"\0virtual-tokens:{request.adapter_key}"  # no request id holds a NUL
+            if cache.match_prefix(pin, [VIRTUAL_TOKEN_ID] * tokens, request.adapter_key) == tokens:
+                self._pins[request.adapter] = (blocks, pin)  # type: ignore[index]
+            else:
+                cache.free(pin)  # not all cached (cannot happen after a commit): next time
 
     def list_adapters(self) -> list[AdapterInfo]:
         return self._registry().info()
@@ -325,6 +385,7 @@ class LLMEngine:
             metrics = self._completions[request.request_id].group.metrics
             if metrics.first_scheduled_time is None:
                 metrics.first_scheduled_time = now
+        self._pin_virtual_tokens(scheduled.requests)
         if sampled is not None:
             for row, completion in enumerate(completions):
                 self._append(completion, sampled.token_ids[row], sampled.logprobs[row])

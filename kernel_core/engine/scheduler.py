@@ -52,6 +52,8 @@ class Scheduler:
         self.cache = cache
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
+        #: Blocks loaded adapters pin for their virtual tokens (the engine's): out of every request's reach.
+        self.reserved_blocks = 0
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.num_preemptions = 0  # since start, for metrics
@@ -61,8 +63,8 @@ class Scheduler:
 
     @property
     def capacity_tokens(self) -> int:
-        """Most tokens one request can ever hold: the whole pool."""
-        return self.cache.num_blocks * self.cache.block_size
+        """Most tokens one request can ever hold: the pool less the blocks adapters pin."""
+        return (self.cache.num_blocks - self.reserved_blocks) * self.cache.block_size
 
     def add(self, request: Request) -> None:
         self.waiting.append(request)

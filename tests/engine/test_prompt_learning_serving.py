@@ -147,7 +147,7 @@ def assert_equal_to_peft(outputs: list[RequestOutput], prompts, names, expected:
 def assert_idle(llm: LLM) -> None:
     engine = llm.engine
     stats = engine.components.cache.stats()
-    assert stats.num_free_blocks == stats.num_blocks
+    assert stats.num_free_blocks == stats.num_blocks - engine.pinned_blocks
     assert engine.adapters.slots.holders == [0] * len(engine.adapters.slots.holders)
     assert all(info.num_requests == 0 for info in engine.list_adapters())
 
@@ -163,6 +163,7 @@ CONFIGS = {
     "chunked": dict(max_loras=8, max_num_batched_tokens=16, block_size=16),
     "preempted": dict(max_loras=8, num_kv_blocks=12, block_size=8),
     "few-slots": dict(max_loras=2, max_cpu_loras=3, max_num_batched_tokens=24, block_size=8),
+    "no-prefix-caching": dict(max_loras=8, enable_prefix_caching=False, block_size=8),  # nothing pinned
 }
 
 
@@ -177,7 +178,7 @@ def test_mixed_batch_equals_hf_peft_per_adapter(config, base, adapters, expected
     hits = llm.engine.components.cache.stats().prefix_hits
     again = llm.generate(prompts, GREEDY, adapter=names)  # warm: virtual tokens and prompts cached
     assert_equal_to_peft(again, prompts, names, expected)
-    assert llm.engine.components.cache.stats().prefix_hits > hits
+    assert llm.engine.components.cache.stats().prefix_hits > hits or not config.get("enable_prefix_caching", True)
     assert_idle(llm)
 
 
@@ -239,3 +240,45 @@ def test_a_table_of_another_model_is_refused_naming_the_tensor(name, base, adapt
     llm = LLM(str(base), enable_lora=True, num_kv_blocks=64)
     with pytest.raises(AdapterLoadError, match=r"prompt_embeddings has shape \(\d+, \d+\), but num_virtual_tokens="):
         llm.load_adapter("x", folder)
+
+
+# -- the virtual tokens' KV blocks are pinned while the adapter is loaded -------------------------
+
+
+def test_virtual_token_blocks_stay_pinned_until_unload(base, adapters, expected):
+    """prefix-mlp20's 20 virtual tokens fill two 8-token blocks: computed once by its first
+    request, then held through a pool churned by base requests, found by every later request,
+    never by another adapter's; unloading gives them back."""
+    llm = make_llm(base, {"prefix-mlp20": adapters["prefix-mlp20"], "prefix6": adapters["prefix6"]},
+                   num_kv_blocks=12, block_size=8)
+    engine, cache = llm.engine, llm.engine.components.cache
+    key = engine.adapters.key_of("prefix-mlp20")
+    assert engine.pinned_blocks == 0  # reserved at load, pinned once computed
+    assert engine.scheduler.capacity_tokens == (12 - 2) * 8
+    first = llm.generate([PROMPTS[0]], GREEDY, adapter="prefix-mlp20")[0]
+    assert list(first.outputs[0].token_ids) == expected("prefix-mlp20", PROMPTS[0])
+    assert engine.pinned_blocks == 2
+    llm.generate(PROMPTS * 2, GREEDY)  # base requests that need every unpinned block
+    assert cache.match_prefix("probe", [VIRTUAL_TOKEN_ID] * 16, key) == 16
+    cache.free("probe")
+    assert cache.match_prefix("probe", [VIRTUAL_TOKEN_ID] * 16, engine.adapters.key_of("prefix6")) == 0
+    cache.free("probe")
+    hits = cache.stats().prefix_hits
+    again = llm.generate([PROMPTS[2]], GREEDY, adapter="prefix-mlp20")[0]
+    assert list(again.outputs[0].token_ids) == expected("prefix-mlp20", PROMPTS[2])
+    assert cache.stats().prefix_hits - hits >= 16
+    assert_idle(llm)
+    llm.unload_adapter("prefix-mlp20")
+    assert engine.pinned_blocks == 0 and engine.scheduler.capacity_tokens == 12 * 8
+    assert cache.stats().num_free_blocks == cache.stats().num_blocks
+
+
+def test_pins_that_do_not_fit_the_pool_are_refused_with_the_numbers(base, adapters):
+    llm = LLM(str(base), enable_lora=True, num_kv_blocks=3, block_size=8)
+    with pytest.raises(AdapterLoadError, match=(
+        r"its 20 virtual tokens would pin 2 KV blocks of 8 tokens; with the 0 blocks other adapters pin, the pool "
+        r"of 3 blocks would leave 8 tokens, fewer than the virtual tokens and one output token \(21\)")):
+        llm.load_adapter("p", adapters["prefix-mlp20"])
+    assert llm.list_adapters() == [] and llm.engine.scheduler.capacity_tokens == 24
+    llm.load_adapter("q", adapters["prompt5"])  # fills no block: nothing to pin
+    assert llm.engine.scheduler.capacity_tokens == 24
