@@ -11,6 +11,11 @@ A set lives in ``--adapter-dir`` or, by default, in ``$KERNEL_CORE_CACHE/bench/l
 the set was made for; a folder made for another model or other settings is refused, never mixed.
 Each adapter is written into hidden staging and renamed into place (:mod:`kernel_core.atomic`), so
 a killed run leaves no half-written adapter that a later run would take for finished.
+
+``--mix`` (issue 15, point 6) uses a mixed set instead (:func:`ensure_mix`): two adapters of each
+kind in :data:`MIX` that an installed tuner serves, made the same way with the kind's own random
+init (IA3 ``init_ia3_weights=False``; prompt and prefix tuning's random embeddings), in
+``$KERNEL_CORE_CACHE/bench/mix-adapters/<model>-<config hash>/<kinds>-r<rank>-alpha<alpha>-seed<seed>``.
 """
 
 from __future__ import annotations
@@ -43,9 +48,12 @@ class AdapterSet:
 
 def default_directory(model: Path, spec: AdapterSpec, seed: int) -> Path:
     """The cache folder of the set for ``model`` and these settings."""
-    root = Path(os.environ.get("KERNEL_CORE_CACHE") or "~/.cache/kernel_core").expanduser()
     settings = f"r{spec.rank}-alpha{spec.alpha}-seed{seed}"
-    return root / "bench" / "lora-adapters" / f"{model.name}-{_model_hash(model)}" / settings
+    return _cache_root() / "lora-adapters" / f"{model.name}-{_model_hash(model)}" / settings
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("KERNEL_CORE_CACHE") or "~/.cache/kernel_core").expanduser() / "bench"
 
 
 def ensure_adapters(
@@ -60,6 +68,68 @@ def ensure_adapters(
     if missing:
         _create(model, spec, seed, directory, missing)
     return AdapterSet(directory, paths, len(missing))
+
+
+#: The kinds of ``--mix`` in the order requests take them, each with its tuner and config fields
+#: (LoRA's rank, alpha and targets come from W2): two adapters of each kind that is served.
+MIX: dict[str, tuple[str, dict[str, Any]]] = {
+    "LORA": ("lora", {"lora_dropout": 0.0, "init_lora_weights": False}),
+    "IA3": ("ia3", {"init_ia3_weights": False}),
+    "PROMPT_TUNING": ("prompt-tuning", {"num_virtual_tokens": 20, "task_type": "CAUSAL_LM"}),
+    "PREFIX_TUNING": ("prefix-tuning", {"num_virtual_tokens": 20, "task_type": "CAUSAL_LM"}),
+}
+MIX_PER_KIND = 2
+
+
+def served_kinds() -> dict[str, str]:
+    """``peft_type`` -> tuner name of every installed tuner that names an AdapterServing."""
+    from kernel_core.contracts.records import PluginKind
+    from kernel_core.plugins import get_plugin_manager
+
+    registrations = get_plugin_manager().registrations(PluginKind.TUNER)
+    return {r.spec.peft_type: r.spec.name for r in registrations if r.spec.serving is not None}
+
+
+def ensure_mix(
+    model: Path, spec: AdapterSpec, kinds: list[str], seed: int = 0, directory: Path | None = None
+) -> AdapterSet:
+    """:data:`MIX_PER_KIND` adapters of each of ``kinds`` (keys of :data:`MIX`) for ``model``,
+    interleaved (``lora-0``, ``ia3-0``, ..., ``lora-1``, ...); those on disk are reused."""
+    if directory is None:
+        settings = f"{'-'.join(k.lower() for k in kinds)}-r{spec.rank}-alpha{spec.alpha}-seed{seed}"
+        directory = _cache_root() / "mix-adapters" / f"{model.name}-{_model_hash(model)}" / settings
+    directory = directory.expanduser().resolve()
+    configs = {kind: _mix_config(kind, spec) for kind in kinds}
+    manifest = {
+        "format": _FORMAT, "model": model.name, "model_config_sha256": _model_hash(model), "seed": seed,
+        "mix": {kind: [MIX[kind][0], fields] for kind, fields in configs.items()}, "adapter_seed": "seed + index",
+    }
+    _claim(directory, manifest)
+    made = [(f"{kind.lower().replace('_', '-')}-{j}", kind) for j in range(MIX_PER_KIND) for kind in kinds]
+    paths = [directory / name for name, _ in made]
+    missing = [i for i, path in enumerate(paths) if not _complete(path)]
+    if missing:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from kernel_core.peft import get_config, get_peft_model
+
+        for i in missing:
+            name, kind = made[i]
+            base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, use_safetensors=True)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + i)
+                peft_model = get_peft_model(base, get_config(MIX[kind][0], **configs[kind]))
+            with atomic_folder(paths[i]) as staging:
+                peft_model.save_pretrained(staging)
+    return AdapterSet(directory, paths, len(missing))
+
+
+def _mix_config(kind: str, spec: AdapterSpec) -> dict[str, Any]:
+    fields = dict(MIX[kind][1])
+    if kind == "LORA":
+        fields.update(r=spec.rank, lora_alpha=spec.alpha, target_modules=list(spec.targets))
+    return fields
 
 
 def _manifest(model: Path, spec: AdapterSpec, seed: int) -> dict[str, Any]:

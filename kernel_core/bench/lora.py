@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel_core.bench import ENGINE_NAME, build_engine, dtype_settings, greedy, run_engine, settings
-from kernel_core.bench.adapters import AdapterSet, ensure_adapters
+from kernel_core.bench.adapters import MIX, MIX_PER_KIND, AdapterSet, ensure_adapters, ensure_mix, served_kinds
 from kernel_core.bench.report import Measurement, Ratio, Reference, Report, render
 from kernel_core.bench.throughput import VLLM_CPU_W1
 from kernel_core.bench.workloads import AdapterSpec, Workload
@@ -47,12 +47,16 @@ class LoraRun:
     adapter_dir: Path | None = None
     #: The engine's dtype in every run (the anchor's command passes the same).
     dtype: str = "float32"
+    #: ``--mix``: W2's adapters replaced by two of each served kind of :data:`~kernel_core.bench.adapters.MIX`.
+    mix: bool = False
 
 
 def benchmark(
     folder: Path, w1: Workload, w2: Workload, spec: AdapterSpec, options: Mapping[str, Any], run: LoraRun
 ) -> Report:
     """W1 base only, then W2 with ``run.adapters`` adapters, then the sweep's other counts; their ratios."""
+    if run.mix:
+        return _mix_benchmark(folder, w1, w2, spec, options, run)
     counts = sorted({run.adapters, *run.sweep})
     made = ensure_adapters(
         folder, spec, max(run.adapters, *(_used(k, w2) for k in counts)), run.seed, run.adapter_dir
@@ -112,9 +116,57 @@ def benchmark(
     )
 
 
+def _mix_benchmark(
+    folder: Path, w1: Workload, w2: Workload, spec: AdapterSpec, options: Mapping[str, Any], run: LoraRun
+) -> Report:
+    """W1 base only, then W2 on a mix of adapter kinds (request i on adapter i % 8 of the mix), with
+    the same engine settings; the kinds are those of :data:`MIX` that installed tuners serve."""
+    served = served_kinds()
+    kinds = [kind for kind in MIX if kind in served]
+    made = ensure_mix(folder, spec, kinds, run.seed, run.adapter_dir)
+    count = len(made.paths)
+    mix_options = _lora_options(options, spec, run, count, _used(count, w2))
+    base = _run(folder, w1, mix_options, None, "W1 base only")
+    mixed = _run(folder, w2, mix_options, (count, made), f"W2, mix of {count} adapters", warm=len(kinds))
+    ratios = {
+        "w2_mix_vs_w1": Ratio(
+            "output tok/s, W2 on the mix / W1 base only (this run)", mixed.output_tok_s, base.output_tok_s,
+            at_least=TARGET_W2_VS_W1,
+        ),
+    }
+    report_settings = {
+        **settings(folder, w1, options),
+        **dtype_settings(run.dtype),
+        "workload": "W1 and W2 on a mix of adapter kinds",
+        "mix_kinds": {kind: served[kind] for kind in kinds},
+        "mix_left_out": [kind for kind in MIX if kind not in served],
+        "mix_per_kind": MIX_PER_KIND,
+        "lora": {"rank": spec.rank, "alpha": spec.alpha, "targets": list(spec.targets), "seed": run.seed},
+        "adapter_dir": str(made.directory),
+        "adapters_created": made.created,
+        "w2_adapter_paths": [str(p) for p in made.paths],
+        "max_loras_rule": (
+            f"max_loras = min({count}, {run.max_loras}) (--max-loras), max_lora_rank = {spec.rank}, max_cpu_loras = "
+            "the adapters used; W1 runs with the mix's engine settings and no adapter"
+        ),
+    }
+    return Report("lora", report_settings, w1.full and count == spec.count, [base, mixed], [], ratios)
+
+
 def render_report(report: Report) -> str:
     """The common report, then how the adapters and engine slots were set up and the anchor's command."""
     s = report.settings
+    if "mix_kinds" in s:
+        left_out = ", ".join(s["mix_left_out"]) or "none"
+        return render(report) + "\n" + "\n".join([
+            f"mix: {s['mix_per_kind']} adapters of each served kind: "
+            + ", ".join(f"{kind} (tuner {tuner!r})" for kind, tuner in s["mix_kinds"].items())
+            + f"; left out (no installed tuner serves them): {left_out}",
+            f"adapters: {s['adapter_dir']} ({s['adapters_created']} made in this run, the rest reused); "
+            f"LoRA rank {s['lora']['rank']}, alpha {s['lora']['alpha']}, on {','.join(s['lora']['targets'])}; "
+            "prompt and prefix tuning with 20 virtual tokens",
+            f"engine slots: {s['max_loras_rule']}",
+        ]) + "\n"
     notes = [
         f"adapters: {s['adapter_dir']} ({s['adapters_created']} made in this run, the rest reused); "
         f"LoRA rank {s['lora']['rank']}, alpha {s['lora']['alpha']}, on {','.join(s['lora']['targets'])}",
@@ -153,9 +205,11 @@ def _lora_options(
 
 
 def _run(
-    folder: Path, workload: Workload, options: dict[str, Any], adapters: tuple[int, AdapterSet] | None, label: str
+    folder: Path, workload: Workload, options: dict[str, Any], adapters: tuple[int, AdapterSet] | None, label: str,
+    warm: int = 1,
 ) -> Measurement:
-    """One engine with ``options``; with ``adapters`` = (k, set): request i on the set's adapter i % k."""
+    """One engine with ``options``; with ``adapters`` = (k, set): request i on the set's adapter i % k,
+    after a warm-up request on each of the first ``warm`` adapters (one of each kind in a mix)."""
     llm = build_engine(folder, options)
     names: list[str | None] | None = None
     k = used = 0
@@ -164,7 +218,7 @@ def _run(
         used = _used(k, workload)
         for i in range(used):
             llm.load_adapter(f"a{i}", made.paths[i])
-        llm.generate(["warm up"], greedy(4), adapter="a0")  # the LoRA path's one-off costs
+        llm.generate(["warm up"] * warm, greedy(4), adapter=[f"a{i}" for i in range(warm)])  # one-off costs
         names = [f"a{i % k}" for i in range(len(workload.prompts))]
     measurement, _ = run_engine(llm, workload, f"{ENGINE_NAME} {label}", names)
     del llm

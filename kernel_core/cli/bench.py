@@ -103,6 +103,12 @@ def _register_lora(benchmarks: argparse._SubParsersAction) -> None:
         "--sweep", type=positive_int, nargs="*", metavar="K",
         help="also run W2-style with K distinct adapters for each K (no K: 1 8 32 128)",
     )
+    sub.add_argument(
+        "--mix", action="store_true",
+        help="replace W2's adapters by a mix of kinds: 2 LoRA, 2 IA3, 2 prompt tuning and 2 prefix tuning (20 virtual "
+        "tokens), of the kinds installed tuners serve (the report names them and those left out), against W1 base "
+        "only; not with --adapters or --sweep",
+    )
     sub.add_argument("--seed", type=int, default=0, metavar="S", help="adapter i is drawn from seed S + i (default: 0)")
     _add_dtype_option(sub, "every run's, and the anchor command's")
 
@@ -426,6 +432,8 @@ def run_lora(args: argparse.Namespace) -> int:
     from kernel_core.bench.report import write_json
     from kernel_core.bench.workloads import adapter_spec, locate, workload
 
+    if args.mix and (args.adapters or args.sweep is not None):
+        raise KernelCoreError("--mix sets W2's adapters itself: it does not take --adapters or --sweep")
     options = _engine_options(args)
     path = locate(args.workloads)
     spec = adapter_spec(path)
@@ -438,6 +446,7 @@ def run_lora(args: argparse.Namespace) -> int:
         seed=args.seed,
         adapter_dir=Path(args.adapter_dir) if args.adapter_dir else None,
         dtype=_checked_dtype(args.dtype),
+        mix=args.mix,
     )
     report = lora.benchmark(resolve_model(args.model), w1, w2, spec, options, run)
     print(lora.render_report(report), end="")

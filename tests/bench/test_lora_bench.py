@@ -225,3 +225,36 @@ def test_w2_is_w1s_prompts_with_the_adapter_settings() -> None:
     assert adapter_spec(path) == SPEC
     w1, w2 = workload(path, "W1"), workload(path, "W2")
     assert w2.prompts == w1.prompts and (w2.max_tokens, w2.full) == (128, True)
+
+
+# -- --mix: W2's adapters replaced by a mix of kinds (issue 15, point 6) ------------------------------
+
+
+def test_mix_runs_w1_and_w2_on_two_adapters_of_each_served_kind(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kernel_core.bench.adapters import MIX, served_kinds
+
+    report, printed = _run(tiny_model, tmp_path / "mix", tmp_path / "report.json", capsys, "--mix", "--limit", "8")
+    kinds = [kind for kind in MIX if kind in served_kinds()]
+    assert {"LORA", "IA3"} <= set(kinds)  # served by the tuners this repository installs
+    assert list(report["mix_kinds"]) == kinds and report["mix_left_out"] == [k for k in MIX if k not in kinds]
+    w1, w2 = report["results"]
+    assert (w1["adapters"], w2["adapters"], w2["adapters_used"]) == (0, 2 * len(kinds), min(8, 2 * len(kinds)))
+    assert (w1["output_tokens"], w2["output_tokens"]) == (8 * TOKENS, 8 * TOKENS)
+    assert w1["max_loras"] == w2["max_loras"] == 2 * len(kinds)
+    ratio = report["ratios"]["w2_mix_vs_w1"]
+    assert ratio["value"] == pytest.approx(w2["output_tok_s"] / w1["output_tok_s"]) and ratio["target"] == ">= 0.8"
+    made = [json.loads((Path(p) / "adapter_config.json").read_text()) for p in report["w2_adapter_paths"]]
+    assert [c["peft_type"] for c in made] == kinds * 2
+    assert all(c["num_virtual_tokens"] == 20 for c in made if c["peft_type"] in ("PROMPT_TUNING", "PREFIX_TUNING"))
+    assert "2 adapters of each served kind: LORA (tuner 'lora'), IA3 (tuner 'ia3')" in printed
+    again, _ = _run(tiny_model, tmp_path / "mix", tmp_path / "again.json", capsys, "--mix", "--limit", "8")
+    assert again["adapters_created"] == 0 and report["adapters_created"] == 2 * len(kinds)
+
+
+def test_mix_takes_no_adapter_count_or_sweep(tiny_model: Path, tmp_path: Path) -> None:
+    for extra in (("--adapters", "3"), ("--sweep",)):
+        args = _parse("--model", str(tiny_model), "--mix", *extra)
+        with pytest.raises(KernelCoreError, match="--mix sets W2's adapters itself"):
+            args.func(args)
