@@ -7,7 +7,8 @@ each request's greedy tokens must equal HF PEFT's with that adapter alone, also 
 prefill, prefix hits and preemption forced. PEFT's greedy tokens come from a loop of its
 ``PeftModelForCausalLM`` forwards on the whole sequence: peft 0.21.2's ``generate`` ignores a
 prefix and repeats virtual tokens on transformers 5.x (see ``kernel_core_sdk.peft_oracle``).
-Then what a request reports (no virtual tokens), and bad input."""
+Then what a request reports (no virtual tokens), pinned virtual-token blocks, bad input, and the
+same oracle on the real embedded model (slow)."""
 
 from __future__ import annotations
 
@@ -282,3 +283,30 @@ def test_pins_that_do_not_fit_the_pool_are_refused_with_the_numbers(base, adapte
     assert llm.list_adapters() == [] and llm.engine.scheduler.capacity_tokens == 24
     llm.load_adapter("q", adapters["prompt5"])  # fills no block: nothing to pin
     assert llm.engine.scheduler.capacity_tokens == 24
+
+
+# -- the real model ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", [CONFIGS["mixed"], {"max_loras": 2, "max_num_batched_tokens": 16, "block_size": 8,
+                                                       "num_kv_blocks": 12}], ids=["mixed", "everything"])
+def test_embedded_model_mixed_batch_equals_hf_peft(config, embedded_model, embedded_model_cache, tmp_path_factory):
+    """SmolLM2-135M: one adapter of each prompt-learning kind and a LoRA, with base rows; then
+    with few slots, chunked prefill, preemption and (the second run) prefix hits."""
+    base = embedded_model_cache / "models" / "smollm2-135m-instruct"
+    root = tmp_path_factory.mktemp("smollm2-prompt-adapters")
+    kinds = {"prompt5": PROMPT_ADAPTERS["prompt5"], "ptune-mlp4": PROMPT_ADAPTERS["ptune-mlp4"],
+             "prefix-mlp20": PROMPT_ADAPTERS["prefix-mlp20"]}
+    adapters = {name: make_prompt_adapter(base, root / name, seed, kind, **fields)
+                for seed, (name, (kind, fields)) in enumerate(kinds.items(), 1)}
+    adapters["lora"] = make_lora_adapter(base, root / "lora", 9, r=8, lora_alpha=16, target_modules="all-linear")
+    expected = Expected(base, adapters)
+    llm = make_llm(embedded_model, adapters, **config)
+    prompts = [PROMPTS[i % 3] for i in range(2 * (len(adapters) + 1))]
+    names = [name for name in (None, *adapters) for _ in range(2)]
+    assert_equal_to_peft(llm.generate(prompts, GREEDY, adapter=names), prompts, names, expected)
+    assert_equal_to_peft(llm.generate(prompts, GREEDY, adapter=names), prompts, names, expected)  # warm
+    if "num_kv_blocks" in config:
+        assert llm.engine.scheduler.num_preemptions > 0
+    assert_idle(llm)
