@@ -1,5 +1,5 @@
-"""Serving prompt tuning, P-tuning and prefix tuning adapters, mixed in one batch with base rows
-and LoRA rows, checked against HF PEFT.
+"""Serving prompt tuning, P-tuning and prefix tuning adapters, mixed in one batch with base, LoRA
+and IA3 rows (every served kind), checked against HF PEFT.
 
 Adapters made by the real ``peft`` (prompt tuning, P-tuning with its MLP and LSTM encoders,
 prefix tuning with and without its projection) on a tiny random Llama with SmolLM2's tokenizer:
@@ -24,7 +24,7 @@ from kernel_core.outputs import RequestOutput
 from kernel_core.sampling_params import SamplingParams
 from kernel_core.engine.llm_engine import _sampling_row
 from kernel_core.engine.request import VIRTUAL_TOKEN_ID
-from kernel_core_sdk.hf_oracle import make_lora_adapter
+from kernel_core_sdk.hf_oracle import make_ia3_adapter, make_lora_adapter
 
 from ..lora.peft_adapters import make_prompt_adapter
 
@@ -44,7 +44,7 @@ PROMPT_ADAPTERS: dict[str, tuple[str, dict[str, Any]]] = {
     "prefix6": ("PrefixTuningConfig", dict(num_virtual_tokens=6)),
     "prefix-mlp20": ("PrefixTuningConfig", dict(num_virtual_tokens=20, prefix_projection=True, encoder_hidden_size=24)),
 }
-NAMES = [*PROMPT_ADAPTERS, "lora"]
+NAMES = [*PROMPT_ADAPTERS, "lora", "ia3"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -76,6 +76,7 @@ def adapters(base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         for seed, (name, (kind, fields)) in enumerate(PROMPT_ADAPTERS.items(), 1)
     }
     made["lora"] = make_lora_adapter(base, root / "lora", 9, r=8, lora_alpha=16, target_modules="all-linear")
+    made["ia3"] = make_ia3_adapter(base, root / "ia3", 10)
     return made
 
 
@@ -129,7 +130,7 @@ def make_llm(base: Path, adapters: dict[str, Path], **config: Any) -> LLM:
 
 
 def workload() -> tuple[list[str], list[str | None]]:
-    """The base model, LoRA and every prompt-learning adapter, each on two prompts, interleaved."""
+    """The base model, LoRA, IA3 and every prompt-learning adapter, each on two prompts, interleaved."""
     prompts, names = [], []
     for i, name in enumerate([None, *NAMES]):
         for j in (i, i + 1):
@@ -292,7 +293,7 @@ def test_pins_that_do_not_fit_the_pool_are_refused_with_the_numbers(base, adapte
 @pytest.mark.parametrize("config", [CONFIGS["mixed"], {"max_loras": 2, "max_num_batched_tokens": 16, "block_size": 8,
                                                        "num_kv_blocks": 12}], ids=["mixed", "everything"])
 def test_embedded_model_mixed_batch_equals_hf_peft(config, embedded_model, embedded_model_cache, tmp_path_factory):
-    """SmolLM2-135M: one adapter of each prompt-learning kind and a LoRA, with base rows; then
+    """SmolLM2-135M: one adapter of each prompt-learning kind, a LoRA and an IA3, with base rows; then
     with few slots, chunked prefill, preemption and (the second run) prefix hits."""
     base = embedded_model_cache / "models" / "smollm2-135m-instruct"
     root = tmp_path_factory.mktemp("smollm2-prompt-adapters")
@@ -301,6 +302,7 @@ def test_embedded_model_mixed_batch_equals_hf_peft(config, embedded_model, embed
     adapters = {name: make_prompt_adapter(base, root / name, seed, kind, **fields)
                 for seed, (name, (kind, fields)) in enumerate(kinds.items(), 1)}
     adapters["lora"] = make_lora_adapter(base, root / "lora", 9, r=8, lora_alpha=16, target_modules="all-linear")
+    adapters["ia3"] = make_ia3_adapter(base, root / "ia3", 10)
     expected = Expected(base, adapters)
     llm = make_llm(embedded_model, adapters, **config)
     prompts = [PROMPTS[i % 3] for i in range(2 * (len(adapters) + 1))]
