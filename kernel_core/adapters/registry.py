@@ -36,6 +36,7 @@ class AdapterInfo:
     slot: int | None
     num_requests: int
     kind: str = ""  #: the adapter's ``peft_type``
+    num_virtual_tokens: int = 0  #: placeholder positions its requests take before the prompt
 
 
 
@@ -101,7 +102,8 @@ class AdapterRegistry:
     def info(self) -> list[AdapterInfo]:
         return [
             AdapterInfo(name, str(self._paths[name]), self._ranks[name], name in self._host,
-                        self.slots.slot_of(self._keys[name]), self._users[name], self._kinds[name])
+                        self.slots.slot_of(self._keys[name]), self._users[name], self._kinds[name],
+                        self._virtual[name])
             for name in self.names()
         ]
 

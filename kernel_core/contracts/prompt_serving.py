@@ -22,6 +22,7 @@ more is refused at load. A method with another table layout subclasses one and o
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,10 +56,10 @@ class PromptServing(AdapterServing):
     step are which slot's virtual tokens; subclasses say the row shape and install the hooks."""
 
     @classmethod
+    @abstractmethod
     def row_shape(cls, model: Any) -> tuple[int, ...] | None:
         """The shape of one virtual token's served data for ``model``; None when the model
         offers no place for it (its adapters are then refused at load, not the engine)."""
-        raise NotImplementedError
 
     #: Why the model cannot serve this kind (None: it can), said at load.
     unavailable: str | None = None

@@ -255,6 +255,8 @@ def test_virtual_token_blocks_stay_pinned_until_unload(base, adapters, expected)
                    num_kv_blocks=12, block_size=8)
     engine, cache = llm.engine, llm.engine.components.cache
     key = engine.adapters.key_of("prefix-mlp20")
+    assert {i.name: (i.kind, i.num_virtual_tokens) for i in llm.list_adapters()} == {
+        "prefix-mlp20": ("PREFIX_TUNING", 20), "prefix6": ("PREFIX_TUNING", 6)}
     assert engine.pinned_blocks == 0  # reserved at load, pinned once computed
     assert engine.scheduler.capacity_tokens == (12 - 2) * 8
     first = llm.generate([PROMPTS[0]], GREEDY, adapter="prefix-mlp20")[0]
