@@ -314,3 +314,28 @@ def test_embedded_model_mixed_batch_equals_hf_peft(config, embedded_model, embed
     if "num_kv_blocks" in config:
         assert llm.engine.scheduler.num_preemptions > 0
     assert_idle(llm)
+
+
+def test_a_sliding_window_shorter_than_virtual_tokens_and_prompt(embedded_model_cache, tmp_path):
+    """A Mistral attending within 8 tokens: the virtual tokens leave the window as peft's prefix
+    does (the short prompt still reads them; the long ones no longer do)."""
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_cache / "models" / "smollm2-135m-instruct")
+    config = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, sliding_window=8, initializer_range=0.3,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    base = tmp_path / "mistral"
+    MistralForCausalLM(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    adapters = {"prefix6": make_prompt_adapter(base, tmp_path / "prefix6", 1, "PrefixTuningConfig", num_virtual_tokens=6),
+                "prompt6": make_prompt_adapter(base, tmp_path / "prompt6", 2, "PromptTuningConfig", num_virtual_tokens=6)}
+    expected = Expected(base, adapters)
+    llm = make_llm(base, adapters)
+    prompts, names = [p for p in PROMPTS for _ in range(3)], [None, *adapters] * len(PROMPTS)
+    assert_equal_to_peft(llm.generate(prompts, GREEDY, adapter=names), prompts, names, expected)
+    assert all(expected(name, PROMPTS[0]) != expected(None, PROMPTS[0]) for name in adapters)
+    assert_idle(llm)
