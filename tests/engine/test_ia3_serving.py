@@ -4,7 +4,8 @@ Two IA3 adapters made by the real ``peft`` (its default config for a Llama: ``k_
 outputs and ``down_proj``'s input; and ``q_proj``/``gate_proj``/``up_proj`` outputs with ``o_proj``'s
 input) share each step with two LoRA adapters and base-only rows: each request's greedy tokens must
 equal ``generate`` of the HF model with that single adapter, in fp32, also with prefix hits, chunked
-prefill, preemption and fewer slots than adapters. Then what the IA3 serving refuses at load."""
+prefill, preemption and fewer slots than adapters, and (slow) on the real embedded model. Then what
+the IA3 serving refuses at load."""
 
 from __future__ import annotations
 
@@ -182,3 +183,23 @@ def test_kcore_generate_with_an_ia3_folder(tiny_model, adapters, expected, capsy
     text = capsys.readouterr().out
     tokenizer = expected.tokenizer
     assert text == tokenizer.decode(expected("ia3-qogu", prompt), skip_special_tokens=True) + "\n"
+
+
+# -- the real model ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_embedded_model_ia3_lora_and_base_rows_equal_hf_peft(embedded_model, embedded_model_cache, tmp_path_factory):
+    base = embedded_model_cache / "models" / "smollm2-135m-instruct"
+    root = tmp_path_factory.mktemp("smollm2-ia3")
+    made = {name: make_ia3_adapter(base, root / name, seed, **spec) for seed, (name, spec) in enumerate(IA3_ADAPTERS.items(), 11)}
+    lora = adapters_for(base, tmp_path_factory.mktemp("smollm2-adapters"))
+    adapters = {**{name: lora[name] for name in LORA}, **made}
+    expected = Expected(base, adapters)
+    llm = make_llm(embedded_model, adapters, **CONFIGS["everything"] | {"num_kv_blocks": 10})
+    prompts, names = workload()
+    assert_equal_to_peft(llm.generate(prompts, GREEDY, adapter=names), prompts, names, expected)
+    assert_equal_to_peft(llm.generate(prompts, GREEDY, adapter=names), prompts, names, expected)  # warm
+    assert_idle(llm.engine)
+    for name in IA3_ADAPTERS:  # not vacuous on the real model either
+        assert any(expected(name, p) != expected(None, p) for p, n in zip(prompts, names) if n == name), name
