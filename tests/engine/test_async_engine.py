@@ -98,8 +98,13 @@ def pool_is_full(engine: AsyncLLMEngine) -> bool:
     return stats.num_free_blocks == stats.num_blocks and stats.num_running == stats.num_waiting == 0
 
 
-def test_streams_one_growing_output_per_step_ending_with_the_finished_one(engine, llm_engine):
+def test_streams_one_growing_output_per_step_ending_with_the_finished_one(engine, llm_engine, monkeypatch):
     expected = alone(llm_engine, PROMPTS[0])
+    # One output per step holds only while the consumer keeps up (a slower one gets the newest, by
+    # design: Mailbox). A tiny model's steps take about a millisecond, less than the event loop may
+    # wait for the GIL, so each step waits 20 ms first (the GIL released) for the loop to take the last.
+    step = llm_engine.step
+    monkeypatch.setattr(llm_engine, "step", lambda: time.sleep(0.02) or step())
 
     async def main() -> list[RequestOutput]:
         async with engine:
