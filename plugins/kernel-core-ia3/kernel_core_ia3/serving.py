@@ -49,6 +49,8 @@ class _Step:
 
     def set(self, batch: SlotBatch | None) -> None:
         self.used: frozenset[int] = frozenset() if batch is None else frozenset(batch.slot_rows)
+        self.rows: torch.Tensor | None  #: token rows of IA3 slots, slot by slot
+        self.slots: torch.Tensor | None  #: the slot of each of those rows
         if batch is None or batch.empty:
             self.rows = self.slots = None
         else:
@@ -60,9 +62,8 @@ class IA3Projection(ProjectionHook):
     """The scale slots of one projection, applied to this step's IA3 rows around its GEMM."""
 
     def __init__(self, in_features: int, out_features: int, context: ServingContext, step: _Step) -> None:
-        kwargs = dict(dtype=context.dtype, device=context.device)
-        self.inputs = torch.ones(context.max_slots, in_features, **kwargs)
-        self.outputs = torch.ones(context.max_slots, out_features, **kwargs)
+        self.inputs = torch.ones(context.max_slots, in_features, dtype=context.dtype, device=context.device)
+        self.outputs = torch.ones(context.max_slots, out_features, dtype=context.dtype, device=context.device)
         #: Slots whose adapter scales this projection's input / output (the others hold ones).
         self.input_slots: set[int] = set()
         self.output_slots: set[int] = set()
