@@ -154,26 +154,6 @@ def test_an_adapter_is_a_model(server, adapter_dir):
         client.completions.create(model="all16", prompt=PROMPT, max_tokens=2)
 
 
-def test_an_ia3_adapter_is_a_model_too(server, adapter_dir, tiny_model):
-    """An IA3 folder loaded over HTTP serves the same greedy text as the in-process engine with it."""
-    from kernel_core.llm import LLM
-    from kernel_core.sampling_params import SamplingParams
-    from kernel_core_sdk.hf_oracle import make_ia3_adapter
-
-    make_ia3_adapter(tiny_model, adapter_dir / "ia3", 7, target_modules=["q_proj", "o_proj", "up_proj"],
-                     feedforward_modules=["o_proj"])
-    llm = LLM(str(tiny_model), enable_lora=True, num_kv_blocks=32, max_loras=1)
-    llm.load_adapter("ia3", adapter_dir / "ia3")
-    params = SamplingParams(temperature=0, max_tokens=GREEDY["max_tokens"], ignore_eos=True)
-    want = llm.generate([PROMPT], params, adapter="ia3")[0].outputs[0].text
-    status, card = server.request("POST", "/v1/adapters", {"name": "ia3", "path": "ia3"})
-    assert status == 200 and card["id"] == "ia3" and card["parent"] == server.model
-    client = server.client()
-    assert client.completions.create(model="ia3", prompt=PROMPT, **GREEDY).choices[0].text == want
-    assert want != client.completions.create(model=server.model, prompt=PROMPT, **GREEDY).choices[0].text
-    assert server.request("DELETE", "/v1/adapters/ia3")[0] == 200
-
-
 def test_adapter_paths_outside_the_folder_are_refused(server, adapter_dir, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
