@@ -25,6 +25,9 @@ from kernel_core.contracts.serving import AdapterServing, ServedAdapter, Serving
 from kernel_core.errors import AdapterLoadError, KernelCoreError
 from kernel_core_ia3.config import is_feedforward
 
+#: The scales' dtype whatever the model's: peft keeps IA3 vectors of a half-precision model in
+#: float32 (``autocast_adapter_dtype``) and multiplies in float32.
+SCALE_DTYPE = torch.float32
 _PREFIX = "base_model.model."
 _SUFFIX = ".ia3_l"
 
@@ -62,8 +65,8 @@ class IA3Projection(ProjectionHook):
     """The scale slots of one projection, applied to this step's IA3 rows around its GEMM."""
 
     def __init__(self, in_features: int, out_features: int, context: ServingContext, step: _Step) -> None:
-        self.inputs = torch.ones(context.max_slots, in_features, dtype=context.dtype, device=context.device)
-        self.outputs = torch.ones(context.max_slots, out_features, dtype=context.dtype, device=context.device)
+        self.inputs = torch.ones(context.max_slots, in_features, dtype=SCALE_DTYPE, device=context.device)
+        self.outputs = torch.ones(context.max_slots, out_features, dtype=SCALE_DTYPE, device=context.device)
         #: Slots whose adapter scales this projection's input / output (the others hold ones).
         self.input_slots: set[int] = set()
         self.output_slots: set[int] = set()
@@ -91,8 +94,10 @@ class IA3Projection(ProjectionHook):
 
 
 def _scaled(rows_of: torch.Tensor, table: torch.Tensor, step: _Step) -> torch.Tensor:
-    """The step's IA3 rows of ``rows_of``, each times its slot's scale vector."""
-    return rows_of.index_select(0, step.rows).mul_(table.index_select(0, step.slots))
+    """The step's IA3 rows of ``rows_of``, each times its slot's scale vector, in float32 and
+    rounded back to the model's dtype once, as peft computes it (no-ops in float32)."""
+    rows = rows_of.index_select(0, step.rows)
+    return rows.to(SCALE_DTYPE).mul_(table.index_select(0, step.slots)).to(rows_of.dtype)
 
 
 class IA3Serving(AdapterServing):
@@ -101,7 +106,7 @@ class IA3Serving(AdapterServing):
     @classmethod
     def slot_nbytes(cls, model, context: ServingContext) -> int:
         return sum(
-            context.max_slots * (t.weight.shape[0] + t.weight.shape[1]) * context.dtype.itemsize
+            context.max_slots * (t.weight.shape[0] + t.weight.shape[1]) * SCALE_DTYPE.itemsize
             for t in model.adapter_targets().values()
         )
 
@@ -109,7 +114,7 @@ class IA3Serving(AdapterServing):
         targets = model.adapter_targets()
         if not targets:
             raise KernelCoreError(f"enable_lora: the {type(model).__name__} model plugin exposes no adapter targets")
-        self.targets, self.dtype, self.step = targets, context.dtype, _Step()
+        self.targets, self.step = targets, _Step()
         self.projections: dict[str, IA3Projection] = {}
         for key, target in targets.items():
             out_features, in_features = target.weight.shape
@@ -171,9 +176,9 @@ class IA3Serving(AdapterServing):
             scale_in = self._input_scale(key, target, inputs.get(key), where)
             scale_out = None
             if key in outputs:
-                scale_out = torch.ones(target.weight.shape[0], dtype=self.dtype)
+                scale_out = torch.ones(target.weight.shape[0], dtype=SCALE_DTYPE)
                 for module, vector in outputs[key].items():
-                    scale_out[target.parts[module]] = vector.to(self.dtype)
+                    scale_out[target.parts[module]] = vector.to(SCALE_DTYPE)
             if scale_in is not None or scale_out is not None:
                 scales[key] = (scale_in, scale_out)
         return ServedIA3(scales)
@@ -192,7 +197,7 @@ class IA3Serving(AdapterServing):
                 f"model computes {', '.join(target.parts)} in one GEMM ({key}) reading one input: an input scale "
                 "is served only when every module of that GEMM scales it by the same vector"
             )
-        return first.to(self.dtype)
+        return first.to(SCALE_DTYPE)
 
 
 def _vectors(tensors: Mapping[str, torch.Tensor], where: str) -> tuple[dict[str, torch.Tensor], list[str]]:
