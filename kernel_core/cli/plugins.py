@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="import every implementation and run cheap checks",
         description=(
             "Validate every installed plugin: import each registered implementation, check it "
-            "subclasses its kind's contract, probe platforms. Exits 1 when anything is wrong."
+            "subclasses its kind's contract, probe platforms, and say which attention backend an engine "
+            "started here gets and why. Exits 1 when anything is wrong."
         ),
     )
     doctor.set_defaults(func=run_doctor)
@@ -102,8 +103,25 @@ def check(manager: PluginManager) -> list[tuple[str, str | None]]:
     return results
 
 
+def attention_choice(manager: PluginManager) -> list[tuple[str, str | None]]:
+    """(label, problem or None) of the attention backend an engine started here gets, and why;
+    nothing when no attention backend is loaded (``KERNEL_CORE_PLUGINS`` left them out)."""
+    from kernel_core.contracts.records import PluginKind
+    from kernel_core.engine.components import select_attention
+    from kernel_core.platforms import select_platform
+
+    if not manager.registrations(PluginKind.ATTENTION_BACKEND):
+        return []
+    try:
+        choice = select_attention(manager, select_platform(manager).platform, None)
+    except Exception as exc:  # noqa: BLE001 - report it beside the other checks
+        return [("attention backend for this machine", str(exc))]
+    return [(f"attention backend for this machine: {choice.registration.name}, {choice.reason}", None)]
+
+
 def run_doctor(args: argparse.Namespace) -> int:
-    results = check(get_plugin_manager())
+    manager = get_plugin_manager()
+    results = [*check(manager), *attention_choice(manager)]
     for label, problem in results:
         print(f"ok    {label}" if problem is None else f"FAIL  {label}\n      {problem}")
     failures = sum(problem is not None for _, problem in results)

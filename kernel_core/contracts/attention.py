@@ -71,6 +71,13 @@ class AttentionBackend(ABC):
     #: let it attend to the whole context and compute something else.
     supports_sliding_window: ClassVar[bool] = False
 
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this backend cannot run on this machine (say, its compiled kernel did not build), or
+        None when it can. A platform's default that cannot run gives way to the portable ``torch``
+        backend; one named by the ``attention_backend`` setting is refused with this reason."""
+        return None
+
     @staticmethod
     def kv_cache_shape(
         num_blocks: int, block_size: int, num_kv_heads: int, head_size: int

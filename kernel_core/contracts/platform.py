@@ -54,6 +54,8 @@ class Platform(ABC):
     name: ClassVar[str]
     device_type: ClassVar[str]
     default_attention_backend: ClassVar[str] = "torch"
+    #: Why the default is what it is on this machine, shown by ``kcore plugins doctor``.
+    default_attention_reason: ClassVar[str] = "the portable backend"
 
     @classmethod
     @abstractmethod

@@ -61,8 +61,7 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     platform = select_platform(manager, forced=config.platform).platform
     dtype = _dtype(config.dtype, platform)
     device = platform.device()
-    attention_name = config.attention_backend or platform.default_attention_backend
-    attention_registration = manager.select(PluginKind.ATTENTION_BACKEND, attention_name)
+    attention_registration = select_attention(manager, platform, config.attention_backend).registration
     attention = manager.load(attention_registration)()
     model_config = json.loads((folder / "config.json").read_text())
     model_class = manager.load(_architecture(manager, folder, model_config, config.model_architecture))
@@ -91,6 +90,48 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     return Components(
         folder, platform, device, dtype, model, attention, tokenizer, max_model_len, num_blocks, cache, policy, adapters
     )
+
+
+#: The portable attention backend, which runs wherever torch does: what a platform's default
+#: gives way to where that one is not installed or cannot run.
+FALLBACK_ATTENTION_BACKEND = "torch"
+
+
+@dataclass(frozen=True)
+class AttentionChoice:
+    """The attention backend an engine gets, and why (for its log and ``kcore plugins doctor``)."""
+
+    registration: Registration
+    reason: str
+
+
+def select_attention(manager: PluginManager, platform: Platform, configured: str | None) -> AttentionChoice:
+    """The backend named by the ``attention_backend`` setting (refused if it cannot run here), else
+    the platform's default, else, where that one is not installed or reports itself unavailable
+    (:meth:`AttentionBackend.unavailable_reason`), the portable torch backend."""
+    kind = PluginKind.ATTENTION_BACKEND
+    if configured:
+        registration = manager.get(kind, configured)
+        problem = manager.load(registration).unavailable_reason()
+        if problem is not None:
+            raise KernelCoreError(f"attention_backend {configured!r} cannot run on this machine: {problem}")
+        return AttentionChoice(registration, "named by the attention_backend setting")
+    name = platform.default_attention_backend
+    why = f"the {platform.name} platform's default ({platform.default_attention_reason})"
+    try:
+        registration = manager.get(kind, name)
+    except UnknownPluginError:
+        problem = "is not installed"
+    else:
+        reason = manager.load(registration).unavailable_reason()
+        if reason is None:
+            return AttentionChoice(registration, why)
+        problem = f"cannot run here: {reason}"
+    if name == FALLBACK_ATTENTION_BACKEND:
+        raise KernelCoreError(f"the portable attention backend {name!r} {problem}")
+    log.warning("attention backend %r %s; using %r", name, problem, FALLBACK_ATTENTION_BACKEND)
+    fallback = manager.get(kind, FALLBACK_ATTENTION_BACKEND)
+    return AttentionChoice(fallback, f"{why}, but {name!r} {problem}, so the portable {FALLBACK_ATTENTION_BACKEND!r}")
 
 
 def check_sliding_window_support(model: ModelArchitecture, attention: AttentionBackend, attention_name: str) -> None:

@@ -15,11 +15,39 @@ CPUINFO = Path("/proc/cpuinfo")
 MEMINFO = Path("/proc/meminfo")
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where that file is absent."""
+    return frozenset(_cpuinfo("flags").split())
+
+
+def _cpuinfo(field: str) -> str:
+    """The first non-empty value of ``field`` in /proc/cpuinfo, or ""."""
+    try:
+        lines = CPUINFO.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == field and value.strip():
+            return value.strip()
+    return ""
+
+
+def default_attention(flags: frozenset[str]) -> tuple[str, str]:
+    """The attention backend for a CPU with ``flags``, and why: kernel-core-attn-cpu's compiled
+    decode kernel where it was measured faster than the torch backend (AVX-512F, for which it has
+    its hand-vectorized dot product; docs/benchmarks.md, issue #16), else the torch backend."""
+    if "avx512f" in flags:
+        return "cpu", "AVX-512F CPU, where the compiled paged decode kernel was measured faster than torch's"
+    return "torch", "no AVX-512F, where the compiled paged decode kernel has not been measured faster"
+
+
 class CPUPlatform(Platform):
     """One device, the host CPU; its memory is the host's memory."""
 
     name = "cpu"
     device_type = "cpu"
+    default_attention_backend, default_attention_reason = default_attention(cpu_flags())
 
     @classmethod
     def is_available(cls) -> bool:
@@ -58,15 +86,7 @@ def _check_index(index: int) -> None:
 
 def processor_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what the ``platform`` module knows."""
-    try:
-        lines = CPUINFO.read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and value.strip():
-            return value.strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def usable_cores() -> int:

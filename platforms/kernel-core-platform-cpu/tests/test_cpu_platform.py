@@ -92,3 +92,10 @@ def test_reads_model_name_from_cpuinfo(tmp_path: Path, monkeypatch: pytest.Monke
 def test_model_name_falls_back_without_cpuinfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpu_platform, "CPUINFO", tmp_path / "absent")
     assert cpu_platform.processor_model().strip()
+
+
+def test_attention_default_is_the_compiled_kernel_only_on_avx512() -> None:
+    """Where the paged decode kernel was measured faster (AVX-512F), else the portable torch backend."""
+    assert cpu_platform.default_attention(frozenset({"avx2", "avx512f"}))[0] == "cpu"
+    name, reason = cpu_platform.default_attention(frozenset({"avx2"}))
+    assert name == "torch" and "no AVX-512F" in reason

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -41,15 +43,33 @@ class TorchAttention(AttentionBackend):
         keys.index_copy_(0, metadata.slot_mapping, key)
         values.index_copy_(0, metadata.slot_mapping, value)
 
-        plan = step_plan(metadata, query.shape[1], num_kv_heads, head_size, query.dtype, self.bucket_bytes)
+        kernel = self.decode_kernel(query, kv_cache)
+        plan = step_plan(
+            metadata, query.shape[1], num_kv_heads, head_size, query.dtype, self.bucket_bytes, kernel is None
+        )
         out = torch.empty_like(query)
-        if plan.decode:
+        if kernel is not None:
+            kernel(query, kv_cache, metadata, out)
+        elif plan.decode:
             buffer = _key_buffer(metadata, plan.buffer_numel, kv_cache)
             for bucket in plan.decode:
                 out.index_copy_(0, bucket.rows, _decode(query, keys, values, bucket, buffer, metadata.scale))
         for chunk in plan.prefill:
             out[chunk.start : chunk.stop] = _prefill(query, key, value, keys, values, chunk, metadata.scale)
         return out
+
+    def decode_kernel(self, query: torch.Tensor, kv_cache: torch.Tensor) -> DecodeKernel | None:
+        """A kernel that attends this call's decode requests (one new token each) instead of the
+        batched torch path, for a subclass that has one for these tensors; None here.
+
+        It is called as ``kernel(query, kv_cache, metadata, out)`` after the new keys and values are
+        written, and fills the decode requests' rows of ``out``; prefill chunks stay with torch.
+        """
+        return None
+
+
+#: ``kernel(query, kv_cache, metadata, out)``: see :meth:`TorchAttention.decode_kernel`.
+DecodeKernel = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor], None]
 
 
 def _key_buffer(metadata: AttentionMetadata, numel: int, kv_cache: torch.Tensor) -> torch.Tensor:

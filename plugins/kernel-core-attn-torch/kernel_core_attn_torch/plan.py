@@ -71,20 +71,29 @@ def step_plan(
     head_size: int,
     dtype: torch.dtype,
     bucket_bytes: int = BUCKET_BYTES,
+    batch_decodes: bool = True,
 ) -> StepPlan:
     """The plan for this step, layer shape and window, built on first use and kept in
-    ``metadata.scratch`` (shared by the window views of the step's metadata)."""
+    ``metadata.scratch`` (shared by the window views of the step's metadata). Without
+    ``batch_decodes`` (a kernel attends decode requests in place), it has no decode buckets."""
     window = metadata.sliding_window
-    key = ("kernel_core_attn_torch", num_heads, num_kv_heads, head_size, dtype, bucket_bytes, window)
+    key = ("kernel_core_attn_torch", num_heads, num_kv_heads, head_size, dtype, bucket_bytes, window, batch_decodes)
     plan = metadata.scratch.get(key)
     if plan is None:
-        plan = _build(metadata, num_heads // num_kv_heads, num_kv_heads, head_size, dtype, bucket_bytes)
+        group = num_heads // num_kv_heads
+        plan = _build(metadata, group, num_kv_heads, head_size, dtype, bucket_bytes, batch_decodes)
         metadata.scratch[key] = plan
     return plan
 
 
 def _build(
-    metadata: AttentionMetadata, group: int, num_kv_heads: int, head_size: int, dtype: torch.dtype, bucket_bytes: int
+    metadata: AttentionMetadata,
+    group: int,
+    num_kv_heads: int,
+    head_size: int,
+    dtype: torch.dtype,
+    bucket_bytes: int,
+    batch_decodes: bool,
 ) -> StepPlan:
     starts = [0]
     for length in metadata.query_lens_host:
@@ -92,7 +101,7 @@ def _build(
     window = metadata.sliding_window
     # Positions each decode request sees: its whole context, or the window's last ones.
     visible = tuple(length if window is None else min(length, window) for length in metadata.seq_lens_host)
-    decoding = [i for i, length in enumerate(metadata.query_lens_host) if length == 1]
+    decoding = [i for i, length in enumerate(metadata.query_lens_host) if length == 1 and batch_decodes]
     decoding.sort(key=lambda i: visible[i])
     row_bytes = num_kv_heads * head_size * torch.finfo(dtype).bits // 8
     buckets = _bucket(decoding, visible, max(1, bucket_bytes // row_bytes))

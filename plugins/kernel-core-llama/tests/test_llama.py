@@ -4,6 +4,7 @@ prefill and decode."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -95,14 +96,18 @@ def load(folder: Path, attention: AttentionBackend | None = None) -> LlamaModel:
     return LlamaModel.from_pretrained(folder, attention=attention, dtype=torch.float32, device=CPU)
 
 
-def attn_torch_backend() -> AttentionBackend:
-    """The attention plugin's backend, loaded as the engine does; skipped until it is installed."""
-    entry = pytest.importorskip("kernel_core_attn_torch.plugin")
+def installed_backend(plugin: str) -> AttentionBackend:
+    """An attention plugin's backend, loaded as the engine does; skipped until it is installed."""
+    entry = pytest.importorskip(plugin)
     (spec,) = entry.kernel_core_attention_backends()
     return spec.load()()
 
 
-BACKENDS: dict[str, Callable[[], AttentionBackend]] = {"reference": ReferenceAttentionBackend, "attn-torch": attn_torch_backend}
+BACKENDS: dict[str, Callable[[], AttentionBackend]] = {
+    "reference": ReferenceAttentionBackend,
+    "attn-torch": functools.partial(installed_backend, "kernel_core_attn_torch.plugin"),
+    "attn-cpu": functools.partial(installed_backend, "kernel_core_attn_cpu.plugin"),
+}
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))

@@ -1,0 +1,99 @@
+"""The torch backend with its decode path replaced by a compiled kernel reading the paged cache in place."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from kernel_core.contracts.attention import AttentionMetadata
+from kernel_core_attn_cpu.build import Layout, kernel
+from kernel_core_attn_torch.backend import DecodeKernel, TorchAttention
+
+#: dtype → the kernel's entry point for it.
+_ENTRY_POINTS = {torch.float32: "kc_decode_f32", torch.bfloat16: "kc_decode_bf16"}
+
+
+class CPUAttention(TorchAttention):
+    """Decode requests go to ``paged_decode.cpp``: per (request, KV head), one walk over its block
+    table with an online softmax, the query heads sharing the KV head scored together, so each key
+    and value row is read once from the cache and never copied. The torch backend's per-step
+    gather of every decode request's keys into a padded buffer, and its padding, are gone.
+
+    Prefill chunks, and what the kernel does not cover (float16, over 64 query heads, heads over
+    256), take the torch backend's path.
+    """
+
+    supports_sliding_window = True
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why the kernel cannot run here (it did not build or load); None when it can."""
+        error = kernel().error
+        return None if error is None else f"its decode kernel is unavailable: {error}"
+
+    def decode_kernel(self, query: torch.Tensor, kv_cache: torch.Tensor) -> DecodeKernel | None:
+        built = kernel()
+        num_heads, head_size = query.shape[1:]
+        num_kv_heads = kv_cache.shape[-2]
+        fits = (
+            built.library is not None
+            and query.device.type == "cpu"
+            and query.dtype in _ENTRY_POINTS
+            and kv_cache.dtype == query.dtype
+            and kv_cache.is_contiguous()
+            and query.stride(-1) == 1
+            and num_heads <= built.max_heads
+            and head_size <= built.max_head
+        )
+        return self._decode if fits else None
+
+    def _decode(
+        self, query: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata, out: torch.Tensor
+    ) -> None:
+        requests, rows, tables, seq_lens = _decode_requests(metadata)
+        if not len(requests):
+            return
+        _, num_blocks, block_size, num_kv_heads, head_size = kv_cache.shape
+        layout = Layout(
+            q_token_stride=query.stride(0),
+            q_head_stride=query.stride(1),
+            out_token_stride=out.stride(0),
+            out_head_stride=out.stride(1),
+            num_heads=query.shape[1],
+            num_kv_heads=num_kv_heads,
+            head_size=head_size,
+            block_size=block_size,
+            table_stride=tables.stride(0),
+            window=metadata.sliding_window or 0,
+            scale=metadata.scale,
+        )
+        entry = getattr(kernel().library, _ENTRY_POINTS[query.dtype])
+        with torch.profiler.record_function("kernel_core_attn_cpu::paged_decode"):  # ctypes calls are no aten op
+            entry(
+                query.data_ptr(), kv_cache.data_ptr(), num_blocks * block_size, tables.data_ptr(), seq_lens.data_ptr(),
+                requests.data_ptr(), rows.data_ptr(), len(requests), ctypes.byref(layout), out.data_ptr(),
+                torch.get_num_threads(),
+            )
+
+
+def _decode_requests(metadata: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The step's decode requests and their query rows (int64), and the block tables and context
+    lengths as contiguous int32, made on the first layer and kept in the step's scratch."""
+    key = "kernel_core_attn_cpu.decode_requests"
+    found = metadata.scratch.get(key)
+    if found is None:
+        requests, rows, start = [], [], 0
+        for i, length in enumerate(metadata.query_lens_host):
+            if length == 1:
+                requests.append(i)
+                rows.append(start)
+            start += length
+        found = (
+            torch.tensor(requests, dtype=torch.int64),
+            torch.tensor(rows, dtype=torch.int64),
+            metadata.block_tables.to(torch.int32).contiguous(),
+            metadata.seq_lens.to(torch.int32).contiguous(),
+        )
+        metadata.scratch[key] = found
+    return found

@@ -1,0 +1,115 @@
+"""The CPU backend: the SDK's conformance suite, then its decode kernel against the torch backend
+on SmolLM2-shaped steps in float32 and bfloat16, and how it reports a kernel that did not build."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import pytest
+import torch
+
+from kernel_core_attn_cpu import build, plugin
+from kernel_core_attn_cpu.backend import CPUAttention
+from kernel_core_attn_torch.backend import TorchAttention
+from kernel_core_sdk import AttentionMetadata
+from kernel_core_sdk.conformance import AttentionBackendConformance
+
+NUM_HEADS, NUM_KV_HEADS, HEAD_SIZE, BLOCK_SIZE = 9, 3, 64, 16  # SmolLM2-135M
+
+
+class TestCPUAttentionConformance(AttentionBackendConformance):
+    @pytest.fixture
+    def plugin_module(self) -> ModuleType:
+        return plugin
+
+
+def test_the_kernel_builds_here() -> None:
+    """On this machine (a C++ compiler is installed) the backend is available: the conformance
+    suite above ran the kernel, not the torch fallback."""
+    assert CPUAttention.unavailable_reason() is None
+    assert CPUAttention().decode_kernel(torch.zeros(1, 4, 16), torch.zeros(2, 1, 4, 2, 16)) is not None
+
+
+def step(
+    dtype: torch.dtype, contexts: list[int], new: list[int], window: int | None, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata]:
+    """One step of requests with ``contexts`` cached positions and ``new`` tokens each, on scattered
+    blocks of a cache whose written positions are random and whose others are NaN."""
+    totals = [c + n for c, n in zip(contexts, new)]
+    blocks = [-(-t // BLOCK_SIZE) for t in totals]
+    order = torch.randperm(sum(blocks) + 3, generator=generator).tolist()
+    tables, used = [], 0
+    for count in blocks:
+        tables.append(order[used : used + count])
+        used += count
+    cache = torch.full(TorchAttention.kv_cache_shape(len(order), BLOCK_SIZE, NUM_KV_HEADS, HEAD_SIZE), float("nan"))
+    for table, cached in zip(tables, contexts):
+        slots = torch.tensor([table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in range(cached)], dtype=torch.long)
+        cache.view(2, -1, NUM_KV_HEADS, HEAD_SIZE)[:, slots] = torch.randn(
+            2, cached, NUM_KV_HEADS, HEAD_SIZE, generator=generator
+        )
+    slots = [t[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for t, c, n in zip(tables, contexts, new) for p in range(c, c + n)]
+    width = max(blocks)
+    metadata = AttentionMetadata(
+        slot_mapping=torch.tensor(slots),
+        query_start_loc=torch.tensor([0, *torch.tensor(new).cumsum(0).tolist()], dtype=torch.int32),
+        seq_lens=torch.tensor(totals, dtype=torch.int32),
+        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32),
+        block_size=BLOCK_SIZE,
+        scale=HEAD_SIZE**-0.5,
+    ).for_layer(window)
+    qkv = torch.randn(sum(new), NUM_HEADS + 2 * NUM_KV_HEADS, HEAD_SIZE, generator=generator)
+    query, key, value = qkv.to(dtype).split([NUM_HEADS, NUM_KV_HEADS, NUM_KV_HEADS], dim=1)
+    return query, key, value, cache.to(dtype), metadata
+
+
+@pytest.mark.parametrize("window", [None, 5, 100], ids=lambda w: f"window{w}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_smollm2_steps_match_the_torch_backend(dtype: torch.dtype, window: int | None) -> None:
+    """Decodes of contexts 1-700 (across blocks, windows and the kernel's 32-position chunks) beside
+    a prefill chunk, with the fused QKV's strided views. In float32 the two backends agree to
+    1e-5; in bfloat16 the kernel keeps scores and sums in float32 and rounds once, where the torch
+    backend rounds its scores and probabilities to bfloat16, so each is held to float64 attention
+    over the same bfloat16 inputs and the kernel must be no further from it than torch is."""
+    generator = torch.Generator().manual_seed(0)
+    contexts = [0, 15, 16, 31, 33, 700, 129, 40]
+    new = [1, 1, 1, 1, 1, 1, 1, 24]
+    query, key, value, cache, metadata = step(dtype, contexts, new, window, generator)
+    ours = CPUAttention().forward(query, key, value, cache.clone(), metadata)
+    torch_out = TorchAttention().forward(query, key, value, cache.clone(), metadata)
+    exact = TorchAttention().forward(*(t.double() for t in (query, key, value, cache)), metadata)
+    assert not ours.isnan().any()
+    if dtype == torch.float32:
+        torch.testing.assert_close(ours, torch_out, atol=1e-5, rtol=0)
+    else:
+        assert (ours.double() - exact).abs().max() <= (torch_out.double() - exact).abs().max()
+
+
+def test_more_threads_give_the_same_output() -> None:
+    """Tasks (request, KV head) are independent: the thread count changes no bit."""
+    query, key, value, cache, metadata = step(torch.float32, [50, 300, 7], [1, 1, 1], None, torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = CPUAttention().forward(query, key, value, cache.clone(), metadata)
+        torch.set_num_threads(2)
+        two = CPUAttention().forward(query, key, value, cache.clone(), metadata)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+def test_a_failed_build_makes_the_backend_unavailable_with_its_reason(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    """No compiler: the backend says why it cannot run, and its decode path is the torch one."""
+    monkeypatch.setenv(build.ENV_COMPILER, "no-such-compiler")
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setenv("KERNEL_CORE_CACHE", str(tmp_path))
+    build.kernel.cache_clear()
+    try:
+        reason = CPUAttention.unavailable_reason()
+        assert reason is not None and "no C++ compiler found" in reason
+        assert CPUAttention().decode_kernel(torch.zeros(1, 4, 16), torch.zeros(2, 1, 4, 2, 16)) is None
+    finally:
+        build.kernel.cache_clear()
