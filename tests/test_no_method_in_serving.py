@@ -9,10 +9,17 @@ from pathlib import Path
 import kernel_core
 
 PACKAGE = Path(kernel_core.__file__).parent
-#: The adapter registry, caches and slots; the engine, runner, HTTP server and LLM; the seam.
-SERVING_PATH = ("adapters", "engine", "runner", "server", "llm.py", "contracts/serving.py")
-#: Public setting names (docs/serving.md) that keep their vLLM spelling; nothing else may say LoRA.
-SETTINGS = re.compile(r"\b(?:enable_lora|max_loras|max_lora_rank|max_cpu_loras|lora_kernel)\b")
+#: The adapter registry, caches and slots; the engine, runner, HTTP server and LLM; the seams
+#: (what a serving implements, where it acts on a model); the model-building surface.
+SERVING_PATH = (
+    "adapters", "engine", "runner", "server", "llm.py", "modeling",
+    "contracts/serving.py", "contracts/adapter_targets.py", "contracts/model.py",
+)
+#: Public setting names (docs/serving.md) that keep their vLLM spelling, and the plugin API 1.3-1.4
+#: names a model plugin may still offer its projections under; nothing else may say LoRA.
+SETTINGS = re.compile(
+    r"\b(?:enable_lora|max_loras|max_lora_rank|max_cpu_loras|lora_kernel|lora_targets|lora_projections)\b"
+)
 #: A method's name, its peft_type, or a branch on one.
 METHOD = re.compile(r"lora|peft_type\s*[=!]=", re.IGNORECASE)
 

@@ -6,7 +6,7 @@ builds it:
 
 - every adaptable projection (:class:`ProjectionTarget`, from ``ModelArchitecture.adapter_targets``):
   :class:`ProjectionHook` may change the projection's input before its GEMM and its output after
-  it (LoRA adds ``x A^T B^T``; IA3 scales the input or the output);
+  it (a low-rank update adds ``x A^T B^T``; a scaling vector scales the input or the output);
 - the token embeddings (``ModelArchitecture.embedding_hooks``): :class:`EmbeddingHook` may replace
   rows of the ``[T, hidden]`` embeddings before the first layer (prompt tuning's virtual tokens);
 - each attention layer's new keys and values (``ModelArchitecture.kv_hooks``): :class:`KVHook`

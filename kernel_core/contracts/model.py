@@ -67,8 +67,9 @@ class ModelArchitecture(ABC):
     # -- where served adapters act (plugin API 1.5, kernel_core.contracts.adapter_targets) ------
 
     def adapter_targets(self) -> Mapping[str, ProjectionTarget]:
-        """The linear layers served adapters may act on (LoRA, IA3), by a stable key such as
-        ``model.layers.0.qkv_proj``; a kind needing them is refused on a model without any.
+        """The linear layers served adapters may act on (low-rank updates, scaling vectors), by a
+        stable key such as ``model.layers.0.qkv_proj``; a kind needing them is refused on a model
+        without any.
         Plugins written for API 1.3-1.4 named this ``lora_targets``: it is still read."""
         legacy = getattr(self, "lora_targets", None)
         return legacy() if legacy is not None else {}

@@ -178,8 +178,8 @@ def _adapter_registry(
         nbytes = serving_class.slot_nbytes(model, context)
         _check_fits(
             platform, nbytes,
-            f"{spec.peft_type} adapter slots ({source}) for max_loras {config.max_loras} of max_lora_rank "
-            f"{config.max_lora_rank}",
+            f"{spec.peft_type} adapter slots ({source}) sized by max_loras {config.max_loras}, max_lora_rank "
+            f"{config.max_lora_rank} and max_virtual_tokens {config.max_virtual_tokens}",
         )
         servings[spec.peft_type] = serving_class(model, context)
     if not servings:

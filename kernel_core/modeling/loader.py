@@ -2,7 +2,7 @@
 
 A model plugin builds its layers from HF parameter names (``model.layers.0.self_attn.q_proj``)
 while the forward runs fused tensors (one q/k/v weight per layer). The loader keeps the map
-between the two (``slices``), which LoRA serving and weight-addressing tools need to reach one HF
+between the two (``slices``), which adapter serving and weight-addressing tools need to reach one HF
 module inside a fused projection. Public (:mod:`kernel_core.modeling`, plugin API 1.3).
 """
 
