@@ -23,10 +23,19 @@ units. bfloat16 slices of at most :data:`INT8PACK_MAX_ROWS` rows go through
 ``torch._weight_int8pack_mm`` instead. Slices longer than :data:`DIGITS_MAX_ROWS` for their
 dtype (where one float GEMM beats the integer GEMM of several digits), wider weights, other dtypes
 and other devices convert the expert's weights to the activations' dtype (exact) into a scratch buffer
-reused by every expert and scale the GEMM's output per channel. Where torch has oneDNN's int8
-linear and the CPU AVX-512 VNNI (:data:`ONEDNN_INT8`), :meth:`TorchMoE.prepare` lays the int8
-experts out for it at load (the same bytes) and the digits go through it instead of
-``torch._int_mm``, up to :data:`ONEDNN_DIGITS_MAX_ROWS`. Only experts that received tokens are read.
+reused by every expert and scale the GEMM's output per channel. Only experts that received
+tokens are read.
+
+Tried and not kept (docs/benchmarks.md, "int8 experts through oneDNN's int8 linear"): laying the
+int8 experts out at load for oneDNN's int8 linear (``torch.ops.onednn.qlinear_pointwise``, the
+digits as uint8 with zero point 128, on AVX-512 VNNI). It needs the weights transposed (``[in,
+out]``); with only that form kept (no extra memory), the converted path for long slices reads them
+transposed, and on the 2-core AMD EPYC the layer at 2,048 tokens (a prefill chunk) became 1.2-1.4x
+float32's time where the stacked weights gave 0.8-1.15x, more than the digits gained at 8-128
+tokens (1.00-1.48x instead of 1.22-1.76x); serving W1's first 32 prompts (one thread, under other
+load) int8 took 1.30x float32's time, against 1.03x with the stacked weights. Its blocked layout (``qlinear_prepack``) was faster
+still on one to four rows but cannot give plain weights back cheaply (2.4-10 ms per projection).
+``torch._weight_int8pack_mm`` takes float32 activations too, but 5-160x slower than float32's GEMM.
 """
 
 from __future__ import annotations
@@ -67,28 +76,6 @@ ONEDNN_FLOAT32 = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkld
 #: 1.3-1.4x at 16-64, 1.2x at 256, 1.06x at 1024; bfloat16 3.9x at 1, 1.5x at 16, 1.2x at 64,
 #: 1.1x at 256, 0.88x and 1.07x at 1024 (two runs), 1.03x at 2048.
 PACK_DTYPES = (torch.float32, torch.bfloat16) if ONEDNN_FLOAT32 and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") else ()
-#: Whether int8 experts on the CPU are packed at load for oneDNN's int8 linear
-#: (``torch.ops.onednn.qlinear_prepack`` and ``qlinear_pointwise``, private ops of torch's x86 builds;
-#: used only where torch has them): the activation digits then go through it as uint8 (each digit plus
-#: 128, the zero point 128 taking it back) instead of ``torch._int_mm``: on a 2-core AMD EPYC (Zen 5),
-#: one thread, a gate/up projection of ``kcore bench moe``'s experts took 0.29 ms instead of 0.49 at
-#: one row, 0.70 instead of 0.98 at four.
-#: Only on CPUs with AVX-512 VNNI, whose int8 dot products sum into int32: without it oneDNN sums
-#: pairs of uint8 times int8 products in saturating int16, which digits up to 255 overflow. Checked
-#: once, at import.
-ONEDNN_INT8 = (
-    torch.backends.mkldnn.is_available()
-    and hasattr(torch.ops.onednn, "qlinear_prepack")
-    and hasattr(torch.ops.onednn, "qlinear_pointwise")
-    and torch.cpu._is_vnni_supported()
-)
-#: Widest reduced dimension whose int32 sums of uint8 digit times weight products (each at most
-#: 255 * 128) cannot overflow through oneDNN's int8 linear; wider weights are converted.
-ONEDNN_DIGITS_MAX_WIDTH = (2**31 - 1) // (255 * 128)
-#: Longest slice whose digits go through oneDNN's int8 linear, by activation dtype; longer ones
-#: convert the expert's weights. Four digits cost about twice a float32 GEMM's time on a 2-core AMD
-#: EPYC (Zen 5, AVX-512 VNNI, no AMX): there they beat the conversion up to 64 rows.
-ONEDNN_DIGITS_MAX_ROWS = {torch.float32: 64, torch.bfloat16: 16}
 #: The row count oneDNN lays packed weights out for (a hint: every row count computes correctly). One
 #: bfloat16 gate/up GEMM on that EPYC: a pack for 64 rows took 0.8 ms at one row where a pack for 1
 #: took 4.6, and 186 ms at 2,048 rows where a pack for 1,024 took 167.
@@ -101,20 +88,6 @@ class PackedExperts:
 
     gate_up: list[torch.Tensor]
     down: list[torch.Tensor]
-
-
-@dataclass(frozen=True)
-class PackedInt8Experts:
-    """Each expert's int8 ``gate_up`` and ``down`` weights transposed (``[in, out]``) as oneDNN
-    tensors in plain layout, which its int8 linear reads, with the layer's scales (the stacked
-    tensors are freed). Not oneDNN's blocked layout (``qlinear_prepack``): its int8 linear was up
-    to twice as fast on one to four rows, but getting the plain weights back for the converted path
-    took 2.4-10 ms per gate/up projection, where the plain layout's copy takes 0.4."""
-
-    gate_up: list[torch.Tensor]
-    down: list[torch.Tensor]
-    gate_up_scale: torch.Tensor
-    down_scale: torch.Tensor
 
 
 class TorchMoE(MoEKernel):
@@ -131,7 +104,7 @@ class TorchMoE(MoEKernel):
         *,
         w_gate_up_scale: torch.Tensor | None = None,
         w_down_scale: torch.Tensor | None = None,
-        prepared: PackedExperts | PackedInt8Experts | None = None,
+        prepared: PackedExperts | None = None,
     ) -> torch.Tensor:
         weights, experts = torch.softmax(router_logits, dim=-1, dtype=torch.float32).topk(top_k, dim=-1)
         if renormalize:
@@ -146,8 +119,6 @@ class TorchMoE(MoEKernel):
         gate_up_rows = x.new_empty(max(counts), 2 * intermediate)
         scratch = None if w_gate_up_scale is None else x.new_empty(max(w_gate_up[0].numel(), w_down[0].numel()))
         weights_up, weights_down = (w_gate_up, w_down) if prepared is None else (prepared.gate_up, prepared.down)
-        if isinstance(prepared, PackedInt8Experts):
-            w_gate_up_scale, w_down_scale = prepared.gate_up_scale, prepared.down_scale
         start = 0
         for expert, count in enumerate(counts):
             if not count:
@@ -170,16 +141,10 @@ class TorchMoE(MoEKernel):
         w_gate_up_scale: torch.Tensor | None = None,
         w_down_scale: torch.Tensor | None = None,
     ) -> PreparedExperts | None:
-        """Experts on the CPU, replacing the stacked ones (``reads_stacked=False``, no extra memory):
-        full-precision ones in a dtype of :data:`PACK_DTYPES` packed for oneDNN's linear, int8 ones
-        (with their scales) for its int8 linear where torch has it (:data:`ONEDNN_INT8`). Others
-        (other devices) keep the stacked tensors."""
-        if w_gate_up.device.type != "cpu":
-            return None
-        if w_gate_up_scale is not None and w_down_scale is not None and ONEDNN_INT8:
-            gate_up, down = ([w.t().contiguous().to_mkldnn() for w in stacked] for stacked in (w_gate_up, w_down))
-            return PreparedExperts(PackedInt8Experts(gate_up, down, w_gate_up_scale, w_down_scale), reads_stacked=False)
-        if w_gate_up_scale is not None or w_gate_up.dtype not in PACK_DTYPES:
+        """Full-precision experts on the CPU in a dtype of :data:`PACK_DTYPES`: every expert's
+        weights packed for oneDNN, replacing the stacked ones (``reads_stacked=False``); others
+        (int8 experts, other devices) keep the stacked tensors."""
+        if w_gate_up_scale is not None or w_gate_up.device.type != "cpu" or w_gate_up.dtype not in PACK_DTYPES:
             return None
         packed = PackedExperts(*([torch.ops.mkldnn._reorder_linear_weight(w, PACK_ROWS_HINT) for w in stacked] for stacked in (w_gate_up, w_down)))
         return PreparedExperts(packed, reads_stacked=False)
@@ -193,12 +158,9 @@ def _project(
     x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor, scratch: torch.Tensor | None
 ) -> None:
     """``out = x @ weight.T`` for one expert; with ``scale``, ``weight`` is int8, the real weight
-    is ``weight * scale[:, None]`` (packed for oneDNN's int8 linear when it is an mkldnn tensor),
-    and ``scratch`` holds at least one expert's converted weights."""
+    is ``weight * scale[:, None]``, and ``scratch`` holds at least one expert's converted weights."""
     if scale is None:
         _matmul(x, weight, out)
-    elif weight.is_mkldnn:
-        _project_packed_int8(x, weight, scale, out, scratch)
     elif x.device.type != "cpu":
         _project_converted(x, weight, scale, out, scratch)
     elif x.dtype == torch.bfloat16 and x.shape[0] <= INT8PACK_MAX_ROWS and weight.shape[1] % INT8PACK_ALIGNMENT == 0:
@@ -228,65 +190,31 @@ def _digits_apply(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def _project_converted(
     x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor
 ) -> None:
-    """The int8 ``weight`` converted to ``x``'s dtype into ``scratch`` (exact) in its own memory
-    order (a transposed view stays one, copied without transposing), scales on the output."""
-    dense = scratch[: weight.numel()].as_strided(weight.shape, weight.stride()).copy_(weight)
+    """The int8 ``weight`` converted to ``x``'s dtype into ``scratch`` (exact), scales on the output."""
+    dense = scratch[: weight.numel()].view(weight.shape).copy_(weight)
     _matmul(x, dense, out)
     out.mul_(scale.to(out.dtype))
 
 
-def _project_packed_int8(
-    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor
-) -> None:
-    """A slice of at most :data:`ONEDNN_DIGITS_MAX_ROWS` rows (and :data:`ONEDNN_DIGITS_MAX_WIDTH`
-    columns) as digits through oneDNN's int8 linear on ``weight`` (``[in, out]``, a oneDNN tensor);
-    others convert it."""
-    if x.shape[0] > ONEDNN_DIGITS_MAX_ROWS.get(x.dtype, -1) or x.shape[1] > ONEDNN_DIGITS_MAX_WIDTH:
-        _project_converted(x, weight.to_dense().t(), scale, out, scratch)
-        return
-    digits = ACTIVATION_DIGITS[x.dtype]
-    encoded, step = _int8_digits(x, digits, unsigned=True)
-    products = torch.ops.onednn.qlinear_pointwise(
-        encoded, 1.0, 128, weight, _UNIT_SCALE, _ZERO_POINT, None, 1.0, 0, torch.float32, "none", [], ""
-    )
-    _recombine(products.view(x.shape[0], digits, -1), step, out, scale)
-
-
-#: The weights' zero point (symmetric int8) and scale that oneDNN's int8 linear takes as tensors:
-#: its outputs are then the int32 sums in float32, as ``torch._int_mm``'s are converted, and the
-#: channels' scales are applied once the digits are recombined (scaling each digit's products first
-#: rounded them four times: an output element beside a 10^4 outlier came out 1.7x the tests' 1e-5).
-_ZERO_POINT = torch.zeros(1, dtype=torch.int64)
-_UNIT_SCALE = torch.ones(1)
-
-
 def _project_digits(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor, digits: int) -> None:
     """``x`` as ``digits`` int8 digits per value, one integer GEMM, the products recombined in float32."""
+    rows = x.shape[0]
     encoded, step = _int8_digits(x, digits)
-    products = torch._int_mm(encoded, weight.t()).view(x.shape[0], digits, -1)
-    _recombine(products, step, out, scale)
-
-
-def _recombine(products: torch.Tensor, step: torch.Tensor, out: torch.Tensor, scale: torch.Tensor | None = None) -> None:
-    """``out`` = the digits' ``products`` ``[M, digits, N]`` (most significant first) in base 256,
-    times each row's ``step`` (and each channel's ``scale`` when given), in float32."""
+    products = torch._int_mm(encoded, weight.t()).view(rows, digits, -1)
     total = out if out.dtype == torch.float32 else torch.empty(out.shape, device=out.device)
     total.copy_(products[:, 0])
-    for digit in range(1, products.shape[1]):
+    for digit in range(1, digits):
         torch.add(products[:, digit], total, alpha=256, out=total)
-    total.mul_(step)
-    if scale is not None:
-        total.mul_(scale)
+    total.mul_(step).mul_(scale)
     if total is not out:
         out.copy_(total)
 
 
-def _int8_digits(x: torch.Tensor, digits: int, unsigned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _int8_digits(x: torch.Tensor, digits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` ``[M, K]`` as ``[M * digits, K]`` int8: row ``r``'s digits (most significant first) at
     rows ``r * digits ...``, each in [-128, 127], of the integer ``round(x[r] / step[r])``, whose
     magnitude stays under ``2**(8 * digits - 2)``; ``step`` ``[M, 1]`` float32 is a power of two
-    (NaN for a row holding inf or NaN, so its outputs are NaN). ``unsigned``: uint8, each digit
-    plus 128."""
+    (NaN for a row holding inf or NaN, so its outputs are NaN)."""
     rows, width = x.shape
     bits = 8 * digits - 2
     largest = x.abs().amax(dim=1, keepdim=True).float()
@@ -295,12 +223,11 @@ def _int8_digits(x: torch.Tensor, digits: int, unsigned: bool = False) -> tuple[
     exponent = torch.frexp(largest).exponent.clamp_(min=-90)
     one = torch.ones_like(largest)
     value = torch.where(finite, x * torch.ldexp(one, bits - exponent), 0.0).round_().to(torch.int32)
-    offset = 128 if unsigned else 0
-    encoded = torch.empty(rows, digits, width, dtype=torch.uint8 if unsigned else torch.int8, device=x.device)
+    encoded = torch.empty(rows, digits, width, dtype=torch.int8, device=x.device)
     for digit in range(digits - 1, 0, -1):
         carry = (value + 128).bitwise_right_shift_(8)
-        encoded[:, digit] = value.sub_(carry * 256).add_(offset)
+        encoded[:, digit] = value.sub_(carry * 256)
         value = carry
-    encoded[:, 0] = value.add_(offset)
+    encoded[:, 0] = value
     step = torch.where(finite, torch.ldexp(one, exponent - bits), float("nan"))
     return encoded.view(rows * digits, width), step

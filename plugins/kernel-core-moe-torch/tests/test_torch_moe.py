@@ -17,8 +17,6 @@ from kernel_core_moe_torch.kernel import (
     ACTIVATION_DIGITS,
     DIGITS_MAX_ROWS,
     INT8PACK_MAX_ROWS,
-    ONEDNN_DIGITS_MAX_ROWS,
-    PackedInt8Experts,
     TorchMoE,
     _int8_digits,
     _matmul as matmul,
@@ -40,29 +38,15 @@ def expert_weights(experts: int, hidden: int, intermediate: int) -> tuple[torch.
     return w_gate_up, w_down
 
 
-#: Whether the int8 tests also run on experts :meth:`TorchMoE.prepare` laid out for oneDNN's int8
-#: linear (where torch and the CPU have it), beside the stacked ones.
-PREPARED = [False, True][: 1 + kernel.ONEDNN_INT8]
-PREPARED_IDS = ["stacked", "onednn-int8"][: 1 + kernel.ONEDNN_INT8]
-
-
-def single_expert_int8(hidden: torch.Tensor, intermediate: int, prepared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def single_expert_int8(hidden: torch.Tensor, intermediate: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel's output with every token on expert 1 of three (so its slice has exactly all the
-    rows), from the stacked int8 weights or, with ``prepared``, from what ``prepare`` made of them
-    (the stacked ones then passed as ``meta`` tensors, as a layer does), and the reference on the
-    dequantized weights."""
+    rows), and the reference on the dequantized weights."""
     tokens, hidden_size = hidden.shape
     w_gate_up, w_down = expert_weights(3, hidden_size, intermediate)
     (q_gate_up, s_gate_up), (q_down, s_down) = quantize_int8(w_gate_up), quantize_int8(w_down)
     logits = torch.tensor([[0.0, 9.0, -9.0]]).expand(tokens, 3).to(hidden.dtype)
-    moe = TorchMoE()
-    stacked, extra = (q_gate_up, q_down, s_gate_up, s_down), {}
-    if prepared:
-        prepared_experts = moe.prepare(q_gate_up, q_down, w_gate_up_scale=s_gate_up, w_down_scale=s_down)
-        assert prepared_experts is not None and not prepared_experts.reads_stacked
-        stacked, extra = tuple(t.to("meta") for t in stacked), {"prepared": prepared_experts.state}
     with torch.inference_mode():
-        out = moe.forward(hidden, logits, *stacked[:2], 1, w_gate_up_scale=stacked[2], w_down_scale=stacked[3], **extra)
+        out = TorchMoE().forward(hidden, logits, q_gate_up, q_down, 1, w_gate_up_scale=s_gate_up, w_down_scale=s_down)
     expected = reference_moe(
         hidden, logits, dequantize_int8(q_gate_up, s_gate_up, torch.float64),
         dequantize_int8(q_down, s_down, torch.float64), 1, True,
@@ -104,72 +88,43 @@ def count_converted(monkeypatch: pytest.MonkeyPatch) -> list[torch.dtype]:
     return converted
 
 
-#: (tokens, hidden, intermediate, dtype, prepared) -> GEMMs expected per path (int8pack, digits
-#: through _int_mm, digits through oneDNN's int8 linear, converted): gate_up reads hidden columns,
-#: down reads intermediate ones. Stacked experts: int8pack takes short bfloat16 slices over
-#: multiples of 16, the _int_mm digits slices up to the dtype's limit, longer ones convert. Experts
-#: :meth:`TorchMoE.prepare` laid out for oneDNN's int8 linear (cases only where torch and the CPU
-#: have it): its digits up to the dtype's limit, of any width, longer slices convert.
+#: (tokens, hidden, intermediate, dtype) -> GEMMs expected per path (int8pack, digits, converted):
+#: gate_up reads hidden columns, down reads intermediate ones; int8pack takes short bfloat16 slices
+#: over multiples of 16, the digits (_int_mm) slices up to the dtype's limit, longer ones convert.
 INT8_CASES = {
-    "float32-one-row": ((1, 32, 16, torch.float32, False), (0, 2, 0, 0)),
-    "float32-digits-limit": ((DIGITS_MAX_ROWS[torch.float32], 32, 24, torch.float32, False), (0, 2, 0, 0)),
-    "float32-converted": ((DIGITS_MAX_ROWS[torch.float32] + 1, 32, 24, torch.float32, False), (0, 0, 0, 2)),
-    "bfloat16-both-int8pack": ((INT8PACK_MAX_ROWS, 32, 16, torch.bfloat16, False), (2, 0, 0, 0)),
-    "bfloat16-down-unaligned": ((INT8PACK_MAX_ROWS, 32, 24, torch.bfloat16, False), (1, 1, 0, 0)),
-    "bfloat16-digits": ((INT8PACK_MAX_ROWS + 1, 32, 16, torch.bfloat16, False), (0, 2, 0, 0)),
-    "bfloat16-digits-limit": ((DIGITS_MAX_ROWS[torch.bfloat16], 32, 16, torch.bfloat16, False), (0, 2, 0, 0)),
-    "bfloat16-converted": ((DIGITS_MAX_ROWS[torch.bfloat16] + 1, 32, 16, torch.bfloat16, False), (0, 0, 0, 2)),
-} | ({
-    "onednn-float32-one-row": ((1, 32, 24, torch.float32, True), (0, 0, 2, 0)),
-    "onednn-float32-digits-limit": ((ONEDNN_DIGITS_MAX_ROWS[torch.float32], 32, 24, torch.float32, True), (0, 0, 2, 0)),
-    "onednn-float32-converted": ((ONEDNN_DIGITS_MAX_ROWS[torch.float32] + 1, 32, 24, torch.float32, True), (0, 0, 0, 2)),
-    "onednn-bfloat16-one-row": ((1, 32, 24, torch.bfloat16, True), (0, 0, 2, 0)),
-    "onednn-bfloat16-digits-limit": ((ONEDNN_DIGITS_MAX_ROWS[torch.bfloat16], 32, 24, torch.bfloat16, True), (0, 0, 2, 0)),
-    "onednn-bfloat16-converted": ((ONEDNN_DIGITS_MAX_ROWS[torch.bfloat16] + 1, 32, 24, torch.bfloat16, True), (0, 0, 0, 2)),
-} if kernel.ONEDNN_INT8 else {})
-
-
-def count_onednn_digits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The digit count of each activation encoding for oneDNN's int8 linear (uint8) from now on."""
-    encodings: list[int] = []
-    encode = kernel._int8_digits
-
-    def counted(x: torch.Tensor, digits: int, unsigned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        if unsigned:
-            encodings.append(digits)
-        return encode(x, digits, unsigned)
-
-    monkeypatch.setattr(kernel, "_int8_digits", counted)
-    return encodings
+    "float32-one-row": ((1, 32, 16, torch.float32), (0, 2, 0)),
+    "float32-digits-limit": ((DIGITS_MAX_ROWS[torch.float32], 32, 24, torch.float32), (0, 2, 0)),
+    "float32-converted": ((DIGITS_MAX_ROWS[torch.float32] + 1, 32, 24, torch.float32), (0, 0, 2)),
+    "bfloat16-both-int8pack": ((INT8PACK_MAX_ROWS, 32, 16, torch.bfloat16), (2, 0, 0)),
+    "bfloat16-down-unaligned": ((INT8PACK_MAX_ROWS, 32, 24, torch.bfloat16), (1, 1, 0)),
+    "bfloat16-digits": ((INT8PACK_MAX_ROWS + 1, 32, 16, torch.bfloat16), (0, 2, 0)),
+    "bfloat16-digits-limit": ((DIGITS_MAX_ROWS[torch.bfloat16], 32, 16, torch.bfloat16), (0, 2, 0)),
+    "bfloat16-converted": ((DIGITS_MAX_ROWS[torch.bfloat16] + 1, 32, 16, torch.bfloat16), (0, 0, 2)),
+}
 
 
 @pytest.mark.parametrize("case", sorted(INT8_CASES))
 def test_int8_paths_give_the_dequantized_result(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each int8 path on either side of its limits gives the reference on the dequantized weights
     (int8pack returns NaN or crashes on widths that are not multiples of 16, so those never use it)."""
-    (tokens, hidden_size, intermediate, dtype, prepared), expected_calls = INT8_CASES[case]
+    (tokens, hidden_size, intermediate, dtype), expected_calls = INT8_CASES[case]
     calls = count_calls(monkeypatch, ["_weight_int8pack_mm", "_int_mm"])
-    encodings = count_onednn_digits(monkeypatch)
     converted = count_converted(monkeypatch)
     hidden = torch.randn(tokens, hidden_size, generator=torch.Generator().manual_seed(2)).to(dtype)
-    out, expected = single_expert_int8(hidden, intermediate, prepared)
-    assert (*calls.values(), len(encodings), len(converted)) == expected_calls
-    assert set(encodings) <= {ACTIVATION_DIGITS[dtype]}
+    out, expected = single_expert_int8(hidden, intermediate)
+    assert (*calls.values(), len(converted)) == expected_calls
     assert_close_for(dtype, out, expected)
 
 
-@pytest.mark.parametrize("prepared", PREPARED, ids=PREPARED_IDS)
-def test_int8_weights_wider_than_int32_sums_allow_are_converted(prepared: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the digits' width limit lowered to 16 (``DIGITS_MAX_WIDTH`` for _int_mm,
-    ``ONEDNN_DIGITS_MAX_WIDTH`` for oneDNN's int8 linear): gate/up (32 input columns) is converted,
-    down (16) still takes the digits, and the result is unchanged."""
-    monkeypatch.setattr(kernel, "ONEDNN_DIGITS_MAX_WIDTH" if prepared else "DIGITS_MAX_WIDTH", 16)
+def test_int8_weights_wider_than_int32_sums_allow_are_converted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the width limit lowered to 16: gate/up (32 input columns) is converted, down (16) still
+    takes the digits, and the result is unchanged."""
+    monkeypatch.setattr(kernel, "DIGITS_MAX_WIDTH", 16)
     calls = count_calls(monkeypatch, ["_int_mm"])
-    encodings = count_onednn_digits(monkeypatch)
     converted = count_converted(monkeypatch)
     hidden = torch.randn(5, 32, generator=torch.Generator().manual_seed(7))
-    out, expected = single_expert_int8(hidden, 16, prepared)
-    assert (calls["_int_mm"], len(encodings)) == ((0, 1) if prepared else (1, 0)) and converted == [torch.float32]
+    out, expected = single_expert_int8(hidden, 16)
+    assert calls == {"_int_mm": 1} and converted == [torch.float32]
     assert_close_for(torch.float32, out, expected)
 
 
@@ -188,48 +143,43 @@ def test_float32_gemms_take_onednn_where_torch_has_it_and_give_the_reference(one
     assert_close_for(torch.float32, out, expected)
 
 
-@pytest.mark.parametrize("prepared", PREPARED, ids=PREPARED_IDS)
-def test_int8_digits_keep_small_activations_beside_an_outlier(prepared: bool) -> None:
+def test_int8_digits_keep_small_activations_beside_an_outlier() -> None:
     """A feature 10^4 times the others (LLM hidden states have such outliers) sets each row's
     fixed-point step; with float32's four digits the others keep the suite's 1e-5."""
     hidden = torch.randn(4, 32, generator=torch.Generator().manual_seed(4))
     hidden[:, 5] = 1e4
-    out, expected = single_expert_int8(hidden, 16, prepared)
+    out, expected = single_expert_int8(hidden, 16)
     assert_close_for(torch.float32, out / 1e4, expected / 1e4)
     hidden[:, 5] = 0
-    out, expected = single_expert_int8(hidden, 16, prepared)
+    out, expected = single_expert_int8(hidden, 16)
     assert_close_for(torch.float32, out, expected)
 
 
-@pytest.mark.parametrize("unsigned", [False, True], ids=["int8", "uint8"])
 @pytest.mark.parametrize("dtype", list(ACTIVATION_DIGITS), ids=str)
-def test_int8_digits_encode_within_half_a_step(dtype: torch.dtype, unsigned: bool) -> None:
-    """The digits are int8 (or, ``unsigned``, uint8 holding each digit plus 128, for oneDNN's int8
-    linear), most significant first, and decode to each value within half the row's step, a power
-    of two at most 2^-(8 * digits - 3) of the row's largest (so each value is off by at most 2^-30
-    of it for float32, 2^-22 for bfloat16); a zero row decodes to zeros."""
+def test_int8_digits_encode_within_half_a_step(dtype: torch.dtype) -> None:
+    """The digits are int8, most significant first, and decode to each value within half the row's
+    step, a power of two at most 2^-(8 * digits - 3) of the row's largest (so each value is off by
+    at most 2^-30 of it for float32, 2^-22 for bfloat16); a zero row decodes to zeros."""
     digits = ACTIVATION_DIGITS[dtype]
     x = torch.randn(3, 40, generator=torch.Generator().manual_seed(6)) * torch.tensor([[1.0], [1e-20], [0.0]])
     x[0, 3] = -1e4
     x = x.to(dtype)
-    encoded, step = _int8_digits(x, digits, unsigned)
-    assert encoded.dtype == (torch.uint8 if unsigned else torch.int8) and encoded.shape == (3 * digits, 40)
+    encoded, step = _int8_digits(x, digits)
+    assert encoded.dtype == torch.int8 and encoded.shape == (3 * digits, 40)
     weights = torch.tensor([256.0 ** (digits - 1 - d) for d in range(digits)], dtype=torch.float64)
-    signed = encoded.double() - 128 if unsigned else encoded.double()
-    decoded = (signed.view(3, digits, 40) * weights[:, None]).sum(dim=1) * step.double()
+    decoded = (encoded.double().view(3, digits, 40) * weights[:, None]).sum(dim=1) * step.double()
     largest = x.double().abs().amax(dim=1, keepdim=True)
     assert (step[:2].double() <= largest[:2] * 2.0 ** -(8 * digits - 3)).all()
     assert ((decoded - x.double()).abs() <= step.double() / 2).all()
     assert not decoded[2].any()
 
 
-@pytest.mark.parametrize("prepared", PREPARED, ids=PREPARED_IDS)
-def test_int8_digits_turn_a_non_finite_row_into_nan(prepared: bool) -> None:
+def test_int8_digits_turn_a_non_finite_row_into_nan() -> None:
     """A token whose hidden state holds inf gets NaN outputs (it has no finite fixed-point
     step); the other tokens are unaffected."""
     hidden = torch.randn(3, 32, generator=torch.Generator().manual_seed(5))
     hidden[1, 7] = float("inf")
-    out, expected = single_expert_int8(hidden, 16, prepared)
+    out, expected = single_expert_int8(hidden, 16)
     assert out[1].isnan().all()
     assert_close_for(torch.float32, out[[0, 2]], expected[[0, 2]])
 
@@ -254,20 +204,6 @@ def test_full_precision_cpu_experts_are_packed_for_onednn_and_replace_the_stacke
     assert all(w.is_mkldnn for w in (*prepared.state.gate_up, *prepared.state.down))
 
 
-@pytest.mark.parametrize("onednn", [False, True][: 1 + kernel.ONEDNN_INT8], ids=["no-onednn-int8", "onednn-int8"][: 1 + kernel.ONEDNN_INT8])
-def test_int8_cpu_experts_are_laid_out_for_onednn_where_torch_has_it(onednn: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """int8 experts on the CPU: each expert's weights transposed, as plain-layout oneDNN int8
-    tensors with the scales, replacing the stacked ones (no extra memory); without oneDNN's int8
-    linear (or VNNI) the stacked tensors are kept."""
-    monkeypatch.setattr(kernel, "ONEDNN_INT8", onednn)
+def test_int8_experts_are_not_packed() -> None:
     (q_gate_up, s_gate_up), (q_down, s_down) = (quantize_int8(w) for w in expert_weights(3, 32, 16))
-    prepared = TorchMoE().prepare(q_gate_up, q_down, w_gate_up_scale=s_gate_up, w_down_scale=s_down)
-    if not onednn:
-        assert prepared is None
-        return
-    assert prepared is not None and not prepared.reads_stacked and isinstance(prepared.state, PackedInt8Experts)
-    state = prepared.state
-    assert all(w.is_mkldnn and w.dtype == torch.int8 for w in (*state.gate_up, *state.down))
-    assert sum(w.numel() for w in (*state.gate_up, *state.down)) == q_gate_up.numel() + q_down.numel()
-    assert torch.equal(state.gate_up[1].to_dense(), q_gate_up[1].t()) and torch.equal(state.down[2].to_dense(), q_down[2].t())
-    assert state.gate_up_scale is s_gate_up and state.down_scale is s_down
+    assert TorchMoE().prepare(q_gate_up, q_down, w_gate_up_scale=s_gate_up, w_down_scale=s_down) is None
