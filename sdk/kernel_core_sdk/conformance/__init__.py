@@ -17,10 +17,12 @@ from kernel_core_sdk.conformance.platform import PlatformConformance, PlatformCo
 from kernel_core_sdk.conformance.prompt import PromptLearningConformance
 from kernel_core_sdk.conformance.registration import RegistrationChecks
 from kernel_core_sdk.conformance.scheduler import SchedulerConformance
+from kernel_core_sdk.conformance.serving import AdapterServingConformance
 from kernel_core_sdk.conformance.tuner import TunerConformance
 
 __all__ = [
     "PREFIX_CACHING",
+    "AdapterServingConformance",
     "AttentionBackendConformance",
     "CacheManagerConformance",
     "FakeRequest",
