@@ -113,7 +113,9 @@ TEMPLATES: dict[PluginKind, KindTemplate] = {
         suite="TunerConformance",
         description="A learned scale per output channel of Linear layers (IA3-like), mergeable.",
         usage="Create an adapter with `kernel_core.peft.get_config(\"${name}\", target_modules=\"all-linear\")` "
-        "and `get_peft_model(model, config)`; saved adapters carry `peft_type` ${peft_type}.",
+        "and `get_peft_model(model, config)`; saved adapters carry `peft_type` ${peft_type}. To serve them in "
+        "the engine, name an `AdapterServing` in `TunerSpec.serving` and test it with the SDK's "
+        "`AdapterServingConformance` (docs/writing-a-plugin.md, \"Serving a tuner's adapters\").",
         spec_fields='\n            peft_type="${peft_type}",',
     ),
     PluginKind.MODEL_ARCHITECTURE: KindTemplate(
