@@ -3,6 +3,7 @@ on SmolLM2-shaped steps in float32 and bfloat16, and how it reports a kernel tha
 
 from __future__ import annotations
 
+import shutil
 from types import ModuleType
 
 import pytest
@@ -23,11 +24,14 @@ class TestCPUAttentionConformance(AttentionBackendConformance):
         return plugin
 
 
-def test_the_kernel_builds_here() -> None:
-    """On this machine (a C++ compiler is installed) the backend is available: the conformance
-    suite above ran the kernel, not the torch fallback."""
-    assert CPUAttention.unavailable_reason() is None
-    assert CPUAttention().decode_kernel(torch.zeros(1, 4, 16), torch.zeros(2, 1, 4, 2, 16)) is not None
+def test_the_kernel_builds_wherever_there_is_a_compiler() -> None:
+    """With a C++ compiler (the development machine and CI have g++) the backend is available, so
+    the conformance suite above ran the kernel, not the torch fallback; without one it says so."""
+    kernel = CPUAttention().decode_kernel(torch.zeros(1, 4, 16), torch.zeros(2, 1, 4, 2, 16))
+    if shutil.which("c++") or shutil.which("g++"):
+        assert CPUAttention.unavailable_reason() is None and kernel is not None
+    else:
+        assert "no C++ compiler found" in (CPUAttention.unavailable_reason() or "") and kernel is None
 
 
 def step(
