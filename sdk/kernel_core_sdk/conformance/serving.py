@@ -7,7 +7,8 @@ tokenizer it builds, so nothing is downloaded), it checks: the record names a se
 subclasses the contract, and ``slot_nbytes`` is what ``__init__`` allocates; an engine serving
 two adapters of the kind beside base rows in one batch gives each request the greedy tokens of
 :class:`kernel_core.peft.PeftModel` with that adapter alone (a loop of whole-sequence forwards),
-and base rows the base model's; the same with fewer slots than adapters (eviction, and a slot
+and base rows the base model's (where HF ``peft`` is installed and has the kind, it must give
+those tokens too); the same with fewer slots than adapters (eviction, and a slot
 written over another adapter's); a corrupted folder (a tensor of the wrong shape, a foreign
 tensor) refused at load by ``convert`` with an ``AdapterLoadError`` that starts with ``where``
 and names the tensor; ``begin_step(None)`` / ``end_step`` leave the model computing the base.
@@ -36,7 +37,7 @@ from kernel_core.llm import LLM
 from kernel_core.peft import PeftModel, get_peft_model
 from kernel_core.sampling_params import SamplingParams
 from kernel_core_sdk.conformance._plugin import PluginUnderTest
-from kernel_core_sdk.peft_oracle import randomise, rewrite_adapter_tensors
+from kernel_core_sdk.peft_oracle import peft_load, quiet, randomise, rewrite_adapter_tensors
 
 #: Vocabulary of the suite's word-level tokenizer (and its model).
 VOCAB = 128
@@ -135,7 +136,8 @@ class AdapterServingConformance(PluginUnderTest):
       :data:`FEW_SLOTS`); raise ``max_lora_rank`` or ``max_virtual_tokens`` for larger adapters.
 
     The oracle is :class:`kernel_core.peft.PeftModel` loading the same folder (a loop of
-    whole-sequence forwards, float32); the method's peft interop tests tie that to HF ``peft``.
+    whole-sequence forwards, float32); where HF ``peft`` is installed and has the kind, a test
+    checks that it gives the same tokens on the same folders.
     """
 
     kind = PluginKind.TUNER
@@ -237,6 +239,20 @@ class AdapterServingConformance(PluginUnderTest):
         """The oracle is not vacuous: each adapter moves some greedy tokens."""
         for name in ADAPTERS:
             assert expected[name] != expected[None], f"adapter {name!r} gives the base model's tokens: make it larger"
+
+    def test_hf_peft_agrees_with_the_oracle(
+        self, base_folder: Path, adapters: dict[str, Path], plugin_spec: TunerSpec,
+        expected: dict[str | None, list[list[int]]],
+    ) -> None:
+        """Where HF ``peft`` is installed and has the kind, it loads the same folders and gives
+        the oracle's greedy tokens: what the engine is compared with is what peft computes."""
+        peft = pytest.importorskip("peft")
+        if plugin_spec.peft_type not in {kind.value for kind in peft.PeftType}:
+            pytest.skip(f"peft has no {plugin_spec.peft_type} adapters")
+        for name, folder in adapters.items():
+            reference = peft_load(lambda: load_base(base_folder), folder)
+            got = quiet(lambda: [greedy_by_forward(reference, p) for p in PROMPTS])
+            assert got == expected[name], f"adapter {name!r}: HF peft's greedy tokens differ from kernel_core.peft's"
 
     def test_mixed_batch_equals_peft_per_adapter(self, llm: LLM, expected: dict[str | None, list[list[int]]]) -> None:
         self.assert_mixed_batch(llm, expected)
