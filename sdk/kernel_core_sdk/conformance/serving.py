@@ -289,7 +289,7 @@ class AdapterServingConformance(PluginUnderTest):
                 tensors[key] = torch.cat([tensors[key], tensors[key]], dim=-1)
                 named.append(key)
             else:
-                foreign = key.rpartition(".")[0] + ".not_an_adapter_tensor"
+                foreign = f"{key.rpartition('.')[0] or 'base_model.model'}.not_an_adapter_tensor"
                 tensors[foreign] = torch.ones(3)
                 named.append(foreign)
 
