@@ -21,7 +21,7 @@ from __future__ import annotations
 import gc
 import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,14 @@ def greedy_by_forward(model: Any, prompt: list[int], steps: int = MAX_TOKENS) ->
             logits = model(input_ids=sequence, attention_mask=torch.ones_like(sequence)).logits
             sequence = torch.cat([sequence, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return sequence[0, len(prompt):].tolist()
+
+
+def make_llm(base: Path, adapters: dict[str, Path], settings: dict[str, Any]) -> LLM:
+    """An engine on the model folder ``base`` with ``adapters`` loaded by name."""
+    llm = LLM(str(base), **settings)
+    for name, folder in adapters.items():
+        llm.load_adapter(name, folder)
+    return llm
 
 
 def tokens(llm: LLM, prompts: list[list[int]], names: list[str | None]) -> list[list[int]]:
@@ -184,15 +192,9 @@ class AdapterServingConformance(PluginUnderTest):
             out[name] = [greedy_by_forward(model, p) for p in PROMPTS]
         return out
 
-    def make_llm(self, base: Path, adapters: dict[str, Path], settings: dict[str, Any]) -> LLM:
-        llm = LLM(str(base), **settings)
-        for name, folder in adapters.items():
-            llm.load_adapter(name, folder)
-        return llm
-
     @pytest.fixture
-    def llm(self, base_folder: Path, adapters: dict[str, Path], engine_settings: dict[str, Any]) -> Iterator[LLM]:
-        yield self.make_llm(base_folder, adapters, engine_settings)
+    def llm(self, base_folder: Path, adapters: dict[str, Path], engine_settings: dict[str, Any]) -> LLM:
+        return make_llm(base_folder, adapters, engine_settings)
 
     @staticmethod
     def serving_of(llm: LLM, plugin_spec: TunerSpec) -> AdapterServing:
@@ -262,7 +264,7 @@ class AdapterServingConformance(PluginUnderTest):
         expected: dict[str | None, list[list[int]]],
     ) -> None:
         """One slot, two adapters: each evicts the other and is written over its slot."""
-        llm = self.make_llm(base_folder, adapters, few_slot_settings)
+        llm = make_llm(base_folder, adapters, few_slot_settings)
         self.assert_mixed_batch(llm, expected)
         self.assert_mixed_batch(llm, expected)  # again, each adapter read back into a used slot
 
