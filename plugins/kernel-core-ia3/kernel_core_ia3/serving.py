@@ -9,8 +9,9 @@ model gets ``inputs [max_loras, in]`` and ``outputs [max_loras, out]`` on the de
 slot's adapter leaves it alone: a module fused with others (``k_proj`` in ``qkv_proj``) scales only
 its own output columns. An input-scaled module can share its GEMM's input only with modules scaling
 it by the same vector, which is checked at load. Each step, only the rows whose slot holds an IA3
-adapter are scaled: one gather of their scale vectors and one multiply per scaled projection, and
-projections no slot of the step scales are skipped.
+adapter are scaled: one gather of their scale vectors and one multiply per scaled projection (a
+broadcast multiply when one adapter has every row), and projections no slot of the step scales
+are skipped.
 """
 
 from __future__ import annotations
@@ -45,20 +46,46 @@ class ServedIA3(ServedAdapter):
 
 
 class _Step:
-    """The rows of this step whose slot holds an IA3 adapter, shared by every projection."""
+    """This step's IA3 rows, shared by every projection, in the cheapest form that scales them: when
+    they are every token of the step, the one slot's scales broadcast (or each token's gathered);
+    otherwise those rows gathered, scaled and written back."""
 
     def __init__(self) -> None:
         self.set(None)
 
     def set(self, batch: SlotBatch | None) -> None:
         self.used: frozenset[int] = frozenset() if batch is None else frozenset(batch.slot_rows)
-        self.rows: torch.Tensor | None  #: token rows of IA3 slots, slot by slot
-        self.slots: torch.Tensor | None  #: the slot of each of those rows
+        self.single: int | None = None  #: the one slot of every token
+        self.every: torch.Tensor | None = None  #: each token's slot, every token on an IA3 slot
+        self.rows: torch.Tensor | None = None  #: else the IA3 rows, slot by slot
+        self.slots: torch.Tensor | None = None  #: and the slot of each of them
         if batch is None or batch.empty:
-            self.rows = self.slots = None
+            return
+        if sum(rows.numel() for rows in batch.slot_rows.values()) == batch.token_slots.numel():
+            if len(batch.slot_rows) == 1:
+                self.single = next(iter(batch.slot_rows))
+            else:
+                self.every = batch.token_slots
         else:
             self.rows = torch.cat(list(batch.slot_rows.values()))
             self.slots = batch.token_slots.index_select(0, self.rows)
+
+    def scale(self, values: torch.Tensor, table: torch.Tensor, in_place: bool) -> torch.Tensor:
+        """``values`` ``[T, width]`` with the IA3 rows times their slot's row of ``table``: in
+        place, or as a new tensor (``values`` untouched)."""
+        if self.rows is not None:
+            scaled = _times(values.index_select(0, self.rows), table.index_select(0, self.slots))
+            return values.index_copy_(0, self.rows, scaled) if in_place else values.index_copy(0, self.rows, scaled)
+        scales = table[self.single] if self.single is not None else table.index_select(0, self.every)
+        if in_place and values.dtype == SCALE_DTYPE:
+            return values.mul_(scales)
+        scaled = _times(values, scales)
+        return values.copy_(scaled) if in_place else scaled
+
+
+def _times(values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``values * scales`` in float32, rounded once to ``values``' dtype, as peft computes it."""
+    return (values.to(SCALE_DTYPE) * scales).to(values.dtype)
 
 
 class IA3Projection(ProjectionHook):
@@ -82,22 +109,13 @@ class IA3Projection(ProjectionHook):
                 scaled.add(slot)
 
     def before(self, x: torch.Tensor) -> torch.Tensor:
-        step = self.step
-        if step.rows is None or step.used.isdisjoint(self.input_slots):
+        if self.step.used.isdisjoint(self.input_slots):
             return x
-        return x.index_copy(0, step.rows, _scaled(x, self.inputs, step))
+        return self.step.scale(x, self.inputs, in_place=False)
 
     def after(self, output: torch.Tensor, x: torch.Tensor) -> None:
-        step = self.step
-        if step.rows is not None and not step.used.isdisjoint(self.output_slots):
-            output.index_copy_(0, step.rows, _scaled(output, self.outputs, step))
-
-
-def _scaled(rows_of: torch.Tensor, table: torch.Tensor, step: _Step) -> torch.Tensor:
-    """The step's IA3 rows of ``rows_of``, each times its slot's scale vector, in float32 and
-    rounded back to the model's dtype once, as peft computes it (no-ops in float32)."""
-    rows = rows_of.index_select(0, step.rows)
-    return rows.to(SCALE_DTYPE).mul_(table.index_select(0, step.slots)).to(rows_of.dtype)
+        if not self.step.used.isdisjoint(self.output_slots):
+            self.step.scale(output, self.outputs, in_place=True)
 
 
 class IA3Serving(AdapterServing):

@@ -27,9 +27,15 @@ def _peft_layer(base: nn.Linear, vector: torch.Tensor, feedforward: bool) -> nn.
     return layer
 
 
+#: Each token's slot: mixed with other rows (slot 1 holds another kind's adapter: not in this batch),
+#: every row on one IA3 adapter, every row on one of two.
+SLOT_ROWS = {"mixed": [NO_SLOT, 2, 2, NO_SLOT, 0, 1, 0], "one": [2] * 5, "two": [0, 0, 2, 0, 2]}
+
+
+@pytest.mark.parametrize("slots", SLOT_ROWS.values(), ids=SLOT_ROWS.keys())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("feedforward", [True, False], ids=["input", "output"])
-def test_ia3_rows_equal_peft_and_other_rows_are_untouched(dtype: torch.dtype, feedforward: bool) -> None:
+def test_ia3_rows_equal_peft_and_other_rows_are_untouched(slots: list[int], dtype: torch.dtype, feedforward: bool) -> None:
     torch.manual_seed(0)
     base = nn.Linear(IN, OUT, bias=True).to(dtype)
     step = _Step()
@@ -37,7 +43,6 @@ def test_ia3_rows_equal_peft_and_other_rows_are_untouched(dtype: torch.dtype, fe
     vectors = {slot: torch.randn(IN if feedforward else OUT) * 2 for slot in (0, 2)}
     for slot, vector in vectors.items():
         projection.write(slot, (vector, None) if feedforward else (None, vector))
-    slots = [NO_SLOT, 2, 2, NO_SLOT, 0, 1, 0]  # slot 1 holds another kind's adapter: not in this batch
     x = torch.randn(len(slots), IN, dtype=dtype)
     mine = [s if s in vectors else NO_SLOT for s in slots]
     step.set(SlotBatch.from_token_slots(mine, torch.device("cpu")))
