@@ -1,7 +1,10 @@
 // Decode attention over the paged KV cache, read in place: each request walks its block table
 // and keeps an online softmax per query head over the positions it sees, so no key or value is
 // gathered into a copy. Plain C++ (no torch headers) so that it builds in about a second; called
-// through ctypes with the tensors' data pointers. Accumulates in float32 for float32 and bfloat16.
+// through ctypes with the tensors' data pointers. Accumulates in float32 for float32 and bfloat16;
+// in bfloat16 it rounds as torch's CPU flash attention (scaled_dot_product_attention, which HF
+// transformers calls) does, so that greedy tokens agree with HF's: scores and the softmax sums in
+// float32 over spans of 512 positions, each probability rounded to bfloat16 before it weights V.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -15,7 +18,24 @@ namespace {
 
 constexpr int64_t MAX_HEADS = 64;  // query heads
 constexpr int64_t MAX_HEAD = 256;  // head size
-constexpr int64_t CHUNK = 32;      // positions scored before their values are summed
+constexpr int64_t LANES = 32;      // softmax denominators kept per lane, summed at the end
+
+// Positions scored before their values are summed, and whether the probabilities are rounded to T.
+// float32: up to 32, within one cache block. bfloat16: up to 512 (torch's CPU flash attention's
+// kv_split_size), across blocks, so that the maximum each probability is taken against, and so its
+// rounding, is the one torch's kernel uses.
+template <typename T>
+struct Span;
+template <>
+struct Span<float> {
+  static constexpr int64_t size = 32;
+  static constexpr bool within_block = true;
+};
+template <>
+struct Span<uint16_t> {
+  static constexpr int64_t size = 512;
+  static constexpr bool within_block = false;
+};
 
 inline float load(const float* p) { return *p; }
 
@@ -37,6 +57,18 @@ inline void store(uint16_t* p, float value) {  // round to nearest even, as torc
   }
   bits += 0x7fffu + ((bits >> 16) & 1u);
   *p = static_cast<uint16_t>(bits >> 16);
+}
+
+// ``value`` as T would hold it: float32 unchanged, bfloat16 rounded to nearest even (finite, non-NaN
+// inputs: probabilities in [0, 1]).
+inline float rounded(float value, const float*) { return value; }
+
+inline float rounded(float value, const uint16_t*) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
 }
 
 #if defined(__AVX512F__)
@@ -110,67 +142,86 @@ void attend(const T* query, const T* keys, const T* values, const int32_t* block
   const int32_t* table = block_tables + request * L.table_stride;
   alignas(64) float q[MAX_HEADS][MAX_HEAD];
   alignas(64) float acc[MAX_HEADS][MAX_HEAD];
-  alignas(64) float weight[MAX_HEADS][CHUNK];
-  // Softmax denominators kept per chunk lane and summed at the end: no serial sum per chunk.
-  alignas(64) float total[MAX_HEADS][CHUNK];
+  constexpr int64_t SPAN = Span<T>::size;
+  alignas(64) float weight[MAX_HEADS][SPAN];
+  // Softmax denominators kept per lane and summed at the end: no serial sum per span.
+  alignas(64) float total[MAX_HEADS][LANES];
   float best[MAX_HEADS];
   for (int64_t head = 0; head < H; ++head) {
     const T* src = query + row * L.q_token_stride + head * L.q_head_stride;
     for (int64_t d = 0; d < D; ++d) q[head][d] = load(src + d) * L.scale;
     std::fill(acc[head], acc[head] + D, 0.0f);
     best[head] = -std::numeric_limits<float>::infinity();
-    std::fill(total[head], total[head] + CHUNK, 0.0f);
+    std::fill(total[head], total[head] + LANES, 0.0f);
   }
+  // Where the span from ``from`` ends, and the run of positions from ``p`` on, up to ``end``, that
+  // one cache block holds.
+  const auto span_end = [&](int64_t from) {
+    const int64_t end = std::min(length, from + SPAN);
+    return Span<T>::within_block ? std::min(end, (from / L.block_size + 1) * L.block_size) : end;
+  };
+  const auto run = [&](int64_t p, int64_t end) { return std::min(L.block_size - p % L.block_size, end - p); };
+  const auto slot_of = [&](int64_t p) { return static_cast<int64_t>(table[p / L.block_size]) * L.block_size + p % L.block_size; };
   for (int64_t start = first; start < length;) {
-    const int64_t offset = start % L.block_size;
-    const int64_t count = std::min({L.block_size - offset, length - start, CHUNK});
-    const int64_t slot = static_cast<int64_t>(table[start / L.block_size]) * L.block_size + offset;
-    const T* k_rows = keys + slot * stride;
-    const T* v_rows = values + slot * stride;
-    // The next chunk's rows come from a block anywhere in the cache: ask for them a position at a
-    // time while this chunk is scored, so that the loads overlap the arithmetic.
-    const int64_t next = start + count;
-    const int64_t next_count = next < length ? std::min({L.block_size - next % L.block_size, length - next, CHUNK}) : 0;
-    const int64_t next_slot =
-        next_count ? static_cast<int64_t>(table[next / L.block_size]) * L.block_size + next % L.block_size : 0;
-    for (int64_t j = 0; j < count; ++j) {
-      if (j < next_count) {
-        prefetch(keys + (next_slot + j) * stride, stride);
-        prefetch(values + (next_slot + j) * stride, stride);
+    const int64_t end = span_end(start), count = end - start;
+    for (int64_t p = start; p < end;) {
+      const int64_t n = run(p, end), base = p - start;
+      const T* k_rows = keys + slot_of(p) * stride;
+      // The next run's rows come from a block anywhere in the cache: ask for them a position at a
+      // time while this run is scored, so that the loads overlap the arithmetic.
+      const int64_t next = p + n;
+      const int64_t next_n = next < length ? run(next, next < end ? end : span_end(next)) : 0;
+      const int64_t next_slot = next_n ? slot_of(next) : 0;
+      for (int64_t j = 0; j < n; ++j) {
+        if (j < next_n) {
+          prefetch(keys + (next_slot + j) * stride, stride);
+          prefetch(values + (next_slot + j) * stride, stride);
+        }
+        for (int64_t head = 0; head < H; ++head) {
+          weight[head][base + j] = dot(q[head], k_rows + j * stride + (head / group) * D, D);
+        }
       }
-      for (int64_t head = 0; head < H; ++head) {
-        weight[head][j] = dot(q[head], k_rows + j * stride + (head / group) * D, D);
-      }
+      p += n;
     }
     for (int64_t head = 0; head < H; ++head) {
       float top = best[head];
       for (int64_t j = 0; j < count; ++j) top = std::max(top, weight[head][j]);
-      if (top > best[head]) {  // first chunk: best is -inf and nothing is summed yet
+      if (top > best[head]) {  // first span: best is -inf and nothing is summed yet
         const float rescale = best[head] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(best[head] - top);
-        for (int64_t j = 0; j < CHUNK; ++j) total[head][j] *= rescale;
+        for (int64_t j = 0; j < LANES; ++j) total[head][j] *= rescale;
         for (int64_t d = 0; d < D; ++d) acc[head][d] *= rescale;
         best[head] = top;
       }
+      for (int64_t lane = 0; lane < count; lane += LANES) {
+        const int64_t width = std::min(LANES, count - lane);
+        float* w = weight[head] + lane;
 #pragma omp simd
-      for (int64_t j = 0; j < count; ++j) {
-        weight[head][j] = exp_nonpositive(weight[head][j] - top);
-        total[head][j] += weight[head][j];
+        for (int64_t j = 0; j < width; ++j) {
+          const float e = exp_nonpositive(w[j] - top);
+          total[head][j] += e;  // the sum of the unrounded exponentials, as torch's
+          w[j] = rounded(e, keys);
+        }
       }
     }
-    for (int64_t j = 0; j < count; ++j) {
-      for (int64_t head = 0; head < H; ++head) {
-        const T* v = v_rows + j * stride + (head / group) * D;
-        const float p = weight[head][j];
+    for (int64_t p = start; p < end;) {
+      const int64_t n = run(p, end), base = p - start;
+      const T* v_rows = values + slot_of(p) * stride;
+      for (int64_t j = 0; j < n; ++j) {
+        for (int64_t head = 0; head < H; ++head) {
+          const T* v = v_rows + j * stride + (head / group) * D;
+          const float w = weight[head][base + j];
 #pragma omp simd
-        for (int64_t d = 0; d < D; ++d) acc[head][d] += p * load(v + d);
+          for (int64_t d = 0; d < D; ++d) acc[head][d] += w * load(v + d);
+        }
       }
+      p += n;
     }
-    start += count;
+    start = end;
   }
   for (int64_t head = 0; head < H; ++head) {
     T* dst = out + row * L.out_token_stride + head * L.out_head_stride;
     float sum = 0.0f;
-    for (int64_t j = 0; j < CHUNK; ++j) sum += total[head][j];
+    for (int64_t j = 0; j < LANES; ++j) sum += total[head][j];
     const float inverse = 1.0f / sum;
     for (int64_t d = 0; d < D; ++d) store(dst + d, acc[head][d] * inverse);
   }

@@ -72,9 +72,10 @@ def step(
 def test_smollm2_steps_match_the_torch_backend(dtype: torch.dtype, window: int | None) -> None:
     """Decodes of contexts 1-700 (across blocks, windows and the kernel's 32-position chunks) beside
     a prefill chunk, with the fused QKV's strided views. In float32 the two backends agree to
-    1e-5; in bfloat16 the kernel keeps scores and sums in float32 and rounds once, where the torch
-    backend rounds its scores and probabilities to bfloat16, so each is held to float64 attention
-    over the same bfloat16 inputs and the kernel must be no further from it than torch is."""
+    1e-5; in bfloat16 the kernel keeps scores and sums in float32 and rounds its probabilities (as
+    torch's SDPA does, next test), where the torch backend rounds its scores and probabilities to
+    bfloat16, so each is held to float64 attention over the same bfloat16 inputs and the kernel
+    must be no further from it than torch is."""
     generator = torch.Generator().manual_seed(0)
     contexts = [0, 15, 16, 31, 33, 700, 129, 40]
     new = [1, 1, 1, 1, 1, 1, 1, 24]
@@ -87,6 +88,33 @@ def test_smollm2_steps_match_the_torch_backend(dtype: torch.dtype, window: int |
         torch.testing.assert_close(ours, torch_out, atol=1e-5, rtol=0)
     else:
         assert (ours.double() - exact).abs().max() <= (torch_out.double() - exact).abs().max()
+
+
+def test_bfloat16_decodes_round_as_torch_sdpa_does() -> None:
+    """HF transformers' bfloat16 attention is torch's scaled_dot_product_attention, whose CPU flash
+    kernel keeps scores and sums in float32 but rounds each probability to bfloat16 before it
+    weights V, over spans of 512 positions: the kernel rounds the same way so that its greedy tokens
+    agree with HF's (docs/benchmarks.md, issue #16). Its outputs equal SDPA's bit for bit in 92% of
+    elements here (the exponentials and sum orders differ), where its float32 probabilities gave
+    66% and the torch backend gives 47%; held to 85% and to more than the torch backend's."""
+    contexts = [0, 15, 16, 31, 33, 700, 129, 40, 300, 511, 1030]
+    query, key, value, cache, metadata = step(torch.bfloat16, contexts, [1] * len(contexts), None, torch.Generator().manual_seed(0))
+    written = cache.clone()
+    ours = CPUAttention().forward(query, key, value, written, metadata).view(-1, NUM_HEADS, HEAD_SIZE)
+    torch_out = TorchAttention().forward(query, key, value, cache.clone(), metadata).view(-1, NUM_HEADS, HEAD_SIZE)
+    rows = written.view(2, -1, NUM_KV_HEADS, HEAD_SIZE)
+    same_ours, same_torch = [], []
+    for i, context in enumerate(contexts):
+        table = metadata.block_tables[i].tolist()
+        slots = torch.tensor([table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in range(context + 1)])
+        k, v = (rows[j, slots].transpose(0, 1)[None] for j in (0, 1))
+        sdpa = torch.nn.functional.scaled_dot_product_attention(
+            query[i][None, :, None], k, v, scale=HEAD_SIZE**-0.5, enable_gqa=True
+        )[0, :, 0]
+        same_ours.append((ours[i] == sdpa).float().mean().item())
+        same_torch.append((torch_out[i] == sdpa).float().mean().item())
+    ours_mean, torch_mean = sum(same_ours) / len(contexts), sum(same_torch) / len(contexts)
+    assert ours_mean >= 0.85 and ours_mean > torch_mean, (same_ours, same_torch)
 
 
 def test_more_threads_give_the_same_output() -> None:
