@@ -22,8 +22,9 @@ from kernel_core.errors import AdapterLoadError
 from kernel_core.llm import LLM
 from kernel_core_sdk.hf_oracle import make_ia3_adapter
 
-from ..lora.peft_adapters import ADAPTERS, adapters_for
-from .test_lora_serving import CONFIGS, GREEDY, PROMPTS, Expected, assert_equal_to_peft, assert_idle, make_llm
+from ..lora.peft_adapters import adapters_for
+from .adapter_serving import GREEDY, PROMPTS, Expected, assert_equal_to_peft, assert_idle, make_llm, workload
+from .test_lora_serving import CONFIGS
 
 #: IA3 configs: peft's default for the model type, and one with other targets and input scales.
 IA3_ADAPTERS: dict[str, dict[str, Any]] = {
@@ -46,16 +47,6 @@ def adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 @pytest.fixture(scope="module")
 def expected(tiny_model: Path, adapters: dict[str, Path]) -> Expected:
     return Expected(tiny_model, adapters)
-
-
-def workload() -> tuple[list[str], list[str | None]]:
-    """The base model, both IA3 and both LoRA adapters, each on two prompts, interleaved."""
-    prompts, names = [], []
-    for i, name in enumerate([None, *IA3_ADAPTERS, *LORA]):
-        for j in (i, i + 1):
-            prompts.append(PROMPTS[j % len(PROMPTS)])
-            names.append(name)
-    return prompts, names
 
 
 def test_peft_saved_what_the_served_layout_assumes(adapters):
@@ -91,7 +82,7 @@ def record_kinds(llm: LLM) -> list[set[str]]:
 def test_ia3_lora_and_base_rows_in_one_batch_equal_hf_peft(config, tiny_model, adapters, expected):
     llm = make_llm(tiny_model, adapters, **config)
     steps = record_kinds(llm)
-    prompts, names = workload()
+    prompts, names = workload([None, *IA3_ADAPTERS, *LORA])
     assert_equal_to_peft(llm.generate(prompts, GREEDY, adapter=names), prompts, names, expected)
     if config["max_loras"] >= 3:
         assert any(kinds == {"IA3", "LORA"} for kinds in steps)  # both kinds really shared steps
@@ -197,7 +188,7 @@ def test_embedded_model_ia3_lora_and_base_rows_equal_hf_peft(embedded_model, emb
     adapters = {**{name: lora[name] for name in LORA}, **made}
     expected = Expected(base, adapters)
     llm = make_llm(embedded_model, adapters, **CONFIGS["everything"] | {"num_kv_blocks": 10})
-    prompts, names = workload()
+    prompts, names = workload([None, *IA3_ADAPTERS, *LORA])
     assert_equal_to_peft(llm.generate(prompts, GREEDY, adapter=names), prompts, names, expected)
     assert_equal_to_peft(llm.generate(prompts, GREEDY, adapter=names), prompts, names, expected)  # warm
     assert_idle(llm.engine)

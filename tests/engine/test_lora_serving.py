@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,20 +17,10 @@ from kernel_core.config import EngineConfig
 from kernel_core.engine.llm_engine import LLMEngine
 from kernel_core.errors import AdapterInUseError, AdapterLoadError, InvalidRequestError, UnknownAdapterError
 from kernel_core.llm import LLM
-from kernel_core.outputs import RequestOutput
 from kernel_core.sampling_params import SamplingParams
 
-from ..lora.peft_adapters import ADAPTERS, Oracle, adapters_for, make_adapter
-
-MAX_TOKENS = 8
-GREEDY = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
-PROMPTS = [
-    "Hello, my name is",
-    "The capital of France is a city with many museums and old streets, where",
-    "Once upon a time, in a kingdom by the sea, there lived a princess who loved to read books about "
-    "stars, ships and the people who sailed them across the",
-]
-
+from ..lora.peft_adapters import ADAPTERS, adapters_for, make_adapter
+from .adapter_serving import GREEDY, MAX_TOKENS, PROMPTS, Expected, assert_equal_to_peft, assert_idle, make_llm, workload
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -41,43 +30,9 @@ def adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     return adapters_for(tiny_model, tmp_path_factory.mktemp("peft-adapters"))
 
 
-class Expected:
-    """HF PEFT's greedy tokens per (adapter or None, prompt), computed once each."""
-
-    def __init__(self, base: Path, adapters: dict[str, Path]) -> None:
-        self.oracle, self.adapters, self._tokens = Oracle(base), adapters, {}
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(base)
-
-    def __call__(self, adapter: str | None, prompt: str, folder: Path | None = None) -> list[int]:
-        folder = folder or (self.adapters[adapter] if adapter else None)
-        if (folder, prompt) not in self._tokens:
-            ids = self.tokenizer(prompt)["input_ids"]
-            self._tokens[folder, prompt] = self.oracle.generate(folder, ids, MAX_TOKENS)
-        return self._tokens[folder, prompt]
-
-
 @pytest.fixture(scope="module")
 def expected(tiny_model: Path, adapters: dict[str, Path]) -> Expected:
     return Expected(tiny_model, adapters)
-
-
-def workload() -> tuple[list[str], list[str | None]]:
-    """Every adapter and the base model, each on two prompts, interleaved."""
-    prompts, names = [], []
-    for i, name in enumerate([None, *ADAPTERS]):
-        for j in (i, i + 1):
-            prompts.append(PROMPTS[j % len(PROMPTS)])
-            names.append(name)
-    return prompts, names
-
-
-def make_llm(base: Path, adapters: dict[str, Path], **config: Any) -> LLM:
-    llm = LLM(str(base), **{"enable_lora": True, "max_lora_rank": 32, "num_kv_blocks": 256, **config})
-    for name, folder in adapters.items():
-        llm.load_adapter(name, folder)
-    return llm
 
 
 def record_steps(engine: LLMEngine) -> list[set[int]]:
@@ -91,22 +46,6 @@ def record_steps(engine: LLMEngine) -> list[set[int]]:
 
     engine.runner.execute = recording
     return steps
-
-
-def assert_idle(engine: LLMEngine) -> None:
-    """The KV pool exactly full again, every slot unheld, no adapter counted as used."""
-    stats = engine.components.cache.stats()
-    assert stats.num_free_blocks == stats.num_blocks
-    assert not engine.scheduler.running and not engine.scheduler.waiting
-    assert engine.adapters.slots.holders == [0] * len(engine.adapters.slots.holders)
-    assert all(info.num_requests == 0 for info in engine.list_adapters())
-
-
-def assert_equal_to_peft(outputs: list[RequestOutput], prompts, names, expected: Expected) -> None:
-    got = [list(o.outputs[0].token_ids) for o in outputs]
-    want = [expected(name, prompt) for prompt, name in zip(prompts, names)]
-    mismatches = [(i, names[i]) for i, (g, w) in enumerate(zip(got, want)) if g != w]
-    assert not mismatches, f"rows differing from HF PEFT (row, adapter): {mismatches}"
 
 
 def test_adapters_change_the_output(adapters, expected):
@@ -128,7 +67,7 @@ CONFIGS = {
 def test_mixed_batch_equals_hf_peft_per_adapter(config, tiny_model, adapters, expected):
     llm = make_llm(tiny_model, adapters, **config)
     steps = record_steps(llm.engine)
-    prompts, names = workload()
+    prompts, names = workload([None, *ADAPTERS])
     assert_equal_to_peft(llm.generate(prompts, GREEDY, adapter=names), prompts, names, expected)
     assert max(len(slots) for slots in steps) <= config["max_loras"]
     assert any(len(slots) > 1 for slots in steps)  # adapters really shared steps
@@ -335,7 +274,7 @@ def test_embedded_model_mixed_batch_equals_hf_peft(config, embedded_model, embed
     base, adapters = embedded_adapters
     expected = Expected(base, adapters)
     llm = make_llm(embedded_model, adapters, **config)
-    prompts, names = workload()
+    prompts, names = workload([None, *ADAPTERS])
     assert_equal_to_peft(llm.generate(prompts, GREEDY, adapter=names), prompts, names, expected)
     assert_equal_to_peft(llm.generate(prompts, GREEDY, adapter=names), prompts, names, expected)  # warm
     assert_idle(llm.engine)

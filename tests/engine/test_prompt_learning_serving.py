@@ -5,8 +5,8 @@ Adapters made by the real ``peft`` (prompt tuning, P-tuning with its MLP and LST
 prefix tuning with and without its projection) on a tiny random Llama with SmolLM2's tokenizer:
 each request's greedy tokens must equal HF PEFT's with that adapter alone, also with chunked
 prefill, prefix hits and preemption forced. PEFT's greedy tokens come from a loop of its
-``PeftModelForCausalLM`` forwards on the whole sequence: peft 0.21.2's ``generate`` ignores a
-prefix and repeats virtual tokens on transformers 5.x (see ``kernel_core_sdk.peft_oracle``).
+``PeftModelForCausalLM`` forwards on the whole sequence (``Oracle.greedy_by_forward``: peft
+0.21.2's ``generate`` ignores a prefix and repeats virtual tokens on transformers 5.x).
 Then what a request reports (no virtual tokens), pinned virtual-token blocks, bad input, and the
 same oracle on the real embedded model (slow)."""
 
@@ -20,22 +20,14 @@ import torch
 
 from kernel_core.errors import AdapterLoadError, ContextLengthError
 from kernel_core.llm import LLM
-from kernel_core.outputs import RequestOutput
 from kernel_core.sampling_params import SamplingParams
 from kernel_core.engine.llm_engine import _sampling_row
 from kernel_core.engine.request import VIRTUAL_TOKEN_ID
 from kernel_core_sdk.hf_oracle import make_ia3_adapter, make_lora_adapter
 
 from ..lora.peft_adapters import make_prompt_adapter
+from .adapter_serving import GREEDY, MAX_TOKENS, PROMPTS, Expected, assert_equal_to_peft, assert_idle, make_llm, workload
 
-MAX_TOKENS = 8
-GREEDY = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
-PROMPTS = [
-    "Hello, my name is",
-    "The capital of France is a city with many museums and old streets, where",
-    "Once upon a time, in a kingdom by the sea, there lived a princess who loved to read books about "
-    "stars, ships and the people who sailed them across the",
-]
 #: peft config class name -> fields, per adapter; every kind served, two shapes of each encoder.
 PROMPT_ADAPTERS: dict[str, tuple[str, dict[str, Any]]] = {
     "prompt5": ("PromptTuningConfig", dict(num_virtual_tokens=5)),
@@ -80,78 +72,9 @@ def adapters(base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     return made
 
 
-class Expected:
-    """HF PEFT's greedy tokens per (adapter or None, prompt): a loop of its forwards, stopping
-    after an end-of-sequence token as ``generate`` does."""
-
-    def __init__(self, base: Path, adapters: dict[str, Path]) -> None:
-        from transformers import AutoTokenizer
-
-        self.base, self.adapters = base, adapters
-        self.tokenizer = AutoTokenizer.from_pretrained(base)
-        self._models: dict[str | None, Any] = {}
-        self._tokens: dict[tuple[str | None, str], list[int]] = {}
-
-    def model(self, adapter: str | None) -> Any:
-        if adapter not in self._models:
-            from peft import PeftModel
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(self.base, dtype=torch.float32)
-            if adapter is not None:
-                model = PeftModel.from_pretrained(model, self.adapters[adapter])
-            self._models[adapter] = model.eval()
-        return self._models[adapter]
-
-    def __call__(self, adapter: str | None, prompt: str) -> list[int]:
-        if (adapter, prompt) not in self._tokens:
-            model, eos = self.model(adapter), self.tokenizer.eos_token_id
-            sequence = torch.tensor([self.tokenizer(prompt)["input_ids"]])
-            new: list[int] = []
-            with torch.inference_mode():
-                while len(new) < MAX_TOKENS and (not new or new[-1] != eos):
-                    logits = model(input_ids=sequence, attention_mask=torch.ones_like(sequence)).logits
-                    new.append(int(logits[0, -1].argmax()))
-                    sequence = torch.cat([sequence, torch.tensor([[new[-1]]])], dim=1)
-            self._tokens[adapter, prompt] = new
-        return self._tokens[adapter, prompt]
-
-
 @pytest.fixture(scope="module")
 def expected(base: Path, adapters: dict[str, Path]) -> Expected:
-    return Expected(base, adapters)
-
-
-def make_llm(base: Path, adapters: dict[str, Path], **config: Any) -> LLM:
-    llm = LLM(str(base), **{"enable_lora": True, "num_kv_blocks": 256, **config})
-    for name, folder in adapters.items():
-        llm.load_adapter(name, folder)
-    return llm
-
-
-def workload() -> tuple[list[str], list[str | None]]:
-    """The base model, LoRA, IA3 and every prompt-learning adapter, each on two prompts, interleaved."""
-    prompts, names = [], []
-    for i, name in enumerate([None, *NAMES]):
-        for j in (i, i + 1):
-            prompts.append(PROMPTS[j % len(PROMPTS)])
-            names.append(name)
-    return prompts, names
-
-
-def assert_equal_to_peft(outputs: list[RequestOutput], prompts, names, expected: Expected) -> None:
-    got = [list(o.outputs[0].token_ids) for o in outputs]
-    want = [expected(name, prompt) for prompt, name in zip(prompts, names)]
-    mismatches = [(i, names[i]) for i, (g, w) in enumerate(zip(got, want)) if g != w]
-    assert not mismatches, f"rows differing from HF PEFT (row, adapter): {mismatches}"
-
-
-def assert_idle(llm: LLM) -> None:
-    engine = llm.engine
-    stats = engine.components.cache.stats()
-    assert stats.num_free_blocks == stats.num_blocks - engine.pinned_blocks
-    assert engine.adapters.slots.holders == [0] * len(engine.adapters.slots.holders)
-    assert all(info.num_requests == 0 for info in engine.list_adapters())
+    return Expected(base, adapters, by_forward=True)
 
 
 def test_each_adapter_changes_the_output(expected):
@@ -172,16 +95,16 @@ CONFIGS = {
 @pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
 def test_mixed_batch_equals_hf_peft_per_adapter(config, base, adapters, expected):
     llm = make_llm(base, adapters, **config)
-    prompts, names = workload()
+    prompts, names = workload([None, *NAMES])
     assert_equal_to_peft(llm.generate(prompts, GREEDY, adapter=names), prompts, names, expected)
     if config.get("num_kv_blocks", 256) < 16:
         assert llm.engine.scheduler.num_preemptions > 0
-    assert_idle(llm)
+    assert_idle(llm.engine)
     hits = llm.engine.components.cache.stats().prefix_hits
     again = llm.generate(prompts, GREEDY, adapter=names)  # warm: virtual tokens and prompts cached
     assert_equal_to_peft(again, prompts, names, expected)
     assert llm.engine.components.cache.stats().prefix_hits > hits or not config.get("enable_prefix_caching", True)
-    assert_idle(llm)
+    assert_idle(llm.engine)
 
 
 def test_virtual_tokens_are_never_reported(base, adapters, expected):
@@ -204,7 +127,7 @@ def test_virtual_tokens_are_never_reported(base, adapters, expected):
     assert _sampling_row(completion).prompt_token_ids == ids
     while llm.engine.has_unfinished_requests():
         llm.engine.step()
-    assert_idle(llm)
+    assert_idle(llm.engine)
 
 
 def test_virtual_tokens_count_toward_max_model_len(base, adapters, expected):
@@ -219,7 +142,7 @@ def test_virtual_tokens_count_toward_max_model_len(base, adapters, expected):
     # max_tokens is clipped to what the virtual tokens and the prompt leave
     short = llm.generate([PROMPTS[0]], SamplingParams(temperature=0, max_tokens=1000), adapter="prefix-mlp20")[0]
     assert len(short.outputs[0].token_ids) <= len(prompt) + 10 - 20 - len(short.prompt_token_ids)
-    assert_idle(llm)
+    assert_idle(llm.engine)
 
 
 def test_an_adapter_with_more_virtual_tokens_than_the_slots_hold_is_refused(base, adapters):
@@ -248,16 +171,16 @@ def test_a_table_of_another_model_is_refused_naming_the_tensor(name, base, adapt
 
 
 def test_virtual_token_blocks_stay_pinned_until_unload(base, adapters, expected):
-    """prefix-mlp20's 20 virtual tokens fill two 8-token blocks: computed once by its first
-    request, then held through a pool churned by base requests, found by every later request,
-    never by another adapter's; unloading gives them back."""
+    """prefix-mlp20's 20 virtual tokens fill two 8-token blocks: computed once at load, then
+    held through a pool churned by base requests, found by every later request, never by
+    another adapter's; unloading gives them back."""
     llm = make_llm(base, {"prefix-mlp20": adapters["prefix-mlp20"], "prefix6": adapters["prefix6"]},
                    num_kv_blocks=12, block_size=8)
     engine, cache = llm.engine, llm.engine.components.cache
     key = engine.adapters.key_of("prefix-mlp20")
     assert {i.name: (i.kind, i.num_virtual_tokens) for i in llm.list_adapters()} == {
         "prefix-mlp20": ("PREFIX_TUNING", 20), "prefix6": ("PREFIX_TUNING", 6)}
-    assert engine.pinned_blocks == 0  # reserved at load, pinned once computed
+    assert engine.pinned_blocks == 2  # written at load (prefix6's 6 tokens fill no block)
     assert engine.scheduler.capacity_tokens == (12 - 2) * 8
     first = llm.generate([PROMPTS[0]], GREEDY, adapter="prefix-mlp20")[0]
     assert list(first.outputs[0].token_ids) == expected("prefix-mlp20", PROMPTS[0])
@@ -271,10 +194,75 @@ def test_virtual_token_blocks_stay_pinned_until_unload(base, adapters, expected)
     again = llm.generate([PROMPTS[2]], GREEDY, adapter="prefix-mlp20")[0]
     assert list(again.outputs[0].token_ids) == expected("prefix-mlp20", PROMPTS[2])
     assert cache.stats().prefix_hits - hits >= 16
-    assert_idle(llm)
+    assert_idle(llm.engine)
     llm.unload_adapter("prefix-mlp20")
     assert engine.pinned_blocks == 0 and engine.scheduler.capacity_tokens == 12 * 8
     assert cache.stats().num_free_blocks == cache.stats().num_blocks
+
+
+def test_virtual_token_blocks_are_written_at_load(base, adapters, expected):
+    """Right after load, before any request, each adapter's full virtual blocks (4-token
+    blocks: prefix tuning 5, prompt tuning 1, P-tuning 1) are cached under its key and
+    pinned; its first request finds them as a prefix hit and still equals HF PEFT."""
+    full = {"prefix-mlp20": 20, "prompt5": 4, "ptune-mlp4": 4}
+    llm = make_llm(base, {name: adapters[name] for name in full}, num_kv_blocks=24, block_size=4)
+    engine, cache = llm.engine, llm.engine.components.cache
+    assert engine.pinned_blocks == 7 and cache.stats().num_free_blocks == 24 - 7
+    assert_idle(llm.engine)
+    for name, tokens in full.items():
+        assert cache.match_prefix("probe", [VIRTUAL_TOKEN_ID] * tokens, engine.adapters.key_of(name)) == tokens
+        cache.free("probe")
+        hits = cache.stats().prefix_hits
+        first = llm.generate([PROMPTS[1]], GREEDY, adapter=name)[0]
+        assert list(first.outputs[0].token_ids) == expected(name, PROMPTS[1])
+        assert cache.stats().prefix_hits - hits >= tokens, name
+    assert_idle(llm.engine)
+
+
+def test_a_load_refused_for_capacity_leaves_nothing_behind(base, adapters):
+    llm = make_llm(base, {"prefix-mlp20": adapters["prefix-mlp20"]}, num_kv_blocks=5, block_size=8)
+    engine, cache = llm.engine, llm.engine.components.cache
+    before = (engine.pinned_blocks, engine.scheduler.reserved_blocks, cache.stats().num_free_blocks)
+    assert before == (2, 2, 3)
+    with pytest.raises(AdapterLoadError, match="would pin 2 KV blocks"):
+        llm.load_adapter("again", adapters["prefix-mlp20"])
+    assert [i.name for i in llm.list_adapters()] == ["prefix-mlp20"]
+    assert (engine.pinned_blocks, engine.scheduler.reserved_blocks, cache.stats().num_free_blocks) == before
+    assert engine.adapters.slots.holders == [0] * len(engine.adapters.slots.holders)
+
+
+def test_an_async_load_while_a_request_streams_writes_its_blocks_between_steps(base, adapters, expected):
+    """The async engine's load runs the virtual-token prefill on its worker between two steps:
+    the request streaming meanwhile finishes whole, and the adapter's first request finds the
+    pinned blocks and equals HF PEFT."""
+    import asyncio
+
+    from kernel_core.config import EngineConfig
+    from kernel_core.engine.async_engine import AsyncLLMEngine
+    from kernel_core.engine.llm_engine import LLMEngine
+
+    engine = AsyncLLMEngine(LLMEngine(EngineConfig(model=str(base), enable_lora=True, num_kv_blocks=64, block_size=8)))
+    cache = engine.engine.components.cache
+    long = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
+
+    async def last(stream) -> list[int]:
+        output = None
+        async for output in stream:
+            pass
+        return list(output.outputs[0].token_ids)
+
+    async def main() -> tuple[list[int], list[int], int, int]:
+        async with engine:
+            stream = engine.generate(PROMPTS[2], long, request_id="streaming")
+            await stream.__anext__()
+            await engine.load_adapter("p", adapters["prefix-mlp20"])
+            pinned, hits = engine.engine.pinned_blocks, cache.stats().prefix_hits
+            first = await last(engine.generate(PROMPTS[0], GREEDY, adapter="p"))
+            return await last(stream), first, pinned, cache.stats().prefix_hits - hits
+
+    streamed, first, pinned, hits = asyncio.run(asyncio.wait_for(main(), 120))
+    assert len(streamed) == 64 and pinned == 2 and hits >= 16
+    assert first == expected("prefix-mlp20", PROMPTS[0])
 
 
 def test_pins_that_do_not_fit_the_pool_are_refused_with_the_numbers(base, adapters):
@@ -305,7 +293,7 @@ def test_embedded_model_mixed_batch_equals_hf_peft(config, embedded_model, embed
                 for seed, (name, (kind, fields)) in enumerate(kinds.items(), 1)}
     adapters["lora"] = make_lora_adapter(base, root / "lora", 9, r=8, lora_alpha=16, target_modules="all-linear")
     adapters["ia3"] = make_ia3_adapter(base, root / "ia3", 10)
-    expected = Expected(base, adapters)
+    expected = Expected(base, adapters, by_forward=True)
     llm = make_llm(embedded_model, adapters, **config)
     prompts = [PROMPTS[i % 3] for i in range(2 * (len(adapters) + 1))]
     names = [name for name in (None, *adapters) for _ in range(2)]
@@ -313,7 +301,7 @@ def test_embedded_model_mixed_batch_equals_hf_peft(config, embedded_model, embed
     assert_equal_to_peft(llm.generate(prompts, GREEDY, adapter=names), prompts, names, expected)  # warm
     if "num_kv_blocks" in config:
         assert llm.engine.scheduler.num_preemptions > 0
-    assert_idle(llm)
+    assert_idle(llm.engine)
 
 
 def test_a_sliding_window_shorter_than_virtual_tokens_and_prompt(embedded_model_cache, tmp_path):
@@ -333,9 +321,9 @@ def test_a_sliding_window_shorter_than_virtual_tokens_and_prompt(embedded_model_
     tokenizer.save_pretrained(base)
     adapters = {"prefix6": make_prompt_adapter(base, tmp_path / "prefix6", 1, "PrefixTuningConfig", num_virtual_tokens=6),
                 "prompt6": make_prompt_adapter(base, tmp_path / "prompt6", 2, "PromptTuningConfig", num_virtual_tokens=6)}
-    expected = Expected(base, adapters)
+    expected = Expected(base, adapters, by_forward=True)
     llm = make_llm(base, adapters)
     prompts, names = [p for p in PROMPTS for _ in range(3)], [None, *adapters] * len(PROMPTS)
     assert_equal_to_peft(llm.generate(prompts, GREEDY, adapter=names), prompts, names, expected)
     assert all(expected(name, PROMPTS[0]) != expected(None, PROMPTS[0]) for name in adapters)
-    assert_idle(llm)
+    assert_idle(llm.engine)

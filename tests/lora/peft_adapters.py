@@ -59,6 +59,20 @@ class Oracle:
             )
         return out[0, ids.shape[1] :].tolist()
 
+    def greedy_by_forward(self, adapter: Path | None, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        """Greedy new tokens from a loop of whole-sequence forwards, stopping after an end-of-sequence
+        token as ``generate`` does: peft 0.21.2's ``generate`` ignores a prefix and repeats virtual
+        tokens on transformers 5.x (see ``kernel_core_sdk.peft_oracle``)."""
+        model = self.model(adapter)
+        eos = model.config.eos_token_id
+        sequence, new = torch.tensor([list(prompt_ids)]), []
+        with torch.inference_mode():
+            while len(new) < max_new_tokens and (not new or new[-1] != eos):
+                logits = model(input_ids=sequence, attention_mask=torch.ones_like(sequence)).logits
+                new.append(int(logits[0, -1].argmax()))
+                sequence = torch.cat([sequence, torch.tensor([[new[-1]]])], dim=1)
+        return new
+
 
 def make_prompt_adapter(base: Path, folder: Path, seed: int, config_class: str, **fields: Any) -> Path:
     """A PEFT prompt-learning folder (``config_class``: ``PromptTuningConfig``,
