@@ -6,6 +6,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,14 @@ def embedded_model(embedded_model_cache: Path, monkeypatch: pytest.MonkeyPatch) 
     return embedded_model_path(convert=False)
 
 
+#: The shape of :func:`tiny_model`: tests that need another init or another architecture of that
+#: size pass it to ``save_servable_model`` with their changes.
+TINY_LLAMA = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    max_position_embeddings=1024, tie_word_embeddings=True,
+)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(embedded_model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random-init Llama with SmolLM2's tokenizer: real text in and out, fast steps.
@@ -100,21 +109,12 @@ def tiny_model(embedded_model_cache: Path, tmp_path_factory: pytest.TempPathFact
     Its outputs are arbitrary but deterministic; tests of the engine's mechanics use it, and the
     oracle tests compare the real embedded model with transformers.
     """
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
-    embedded = embedded_model_cache / "models" / "smollm2-135m-instruct"
-    tokenizer = AutoTokenizer.from_pretrained(embedded)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    from kernel_core_sdk.hf_oracle import save_servable_model
+
+    return save_servable_model(partial(LlamaConfig, **TINY_LLAMA), embedded_model_cache / "models" / "smollm2-135m-instruct",
+                               tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ same oracle on the real embedded model (slow)."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ from kernel_core.llm import LLM
 from kernel_core.sampling_params import SamplingParams
 from kernel_core.engine.llm_engine import _sampling_row
 from kernel_core.engine.request import VIRTUAL_TOKEN_ID
-from kernel_core_sdk.hf_oracle import make_ia3_adapter, make_lora_adapter
+from kernel_core_sdk.hf_oracle import make_ia3_adapter, make_lora_adapter, save_servable_model
 
+from ..conftest import TINY_LLAMA
 from ..lora.peft_adapters import make_prompt_adapter
 from .adapter_serving import GREEDY, MAX_TOKENS, PROMPTS, Expected, assert_equal_to_peft, assert_idle, make_llm, workload
 
@@ -45,19 +47,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def base(embedded_model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random Llama (two key/value heads) whose weights are large enough that its
     greedy tokens depend on what it reads (at the default init it repeats one token)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_cache / "models" / "smollm2-135m-instruct")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, initializer_range=0.3,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("prompt-serving-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_servable_model(partial(LlamaConfig, **TINY_LLAMA, initializer_range=0.3),
+                               embedded_model_cache / "models" / "smollm2-135m-instruct",
+                               tmp_path_factory.mktemp("prompt-serving-llama"))
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +256,8 @@ def test_an_async_load_while_a_request_streams_writes_its_blocks_between_steps(b
 
     streamed, first, pinned, hits = asyncio.run(asyncio.wait_for(main(), 120))
     assert len(streamed) == 64 and pinned == 2 and hits >= 16
+    want = expected(None, PROMPTS[2])
+    assert streamed[: len(want)] == want
     assert first == expected("prefix-mlp20", PROMPTS[0])
 
 
@@ -307,18 +303,10 @@ def test_embedded_model_mixed_batch_equals_hf_peft(config, embedded_model, embed
 def test_a_sliding_window_shorter_than_virtual_tokens_and_prompt(embedded_model_cache, tmp_path):
     """A Mistral attending within 8 tokens: the virtual tokens leave the window as peft's prefix
     does (the short prompt still reads them; the long ones no longer do)."""
-    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+    from transformers import MistralConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_cache / "models" / "smollm2-135m-instruct")
-    config = MistralConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, sliding_window=8, initializer_range=0.3,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    base = tmp_path / "mistral"
-    MistralForCausalLM(config).save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    base = save_servable_model(partial(MistralConfig, **TINY_LLAMA, sliding_window=8, initializer_range=0.3),
+                               embedded_model_cache / "models" / "smollm2-135m-instruct", tmp_path / "mistral")
     adapters = {"prefix6": make_prompt_adapter(base, tmp_path / "prefix6", 1, "PrefixTuningConfig", num_virtual_tokens=6),
                 "prompt6": make_prompt_adapter(base, tmp_path / "prompt6", 2, "PromptTuningConfig", num_virtual_tokens=6)}
     expected = Expected(base, adapters, by_forward=True)
