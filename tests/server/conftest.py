@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,22 @@ def start_server(model: Path, log: Path, *args: str, env: dict[str, str] | None 
             process.kill()
             raise AssertionError(f"kcore serve did not start (exit {process.poll()}):\n{log.read_text()}")
         time.sleep(0.1)
+
+
+@contextmanager
+def serving_adapters(model: Path, folders: dict[str, Path], log: Path, cache: Path) -> Iterator[Server]:
+    """``kcore serve`` (64 KV blocks, ``KERNEL_CORE_CACHE`` at ``cache``) with each of ``folders`` given
+    as ``--adapter name=folder``, checked to list each as an OpenAI model of ``model``; stopped
+    cleanly after."""
+    args = [arg for name, folder in folders.items() for arg in ("--adapter", f"{name}={folder}")]
+    server = start_server(model, log, "--api-key", API_KEY, *args, "--num-kv-blocks", "64",
+                          env={"KERNEL_CORE_CACHE": str(cache)})
+    try:
+        models = {m.id: m for m in server.client().models.list().data}
+        assert {name: models[name].model_extra["parent"] for name in folders} == dict.fromkeys(folders, server.model)
+        yield server
+    finally:
+        assert server.stop() == 0, server.log.read_text()
 
 
 @pytest.fixture(scope="session")

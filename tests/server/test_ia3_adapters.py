@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kernel_core.llm import LLM
 from kernel_core.sampling_params import SamplingParams
 from kernel_core_sdk.hf_oracle import make_ia3_adapter
 
+from ..engine.adapter_serving import make_llm
 from ..lora.peft_adapters import ADAPTERS, make_adapter
-from .conftest import API_KEY, start_server
+from .conftest import serving_adapters
 
 PROMPT = "The capital of France is"
 
@@ -23,22 +23,13 @@ def test_ia3_adapters_are_openai_models(tiny_model: Path, embedded_model_cache: 
                                   feedforward_modules=["o_proj"]),
         "qv8": make_adapter(tiny_model, tmp_path / "qv8", 1, **ADAPTERS["qv8"]),
     }
-    llm = LLM(str(tiny_model), enable_lora=True, num_kv_blocks=64)
-    for name, folder in folders.items():
-        llm.load_adapter(name, folder)
+    llm = make_llm(tiny_model, folders, num_kv_blocks=64)
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     want = {name: llm.generate([PROMPT], params, adapter=name)[0].outputs[0].text for name in [*folders, None]}
     assert len(set(want.values())) == len(want)  # every adapter moves the text
-    args = [arg for name, folder in folders.items() for arg in ("--adapter", f"{name}={folder}")]
-    server = start_server(tiny_model, tmp_path / "server.log", "--api-key", API_KEY, *args, "--num-kv-blocks", "64",
-                          env={"KERNEL_CORE_CACHE": str(embedded_model_cache)})
-    try:
+    with serving_adapters(tiny_model, folders, tmp_path / "server.log", embedded_model_cache) as server:
         client = server.client()
-        models = {m.id: m for m in client.models.list().data}
-        assert {name: models[name].model_extra["parent"] for name in folders} == dict.fromkeys(folders, server.model)
         for name in [*folders, None]:
             out = client.completions.create(model=name or server.model, prompt=PROMPT, temperature=0, max_tokens=8,
                                             extra_body={"ignore_eos": True})
             assert out.choices[0].text == want[name], name
-    finally:
-        assert server.stop() == 0, server.log.read_text()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from kernel_core.llm import LLM
 from kernel_core.sampling_params import SamplingParams
 
+from ..engine.adapter_serving import make_llm
 from ..lora.peft_adapters import make_prompt_adapter
-from .conftest import API_KEY, start_server
+from .conftest import serving_adapters
 
 PROMPT = "The capital of France is"
 ADAPTERS = {
@@ -32,21 +32,12 @@ def folders(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 
 def test_prompt_learning_adapters_are_openai_models(tiny_model, folders, embedded_model_cache, tmp_path):
-    llm = LLM(str(tiny_model), enable_lora=True, num_kv_blocks=64, max_virtual_tokens=80)
-    for name, folder in folders.items():
-        llm.load_adapter(name, folder)
+    llm = make_llm(tiny_model, folders, num_kv_blocks=64, max_virtual_tokens=80)
     params = SamplingParams(temperature=0, max_tokens=6)
     want = {name: llm.generate([PROMPT], params, adapter=name)[0] for name in folders}
-    args = [arg for name, folder in folders.items() for arg in ("--adapter", f"{name}={folder}")]
-    server = start_server(tiny_model, tmp_path / "server.log", "--api-key", API_KEY, *args, "--num-kv-blocks", "64",
-                          env={"KERNEL_CORE_CACHE": str(embedded_model_cache)})
-    try:
+    with serving_adapters(tiny_model, folders, tmp_path / "server.log", embedded_model_cache) as server:
         client = server.client()
-        models = {m.id: m for m in client.models.list().data}
-        assert {name: models[name].model_extra["parent"] for name in folders} == dict.fromkeys(folders, server.model)
         for name in folders:
             out = client.completions.create(model=name, prompt=PROMPT, temperature=0, max_tokens=6)
             assert out.choices[0].text == want[name].outputs[0].text, name
             assert out.usage.prompt_tokens == len(want[name].prompt_token_ids)  # no virtual tokens
-    finally:
-        assert server.stop() == 0, server.log.read_text()
