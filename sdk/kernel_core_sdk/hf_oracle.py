@@ -64,34 +64,34 @@ def make_lora_adapter(base: Path, folder: Path, seed: int, **lora: Any) -> Path:
     """A PEFT LoRA folder for the model folder ``base``, saved by ``peft``, with random non-zero A
     and B (``init_lora_weights=False``, B times 4 so that the adapter visibly moves the output);
     ``lora`` are ``LoraConfig`` fields (``r``, ``lora_alpha``, ``target_modules``, ...)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from peft import LoraConfig
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    torch.manual_seed(seed)
     config = LoraConfig(task_type="CAUSAL_LM", **{"init_lora_weights": False, **lora})
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.mul_(4.0)
-    peft_model.save_pretrained(folder)
-    return folder
+    return _save_peft_adapter(base, folder, seed, config, "lora_B")
 
 
 def make_ia3_adapter(base: Path, folder: Path, seed: int, **ia3: Any) -> Path:
     """A PEFT IA3 folder for the model folder ``base``, saved by ``peft``, with random scales
     ``4 * N(0, 1)`` (an identity adapter would prove nothing); ``ia3`` are ``IA3Config``
     fields (``target_modules``, ``feedforward_modules``; none: peft's defaults for the model type)."""
-    from peft import IA3Config, get_peft_model
+    from peft import IA3Config
+
+    config = IA3Config(task_type="CAUSAL_LM", init_ia3_weights=False, **ia3)
+    return _save_peft_adapter(base, folder, seed, config, "ia3_l")
+
+
+def _save_peft_adapter(base: Path, folder: Path, seed: int, config: Any, scaled: str) -> Path:
+    """``peft``'s adapter of ``config`` on ``base``, initialised under ``seed``, the parameters
+    whose names contain ``scaled`` times 4, saved to ``folder``."""
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, IA3Config(task_type="CAUSAL_LM", init_ia3_weights=False, **ia3))
+    peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
-            if "ia3_l" in name:
+            if scaled in name:
                 param.mul_(4.0)
     peft_model.save_pretrained(folder)
     return folder
