@@ -14,11 +14,13 @@ applies it. Prefix-cache keys are the registry's, one per load, whatever the kin
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from kernel_core.errors import AdapterLoadError
 
 #: The slot of a token that uses no adapter.
 NO_SLOT = -1
@@ -148,3 +150,40 @@ class AdapterServing(ABC):
     def end_step(self) -> None:
         """After the forward (also when it failed)."""
         self.begin_step(None)
+
+
+# -- refusals that servings of methods adapting the model's projections share ------------------------
+
+
+def _listed(items: Sequence[str], limit: int, sep: str, more: str) -> str:
+    """The first ``limit`` items joined with ``sep``, then ``more`` and how many were left out: a
+    message stays readable for a file with hundreds of bad tensors."""
+    return sep.join(items[:limit]) + (f"{more}{len(items) - limit} more" if len(items) > limit else "")
+
+
+def refuse_foreign_tensors(foreign: Iterable[str], where: str, expected: str) -> None:
+    """Refuse a file holding tensors the serving cannot place (named, the first six), ``expected``
+    saying what it can: e.g. ``"scale vectors the serving path can run (saved modules are not served)"``."""
+    names = sorted(foreign)
+    if names:
+        raise AdapterLoadError(f"{where}: tensor(s) {_listed([repr(n) for n in names], 6, ', ', ' and ')} are not {expected}")
+
+
+def refuse_unadapted_modules(modules: Iterable[str], adapted: Collection[str], where: str, kind: str, excluded: str) -> None:
+    """Refuse an adapter of ``kind`` whose file names modules outside ``adapted`` (the HF module
+    names of the model's adapter targets' parts), naming them and the projections that are
+    adapted; ``excluded`` lists what never is (e.g. ``"embeddings, lm_head, or ..."``)."""
+    unadapted = sorted(module for module in modules if module not in adapted)
+    if unadapted:
+        served = sorted({module.rpartition(".")[2] for module in adapted})
+        raise AdapterLoadError(
+            f"{where}: targets module(s) {', '.join(map(repr, unadapted))}, which the served model does not adapt "
+            f"(its {kind} targets are the {', '.join(served)} projections of its layers; not {excluded})"
+        )
+
+
+def refuse_shape_mismatches(mismatched: Sequence[str], where: str) -> None:
+    """Refuse a file saved for another base model, naming its wrong-shape tensors (the first eight:
+    ``"<tensor>: file <shape> vs model <shape>"`` each), all checked before refusing."""
+    if mismatched:
+        raise AdapterLoadError(f"{where}: shape mismatch (saved for another base model?): {_listed(mismatched, 8, '; ', '; and ')}")

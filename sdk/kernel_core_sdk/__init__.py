@@ -61,6 +61,10 @@ _LAZY: dict[str, str] = {
     # Serving (API 1.4, additive): how a tuner's adapters are served (TunerSpec.serving), what LoRA's
     # serving attaches to the model's projections, and the errors a serving raises.
     **dict.fromkeys(("AdapterServing", "ServedAdapter", "ServingContext", "SlotBatch"), "kernel_core.contracts.serving"),
+    # The refusals a serving of a method adapting projections shares (API 1.5, additive).
+    **dict.fromkeys(
+        ("refuse_foreign_tensors", "refuse_shape_mismatches", "refuse_unadapted_modules"), "kernel_core.contracts.serving"
+    ),
     **dict.fromkeys(("LoRAProjection", "LoRAStep", "LoRATarget"), "kernel_core.contracts.lora"),
     # Where served adapters act on a model (API 1.5, additive): hooks on projections, embeddings, KV.
     **dict.fromkeys(

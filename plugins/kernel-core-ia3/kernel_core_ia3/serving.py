@@ -22,7 +22,15 @@ from dataclasses import dataclass
 import torch
 
 from kernel_core.contracts.adapter_targets import ProjectionHook, ProjectionTarget
-from kernel_core.contracts.serving import AdapterServing, ServedAdapter, ServingContext, SlotBatch
+from kernel_core.contracts.serving import (
+    AdapterServing,
+    ServedAdapter,
+    ServingContext,
+    SlotBatch,
+    refuse_foreign_tensors,
+    refuse_shape_mismatches,
+    refuse_unadapted_modules,
+)
 from kernel_core.errors import AdapterLoadError, KernelCoreError
 from kernel_core_ia3.config import is_feedforward
 
@@ -157,19 +165,9 @@ class IA3Serving(AdapterServing):
             )
         vectors, foreign = _vectors(tensors, where)
         owners = {module: key for key, target in self.targets.items() for module in target.parts}
-        unserved = sorted(module for module in vectors if module not in owners)
-        if unserved:
-            served = sorted({module.rpartition(".")[2] for module in owners})
-            raise AdapterLoadError(
-                f"{where}: targets module(s) {', '.join(map(repr, unserved))}, which the served model does not adapt "
-                f"(its IA3 targets are the {', '.join(served)} projections of its layers; not embeddings, lm_head, "
-                "convolutions, or a mixture-of-experts layer's router and routed experts)"
-            )
-        if foreign:
-            shown = ", ".join(map(repr, sorted(foreign)[:6])) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
-            raise AdapterLoadError(
-                f"{where}: tensor(s) {shown} are not IA3 vectors the serving path can run (saved modules are not served)"
-            )
+        refuse_unadapted_modules(vectors, owners, where, "IA3", "embeddings, lm_head, convolutions, or a mixture-of-experts "
+                                 "layer's router and routed experts")
+        refuse_foreign_tensors(foreign, where, "IA3 vectors the serving path can run (saved modules are not served)")
         inputs: dict[str, dict[str, torch.Tensor]] = {}
         outputs: dict[str, dict[str, torch.Tensor]] = {}
         mismatched: list[str] = []
@@ -186,9 +184,7 @@ class IA3Serving(AdapterServing):
                 mismatched.append(f"{module}{_SUFFIX}: file {tuple(vector.shape)} vs model {shape}, scaling its {scales}")
                 continue
             (inputs if feedforward else outputs).setdefault(owners[module], {})[module] = vector.flatten()
-        if mismatched:
-            shown = "; ".join(mismatched[:8]) + (f"; and {len(mismatched) - 8} more" if len(mismatched) > 8 else "")
-            raise AdapterLoadError(f"{where}: shape mismatch (saved for another base model?): {shown}")
+        refuse_shape_mismatches(mismatched, where)
         scales: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
         for key, target in self.targets.items():
             scale_in = self._input_scale(key, target, inputs.get(key), where)

@@ -22,7 +22,15 @@ import torch
 from kernel_core.contracts.adapter_targets import ProjectionTarget
 from kernel_core.contracts.lora import LoRAProjection, LoRAStep
 from kernel_core.contracts.records import PluginKind
-from kernel_core.contracts.serving import AdapterServing, ServedAdapter, ServingContext, SlotBatch
+from kernel_core.contracts.serving import (
+    AdapterServing,
+    ServedAdapter,
+    ServingContext,
+    SlotBatch,
+    refuse_foreign_tensors,
+    refuse_shape_mismatches,
+    refuse_unadapted_modules,
+)
 from kernel_core.errors import AdapterLoadError, KernelCoreError
 from kernel_core.peft.targets import pattern_value
 
@@ -107,14 +115,8 @@ class LoraServing(AdapterServing):
         modules = _modules(tensors, where)
         targets, max_rank, dtype = self.targets, self.max_rank, self.dtype
         owners = {module: (key_, index) for key_, target in targets.items() for index, module in enumerate(target.parts)}
-        unserved = sorted(module for module in modules if module not in owners)
-        if unserved:
-            served = sorted({module.rpartition(".")[2] for module in owners})
-            raise AdapterLoadError(
-                f"{where}: targets module(s) {', '.join(map(repr, unserved))}, which the served model does not adapt "
-                f"(its LoRA targets are the {', '.join(served)} projections of its layers; not embeddings, lm_head, "
-                "or a mixture-of-experts layer's router and routed experts)"
-            )
+        refuse_unadapted_modules(modules, owners, where, "LoRA", "embeddings, lm_head, or a mixture-of-experts layer's "
+                                 "router and routed experts")
         factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         mismatched: list[str] = []
         rank = 0
@@ -146,9 +148,7 @@ class LoraServing(AdapterServing):
             stacked_a[start : start + r] = lora_a.to(dtype)
             stacked_b[rows, start : start + r] = (lora_b.double() * scaling).to(dtype)
             rank = max(rank, r)
-        if mismatched:
-            shown = "; ".join(mismatched[:8]) + (f"; and {len(mismatched) - 8} more" if len(mismatched) > 8 else "")
-            raise AdapterLoadError(f"{where}: shape mismatch (saved for another base model?): {shown}")
+        refuse_shape_mismatches(mismatched, where)
         return ServedLora(factors, rank)
 
 
@@ -163,12 +163,8 @@ def _modules(tensors: Mapping[str, torch.Tensor], where: str) -> dict[str, tuple
             foreign.append(file_key)
         else:
             found.setdefault(module, [None, None])[factor] = tensor
-    if foreign:
-        shown = ", ".join(repr(key) for key in sorted(foreign)[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
-        raise AdapterLoadError(
-            f"{where}: tensor(s) {shown} are not LoRA A/B weights the serving path can run "
-            "(embedding LoRA, DoRA magnitudes, biases and saved modules are not served)"
-        )
+    refuse_foreign_tensors(foreign, where, "LoRA A/B weights the serving path can run "
+                           "(embedding LoRA, DoRA magnitudes, biases and saved modules are not served)")
     incomplete = sorted(module for module, pair in found.items() if None in pair)
     if incomplete:
         raise AdapterLoadError(f"{where}: lora_A or lora_B missing for {', '.join(incomplete)}")
