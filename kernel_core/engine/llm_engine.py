@@ -242,10 +242,12 @@ class LLMEngine:
 
     def register_adapter(self, adapter: HostAdapter) -> None:
         """Make a prepared adapter usable under its name. An adapter with virtual tokens gets
-        the full KV blocks they fill reserved (with prefix caching on): the first request that
-        computes them leaves them pinned, so every later request on the adapter finds them and
-        they are never evicted while it is loaded. Refused, naming the numbers, when the pool
-        left after every pin could not hold them plus one token, or a queued request."""
+        the full KV blocks they fill reserved (with prefix caching on) and written right here,
+        between steps, so its first request already finds them; they stay pinned, never evicted
+        while it is loaded. When no adapter slot or no block is free now (running requests hold
+        them), the first request that computes them pins them instead. Refused, naming the
+        numbers and leaving nothing behind, when the pool left after every pin could not hold
+        them plus one token, or a queued request."""
         registry = self._registry()
         blocks = self._virtual_blocks(adapter.num_virtual_tokens)
         if blocks:
@@ -254,6 +256,11 @@ class LLMEngine:
         if blocks:
             self._pins[adapter.name] = (blocks, None)
             self.scheduler.reserved_blocks += blocks
+            try:
+                self._write_virtual_blocks(adapter.name, blocks)
+            except BaseException:
+                self.unload_adapter(adapter.name)
+                raise
 
     def unload_adapter(self, name: str) -> None:
         """Unload ``name``; refused (AdapterInUseError) while queued or running requests use it."""
@@ -286,6 +293,38 @@ class LLMEngine:
                 f"({max(virtual + 1, longest)}): raise kv_cache_memory or num_kv_blocks, or unload adapters"
             )
 
+    @torch.inference_mode()
+    def _write_virtual_blocks(self, name: str, blocks: int) -> None:
+        """Compute the KV of ``name``'s first ``blocks`` full blocks of virtual tokens through
+        the step path (a prefill of placeholders whose KV or embeddings the adapter's hooks
+        supply), under an engine-held cache id that then pins them. Causal attention makes a
+        prefix's KV independent of what follows, so every request on the adapter can share it."""
+        registry, cache = self._registry(), self.components.cache
+        tokens = blocks * cache.block_size
+        in_slot = registry.slot_of(name) is not None
+        if not (in_slot or registry.can_acquire(name)):
+            return  # every slot held by running requests: the first request pins them
+        pin = _pin_id(registry.key_of(name))
+        if not cache.allocate(pin, tokens):
+            cache.free(pin)
+            return  # running requests hold the pool: the first request pins them
+        request = Request(pin, [VIRTUAL_TOKEN_ID] * tokens, 0, time.time(), adapter=name,
+                          adapter_key=registry.key_of(name), num_virtual_tokens=tokens)
+        slot = registry.acquire(name)
+        try:
+            chunk = self.config.max_num_batched_tokens
+            while request.num_computed_tokens < tokens:
+                count = min(chunk, tokens - request.num_computed_tokens)
+                self.runner.execute(self.runner.prepare([request], [count], [cache.block_table(pin)], [slot]))
+                request.num_computed_tokens += count
+        except BaseException:
+            cache.free(pin)
+            raise
+        finally:
+            registry.release(name)
+        cache.commit(pin, request.prompt_token_ids, request.adapter_key)
+        self._pins[name] = (blocks, pin)
+
     def _pin_virtual_tokens(self, requests: Sequence[Request]) -> None:
         """Pin the virtual tokens' blocks of adapters whose first request has just computed them."""
         cache = self.components.cache
@@ -294,7 +333,7 @@ class LLMEngine:
             tokens = blocks * cache.block_size
             if pin is not None or request.num_computed_tokens < tokens:
                 continue
-            pin = f"\0virtual-tokens:{request.adapter_key}"  # no request id holds a NUL
+            pin = _pin_id(request.adapter_key)
             if cache.match_prefix(pin, [VIRTUAL_TOKEN_ID] * tokens, request.adapter_key) == tokens:
                 self._pins[request.adapter] = (blocks, pin)  # type: ignore[index]
             else:
@@ -484,6 +523,11 @@ def _check_encodable(request_id: str, prompt: str) -> None:
             f"request {request_id!r}: the prompt holds a lone surrogate {prompt[exc.start]!r} at index "
             f"{exc.start}, which is not a character (text must be valid Unicode)"
         ) from None
+
+
+def _pin_id(adapter_key: int | None) -> str:
+    """The cache id holding an adapter load's pinned virtual-token blocks: no request id holds a NUL."""
+    return f"\0virtual-tokens:{adapter_key}"
 
 
 def _sampling_row(completion: Completion) -> SamplingRow:
