@@ -80,3 +80,9 @@ def assert_idle(engine: LLMEngine) -> None:
     assert not engine.scheduler.running and not engine.scheduler.waiting
     assert engine.adapters.slots.holders == [0] * len(engine.adapters.slots.holders)
     assert all(info.num_requests == 0 for info in engine.list_adapters())
+
+
+def assert_each_changes_the_output(expected: Expected, names: Sequence[str]) -> None:
+    """The oracle is not vacuous: each adapter moves its greedy tokens away from the base model's on some prompt."""
+    for name in names:
+        assert any(expected(name, p) != expected(None, p) for p in PROMPTS), name

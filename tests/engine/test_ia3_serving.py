@@ -23,7 +23,8 @@ from kernel_core.llm import LLM
 from kernel_core_sdk.hf_oracle import make_ia3_adapter
 
 from ..lora.peft_adapters import adapters_for
-from .adapter_serving import GREEDY, PROMPTS, Expected, assert_equal_to_peft, assert_idle, make_llm, workload
+from .adapter_serving import GREEDY, PROMPTS, Expected, make_llm, workload
+from .adapter_serving import assert_each_changes_the_output, assert_equal_to_peft, assert_idle
 from .test_lora_serving import CONFIGS
 
 #: IA3 configs: peft's default for the model type, and one with other targets and input scales.
@@ -60,8 +61,7 @@ def test_peft_saved_what_the_served_layout_assumes(adapters):
 
 
 def test_adapters_change_the_output(expected):
-    for name in IA3_ADAPTERS:
-        assert any(expected(name, p) != expected(None, p) for p in PROMPTS), name
+    assert_each_changes_the_output(expected, IA3_ADAPTERS)
 
 
 def record_kinds(llm: LLM) -> list[set[str]]:
