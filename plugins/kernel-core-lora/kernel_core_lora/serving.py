@@ -22,15 +22,8 @@ import torch
 from kernel_core.contracts.adapter_targets import ProjectionTarget
 from kernel_core.contracts.lora import LoRAProjection, LoRAStep
 from kernel_core.contracts.records import PluginKind
-from kernel_core.contracts.serving import (
-    AdapterServing,
-    ServedAdapter,
-    ServingContext,
-    SlotBatch,
-    refuse_foreign_tensors,
-    refuse_shape_mismatches,
-    refuse_unadapted_modules,
-)
+from kernel_core.contracts.serving import AdapterServing, ServedAdapter, ServingContext, SlotBatch
+from kernel_core.contracts.serving import refuse_foreign_tensors, refuse_shape_mismatches, refuse_unadapted_modules
 from kernel_core.errors import AdapterLoadError, KernelCoreError
 from kernel_core.peft.targets import pattern_value
 
