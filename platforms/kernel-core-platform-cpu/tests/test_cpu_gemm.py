@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernel_core_platform_cpu.gemm import ONEDNN_LINEAR, CPULinearPolicy, pack_dtypes
+from kernel_core_platform_cpu.gemm import ONEDNN_LINEAR, CPULinearPolicy, pack_dtypes, padded_rows
 from kernel_core_platform_cpu.platform import CPUPlatform
 
 PACKED = pack_dtypes()
@@ -84,3 +84,12 @@ def test_unprepared_weights_take_f_linear() -> None:
 def test_packs_nothing_without_packed_dtypes() -> None:
     weight = torch.randn(4, 16)
     assert CPULinearPolicy(dtypes=()).prepare(weight) is weight
+
+
+def test_row_counts_meet_a_bounded_set_of_shapes_at_most_a_quarter_larger() -> None:
+    """oneDNN caches a primitive per shape: a server must not meet a new one for every row count."""
+    padded = [padded_rows(rows) for rows in range(1, 8193)]
+    assert all(p >= rows for rows, p in enumerate(padded, 1))
+    assert all(p == rows for rows, p in enumerate(padded[:8], 1))  # decode of a few requests: exact
+    assert all(p <= rows * 5 / 4 for rows, p in enumerate(padded[8:], 9))
+    assert len(set(padded)) <= 50
