@@ -106,9 +106,10 @@ for line in sys.stdin:
     if "reap" in command:
         print(os.waitpid(command["reap"], 0)[1], flush=True)
         continue
+    # the log is emptied before the pid is answered: a test reading it never sees the last run's
+    log = os.open(command["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     pid = os.fork()
     if pid == 0:
-        log = os.open(command["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(log, 1)
         os.dup2(log, 2)
         os.environ.update(command["env"])
@@ -123,6 +124,7 @@ for line in sys.stdin:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
+    os.close(log)
     print(pid, flush=True)
 """
 
