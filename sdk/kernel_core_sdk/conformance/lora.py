@@ -27,6 +27,13 @@ BATCHES: dict[str, list[int]] = {
     "one-slot": [2, 2, 2, 2, 2, 2],
     "all-no-slot": [N, N, N, N, N],
 }
+#: Sizes no tile divides, for kernels that tile: odd input and output features, a largest rank
+#: (7) that is no power of two, a slot of rank 0 (an adapter that leaves this projection alone:
+#: zero factors) and one no token uses; a 37-token run of one slot (past two 16-row blocks and
+#: one of 32 rows, with a remainder) beside short runs and NO_SLOT rows, 50 tokens in all.
+ODD_RANKS = (5, 0, 7, 3, 1)
+ODD_FEATURES = (19, 37)
+ODD_BATCH = [2] * 37 + [N, N] + [0] * 3 + [1] * 2 + [N] + [3] + [2] * 4
 #: Tolerances by dtype. bfloat16 keeps 8 significant bits: the rank-R intermediate
 #: ``x @ A.T`` and the updated output are each rounded to it (up to 2**-8 relative, 0.4%),
 #: and kernels may accumulate in a different order or precision than each other; 2e-2 leaves
@@ -47,16 +54,24 @@ class Case:
     before: tuple[torch.Tensor, ...]
 
 
-def make_case(slots: list[int], dtype: torch.dtype, device: torch.device, seed: int = 0) -> Case:
-    """Random output, input and stacked factors (one adapter per slot of :data:`RANKS`, ranks
-    zero-padded), all of ``dtype`` on ``device``; to be called under ``torch.inference_mode``."""
+def make_case(
+    slots: list[int],
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int = 0,
+    ranks: tuple[int, ...] = RANKS,
+    features: tuple[int, int] = (IN_FEATURES, OUT_FEATURES),
+) -> Case:
+    """Random output, input and stacked factors (one adapter per slot of ``ranks``, ranks
+    zero-padded; ``features`` is (in, out)), all of ``dtype`` on ``device``; to be called under
+    ``torch.inference_mode``."""
     generator = torch.Generator().manual_seed(seed)
-    rank = max(RANKS)
-    output = torch.randn(len(slots), OUT_FEATURES, generator=generator)
-    x = torch.randn(len(slots), IN_FEATURES, generator=generator)
-    lora_a = torch.randn(len(RANKS), rank, IN_FEATURES, generator=generator) / IN_FEATURES**0.5
-    lora_b = torch.randn(len(RANKS), OUT_FEATURES, rank, generator=generator) / rank**0.5
-    for slot, r in enumerate(RANKS):
+    rank, (in_features, out_features) = max(ranks), features
+    output = torch.randn(len(slots), out_features, generator=generator)
+    x = torch.randn(len(slots), in_features, generator=generator)
+    lora_a = torch.randn(len(ranks), rank, in_features, generator=generator) / in_features**0.5
+    lora_b = torch.randn(len(ranks), out_features, rank, generator=generator) / rank**0.5
+    for slot, r in enumerate(ranks):
         lora_a[slot, r:] = 0
         lora_b[slot, :, r:] = 0
     output, x, lora_a, lora_b = (t.to(device=device, dtype=dtype) for t in (output, x, lora_a, lora_b))
@@ -85,7 +100,8 @@ class LoRAKernelConformance(PluginUnderTest):
 
     ``apply`` must add each token's adapter update to ``output`` in place (the tensor passed
     in), matching a per-token reference within 1e-5 in float32 and 2e-2 in bfloat16, for
-    batches whose slots are interleaved, contiguous, one token each or all ``NO_SLOT``; rows
+    batches whose slots are interleaved, contiguous, one token each or all ``NO_SLOT``, and at
+    odd sizes (:data:`ODD_BATCH`: a rank that is no power of two, a rank-0 slot, long runs); rows
     without a slot stay bit for bit as they were, even when their input is NaN, and ``x`` and
     the factors are not modified.
     """
@@ -115,6 +131,14 @@ class LoRAKernelConformance(PluginUnderTest):
     ) -> None:
         with torch.inference_mode():
             case = make_case(BATCHES[batch], dtype, device)
+            lora_kernel.apply(case.output, case.x, case.lora_a, case.lora_b, case.batch)
+        check(case, dtype)
+
+    @pytest.mark.parametrize("dtype", sorted(TOLERANCE, key=str), ids=lambda d: str(d).removeprefix("torch."))
+    def test_odd_sizes_ranks_and_long_runs(self, lora_kernel: LoRAKernel, device: torch.device, dtype: torch.dtype) -> None:
+        """:data:`ODD_BATCH` at :data:`ODD_FEATURES` with :data:`ODD_RANKS`: remainders in every tiled dimension."""
+        with torch.inference_mode():
+            case = make_case(ODD_BATCH, dtype, device, seed=2, ranks=ODD_RANKS, features=ODD_FEATURES)
             lora_kernel.apply(case.output, case.x, case.lora_a, case.lora_b, case.batch)
         check(case, dtype)
 
