@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -68,6 +68,12 @@ class EngineConfig(BaseModel):
         default=None,
         description="Store MoE expert weights as int8 (per expert and output channel scales), quantized at load. "
         "Only for models whose plugin takes MoE options; refused for others.",
+    )
+
+    plugin_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Settings of plugins, keyed \"<kind>.<name>\" (e.g. {\"attention-backend.torch\": "
+        "{\"bucket_bytes\": 65536}}), validated by the Settings model the plugin declares (plugin API 1.6).",
     )
 
     @model_validator(mode="after")

@@ -16,7 +16,7 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ import pluggy
 import kernel_core
 from kernel_core import api_version, hookspecs
 from kernel_core.contracts.records import SPEC_BY_KIND, ImplementationSpec, PluginKind
+from kernel_core.contracts.settings import instantiate
 from kernel_core.errors import (
     DuplicatePluginError,
     PluginError,
@@ -336,6 +337,14 @@ class PluginManager:
                 f"{registration.kind} {registration.name!r} from {registration.plugin.distribution}: "
                 f"cannot import {registration.spec.implementation!r}: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def create(self, registration: Registration, *args: Any, options: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """An instance of the implementation ``registration`` names, built as the engine builds it:
+        with ``settings=`` its validated ``Settings`` (``options`` over the defaults) when it
+        declares one (plugin API 1.6, :func:`kernel_core.contracts.settings.instantiate`)."""
+        return instantiate(
+            self.load(registration), *args, options=options, plugin=f"{registration.kind}.{registration.name}", **kwargs
+        )
 
     # -- observers -------------------------------------------------------------------------
 

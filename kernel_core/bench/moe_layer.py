@@ -148,7 +148,7 @@ def _kernels(
     for registration in manager.registrations(PluginKind.MOE_KERNEL):
         if torch.device(device).type not in registration.spec.device_types:
             continue
-        kernel = manager.load(registration)()
+        kernel = manager.create(registration)
         for quantization in (None, "int8") if "int8" in registration.spec.quantizations else (None,):
             experts = ExpertWeights.from_stacked(
                 gate_up, down, quantization=quantization, dtype=gate_up.dtype, device=gate_up.device

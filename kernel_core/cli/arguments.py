@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def number(kind: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
@@ -33,3 +34,50 @@ def non_empty(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("must not be empty")
     return text
+
+
+class PluginOption(NamedTuple):
+    """One ``--plugin-option KIND.NAME.KEY=VALUE``: the plugin (``KIND.NAME``), the key, the value."""
+
+    plugin: str
+    key: str
+    value: Any
+    text: str
+
+
+def plugin_option(text: str) -> PluginOption:
+    """``KIND.NAME.KEY=VALUE``, VALUE read as JSON where it parses (``64``, ``true``, ``[1, 2]``),
+    else kept as a string; the plugin's Settings model validates it when the engine starts."""
+    target, sep, raw = text.partition("=")
+    parts = target.split(".")
+    if not sep or len(parts) != 3 or not all(parts):
+        raise argparse.ArgumentTypeError(
+            f"expected KIND.NAME.KEY=VALUE (e.g. attention-backend.torch.bucket_bytes=65536), got {text!r}"
+        )
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return PluginOption(f"{parts[0]}.{parts[1]}", parts[2], value, text)
+
+
+def add_plugin_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--plugin-option``, repeatable, on every command that builds an engine."""
+    parser.add_argument(
+        "--plugin-option",
+        dest="plugin_options",
+        type=plugin_option,
+        action="append",
+        default=[],
+        metavar="KIND.NAME.KEY=VALUE",
+        help="a setting of a plugin, e.g. attention-backend.torch.bucket_bytes=65536 (VALUE is JSON, else a "
+        "string); repeatable; `kcore plugins doctor` lists each plugin's settings",
+    )
+
+
+def plugin_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The ``--plugin-option`` values as ``EngineConfig.plugin_options`` (a later KEY wins)."""
+    options: dict[str, dict[str, Any]] = {}
+    for option in getattr(args, "plugin_options", None) or ():
+        options.setdefault(option.plugin, {})[option.key] = option.value
+    return options

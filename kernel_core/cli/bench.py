@@ -19,7 +19,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from kernel_core.bench.workloads import ENV_WORKLOADS
-from kernel_core.cli.arguments import non_negative_float, non_negative_int, positive_float, positive_int
+from kernel_core.cli.arguments import (
+    add_plugin_options,
+    non_negative_float,
+    non_negative_int,
+    plugin_options,
+    positive_float,
+    positive_int,
+)
 from kernel_core.config import DTYPES, EngineConfig
 from kernel_core.errors import KernelCoreError
 from kernel_core.models import EMBEDDED_MODEL_ID, resolve_model
@@ -386,6 +393,7 @@ def _add_engine_options(
         engine.add_argument(
             flag, dest=field, type=kind, metavar=metavar, help=EngineConfig.model_fields[field].description
         )
+    add_plugin_options(engine)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -418,6 +426,8 @@ def _engine_options(
     options = {
         field: getattr(args, field) for _, field, _, _ in engine_options if getattr(args, field, None) is not None
     }
+    if plugin_options(args):
+        options["plugin_options"] = plugin_options(args)
     try:
         EngineConfig(model=args.model, **options)
     except ValidationError as exc:
@@ -525,7 +535,9 @@ def _server_args(args: argparse.Namespace, engine_options: _EngineOptions) -> tu
     """The engine options given, checked, as ``kcore serve`` arguments."""
     flags = {field: flag for flag, field, _, _ in engine_options}
     options = _engine_options(args, engine_options)
-    return tuple(arg for field, value in options.items() for arg in (flags[field], str(value)))
+    options.pop("plugin_options", None)  # passed on as given
+    given = tuple(arg for option in args.plugin_options for arg in ("--plugin-option", option.text))
+    return tuple(arg for field, value in options.items() for arg in (flags[field], str(value))) + given
 
 
 def run_soak(args: argparse.Namespace) -> int:

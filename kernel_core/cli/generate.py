@@ -12,7 +12,16 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from kernel_core.cli.arguments import non_empty, non_negative_float, non_negative_int, number, positive_float, positive_int
+from kernel_core.cli.arguments import (
+    add_plugin_options,
+    non_empty,
+    non_negative_float,
+    non_negative_int,
+    number,
+    plugin_options,
+    positive_float,
+    positive_int,
+)
 from kernel_core.errors import KernelCoreError
 from kernel_core.models import EMBEDDED_MODEL_ID
 
@@ -117,6 +126,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="store MoE expert weights as int8, quantized at load (default: the model's dtype)",
     )
+    add_plugin_options(parser)
 
 
 def add_sampling_options(parser: argparse.ArgumentParser, *, max_tokens: int) -> None:
@@ -174,7 +184,8 @@ def build_engine(args: argparse.Namespace) -> LLMEngine:
             lora["max_virtual_tokens"] = adapter_virtual_tokens(adapter)
     config = EngineConfig(
         model=args.model, max_model_len=args.max_model_len, kv_cache_memory=args.kv_cache_memory,
-        moe_kernel=args.moe_kernel, moe_quantization=args.moe_quantization, **lora,
+        moe_kernel=args.moe_kernel, moe_quantization=args.moe_quantization, plugin_options=plugin_options(args),
+        **lora,
     )
     return LLMEngine(config)
 

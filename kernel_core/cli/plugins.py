@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from kernel_core.errors import PluginError
 from kernel_core.plugins import PluginManager, PluginStatus, get_plugin_manager
 
 
@@ -31,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="import every implementation and run cheap checks",
         description=(
             "Validate every installed plugin: import each registered implementation, check it "
-            "subclasses its kind's contract, probe platforms, and say which attention backend an engine "
-            "started here gets and why. Exits 1 when anything is wrong."
+            "subclasses its kind's contract, probe platforms, list the settings each plugin takes "
+            "(--plugin-option), and say which attention backend an engine started here gets and why. "
+            "Exits 1 when anything is wrong."
         ),
     )
     doctor.set_defaults(func=run_doctor)
@@ -99,8 +101,28 @@ def check(manager: PluginManager) -> list[tuple[str, str | None]]:
                 continue
             if reg.kind == "platform":
                 label += f": {probe(manager, reg)[1].detail}"
+            try:
+                label += settings_lines(implementation, f"{reg.kind}.{reg.name}")
+            except PluginError as exc:
+                results.append((label, str(exc)))
+                continue
             results.append((label, None))
     return results
+
+
+def settings_lines(implementation: type, plugin: str) -> str:
+    """The settings a plugin takes (plugin API 1.6), one indented line each, as ``kcore plugins
+    doctor`` lists them under the plugin; empty for a plugin without ``Settings``."""
+    from kernel_core.contracts.settings import describe_settings, settings_model
+
+    model = settings_model(implementation)
+    if model is None:
+        return ""
+    return "".join(
+        f"\n      --plugin-option {plugin}.{row['field']}=... ({row['type']}, default {row['default']})"
+        + (f": {row['description']}" if row["description"] else "")
+        for row in describe_settings(model)
+    )
 
 
 def attention_choice(manager: PluginManager) -> list[tuple[str, str | None]]:

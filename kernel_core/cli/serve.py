@@ -9,7 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
-from kernel_core.cli.arguments import non_negative_float, number, positive_float, positive_int
+from kernel_core.cli.arguments import non_negative_float, number, plugin_options, positive_float, positive_int
 from kernel_core.cli.generate import adapter_rank, adapter_virtual_tokens, add_engine_options
 from kernel_core.errors import KernelCoreError
 
@@ -128,7 +128,7 @@ def build_engine(args: argparse.Namespace):
         max_model_len=args.max_model_len, kv_cache_memory=args.kv_cache_memory, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, num_kv_blocks=args.num_kv_blocks,
         request_timeout=args.request_timeout, max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras,
-        moe_kernel=args.moe_kernel, moe_quantization=args.moe_quantization,
+        moe_kernel=args.moe_kernel, moe_quantization=args.moe_quantization, plugin_options=plugin_options(args),
     )
     if args.adapter or args.adapter_dir is not None:
         rank = args.max_lora_rank or max([16, *(adapter_rank(path) for _, path in args.adapter)])

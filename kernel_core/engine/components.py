@@ -24,6 +24,7 @@ from kernel_core.adapters.loading import ServedKinds
 from kernel_core.adapters.registry import AdapterRegistry
 from kernel_core.contracts.serving import AdapterServing, ServingContext
 from kernel_core.modeling.gemm import install_linear_policy
+from kernel_core.engine.plugin_options import PluginOptions
 from kernel_core.modeling.moe import MoEOptions
 from kernel_core.models import resolve_model
 from kernel_core.platforms import select_platform
@@ -57,15 +58,16 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     from transformers import AutoTokenizer
 
     manager = manager or get_plugin_manager()
+    options = PluginOptions(manager, config.plugin_options)
     folder = resolve_model(config.model)
     platform = select_platform(manager, forced=config.platform).platform
     dtype = _dtype(config.dtype, platform)
     device = platform.device()
     attention_registration = select_attention(manager, platform, config.attention_backend).registration
-    attention = manager.load(attention_registration)()
+    attention = options.create(attention_registration)
     model_config = json.loads((folder / "config.json").read_text())
     model_class = manager.load(_architecture(manager, folder, model_config, config.model_architecture))
-    moe = _moe_options(config, manager, model_class, device)
+    moe = _moe_options(config, options, model_class, device)
     model = model_class.from_pretrained(folder, attention=attention, dtype=dtype, device=device, **moe)
     gemm_policy = platform.linear_policy()
     install_linear_policy(gemm_policy)
@@ -83,10 +85,13 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
             "the KV cache holds %d tokens, less than max_model_len %d: longer requests are refused",
             num_blocks * config.block_size, max_model_len,
         )
-    cache_class = manager.load(manager.select(PluginKind.CACHE_MANAGER, config.cache_manager))
-    cache = cache_class(num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching)
-    policy = manager.load(manager.select(PluginKind.SCHEDULER_POLICY, config.scheduler_policy))()
-    adapters = _adapter_registry(config, manager, platform, model, dtype, device) if config.enable_lora else None
+    cache = options.create(
+        manager.select(PluginKind.CACHE_MANAGER, config.cache_manager),
+        num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching,
+    )
+    policy = options.create(manager.select(PluginKind.SCHEDULER_POLICY, config.scheduler_policy))
+    adapters = _adapter_registry(config, options, platform, model, dtype, device) if config.enable_lora else None
+    options.warn_unused()
     return Components(
         folder, platform, device, dtype, model, attention, tokenizer, max_model_len, num_blocks, cache, policy, adapters
     )
@@ -148,7 +153,7 @@ def check_sliding_window_support(model: ModelArchitecture, attention: AttentionB
 
 def _adapter_registry(
     config: EngineConfig,
-    manager: PluginManager,
+    options: PluginOptions,
     platform: Platform,
     model: ModelArchitecture,
     dtype: torch.dtype,
@@ -157,10 +162,11 @@ def _adapter_registry(
     """The serving of every installed tuner plugin that provides one (``TunerSpec.serving``),
     each allocating its slots on the model once its memory is known to fit, and the registry
     over them. A kind whose serving fails to build is refused at load, naming why."""
+    manager = options.manager
 
     def select_kernel(kind: PluginKind, name: str | None) -> Any:
         accept = lambda r: device.type in getattr(r.spec, "device_types", {device.type})  # noqa: E731
-        return manager.load(manager.select(kind, name, accept=accept))()
+        return options.create(manager.select(kind, name, accept=accept))
 
     context = ServingContext(
         max_slots=config.max_loras, max_rank=config.max_lora_rank, dtype=dtype, device=device,
@@ -194,7 +200,7 @@ def _adapter_registry(
 
 
 def _moe_options(
-    config: EngineConfig, manager: PluginManager, model_class: type[ModelArchitecture], device: torch.device
+    config: EngineConfig, options: PluginOptions, model_class: type[ModelArchitecture], device: torch.device
 ) -> dict[str, MoEOptions]:
     """``moe=``, the selected MoE kernel and quantization, for a model plugin whose
     ``from_pretrained`` has a ``moe`` parameter; none for older plugins, which keep working.
@@ -203,7 +209,8 @@ def _moe_options(
     if "moe" in inspect.signature(model_class.from_pretrained).parameters:
         return {
             "moe": MoEOptions.select(
-                device, kernel=config.moe_kernel, quantization=config.moe_quantization, manager=manager
+                device, kernel=config.moe_kernel, quantization=config.moe_quantization, manager=options.manager,
+                create=options.create,
             )
         }
     settings = {"moe_kernel": config.moe_kernel, "moe_quantization": config.moe_quantization}

@@ -40,13 +40,15 @@ class MoEOptions:
         kernel: str | None = None,
         quantization: str | None = None,
         manager: PluginManager | None = None,
+        create: Callable[[Registration], MoEKernel] | None = None,
     ) -> MoEOptions:
         """The kernel named ``kernel``, else the highest-priority one that runs on ``device``
         and consumes ``quantization``; errors name the setting (``moe_kernel``,
-        ``moe_quantization``) and the kernels installed."""
+        ``moe_quantization``) and the kernels installed. ``create`` builds the chosen one (the
+        engine's applies its ``plugin_options``); default :meth:`PluginManager.create`, its default settings."""
         manager = manager or get_plugin_manager()
         registration = _moe_kernel(manager, kernel, device, quantization)
-        return cls(manager.load(registration)(), quantization)
+        return cls((create or manager.create)(registration), quantization)
 
 
 def _check_quantization(value: str | None, field: str) -> None:

@@ -40,7 +40,7 @@ def get_method(name: str, manager: PluginManager | None = None) -> Method:
         spec = registration.spec
         assert isinstance(spec, TunerSpec)
         if wanted in (spec.name, spec.peft_type.lower()):
-            return Method(spec, manager.load(registration)())
+            return Method(spec, manager.create(registration))
     installed = ", ".join(f"{r.name} ({r.spec.peft_type})" for r in registrations if isinstance(r.spec, TunerSpec))
     raise UnknownPluginError(
         f"no installed PEFT method is named or has peft_type {name!r} (installed tuners: {installed or 'none'}); "

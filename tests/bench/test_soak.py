@@ -172,3 +172,9 @@ def test_soak_on_the_tiny_model(
 
     assert "verdict: PASS" in printed.out and "Errors by class: none" in printed.out
     assert "RSS MiB" in printed.out and "abort before answer" in printed.out
+
+
+def test_plugin_options_are_passed_on_to_the_server_as_given() -> None:
+    args = _parse("--duration", "5", "--plugin-option", "attention-backend.torch.bucket_bytes=65536")
+    assert bench._server_args(args, bench._SOAK_ENGINE_OPTIONS)[-2:] == (
+        "--plugin-option", "attention-backend.torch.bucket_bytes=65536")

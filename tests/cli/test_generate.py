@@ -185,3 +185,33 @@ def test_sampling_is_reproducible_with_a_seed(reused_engine: LLMEngine, capsys: 
     first = capsys.readouterr().out
     assert generate.run(_parse(*argv)) == 0
     assert capsys.readouterr().out == first and first.strip()
+
+
+def test_plugin_options_parse_as_json_else_text_and_reach_the_engine_config() -> None:
+    from kernel_core.cli.arguments import plugin_options
+
+    args = _parse(
+        "--plugin-option", "attention-backend.torch.bucket_bytes=65536",
+        "--plugin-option", "lora-kernel.triton.tag=fast",
+        "--plugin-option", "lora-kernel.triton.sizes=[16, 32]",
+        "hello",
+    )
+    assert plugin_options(args) == {
+        "attention-backend.torch": {"bucket_bytes": 65536},
+        "lora-kernel.triton": {"tag": "fast", "sizes": [16, 32]},
+    }
+
+
+@pytest.mark.parametrize("option", ["attention-backend.torch=1", "attention-backend.torch.bucket_bytes", "a..b=1"])
+def test_a_malformed_plugin_option_is_a_usage_error(option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parse("--plugin-option", option, "hello")
+    assert "--plugin-option: expected KIND.NAME.KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_bad_plugin_option_is_one_error_line_naming_it(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["generate", "--model", str(tiny_model), *SMALL, "--plugin-option", "attention-backend.torch.bucket_bytes=0"]
+    assert main([*argv, "hello"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "kcore: error: --plugin-option attention-backend.torch.bucket_bytes=0: Input should be greater than or equal to 1"
+    )

@@ -86,3 +86,12 @@ def test_listing_plugins_imports_no_torch():
     code = "import sys; from kernel_core.cli import main; main(['plugins', 'list']); assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_doctor_lists_the_settings_a_plugin_takes(capsys):
+    assert main(["plugins", "doctor"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert (
+        "--plugin-option attention-backend.torch.bucket_bytes=... (int, default 4194304): Most bytes of gathered keys"
+        in out
+    )

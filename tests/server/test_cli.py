@@ -42,3 +42,14 @@ def test_moe_options_reach_the_engine_config(tiny_model, monkeypatch):
     )
     with pytest.raises(KernelCoreError, match="^moe_kernel 'torch', moe_quantization 'int8': "):
         serve.build_engine(args)
+
+
+def test_plugin_options_reach_the_engine_config(tiny_model):
+    from kernel_core.cli import serve
+    from kernel_core.contracts.settings import PluginSettingsError
+
+    args = build_parser().parse_args(
+        ["serve", "--model", str(tiny_model), "--num-kv-blocks", "8", "--plugin-option", "attention-backend.torch.nope=1"]
+    )
+    with pytest.raises(PluginSettingsError, match=r"^--plugin-option attention-backend.torch.nope=1: no such setting"):
+        serve.build_engine(args)

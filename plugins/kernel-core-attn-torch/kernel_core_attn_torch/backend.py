@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
+from kernel_core.contracts.settings import PluginSettings
 from kernel_core_attn_torch.plan import BUCKET_BYTES, DecodeBucket, PrefillChunk, step_plan
+
+
+class TorchAttentionSettings(PluginSettings):
+    """``--plugin-option attention-backend.torch.KEY=VALUE`` (and ``attention-backend.cpu``, which
+    shares this path for prefill and what its kernel does not cover)."""
+
+    bucket_bytes: int = Field(
+        default=BUCKET_BYTES,
+        ge=1,
+        description="Most bytes of gathered keys one decode bucket holds: smaller buckets stay in the "
+        "CPU's cache, larger ones take fewer batched calls.",
+    )
 
 
 class TorchAttention(AttentionBackend):
@@ -24,10 +39,11 @@ class TorchAttention(AttentionBackend):
     """
 
     supports_sliding_window = True
+    Settings: ClassVar[type[PluginSettings]] = TorchAttentionSettings
 
-    def __init__(self, bucket_bytes: int = BUCKET_BYTES) -> None:
+    def __init__(self, settings: TorchAttentionSettings | None = None) -> None:
         #: Cap on one decode bucket's gathered keys; see :mod:`kernel_core_attn_torch.plan`.
-        self.bucket_bytes = bucket_bytes
+        self.bucket_bytes = (settings or TorchAttentionSettings()).bucket_bytes
 
     def forward(
         self,

@@ -11,7 +11,7 @@ import torch
 
 from kernel_core.contracts.attention import AttentionMetadata
 from kernel_core_attn_torch import plugin
-from kernel_core_attn_torch.backend import TorchAttention
+from kernel_core_attn_torch.backend import TorchAttention, TorchAttentionSettings
 from kernel_core_attn_torch.plan import step_plan
 from kernel_core_sdk.conformance import AttentionBackendConformance
 
@@ -121,7 +121,7 @@ def test_many_decodes_across_buckets(generator: torch.Generator) -> None:
     """Decode requests of contexts 30-700 cut into several buckets, a prefill among them."""
     lengths = torch.randint(30, 701, (24,), generator=generator).tolist()
     batch = Batch([n + 1 for n in lengths] + [80], generator)
-    backend = TorchAttention(bucket_bytes=64 * 1024)
+    backend = TorchAttention(TorchAttentionSettings(bucket_bytes=64 * 1024))
     batch.step(backend, {i: n for i, n in enumerate(lengths)})
     batch.step(backend, {**{i: 1 for i in range(len(lengths))}, len(lengths): 80}, num_layers=2)
     metadata = batch.metadata(list(range(24)), lengths, [1] * 24)
@@ -132,7 +132,7 @@ def test_many_decodes_across_buckets(generator: torch.Generator) -> None:
 def test_unwritten_slots_cannot_poison_the_output(generator: torch.Generator) -> None:
     """A cache allocated with torch.empty may hold NaN: padding and masks must never read it."""
     batch = Batch([6, 37, 3], generator, fill=float("nan"))
-    backend = TorchAttention(bucket_bytes=1)  # every decode alone in its bucket, then all together
+    backend = TorchAttention(TorchAttentionSettings(bucket_bytes=1))  # every decode alone in its bucket, then all together
     batch.step(backend, {0: 4, 1: 20, 2: 1})
     batch.step(backend, {0: 1, 1: 17, 2: 1})
     batch.step(TorchAttention(), {2: 1, 0: 1})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 from kernel_core.contracts.records import ImplementationSpec, PluginKind
+from kernel_core.contracts.settings import instantiate, settings_model
 from kernel_core_sdk.conformance.registration import RegistrationChecks
 
 
@@ -54,6 +57,22 @@ class PluginUnderTest(RegistrationChecks):
         return plugin_spec.load()
 
     @pytest.fixture
+    def plugin_options(self) -> dict[str, Any]:
+        """Settings the suite builds the implementation with, as ``plugin_options["<kind>.<name>"]``
+        gives them (plugin API 1.6); override to run the suite at other settings (say, small block sizes)."""
+        return {}
+
+    @pytest.fixture
+    def construct(
+        self, implementation: Any, plugin_spec: ImplementationSpec, plugin_options: dict[str, Any]
+    ) -> Callable[..., Any]:
+        """Builds the implementation as the engine does: with ``settings=`` its validated ``Settings``
+        when it declares one (:func:`kernel_core.contracts.settings.instantiate`)."""
+        return functools.partial(
+            instantiate, implementation, options=plugin_options, plugin=f"{plugin_spec.kind}.{plugin_spec.name}"
+        )
+
+    @pytest.fixture
     def device(self) -> torch.device:
         """Where tensors are placed; override to run the suite on an accelerator."""
         return torch.device("cpu")
@@ -66,3 +85,13 @@ class PluginUnderTest(RegistrationChecks):
         assert not inspect.isabstract(implementation), (
             f"{implementation.__qualname__} leaves abstract: {', '.join(sorted(implementation.__abstractmethods__))}"
         )
+
+    def test_settings_have_a_default_for_every_field(self, implementation: Any) -> None:
+        """The engine builds a plugin that declares ``Settings`` with no option given: every field
+        needs a default, and the model must subclass ``PluginSettings`` (unknown keys refused)."""
+        model = settings_model(implementation)  # raises unless a PluginSettings
+        if model is None:
+            return
+        required = [name for name, field in model.model_fields.items() if field.is_required()]
+        assert not required, f"{implementation.__qualname__}.Settings fields without a default: {', '.join(required)}"
+        model()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -75,11 +75,11 @@ class AttentionBackendConformance(PluginUnderTest):
 
     @pytest.fixture
     def attention_backend(
-        self, implementation: type[AttentionBackend], plugin_spec: AttentionBackendSpec, device: torch.device
+        self, construct: Callable[..., AttentionBackend], plugin_spec: AttentionBackendSpec, device: torch.device
     ) -> AttentionBackend:
         if device.type not in plugin_spec.device_types:
             pytest.skip(f"{plugin_spec.name!r} does not run on {device.type} ({sorted(plugin_spec.device_types)})")
-        return implementation()
+        return construct()
 
     @pytest.mark.parametrize("block_size", [4, 16], ids=lambda size: f"block{size}")
     @pytest.mark.parametrize("heads", sorted(HEADS))

@@ -39,9 +39,9 @@ class CacheManagerConformance(PluginUnderTest):
     contract = CacheManager
 
     @pytest.fixture
-    def make_cache_manager(self, implementation: type[CacheManager]) -> MakeCacheManager:
+    def make_cache_manager(self, construct: Callable[..., CacheManager]) -> MakeCacheManager:
         def make(num_blocks: int, block_size: int, enable_prefix_caching: bool) -> CacheManager:
-            return implementation(num_blocks, block_size, enable_prefix_caching=enable_prefix_caching)
+            return construct(num_blocks, block_size, enable_prefix_caching=enable_prefix_caching)
 
         return make
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -111,11 +112,11 @@ class LoRAKernelConformance(PluginUnderTest):
 
     @pytest.fixture
     def lora_kernel(
-        self, implementation: type[LoRAKernel], plugin_spec: LoRAKernelSpec, device: torch.device
+        self, construct: Callable[..., LoRAKernel], plugin_spec: LoRAKernelSpec, device: torch.device
     ) -> LoRAKernel:
         if device.type not in plugin_spec.device_types:
             pytest.skip(f"{plugin_spec.name!r} does not run on {device.type} ({sorted(plugin_spec.device_types)})")
-        return implementation()
+        return construct()
 
     def test_batches_exercise_both_forms(self) -> None:
         """The batches above do what their comments say (a check of the suite itself)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,11 +136,11 @@ class MoEKernelConformance(PluginUnderTest):
 
     @pytest.fixture
     def moe_kernel(
-        self, implementation: type[MoEKernel], plugin_spec: MoEKernelSpec, device: torch.device
+        self, construct: Callable[..., MoEKernel], plugin_spec: MoEKernelSpec, device: torch.device
     ) -> MoEKernel:
         if device.type not in plugin_spec.device_types:
             pytest.skip(f"{plugin_spec.name!r} does not run on {device.type} ({sorted(plugin_spec.device_types)})")
-        return implementation()
+        return construct()
 
     def test_idle_experts_get_no_token(self) -> None:
         """The ``idle`` experts of :data:`SHAPES` really receive nothing (a check of the suite)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -34,8 +35,8 @@ class SchedulerConformance(PluginUnderTest):
     contract = SchedulerPolicy
 
     @pytest.fixture
-    def scheduler_policy(self, implementation: type[SchedulerPolicy]) -> SchedulerPolicy:
-        return implementation()
+    def scheduler_policy(self, construct: Callable[..., SchedulerPolicy]) -> SchedulerPolicy:
+        return construct()
 
     @pytest.fixture(params=SEEDS, ids=lambda seed: f"seed{seed}")
     def requests(self, request: pytest.FixtureRequest) -> list[FakeRequest]:

@@ -220,7 +220,7 @@ class AdapterServingConformance(PluginUnderTest):
 
         def select_kernel(kind: PluginKind, name: str | None) -> Any:
             accept = lambda r: device.type in getattr(r.spec, "device_types", {device.type})  # noqa: E731
-            return manager.load(manager.select(kind, name, accept=accept))()
+            return manager.create(manager.select(kind, name, accept=accept))
 
         context = ServingContext(
             max_slots=engine_settings["max_loras"], max_rank=engine_settings["max_lora_rank"],

@@ -91,8 +91,8 @@ class TunerConformance(PluginUnderTest):
             metafunc.parametrize("module_name", list(self.module_names))
 
     @pytest.fixture
-    def tuner(self, implementation: type[Tuner]) -> Tuner:
-        return implementation()
+    def tuner(self, construct: Callable[..., Tuner]) -> Tuner:
+        return construct()
 
     @pytest.fixture
     def tuner_config(self, tuner: Tuner) -> BaseTunerConfig:
