@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedConfig
 
 from kernel_core.contracts.adapter_targets import KVHook
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
 from kernel_core.errors import InvalidModelFolderError
-from kernel_core.modeling.layers import FusedLinear, RotaryEmbedding
+from kernel_core.modeling.layers import FusedLinear, RotaryEmbedding, rms_norm
 from kernel_core.modeling.loader import WeightLoader
 
 
@@ -148,12 +147,12 @@ class SelfAttention:
         if self.qk_norm is not None:
             q_norm, k_norm = self.qk_norm
             if self.qk_norm_scope == "head":
-                qk[:, :heads] = F.rms_norm(qk[:, :heads], (size,), q_norm, self.eps)
-                qk[:, heads:] = F.rms_norm(qk[:, heads:], (size,), k_norm, self.eps)
+                qk[:, :heads] = rms_norm(qk[:, :heads], q_norm, self.eps)
+                qk[:, heads:] = rms_norm(qk[:, heads:], k_norm, self.eps)
             else:
                 q, k = qkv[:, : heads * size], qkv[:, heads * size : (heads + kv_heads) * size]
-                q.copy_(F.rms_norm(q, q_norm.shape, q_norm, self.eps))
-                k.copy_(F.rms_norm(k, k_norm.shape, k_norm, self.eps))
+                q.copy_(rms_norm(q, q_norm, self.eps))
+                k.copy_(rms_norm(k, k_norm, self.eps))
         if self.clip_qkv is not None:
             qkv.clamp_(-self.clip_qkv, self.clip_qkv)
         RotaryEmbedding.rotate_(qk, cos, sin)  # q and k heads in one pass

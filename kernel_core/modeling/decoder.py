@@ -24,7 +24,7 @@ from kernel_core.contracts.model import ModelArchitecture
 from kernel_core.errors import UnsupportedModelError
 from kernel_core.modeling.attention import AttentionHeads, AttentionOptions, SelfAttention
 from kernel_core.modeling.gemm import linear
-from kernel_core.modeling.layers import FusedLinear, RotaryEmbedding
+from kernel_core.modeling.layers import FusedLinear, RotaryEmbedding, rms_norm
 from kernel_core.modeling.loader import WeightLoader
 from kernel_core.modeling.mlp import GatedMLP
 from kernel_core.modeling.weights import SafetensorsCheckpoint
@@ -203,11 +203,11 @@ class DecoderModel(ModelArchitecture):
         hidden = F.embedding(input_ids, self.embed_tokens)  # the residual stream, updated in place
         for hook in self._embedding_hooks:
             hook(hidden)
-        size, eps = (self.hidden_size,), self.eps
+        eps = self.eps
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            hidden.add_(layer.attention(F.rms_norm(hidden, size, layer.input_norm, eps), cos, sin, kv_cache, metadata))
-            hidden.add_(layer.mlp(F.rms_norm(hidden, size, layer.post_attention_norm, eps)))
-        return F.rms_norm(hidden, size, self.norm, eps)
+            hidden.add_(layer.attention(rms_norm(hidden, layer.input_norm, eps), cos, sin, kv_cache, metadata))
+            hidden.add_(layer.mlp(rms_norm(hidden, layer.post_attention_norm, eps)))
+        return rms_norm(hidden, self.norm, eps)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return linear(hidden, self.lm_head)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -46,6 +47,14 @@ class FusedLinear:
 
     def _gemm(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over ``weight``'s shape, rounded as transformers' ``LlamaRMSNorm`` (and Mistral's,
+    Qwen's, OLMoE's) rounds: normalized in float32, rounded to ``x``'s dtype, then multiplied by
+    ``weight`` in that dtype. ``F.rms_norm`` with the weight multiplies before rounding, which in
+    bfloat16 differs from HF in about a quarter of the elements; in float32 both are the same."""
+    return F.rms_norm(x, weight.shape, None, eps).mul_(weight)
 
 
 class RotaryEmbedding:

@@ -1,11 +1,12 @@
-"""RotaryEmbedding against transformers' own rotary embedding, for every supported RoPE type."""
+"""RotaryEmbedding against transformers' own rotary embedding, for every supported RoPE type, and
+rms_norm against LlamaRMSNorm: bit for bit in bfloat16, where greedy agreement with HF turns on ties."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from transformers import LlamaConfig
-from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 from kernel_core.contracts.adapter_targets import ProjectionHook
 from kernel_core.errors import UnsupportedModelError
@@ -43,6 +44,29 @@ def test_rotation_matches_transformers(rope_type: str) -> None:
     ours = x.clone()
     RotaryEmbedding.rotate_(ours, *RotaryEmbedding(cfg, HEAD_SIZE, MAX_POSITIONS, torch.float32, CPU).cos_sin_at(positions))
     torch.testing.assert_close(ours, expected[0].transpose(0, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_rotation_equals_transformers_bit_for_bit() -> None:
+    cfg = config(ROPE["default"])
+    positions = torch.tensor([0, 7, 3, 200, 255])
+    x = torch.randn(len(positions), HEADS, HEAD_SIZE, generator=torch.Generator().manual_seed(0)).bfloat16()
+    hf_x = x.transpose(0, 1)[None]
+    cos, sin = LlamaRotaryEmbedding(cfg)(hf_x, positions[None])
+    expected, _ = apply_rotary_pos_emb(hf_x, hf_x, cos, sin)
+    ours = x.clone()
+    RotaryEmbedding.rotate_(ours, *RotaryEmbedding(cfg, HEAD_SIZE, MAX_POSITIONS, torch.bfloat16, CPU).cos_sin_at(positions))
+    assert torch.equal(ours, expected[0].transpose(0, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_equals_transformers_bit_for_bit(dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(0)
+    norm = LlamaRMSNorm(576, eps=1e-5)
+    norm.weight.data = 1 + 0.3 * torch.randn(576, generator=generator)
+    norm = norm.to(dtype)
+    x = torch.cat([scale * torch.randn(16, 576, generator=generator) for scale in (0.01, 1.0, 30.0)]).to(dtype)
+    with torch.no_grad():
+        assert torch.equal(layers.rms_norm(x, norm.weight, 1e-5), norm(x))
 
 
 def test_table_grows_on_demand_to_the_same_values(monkeypatch: pytest.MonkeyPatch) -> None:
