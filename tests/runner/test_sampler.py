@@ -52,6 +52,14 @@ def test_greedy_is_argmax() -> None:
     assert sample(logits, [row(temperature=0.0)] * 16) == logits.argmax(-1).tolist()
 
 
+def test_greedy_breaks_exact_ties_to_the_lowest_token_id_as_transformers_does() -> None:
+    """bfloat16 logits tie often; HF's greedy ``argmax`` of them (cast to float32) takes the first."""
+    logits = torch.full((2, 300), -1.0).bfloat16()
+    logits[0, [17, 5, 260]] = 3.125
+    logits[1, [299, 42]] = 0.5
+    assert sample(logits, [row(temperature=0.0)] * 2) == [5, 42]
+
+
 @pytest.mark.parametrize(
     "params", [{"top_k": 1}, {"top_p": 1e-6}, {"min_p": 1.0}, {"top_k": 1, "top_p": 0.5}]
 )
