@@ -77,6 +77,8 @@ _LAZY: dict[str, str] = {
         "kernel_core.contracts.prompt_serving",
     ),
     **dict.fromkeys(("AdapterLoadError", "KernelCoreError"), "kernel_core.errors"),
+    # A plugin's settings (API 1.6): the base of the ``Settings`` model an implementation declares.
+    "PluginSettings": "kernel_core.contracts.settings",
     "ModelArchitecture": "kernel_core.contracts.model",
     # The public model-building surface (plugin API 1.3): what a model plugin builds its forward from.
     **dict.fromkeys(

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Annotated, ClassVar
 
 import torch
+from pydantic import AfterValidator, Field
 
 from kernel_core.contracts.lora import LoRABatch, LoRAKernel
+from kernel_core.contracts.settings import PluginSettings
 
 #: Activation dtypes the kernels take (float32 accumulation in each).
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -20,44 +23,40 @@ def _gpu_present() -> bool:
     return torch.cuda.is_available() or (xpu is not None and xpu.is_available())
 
 
-def _power_of_two_from_16(name: str, value: int) -> int:
-    """``tl.arange`` takes powers of two and ``tl.dot`` at least 16 in every dimension."""
-    if value < 16 or value & (value - 1):
-        raise ValueError(f"{name}={value} must be a power of two, at least 16")
+def _power_of_two(value: int) -> int:
+    if value & (value - 1):
+        raise ValueError(f"{value} is not a power of two")
     return value
+
+
+#: ``tl.arange`` takes powers of two and ``tl.dot`` at least 16 in every dimension.
+Tile = Annotated[int, Field(ge=16), AfterValidator(_power_of_two)]
+
+
+class TritonLoRASettings(PluginSettings):
+    """``--plugin-option lora-kernel.triton.KEY=VALUE``: the kernels' tile sizes (untuned defaults,
+    sized for decode steps of a few rows per slot and ranks up to 64)."""
+
+    block_m: Tile = Field(16, description="Rows per program; a longer segment of one slot takes several blocks.")
+    block_k: Tile = Field(64, description="The shrink's step over the input features.")
+    block_r: Tile = Field(32, description="Rank tile: the shrink's output columns, the expand's reduction step.")
+    block_n: Tile = Field(64, description="The expand's output columns per program.")
+    split_k: int = Field(1, ge=1, description="Shrink programs sharing one reduction, added atomically.")
+    num_warps: int = Field(4, ge=1, description="Warps per program on a GPU.")
 
 
 class TritonLoRAKernel(LoRAKernel):
     """``output[t] += (x[t] @ A[s].T) @ B[s].T`` per token ``t`` of slot ``s``: one shrink launch
-    into a float32 ``[T, R]`` intermediate, one expand launch added into ``output``.
+    into a float32 ``[T, R]`` intermediate, one expand launch added into ``output``, with the tile
+    sizes of :class:`TritonLoRASettings`."""
 
-    The tile sizes are keywords (powers of two, at least 16): ``block_m`` rows per program (a
-    segment longer than that is cut into several blocks), ``block_k`` the shrink's reduction step
-    over the input features, ``block_r`` the rank tile (the shrink's output columns and the
-    expand's reduction step), ``block_n`` the expand's output columns; ``split_k`` splits the
-    shrink's reduction over that many programs (atomically added); ``num_warps`` per program on a GPU.
-    """
+    Settings: ClassVar[type[PluginSettings]] = TritonLoRASettings
 
-    def __init__(
-        self,
-        *,
-        block_m: int = 16,
-        block_k: int = 64,
-        block_r: int = 32,
-        block_n: int = 64,
-        split_k: int = 1,
-        num_warps: int = 4,
-    ) -> None:
+    def __init__(self, settings: TritonLoRASettings | None = None) -> None:
         problem = self.unavailable_reason()
         if problem is not None:
             raise RuntimeError(f"the Triton LoRA kernel cannot run here: {problem}")
-        if split_k < 1 or num_warps < 1:
-            raise ValueError(f"split_k={split_k} and num_warps={num_warps} must be at least 1")
-        self.block_m = _power_of_two_from_16("block_m", block_m)
-        self.block_k = _power_of_two_from_16("block_k", block_k)
-        self.block_r = _power_of_two_from_16("block_r", block_r)
-        self.block_n = _power_of_two_from_16("block_n", block_n)
-        self.split_k, self.num_warps = split_k, num_warps
+        self.tiles = settings or TritonLoRASettings()
         from kernel_core_lora_triton import ops
 
         self._ops = ops
@@ -96,15 +95,16 @@ class TritonLoRAKernel(LoRAKernel):
             )
         blocks = self._row_blocks(batch, x.device)
         rank = lora_a.shape[1]
-        new = torch.zeros if self.split_k > 1 else torch.empty
+        tiles = self.tiles
+        new = torch.zeros if tiles.split_k > 1 else torch.empty
         inter = new(x.shape[0], rank, dtype=torch.float32, device=x.device)
         self._ops.shrink(
-            x, lora_a, inter, blocks, block_m=self.block_m, block_r=self.block_r, block_k=self.block_k,
-            split_k=self.split_k, num_warps=self.num_warps,
+            x, lora_a, inter, blocks, block_m=tiles.block_m, block_r=tiles.block_r, block_k=tiles.block_k,
+            split_k=tiles.split_k, num_warps=tiles.num_warps,
         )
         self._ops.expand(
-            inter, lora_b, output, blocks, block_m=self.block_m, block_n=self.block_n, block_r=self.block_r,
-            num_warps=self.num_warps,
+            inter, lora_b, output, blocks, block_m=tiles.block_m, block_n=tiles.block_n, block_r=tiles.block_r,
+            num_warps=tiles.num_warps,
         )
 
     def _row_blocks(self, batch: LoRABatch, device: torch.device) -> torch.Tensor:
@@ -114,7 +114,7 @@ class TritonLoRAKernel(LoRAKernel):
         cached = self._blocks
         if cached is not None and cached[0] is batch and cached[1] == device:
             return cached[2]
-        step = self.block_m
+        step = self.tiles.block_m
         blocks = [(row, min(row + step, end), slot) for start, end, slot in batch.segments for row in range(start, end, step)]
         table = torch.tensor(blocks, dtype=torch.int32).T.contiguous().to(device)
         self._blocks = (batch, device, table)

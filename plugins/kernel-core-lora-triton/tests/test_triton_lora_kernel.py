@@ -6,6 +6,7 @@ conftest.py)."""
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -13,10 +14,11 @@ import torch
 
 from kernel_core.contracts.lora import NO_SLOT, LoRABatch, LoRAKernel
 from kernel_core.contracts.records import PluginKind
+from kernel_core.contracts.settings import PluginSettingsError, instantiate
 from kernel_core.plugins import get_plugin_manager
 from kernel_core_lora_torch.kernel import TorchLoRAKernel
 from kernel_core_lora_triton import plugin
-from kernel_core_lora_triton.kernel import TritonLoRAKernel
+from kernel_core_lora_triton.kernel import TritonLoRAKernel, TritonLoRASettings
 from kernel_core_lora_triton.ops import INTERPRETED
 from kernel_core_sdk.conformance import LoRAKernelConformance
 from kernel_core_sdk.conformance.lora import TOLERANCE, bits
@@ -38,10 +40,10 @@ class TestTritonLoRAKernelConformance(LoRAKernelConformance):
         return DEVICE
 
     @pytest.fixture
-    def lora_kernel(self, implementation: type[LoRAKernel]) -> LoRAKernel:
+    def lora_kernel(self, construct: Callable[..., LoRAKernel]) -> LoRAKernel:
         """No skip on the CPU: the record rightly lists GPUs only, but the interpreter runs the
         very kernels on CPU tensors."""
-        return implementation()
+        return construct()
 
 
 def test_interpreter_only_without_a_gpu() -> None:
@@ -92,7 +94,7 @@ def test_many_blocks_and_tiles_match_the_torch_kernel(dtype: torch.dtype, split_
     expected = output.clone()
     with torch.inference_mode():
         TorchLoRAKernel().apply(expected, x, lora_a, lora_b, batch)
-        TritonLoRAKernel(**SMALL_TILES, split_k=split_k).apply(output, x, lora_a, lora_b, batch)
+        TritonLoRAKernel(TritonLoRASettings(**SMALL_TILES, split_k=split_k)).apply(output, x, lora_a, lora_b, batch)
     tolerance = TOLERANCE[dtype]
     torch.testing.assert_close(output.cpu().double(), expected.cpu().double(), atol=tolerance, rtol=tolerance)
     without = [row for row, slot in enumerate(LONG_SLOTS) if slot == N]
@@ -115,7 +117,7 @@ def test_a_large_rank_and_float16_match_the_torch_kernel() -> None:
 
 def test_row_blocks_are_built_once_per_batch() -> None:
     """Every projection of a step shares its batch: the block table is made once, and cut at block_m."""
-    kernel = TritonLoRAKernel(block_m=16)
+    kernel = TritonLoRAKernel(TritonLoRASettings(block_m=16))
     batch = LoRABatch.from_token_slots([2] * 40 + [N, 1], DEVICE)
     table = kernel._row_blocks(batch, DEVICE)
     assert table.tolist() == [[0, 16, 32, 41], [16, 32, 40, 42], [2, 2, 2, 1]]
@@ -160,11 +162,21 @@ def test_bad_input_is_refused_naming_it(case: str) -> None:
         TritonLoRAKernel().apply(**moved)
 
 
-@pytest.mark.parametrize("tiles", [{"block_m": 24}, {"block_r": 8}, {"split_k": 0}])
-def test_bad_tiles_are_refused_naming_them(tiles: dict[str, int]) -> None:
-    (key, value), = tiles.items()
-    with pytest.raises(ValueError, match=f"{key}={value}"):
-        TritonLoRAKernel(**tiles)
+@pytest.mark.parametrize(
+    "option, problem",
+    [("block_m=24", "24 is not a power of two"), ("block_r=8", "greater than or equal to 16"), ("split_k=0", "greater than or equal to 1")],
+)
+def test_bad_tiles_are_refused_naming_them(option: str, problem: str) -> None:
+    """As the engine builds it from ``--plugin-option lora-kernel.triton.KEY=VALUE``."""
+    key, value = option.split("=")
+    with pytest.raises(PluginSettingsError, match=f"--plugin-option lora-kernel.triton.{option}: .*{problem}"):
+        instantiate(TritonLoRAKernel, options={key: value}, plugin="lora-kernel.triton")
+
+
+def test_the_engine_builds_it_with_its_settings() -> None:
+    kernel = instantiate(TritonLoRAKernel, options={"block_n": "32", "split_k": 2}, plugin="lora-kernel.triton")
+    assert kernel.tiles == TritonLoRASettings(block_n=32, split_k=2)
+    assert instantiate(TritonLoRAKernel, plugin="lora-kernel.triton").tiles == TritonLoRASettings()
 
 
 def test_available_in_the_interpreter_or_on_a_gpu() -> None:
