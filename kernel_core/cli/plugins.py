@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Validate every installed plugin: import each registered implementation, check it "
             "subclasses its kind's contract, probe platforms, list the settings each plugin takes "
-            "(--plugin-option), and say which attention backend an engine started here gets and why. "
+            "(--plugin-option), and say which attention backend, LoRA kernel and MoE kernel an engine "
+            "started here gets and why. "
             "Exits 1 when anything is wrong."
         ),
     )
@@ -125,25 +126,47 @@ def settings_lines(implementation: type, plugin: str) -> str:
     )
 
 
-def attention_choice(manager: PluginManager) -> list[tuple[str, str | None]]:
-    """(label, problem or None) of the attention backend an engine started here gets, and why;
-    nothing when no attention backend is loaded (``KERNEL_CORE_PLUGINS`` left them out)."""
+def kernel_choices(manager: PluginManager) -> list[tuple[str, str | None]]:
+    """(label, problem or None) of the attention backend, LoRA kernel and MoE kernel an engine
+    started here gets (by the platform's defaults, no setting given), and why; a kind with nothing
+    loaded (``KERNEL_CORE_PLUGINS`` left them out) is skipped."""
     from kernel_core.contracts.records import PluginKind
-    from kernel_core.engine.components import select_attention
+    from kernel_core.engine.selection import Needs, choose, select_attention, select_lora_kernel
     from kernel_core.platforms import select_platform
 
-    if not manager.registrations(PluginKind.ATTENTION_BACKEND):
+    def moe(manager: PluginManager, platform: Any, configured: None) -> Any:
+        return choose(
+            manager, PluginKind.MOE_KERNEL, setting="moe_kernel", configured=configured, platform=platform,
+            needs=Needs(platform.device_type), default=platform.default_moe_kernel,
+            default_reason=platform.default_moe_reason,
+        )
+
+    kinds = (
+        (PluginKind.ATTENTION_BACKEND, "attention backend", select_attention),
+        (PluginKind.LORA_KERNEL, "LoRA kernel", select_lora_kernel),
+        (PluginKind.MOE_KERNEL, "MoE kernel", moe),
+    )
+    wanted = [(what, select) for kind, what, select in kinds if manager.registrations(kind)]
+    if not wanted:
         return []
     try:
-        choice = select_attention(manager, select_platform(manager).platform, None)
+        platform = select_platform(manager).platform
     except Exception as exc:  # noqa: BLE001 - report it beside the other checks
-        return [("attention backend for this machine", str(exc))]
-    return [(f"attention backend for this machine: {choice.registration.name}, {choice.reason}", None)]
+        return [("platform for this machine", str(exc))]
+    results: list[tuple[str, str | None]] = []
+    for what, select in wanted:
+        try:
+            choice = select(manager, platform, None)
+        except Exception as exc:  # noqa: BLE001 - report it beside the other checks
+            results.append((f"{what} for this machine", str(exc)))
+            continue
+        results.append((f"{what} for this machine: {choice.registration.name}, {choice.reason}", None))
+    return results
 
 
 def run_doctor(args: argparse.Namespace) -> int:
     manager = get_plugin_manager()
-    results = [*check(manager), *attention_choice(manager)]
+    results = [*check(manager), *kernel_choices(manager)]
     for label, problem in results:
         print(f"ok    {label}" if problem is None else f"FAIL  {label}\n      {problem}")
     failures = sum(problem is not None for _, problem in results)

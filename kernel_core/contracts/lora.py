@@ -27,6 +27,14 @@ __all__ = ["NO_SLOT", "LoRABatch", "LoRAKernel", "LoRAProjection", "LoRAStep", "
 class LoRAKernel(ABC):
     """Adds each token's adapter update to a projection's output, in place."""
 
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this kernel cannot run on this machine (say, Triton without a GPU and without
+        ``TRITON_INTERPRET=1``), or None when it can (plugin API 1.6). One that cannot is listed
+        but never selected by priority or as a platform's default; one named by the setting is
+        refused with this reason."""
+        return None
+
     @abstractmethod
     def apply(
         self, output: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, batch: LoRABatch

@@ -32,6 +32,14 @@ class PreparedExperts:
 class MoEKernel(ABC):
     """Routes each token to its top-k experts (SwiGLU MLPs) and sums their weighted outputs."""
 
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this kernel cannot run on this machine (say, Triton without a GPU and without
+        ``TRITON_INTERPRET=1``), or None when it can (plugin API 1.6). One that cannot is listed
+        but never selected by priority or as a platform's default; one named by the setting is
+        refused with this reason."""
+        return None
+
     @abstractmethod
     def forward(
         self,
@@ -75,7 +83,7 @@ class MoEKernel(ABC):
     ) -> PreparedExperts | None:
         """Called once per MoE layer after its experts are loaded (and quantized), with the
         tensors :meth:`forward` receives: return a form of them this kernel computes faster from
-        (e.g. each expert's GEMM weights packed for oneDNN), or None to keep only the stacked
+        (e.g. each expert's GEMM weights in a GEMM library's packed form), or None to keep only the stacked
         tensors (the default). Since plugin API 1.4 (additive)."""
         return None
 

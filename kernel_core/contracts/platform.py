@@ -56,6 +56,14 @@ class Platform(ABC):
     default_attention_backend: ClassVar[str] = "torch"
     #: Why the default is what it is on this machine, shown by ``kcore plugins doctor``.
     default_attention_reason: ClassVar[str] = "the portable backend"
+    #: The LoRA kernel and MoE kernel an engine gets on this platform when the ``lora_kernel`` /
+    #: ``moe_kernel`` setting names none (plugin API 1.6); None: the highest-priority one that runs
+    #: here. A default not installed, or unable to run here, gives way to that with a warning. The
+    #: reasons say why the default is what it is, for ``kcore plugins doctor``.
+    default_lora_kernel: ClassVar[str | None] = None
+    default_lora_reason: ClassVar[str] = ""
+    default_moe_kernel: ClassVar[str | None] = None
+    default_moe_reason: ClassVar[str] = ""
 
     @classmethod
     @abstractmethod

@@ -17,6 +17,8 @@ NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
 TARGET_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 #: Quantizations of expert weights an MoE kernel may consume besides unquantized weights.
 MOE_QUANTIZATIONS = frozenset({"int8"})
+#: The floating dtypes an engine may run a model in, by their torch names (no torch import here).
+FLOAT_DTYPES = frozenset({"float32", "bfloat16", "float16"})
 
 
 def import_target(target: str) -> Any:
@@ -124,6 +126,26 @@ class AttentionBackendSpec(ImplementationSpec):
         default=frozenset({"cpu", "cuda", "xpu"}),
         description="torch device types the backend runs on.",
     )
+    dtypes: frozenset[str] = Field(
+        default=FLOAT_DTYPES,
+        description="Model dtypes it computes, by torch name (plugin API 1.6); the engine refuses others at start-up.",
+    )
+    head_sizes: frozenset[int] = Field(
+        default=frozenset(),
+        description="Attention head sizes it computes (plugin API 1.6); empty: any.",
+    )
+    block_sizes: frozenset[int] = Field(
+        default=frozenset(),
+        description="KV-cache block sizes (the block_size setting) it reads (plugin API 1.6); empty: any.",
+    )
+
+    @field_validator("dtypes")
+    @classmethod
+    def _known_dtypes(cls, value: frozenset[str]) -> frozenset[str]:
+        unknown = sorted(value - FLOAT_DTYPES)
+        if unknown or not value:
+            raise ValueError(f"dtypes {sorted(value)}: each must be one of {sorted(FLOAT_DTYPES)}, at least one")
+        return value
 
 
 class MoEKernelSpec(ImplementationSpec):

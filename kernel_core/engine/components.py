@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+from collections.abc import Callable
 from decimal import Decimal
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from kernel_core.adapters.registry import AdapterRegistry
 from kernel_core.contracts.serving import AdapterServing, ServingContext
 from kernel_core.modeling.gemm import install_linear_policy
 from kernel_core.engine.plugin_options import PluginOptions
+from kernel_core.engine.selection import Needs, choose, select_attention, select_lora_kernel
 from kernel_core.modeling.moe import MoEOptions
 from kernel_core.models import resolve_model
 from kernel_core.platforms import select_platform
@@ -63,16 +65,20 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     platform = select_platform(manager, forced=config.platform).platform
     dtype = _dtype(config.dtype, platform)
     device = platform.device()
-    attention_registration = select_attention(manager, platform, config.attention_backend).registration
-    attention = options.create(attention_registration)
     model_config = json.loads((folder / "config.json").read_text())
+    needs = Needs(device.type, config.dtype, _head_size(model_config), config.block_size)
+    attention_choice = select_attention(manager, platform, config.attention_backend, needs)
+    log.info("attention backend %r: %s", attention_choice.registration.name, attention_choice.reason)
+    attention_registration = attention_choice.registration
+    attention = options.create(attention_registration)
     model_class = manager.load(_architecture(manager, folder, model_config, config.model_architecture))
-    moe = _moe_options(config, options, model_class, device)
+    moe = _moe_options(config, options, model_class, platform)
     model = model_class.from_pretrained(folder, attention=attention, dtype=dtype, device=device, **moe)
     gemm_policy = platform.linear_policy()
     install_linear_policy(gemm_policy)
     model.prepare_weights(gemm_policy.prepare)
     check_sliding_window_support(model, attention, attention_registration.spec.name)
+    _check_head_size(model, attention_registration, platform)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     max_model_len = _max_model_len(config, folder, model_config)
     num_blocks = config.num_kv_blocks or _num_blocks(config, platform, attention, model, dtype)
@@ -97,46 +103,47 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     )
 
 
-#: The portable attention backend, which runs wherever torch does: what a platform's default
-#: gives way to where that one is not installed or cannot run.
-FALLBACK_ATTENTION_BACKEND = "torch"
+def _head_size(model_config: dict[str, Any]) -> int | None:
+    """The attention head size a Hugging Face ``config.json`` declares (``head_dim``, else
+    ``hidden_size / num_attention_heads``), to choose a backend before the model loads; None when
+    it does not say (the loaded model's ``head_size`` is checked then, :func:`_check_head_size`)."""
+    if isinstance(model_config.get("head_dim"), int):
+        return model_config["head_dim"]
+    hidden, heads = model_config.get("hidden_size"), model_config.get("num_attention_heads")
+    return hidden // heads if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 else None
 
 
-@dataclass(frozen=True)
-class AttentionChoice:
-    """The attention backend an engine gets, and why (for its log and ``kcore plugins doctor``)."""
+def _check_head_size(model: ModelArchitecture, registration: Registration, platform: Platform) -> None:
+    """The loaded model's head size against the backend's ``head_sizes``: authoritative where
+    ``config.json`` did not say or said otherwise."""
+    problem = Needs(platform.device_type, head_size=model.head_size).problem(registration.spec)
+    if problem is not None:
+        raise KernelCoreError(
+            f"attention backend {registration.name!r} cannot run the {type(model).__name__} model on the "
+            f"{platform.name} platform: {problem}; choose another with the attention_backend setting"
+        )
 
-    registration: Registration
-    reason: str
 
+def kernel_selector(
+    options: PluginOptions, platform: Platform, dtype: torch.dtype
+) -> Callable[[PluginKind, str | None], Any]:
+    """``ServingContext.select_kernel``: a LoRA kernel as :func:`select_lora_kernel` chooses it
+    (named, else the platform's default, else by priority among those that run here), any other
+    kind by name else priority among those that run here; built with its plugin options."""
 
-def select_attention(manager: PluginManager, platform: Platform, configured: str | None) -> AttentionChoice:
-    """The backend named by the ``attention_backend`` setting (refused if it cannot run here), else
-    the platform's default, else, where that one is not installed or reports itself unavailable
-    (:meth:`AttentionBackend.unavailable_reason`), the portable torch backend."""
-    kind = PluginKind.ATTENTION_BACKEND
-    if configured:
-        registration = manager.get(kind, configured)
-        problem = manager.load(registration).unavailable_reason()
-        if problem is not None:
-            raise KernelCoreError(f"attention_backend {configured!r} cannot run on this machine: {problem}")
-        return AttentionChoice(registration, "named by the attention_backend setting")
-    name = platform.default_attention_backend
-    why = f"the {platform.name} platform's default ({platform.default_attention_reason})"
-    try:
-        registration = manager.get(kind, name)
-    except UnknownPluginError:
-        problem = "is not installed"
-    else:
-        reason = manager.load(registration).unavailable_reason()
-        if reason is None:
-            return AttentionChoice(registration, why)
-        problem = f"cannot run here: {reason}"
-    if name == FALLBACK_ATTENTION_BACKEND:
-        raise KernelCoreError(f"the portable attention backend {name!r} {problem}")
-    log.warning("attention backend %r %s; using %r", name, problem, FALLBACK_ATTENTION_BACKEND)
-    fallback = manager.get(kind, FALLBACK_ATTENTION_BACKEND)
-    return AttentionChoice(fallback, f"{why}, but {name!r} {problem}, so the portable {FALLBACK_ATTENTION_BACKEND!r}")
+    def select_kernel(kind: PluginKind, name: str | None) -> Any:
+        needs = Needs(platform.device_type, str(dtype).removeprefix("torch."))
+        if kind is PluginKind.LORA_KERNEL:
+            choice = select_lora_kernel(options.manager, platform, name, needs)
+        else:
+            choice = choose(
+                options.manager, kind, setting=f"{kind} kernel", configured=name, platform=platform, needs=needs,
+                default=None, default_reason="",
+            )
+        log.info("%s %r: %s", kind, choice.registration.name, choice.reason)
+        return options.create(choice.registration)
+
+    return select_kernel
 
 
 def check_sliding_window_support(model: ModelArchitecture, attention: AttentionBackend, attention_name: str) -> None:
@@ -163,14 +170,9 @@ def _adapter_registry(
     each allocating its slots on the model once its memory is known to fit, and the registry
     over them. A kind whose serving fails to build is refused at load, naming why."""
     manager = options.manager
-
-    def select_kernel(kind: PluginKind, name: str | None) -> Any:
-        accept = lambda r: device.type in getattr(r.spec, "device_types", {device.type})  # noqa: E731
-        return options.create(manager.select(kind, name, accept=accept))
-
     context = ServingContext(
         max_slots=config.max_loras, max_rank=config.max_lora_rank, dtype=dtype, device=device,
-        settings=config.model_dump(), select_kernel=select_kernel,
+        settings=config.model_dump(), select_kernel=kernel_selector(options, platform, dtype),
     )
     servings: dict[str, AdapterServing] = {}
     unserved: dict[str, str] = {}
@@ -200,7 +202,7 @@ def _adapter_registry(
 
 
 def _moe_options(
-    config: EngineConfig, options: PluginOptions, model_class: type[ModelArchitecture], device: torch.device
+    config: EngineConfig, options: PluginOptions, model_class: type[ModelArchitecture], platform: Platform
 ) -> dict[str, MoEOptions]:
     """``moe=``, the selected MoE kernel and quantization, for a model plugin whose
     ``from_pretrained`` has a ``moe`` parameter; none for older plugins, which keep working.
@@ -209,8 +211,8 @@ def _moe_options(
     if "moe" in inspect.signature(model_class.from_pretrained).parameters:
         return {
             "moe": MoEOptions.select(
-                device, kernel=config.moe_kernel, quantization=config.moe_quantization, manager=options.manager,
-                create=options.create,
+                platform.device(), kernel=config.moe_kernel, quantization=config.moe_quantization,
+                manager=options.manager, create=options.create, platform=platform,
             )
         }
     settings = {"moe_kernel": config.moe_kernel, "moe_quantization": config.moe_quantization}

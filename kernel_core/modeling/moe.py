@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from kernel_core.contracts.moe import MoEKernel, PreparedExperts, quantize_int8
+from kernel_core.contracts.platform import Platform
 from kernel_core.contracts.records import MOE_QUANTIZATIONS, PluginKind
+from kernel_core.engine.selection import Needs, choose, why_not
 from kernel_core.errors import InvalidModelFolderError, PluginError, UnknownPluginError
 from kernel_core.plugins import PluginManager, Registration, get_plugin_manager
 
@@ -41,13 +43,16 @@ class MoEOptions:
         quantization: str | None = None,
         manager: PluginManager | None = None,
         create: Callable[[Registration], MoEKernel] | None = None,
+        platform: Platform | None = None,
     ) -> MoEOptions:
-        """The kernel named ``kernel``, else the highest-priority one that runs on ``device``
-        and consumes ``quantization``; errors name the setting (``moe_kernel``,
-        ``moe_quantization``) and the kernels installed. ``create`` builds the chosen one (the
-        engine's applies its ``plugin_options``); default :meth:`PluginManager.create`, its default settings."""
+        """The kernel named ``kernel``, else ``platform``'s ``default_moe_kernel`` where it runs
+        here, else the highest-priority one that runs on ``device`` and consumes ``quantization``;
+        one whose ``unavailable_reason()`` gives a reason never runs. Errors name the setting
+        (``moe_kernel``, ``moe_quantization``) and the kernels installed. ``create`` builds the
+        chosen one (the engine's applies its ``plugin_options``); default
+        :meth:`PluginManager.create`, its default settings."""
         manager = manager or get_plugin_manager()
-        registration = _moe_kernel(manager, kernel, device, quantization)
+        registration = _moe_kernel(manager, kernel, device, quantization, platform)
         return cls((create or manager.create)(registration), quantization)
 
 
@@ -57,7 +62,7 @@ def _check_quantization(value: str | None, field: str) -> None:
 
 
 def _moe_kernel(
-    manager: PluginManager, name: str | None, device: torch.device, quantization: str | None
+    manager: PluginManager, name: str | None, device: torch.device, quantization: str | None, platform: Platform | None
 ) -> Registration:
     """The registration :meth:`MoEOptions.select` loads (see there)."""
     _check_quantization(quantization, "moe_quantization")
@@ -68,15 +73,30 @@ def _moe_kernel(
         for r in installed
     ) or "none"
 
+    def consumes(registration: Registration) -> str | None:
+        if quantization is None or quantization in registration.spec.quantizations:
+            return None
+        return f"it does not consume {quantization} expert weights"
+
+    needs = Needs(device.type)
+
     def fits(registration: Registration) -> bool:
-        spec = registration.spec
-        return device.type in spec.device_types and (quantization is None or quantization in spec.quantizations)
+        return why_not(manager, registration, needs, consumes) is None
 
     if name is None:
         if not any(fits(r) for r in installed):
             wanted = f" with moe_quantization {quantization!r}" if quantization else ""
-            raise UnknownPluginError(f"no installed MoE kernel runs on {device.type}{wanted}; installed: {described}")
-        return manager.select(PluginKind.MOE_KERNEL, accept=fits)
+            unavailable = "; ".join(
+                f"{r.name}: {why}" for r in installed if (why := why_not(manager, r, needs, consumes)) is not None
+            )
+            why = f" ({unavailable})" if unavailable else ""
+            raise UnknownPluginError(f"no installed MoE kernel runs on {device.type}{wanted}; installed: {described}{why}")
+        if platform is None:
+            return manager.select(PluginKind.MOE_KERNEL, accept=fits)
+        return choose(
+            manager, PluginKind.MOE_KERNEL, setting="moe_kernel", configured=None, platform=platform, needs=needs,
+            default=platform.default_moe_kernel, default_reason=platform.default_moe_reason, check=consumes,
+        ).registration
     try:
         registration = manager.get(PluginKind.MOE_KERNEL, name)
     except UnknownPluginError:
@@ -91,6 +111,9 @@ def _moe_kernel(
             f"moe_quantization {quantization!r}: moe_kernel {name!r} does not consume {quantization} expert "
             f"weights; installed MoE kernels: {described}"
         )
+    problem = why_not(manager, registration, needs)
+    if problem is not None:
+        raise PluginError(f"moe_kernel {name!r} cannot run on this machine ({device.type}): {problem}")
     return registration
 
 

@@ -27,6 +27,10 @@ from kernel_core_sdk.conformance import ReferenceMoEKernel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CPU = torch.device("cpu")
+#: What MoE selection reads of a platform: a CPU with no default MoE kernel.
+CPU_PLATFORM = types.SimpleNamespace(
+    name="cpu", device_type="cpu", device=lambda: CPU, default_moe_kernel=None, default_moe_reason=""
+)
 
 
 class MoEModel:
@@ -81,21 +85,21 @@ def manager(kcore_plugin_manager, kcore_register, monkeypatch: pytest.MonkeyPatc
     ids=["by-priority", "by-quantization", "by-name"],
 )
 def test_a_model_taking_moe_gets_the_selected_kernel(manager, settings: dict, kernel_class: type) -> None:
-    (moe,) = _moe_options(EngineConfig(model="m", **settings), PluginOptions(manager, {}), MoEModel, CPU).values()
+    (moe,) = _moe_options(EngineConfig(model="m", **settings), PluginOptions(manager, {}), MoEModel, CPU_PLATFORM).values()
     assert type(moe.kernel) is kernel_class and moe.quantization == settings.get("moe_quantization")
 
 
 def test_an_unknown_moe_kernel_is_refused_naming_it_and_the_installed_ones(manager) -> None:
     installed = "installed MoE kernels: int8-reference (on cpu/cuda/xpu; quantizations: int8), reference"
     with pytest.raises(UnknownPluginError, match=rf"moe_kernel 'fused' is not installed; {re.escape(installed)}"):
-        _moe_options(EngineConfig(model="m", moe_kernel="fused"), PluginOptions(manager, {}), MoEModel, CPU)
+        _moe_options(EngineConfig(model="m", moe_kernel="fused"), PluginOptions(manager, {}), MoEModel, CPU_PLATFORM)
 
 
 def test_a_model_without_moe_keeps_working_and_refuses_moe_settings(manager) -> None:
-    assert _moe_options(EngineConfig(model="m"), PluginOptions(manager, {}), DenseModel, CPU) == {}
+    assert _moe_options(EngineConfig(model="m"), PluginOptions(manager, {}), DenseModel, CPU_PLATFORM) == {}
     refused = "moe_kernel 'reference': the DenseModel model plugin takes no MoE options"
     with pytest.raises(KernelCoreError, match=refused):
-        _moe_options(EngineConfig(model="m", moe_kernel="reference"), PluginOptions(manager, {}), DenseModel, CPU)
+        _moe_options(EngineConfig(model="m", moe_kernel="reference"), PluginOptions(manager, {}), DenseModel, CPU_PLATFORM)
 
 
 @pytest.mark.parametrize(("field", "value"), [("moe_kernel", "torch"), ("moe_quantization", "int8")])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import kernel_core
 from kernel_core.contracts.records import PlatformSpec
 
-kernel_core_api = "1.0"
+kernel_core_api = "1.6"
 
 
 @kernel_core.hookimpl

@@ -17,6 +17,15 @@ class XPUPlatform(Platform):
 
     name = "xpu"
     device_type = "xpu"
+    # Triton's kernels by name (plugin API 1.6): each gives way, with a warning, to the portable
+    # torch one (attention) or the highest-priority one that runs here (LoRA, MoE) where its plugin
+    # is not installed or reports itself unavailable.
+    default_attention_backend = "triton"
+    default_attention_reason = "one Triton kernel launch per layer for the whole mixed step over the paged cache"
+    default_lora_kernel = "triton"
+    default_lora_reason = "Triton shrink and expand over the step's per-token adapter slots"
+    default_moe_kernel = "triton"
+    default_moe_reason = "Triton's fused top-k expert GEMMs"
 
     @classmethod
     def is_available(cls) -> bool:

@@ -31,6 +31,8 @@ import torch
 from kernel_core.contracts.records import PluginKind, TunerSpec
 from kernel_core.contracts.serving import AdapterServing, ServingContext, SlotBatch
 from kernel_core.contracts.tuner import BaseTunerConfig, Tuner
+from kernel_core.engine.components import kernel_selector
+from kernel_core.engine.plugin_options import PluginOptions
 from kernel_core.errors import AdapterLoadError
 from kernel_core.plugins import get_plugin_manager
 from kernel_core.llm import LLM
@@ -216,12 +218,10 @@ class AdapterServingConformance(PluginUnderTest):
         settings = {**engine_settings, "enable_lora": False}
         engine = LLM(str(base_folder), **settings).engine
         model, device = engine.components.model, engine.components.device
-        manager = get_plugin_manager()
-
-        def select_kernel(kind: PluginKind, name: str | None) -> Any:
-            accept = lambda r: device.type in getattr(r.spec, "device_types", {device.type})  # noqa: E731
-            return manager.create(manager.select(kind, name, accept=accept))
-
+        select_kernel = kernel_selector(
+            PluginOptions(get_plugin_manager(), engine.config.plugin_options), engine.components.platform,
+            engine.components.dtype,
+        )
         context = ServingContext(
             max_slots=engine_settings["max_loras"], max_rank=engine_settings["max_lora_rank"],
             dtype=engine.components.dtype, device=device, settings=engine.config.model_dump(), select_kernel=select_kernel,

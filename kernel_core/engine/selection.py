@@ -1,0 +1,158 @@
+"""Which attention backend, LoRA kernel or MoE kernel an engine gets on its platform, and why.
+
+What a kernel plugin may run is declared in its record (``device_types``; for attention backends
+also ``dtypes``, ``head_sizes`` and ``block_sizes``) and by its class's ``unavailable_reason()``
+(a Triton kernel on a machine with no GPU and no ``TRITON_INTERPRET``). The one a setting names is
+refused at start-up when it cannot run, naming it and what it cannot run; else the platform's
+default (``Platform.default_attention_backend``, ``default_lora_kernel``, ``default_moe_kernel``),
+which gives way with a warning, where it is not installed or cannot run, to the portable one
+(attention: ``torch``) or to the highest-priority one that runs here (plugin API 1.6).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kernel_core.contracts.platform import Platform
+from kernel_core.contracts.records import PluginKind
+from kernel_core.errors import KernelCoreError, PluginError, UnknownPluginError
+from kernel_core.plugins import PluginManager, Registration
+
+log = logging.getLogger(__name__)
+
+#: The portable attention backend, which runs wherever torch does: what a platform's default
+#: gives way to where that one is not installed or cannot run.
+FALLBACK_ATTENTION_BACKEND = "torch"
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the engine will run the plugin on; None: not known yet, not checked."""
+
+    device_type: str
+    dtype: str | None = None
+    head_size: int | None = None
+    block_size: int | None = None
+
+    def problem(self, spec: object) -> str | None:
+        """Why the record ``spec`` cannot run this, naming the field; None when it can. A record
+        without a field (or, for sizes, with an empty one) accepts any value of it."""
+        checks = (
+            ("device type", "device_types", self.device_type),
+            ("dtype", "dtypes", self.dtype),
+            ("head size", "head_sizes", self.head_size),
+            ("block_size", "block_sizes", self.block_size),
+        )
+        for what, field, value in checks:
+            allowed = getattr(spec, field, None)
+            if value is None or not allowed or value in allowed:
+                continue
+            return f"{what} {value} is not among its {field} ({', '.join(map(str, sorted(allowed)))})"
+        return None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The plugin an engine gets, and why (for its log and ``kcore plugins doctor``)."""
+
+    registration: Registration
+    reason: str
+
+
+#: A kind's own check beyond :class:`Needs` (an MoE kernel's quantizations): a problem or None.
+Check = Callable[[Registration], "str | None"]
+
+
+def why_not(manager: PluginManager, registration: Registration, needs: Needs, check: Check | None = None) -> str | None:
+    """Why ``registration`` cannot run here: its record, ``check``, then its class's
+    ``unavailable_reason()`` (an import failure counts as one); None when it can."""
+    problem = needs.problem(registration.spec) or (check(registration) if check else None)
+    if problem is not None:
+        return problem
+    try:
+        return manager.load(registration).unavailable_reason()
+    except PluginError as exc:
+        return str(exc)
+
+
+def choose(
+    manager: PluginManager,
+    kind: PluginKind,
+    *,
+    setting: str,
+    configured: str | None,
+    platform: Platform,
+    needs: Needs,
+    default: str | None,
+    default_reason: str,
+    fallback: str | None = None,
+    check: Check | None = None,
+) -> Choice:
+    """The plugin of ``kind`` named by ``setting`` (``configured``), else ``platform``'s
+    ``default``, else ``fallback`` by name, else the highest-priority one that runs here."""
+    where = f"the {platform.name} platform"
+    if configured:
+        registration = manager.get(kind, configured)  # not installed: names the installed ones
+        problem = why_not(manager, registration, needs, check)
+        if problem is not None:
+            raise KernelCoreError(f"{setting} {configured!r} cannot run on this machine ({where}): {problem}")
+        return Choice(registration, f"named by the {setting} setting")
+    prefix = ""
+    if default is not None:
+        why = f"the {platform.name} platform's default ({default_reason})"
+        try:
+            registration = manager.get(kind, default)
+        except UnknownPluginError:
+            problem = "is not installed"
+        else:
+            reason = why_not(manager, registration, needs, check)
+            if reason is None:
+                return Choice(registration, why)
+            problem = f"cannot run here: {reason}"
+        if default == fallback:
+            raise KernelCoreError(f"the portable {kind} {default!r} {problem}")
+        instead = repr(fallback) if fallback else "the highest-priority one that runs here"
+        log.warning("%s %r, %s's default, %s; using %s", kind, default, platform.name, problem, instead)
+        prefix = f"{why}, but {default!r} {problem}, so "
+    if fallback is not None:
+        registration = manager.get(kind, fallback)
+        problem = why_not(manager, registration, needs, check)
+        if problem is not None:
+            raise KernelCoreError(f"the portable {kind} {fallback!r} cannot run on {where}: {problem}")
+        return Choice(registration, f"{prefix}the portable {fallback!r}")
+    problems = {r.name: why_not(manager, r, needs, check) for r in manager.registrations(kind)}
+    if not any(problem is None for problem in problems.values()):
+        listed = "; ".join(f"{name}: {problem}" for name, problem in problems.items()) or "none installed"
+        raise UnknownPluginError(f"no installed {kind} plugin runs on {where} ({listed})")
+    registration = manager.select(kind, accept=lambda r: problems.get(r.name, "") is None)
+    lead = prefix or f"the {platform.name} platform names no default, so "
+    return Choice(registration, f"{lead}the highest-priority one that runs here ({registration.spec.priority})")
+
+
+def select_attention(
+    manager: PluginManager, platform: Platform, configured: str | None, needs: Needs | None = None
+) -> Choice:
+    """The backend named by the ``attention_backend`` setting (refused if it cannot run here), else
+    the platform's default, else, where that one is not installed or cannot run (its record or
+    :meth:`AttentionBackend.unavailable_reason`), the portable torch backend. ``needs`` defaults to
+    the platform's device type alone (``kcore plugins doctor``, which knows no model)."""
+    return choose(
+        manager, PluginKind.ATTENTION_BACKEND, setting="attention_backend", configured=configured,
+        platform=platform, needs=needs or Needs(platform.device_type),
+        default=platform.default_attention_backend, default_reason=platform.default_attention_reason,
+        fallback=FALLBACK_ATTENTION_BACKEND,
+    )
+
+
+def select_lora_kernel(
+    manager: PluginManager, platform: Platform, configured: str | None, needs: Needs | None = None
+) -> Choice:
+    """The LoRA kernel named by ``lora_kernel``, else the platform's ``default_lora_kernel``, else
+    the highest-priority one that runs here."""
+    return choose(
+        manager, PluginKind.LORA_KERNEL, setting="lora_kernel", configured=configured, platform=platform,
+        needs=needs or Needs(platform.device_type),
+        default=platform.default_lora_kernel, default_reason=platform.default_lora_reason,
+    )
