@@ -1,15 +1,18 @@
 """``make example-adapter`` trains into ``EXAMPLE_ADAPTER.partial`` and renames it when done:
 whatever a kill leaves, ``make`` does not take it for finished and ``make run`` does not serve it;
 (slow) a real ``make example-adapter`` killed at random times, then run again, ends with the same
-adapter as a run nobody killed."""
+adapter as a run nobody killed. And ``make`` installs the CPU torch 2.13.0 first while no
+package pins torch, so a GPU user can install the build of torch their hardware needs."""
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -97,3 +100,20 @@ def test_make_example_adapter_killed_at_random_times_then_rerun(embedded_model: 
     assert _serves(adapter) and not _would_train(adapter) and not Path(f"{adapter}.partial").exists()
     assert_same_adapter(adapter, reference)
     assert trajectory(adapter) == trajectory(reference)
+
+
+def test_make_installs_the_cpu_torch_first_and_no_pyproject_pins_torch() -> None:
+    """Here ``make`` installs the CPU wheel 2.13.0 before anything else; the packages themselves
+    take a range, so a user may install the CUDA, ROCm or XPU build of torch (docs/install.md)."""
+    recipe = (ROOT / "Makefile").read_text()
+    assert recipe.index("pip install -q torch==2.13.0") < recipe.index("pip install -q $(addprefix -e")
+    torch_requirements = {}
+    for pyproject in sorted(ROOT.glob("**/pyproject.toml")):
+        if ".venv" in pyproject.parts:
+            continue
+        for requirement in tomllib.loads(pyproject.read_text()).get("project", {}).get("dependencies", []):
+            if re.match(r"torch\s*([<>=!~;\[]|$)", requirement):
+                torch_requirements[pyproject.relative_to(ROOT).as_posix()] = requirement
+    assert torch_requirements["pyproject.toml"] == "torch>=2.5,<3"
+    pinned = {path: r for path, r in torch_requirements.items() if re.search(r"===?|~=", r) or "<" not in r}
+    assert pinned == {}
