@@ -101,6 +101,22 @@ def test_many_blocks_and_tiles_match_the_torch_kernel(dtype: torch.dtype, split_
     assert torch.equal(bits(output[without]), bits(expected[without]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_runs_of_exactly_one_and_two_blocks(dtype: torch.dtype) -> None:
+    """Runs of 16 and 32 tokens at block_m 16 (no remainder block), rank 16 (exactly one rank
+    tile), 32 input and 48 output features (whole K steps and output tiles)."""
+    slots = [1] * 16 + [N] + [3] * 32
+    output, x, lora_a, lora_b = many_tiles_case(slots, 16, (32, 48), dtype, seed=2)
+    batch = LoRABatch.from_token_slots(slots, DEVICE)
+    expected = output.clone()
+    with torch.inference_mode():
+        TorchLoRAKernel().apply(expected, x, lora_a, lora_b, batch)
+        TritonLoRAKernel(TritonLoRASettings(**SMALL_TILES)).apply(output, x, lora_a, lora_b, batch)
+    tolerance = TOLERANCE[dtype]
+    torch.testing.assert_close(output.cpu().double(), expected.cpu().double(), atol=tolerance, rtol=tolerance)
+    assert torch.equal(bits(output[16]), bits(expected[16]))
+
+
 def test_a_large_rank_and_float16_match_the_torch_kernel() -> None:
     """Rank 200, as a fused projection's stacked slots get (parts x max_lora_rank), at the
     default tiles, in float16 into a strided output (a column slice of a wider tensor)."""
