@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
         "memory_total_gib": round(memory.total_bytes / 2**30, 2),
         "memory_free_gib": round(memory.free_bytes / 2**30, 2),
         "default_attention_backend": platform.default_attention_backend,
+        "default_lora_kernel": platform.default_lora_kernel or "(by priority)",
+        "default_moe_kernel": platform.default_moe_kernel or "(by priority)",
         "gemm_policy": platform.linear_policy().name,
         "probed": {p.registration.name: p.detail for p in choice.probes},
     }
