@@ -137,7 +137,7 @@ def kernel_selector(
             choice = select_lora_kernel(options.manager, platform, name, needs)
         else:
             choice = choose(
-                options.manager, kind, setting=f"{kind} kernel", configured=name, platform=platform, needs=needs,
+                options.manager, kind, setting=str(kind), configured=name, platform=platform, needs=needs,
                 default=None, default_reason="",
             )
         log.info("%s %r: %s", kind, choice.registration.name, choice.reason)
