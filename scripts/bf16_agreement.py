@@ -1,6 +1,8 @@
 """Greedy bfloat16 agreement with HF transformers bfloat16 ``generate`` (issue #16), per attention
 backend: tests/engine/test_oracle.py's 16 prompts (16 tokens), or W1's first prompts with
-``--w1 N``, HF one prompt at a time (unpadded), tokens compared position by position.
+``--w1 N``, HF one prompt at a time (unpadded), tokens compared position by position. Each request
+that differs is listed with its first differing position and HF's margin there (its best bfloat16
+logit minus the one of the engine's token: 0 is an exact tie).
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bf16_agreement.py --backends torch cpu
 """
@@ -47,13 +49,14 @@ def main() -> None:
     else:
         prompts, tokens = oracle_prompts(folder), args.tokens or NEW_TOKENS
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
-    reference = []
+    reference, scores = [], []
     for ids in prompts:
         generated = model.generate(
             torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=tokens, do_sample=False,
+            max_new_tokens=tokens, do_sample=False, output_scores=True, return_dict_in_generate=True,
         )
-        reference.append(generated[0, len(ids):].tolist())
+        reference.append(generated.sequences[0, len(ids):].tolist())
+        scores.append([step[0] for step in generated.scores])
     total = sum(len(r) for r in reference)
     print(f"{len(prompts)} prompts x {tokens} tokens, HF {model.config._attn_implementation}, "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
@@ -65,6 +68,11 @@ def main() -> None:
         whole = sum(r == g for r, g in zip(reference, got))
         print(f"{name}: {same}/{total} ({100 * same / total:.1f}%) tokens, {whole}/{len(prompts)} requests identical, "
               f"load average {os.getloadavg()[0]:.2f}")
+        for i, (r, g) in enumerate(zip(reference, got)):
+            at = next((j for j, (x, y) in enumerate(zip(r, g)) if x != y), None)
+            if at is not None:
+                margin = (scores[i][at][r[at]] - scores[i][at][g[at]]).item()
+                print(f"  prompt {i}: first differs at token {at}, HF's margin there {margin:g}")
         del llm
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.llama import modeling_llama
 
 from kernel_core import LLM, SamplingParams
+from kernel_core.bench.workloads import locate, workload
 from kernel_core.models.resolve import resolve_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -203,13 +204,18 @@ def compare(ours: Captures, theirs: Captures, show: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prompt", type=int, default=0, help="index into test_oracle.py's prompts")
+    parser.add_argument("--w1", action="store_true", help="--prompt indexes W1's prompts instead")
     parser.add_argument("--steps", type=int, default=3, help="decode steps after the prefill")
     parser.add_argument("--backend", default="cpu")
     parser.add_argument("--all-ops", action="store_true", help="print equal ops too")
     args = parser.parse_args()
 
     folder = resolve_model("smollm2-135m-instruct")
-    prompt = oracle_prompts(folder)[args.prompt]
+    if args.w1:
+        text = workload(locate(), "W1", num_prompts=args.prompt + 1).prompts[args.prompt]
+        prompt = AutoTokenizer.from_pretrained(folder).encode(text)
+    else:
+        prompt = oracle_prompts(folder)[args.prompt]
     llm = LLM(str(folder), dtype="bfloat16", attention_backend=args.backend, kv_cache_memory=0.25)
     ours: list[Captures] = []
     capture_engine(llm, ours)
