@@ -21,12 +21,10 @@ from pydantic import AfterValidator, Field
 
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
 from kernel_core.contracts.settings import PluginSettings
+from kernel_core_attn_triton.plugin import DTYPES, MAX_HEAD_SIZE
 
-#: Query (and cache) dtypes the kernel takes; it accumulates in float32 whatever the dtype.
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-#: Largest head size: the kernel holds a [rows, head size] float32 accumulator per program
-#: (heads are padded to the next power of two, at least 16, with masked columns).
-MAX_HEAD_SIZE = 256
+#: Query (and cache) dtypes the kernel takes, as its record declares them.
+SUPPORTED_DTYPES = tuple(getattr(torch, name) for name in sorted(DTYPES))
 _KERNELS = "kernel_core_attn_triton.kernels"
 #: Values of ``TRITON_INTERPRET`` that Triton reads as set (its getenv_bool).
 _TRUE = {"1", "true", "on"}

@@ -7,11 +7,17 @@ from kernel_core.contracts.records import AttentionBackendSpec
 
 kernel_core_api = "1.6"
 
+#: Model dtypes the kernel computes (float32 accumulation in each), by torch name.
+DTYPES = frozenset({"float32", "bfloat16", "float16"})
+#: Largest head size: the kernel holds a [rows, head size] float32 accumulator per program. Any
+#: size up to it runs (padded to the next power of two, at least 16, with masked columns).
+MAX_HEAD_SIZE = 256
+
 
 @kernel_core.hookimpl
 def kernel_core_attention_backends() -> list[AttentionBackendSpec]:
-    """The Triton backend: GPUs only (ROCm's torch calls its devices "cuda"). No platform names it
-    yet, so an engine gets it only by ``attention_backend="triton"``."""
+    """The Triton backend: GPUs only (ROCm's torch calls its devices "cuda"), where the CUDA, ROCm and
+    XPU platforms name it as their default; the CPU engine never selects it."""
     return [
         AttentionBackendSpec(
             name="triton",
@@ -20,5 +26,8 @@ def kernel_core_attention_backends() -> list[AttentionBackendSpec]:
             "sliding windows; float32, bfloat16, float16.",
             implementation="kernel_core_attn_triton.backend:TritonAttention",
             device_types=frozenset({"cuda", "xpu"}),
+            dtypes=DTYPES,
+            head_sizes=frozenset(range(1, MAX_HEAD_SIZE + 1)),
+            # block_sizes left empty: any (the kernel's tiles do not depend on the cache's blocks).
         )
     ]

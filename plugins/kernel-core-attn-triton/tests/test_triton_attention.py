@@ -18,11 +18,12 @@ import torch
 
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
 from kernel_core.contracts.settings import PluginSettingsError, instantiate
-from kernel_core.engine.components import select_attention
+from kernel_core.engine.selection import Needs, select_attention
 from kernel_core.errors import KernelCoreError
 from kernel_core.platforms import select_platform
 from kernel_core.plugins import PluginManager
 from kernel_core_attn_triton import kernels, plugin
+from kernel_core_attn_triton.plugin import MAX_HEAD_SIZE
 from kernel_core_attn_triton.backend import TritonAttention, TritonAttentionSettings
 from kernel_core_sdk.conformance import AttentionBackendConformance
 from kernel_core_sdk.conformance._paged import scattered_block_tables, step_metadata
@@ -228,7 +229,7 @@ def bad_inputs() -> dict[str, tuple[dict, str]]:
         "cache-block-size": ({"kv_cache": torch.zeros(2, 1, 8, 2, 16)}, "block_size=4"),
         "cache-head-size": ({"kv_cache": torch.zeros(2, 2, 4, 2, 8)}, "head_size=16"),
         "cache-not-contiguous": ({"kv_cache": torch.zeros(2, 2, 4, 16, 2).transpose(3, 4)}, "kv_cache is not contiguous"),
-        "head-size": ({"query": torch.randn(3, 4, 512)}, "head_size 512 is not supported"),
+        "head-size": ({"query": torch.randn(3, 4, MAX_HEAD_SIZE + 1)}, f"head_size {MAX_HEAD_SIZE + 1} is not supported"),
         "heads-do-not-group": ({"query": torch.randn(3, 3, 16)}, "num_heads 3 is not a multiple of kv_cache's num_kv_heads 2"),
         "key-shape": ({"key": torch.randn(3, 1, 16)}, r"key has shape \(3, 1, 16\)"),
         "window": ({"metadata": step_metadata([[0, 1]], [2], [3], 4, 0.5, DEVICE).for_layer(0)}, "metadata.sliding_window 0"),
@@ -241,6 +242,15 @@ def test_bad_input_is_refused_naming_it(case: str) -> None:
     arguments = {**valid_call(), **{k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in replaced.items()}}
     with pytest.raises(ValueError, match=message):
         TritonAttention().forward(**arguments)
+
+
+def test_the_record_declares_what_forward_takes() -> None:
+    """The engine refuses at start-up what forward would refuse: other dtypes, larger heads."""
+    (spec,) = plugin.kernel_core_attention_backends()
+    assert Needs("cuda", "bfloat16", MAX_HEAD_SIZE, 7).problem(spec) is None
+    assert Needs("xpu", "float16", 1, 16).problem(spec) is None
+    assert "head size 257 is not among its head_sizes" in (Needs("cuda", "float32", 257).problem(spec) or "")
+    assert "device type cpu is not among its device_types (cuda, xpu)" in (Needs("cpu").problem(spec) or "")
 
 
 def test_tensors_on_another_device_are_refused() -> None:
