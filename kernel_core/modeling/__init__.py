@@ -13,6 +13,9 @@ on these blocks alone). Everything works on flattened tokens, all requests of a 
 - :class:`SafetensorsCheckpoint` and :class:`WeightLoader`: weights by Hugging Face name.
 - :class:`FusedMoE` (with :class:`ExpertWeights`, :class:`MoEOptions`): a mixture-of-experts
   layer on the engine's selected MoE kernel, int8 experts included.
+- :mod:`kernel_core.modeling.parallel`: tensor parallelism (:class:`TensorParallel`, column/row-parallel
+  linears, vocab-parallel embedding and lm_head, KV-head, LoRA and expert sharding rules;
+  docs/distributed.md).
 """
 
 from kernel_core.modeling.attention import AttentionHeads, AttentionOptions, SelfAttention
@@ -22,22 +25,54 @@ from kernel_core.modeling.layers import FusedLinear, RotaryEmbedding
 from kernel_core.modeling.loader import WeightLoader
 from kernel_core.modeling.mlp import GatedMLP
 from kernel_core.modeling.moe import ExpertWeights, FusedMoE, MoEOptions
+from kernel_core.modeling.parallel import (
+    SINGLE,
+    ColumnParallelLinear,
+    HeadShard,
+    ParallelLMHead,
+    RowParallelLinear,
+    TensorParallel,
+    TensorParallelMoE,
+    VocabParallelEmbedding,
+    expert_shard,
+    qkv_rows,
+    shard_experts,
+    shard_heads,
+    shard_lora_column,
+    shard_lora_row,
+    vocab_range,
+)
 from kernel_core.modeling.weights import SafetensorsCheckpoint
 
 __all__ = [
+    "SINGLE",
     "AttentionHeads",
     "AttentionOptions",
+    "ColumnParallelLinear",
     "DecoderLayer",
     "DecoderModel",
     "ExpertWeights",
     "FusedLinear",
     "FusedMoE",
     "GatedMLP",
+    "HeadShard",
     "MLPBlock",
     "MoEOptions",
+    "ParallelLMHead",
     "RotaryEmbedding",
+    "RowParallelLinear",
     "SafetensorsCheckpoint",
     "SelfAttention",
+    "TensorParallel",
+    "TensorParallelMoE",
+    "VocabParallelEmbedding",
     "WeightLoader",
+    "expert_shard",
     "linear",
+    "qkv_rows",
+    "shard_experts",
+    "shard_heads",
+    "shard_lora_column",
+    "shard_lora_row",
+    "vocab_range",
 ]

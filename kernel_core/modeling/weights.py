@@ -74,7 +74,18 @@ class SafetensorsCheckpoint:
             start += shape[0]
         return out
 
+    def lazy(self, name: str, shape: tuple[int, ...]) -> Any:
+        """The tensor ``name`` (of ``shape``) unread: safetensors' slice, which reads only what is
+        indexed (``[a:b]``, ``[:, a:b]``), so a tensor-parallel rank loads only its shard."""
+        checked = self._checked_slice(name, shape)
+        self.read_names.add(name)
+        return checked
+
     def _tensor(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        self.lazy(name, shape)
+        return self._handle(self.locations[name]).get_tensor(name)
+
+    def _checked_slice(self, name: str, shape: tuple[int, ...]) -> Any:
         if name not in self.locations:
             raise InvalidModelFolderError(f"model folder {self.folder} is missing the tensor {name!r}")
         handle = self._handle(self.locations[name])
@@ -84,5 +95,4 @@ class SafetensorsCheckpoint:
                 f"tensor {name!r} in {self.locations[name].name} has shape {list(found)}, "
                 f"expected {list(shape)} from config.json"
             )
-        self.read_names.add(name)
-        return handle.get_tensor(name)
+        return handle.get_slice(name)
