@@ -18,7 +18,7 @@ rank reading a checkpoint reads only its shard.
   all-reduce; the bias (held whole by every rank) is added once, after the all-reduce, on every rank.
 - Vocab-parallel embedding: each rank holds a vocabulary range; ids outside it give zeros; one
   all-reduce. Parallel lm_head: each rank computes the logits of its range for the rows that
-  sample only, then one all-gather.
+  sample only, then one all-gather (or one gather to the rank that samples).
 """
 
 from __future__ import annotations
@@ -79,6 +79,16 @@ class TensorParallel:
         parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
         dist.all_gather(parts, tensor, group=self.group)
         return torch.cat(parts, dim=dim)
+
+    def gather(self, tensor: torch.Tensor, dim: int = -1, dst: int = 0) -> torch.Tensor | None:
+        """:meth:`all_gather`'s result on rank ``dst`` only (None elsewhere): half the traffic
+        when one rank consumes it (the driver rank sampling from the logits)."""
+        if self.world_size == 1:
+            return tensor
+        tensor = tensor.contiguous()
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)] if self.rank == dst else None
+        dist.gather(tensor, parts, dst=dst if self.group is None else dist.get_global_rank(self.group, dst), group=self.group)
+        return None if parts is None else torch.cat(parts, dim=dim)
 
     def even_split(self, size: int, what: str, why: str = "") -> slice:
         """This rank's equal share of ``size`` items; ``what`` names them (and ``why`` says why
@@ -315,14 +325,18 @@ class ParallelLMHead:
         """The head sharing ``embedding``'s shard (``tie_word_embeddings``)."""
         return cls(embedding.weight, embedding.vocab_size, embedding.tp)
 
-    def __call__(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``[len(rows), vocab]`` of ``hidden[rows]`` (all rows when None)."""
+    def __call__(
+        self, hidden: torch.Tensor, rows: torch.Tensor | None = None, dst: int | None = None
+    ) -> torch.Tensor | None:
+        """Logits ``[len(rows), vocab]`` of ``hidden[rows]`` (all rows when None), on every rank,
+        or with ``dst`` on that rank only (None on the others: one gather instead of an all-gather)."""
         if rows is not None:
             hidden = hidden.index_select(0, rows)
         logits = linear(hidden, self.weight)
         if self.tp.world_size == 1:
             return logits
-        return self.tp.all_gather(logits, dim=-1)[:, : self.vocab_size]
+        gathered = self.tp.all_gather(logits, dim=-1) if dst is None else self.tp.gather(logits, dim=-1, dst=dst)
+        return None if gathered is None else gathered[:, : self.vocab_size]
 
 
 def shard_lora_column(

@@ -273,7 +273,12 @@ def _rank_checks(tp: TensorParallel, folder: Path, embedded: Path) -> dict[str, 
             ("lm_head tied", ParallelLMHead.tied(embed), full["embed.weight"]),
         ):
             exact = F.linear(hidden[rows].double(), weight.double())
-            _check_close(report, label, head(hidden, rows), F.linear(hidden[rows], weight), exact)
+            everywhere = head(hidden, rows)
+            _check_close(report, label, everywhere, F.linear(hidden[rows], weight), exact)
+            last = tp.world_size - 1  # gathered to one rank only: the driver sampling
+            on_last = head(hidden, rows, dst=last)
+            assert (on_last is None) == (tp.rank != last), f"{label}: gathered to rank {tp.rank}, not {last}"
+            assert on_last is None or torch.equal(on_last, everywhere), f"{label}: gather differs from all-gather"
 
     # MoE with tensor-parallel experts and a tensor-parallel shared expert: one all-reduce.
     gate_up_w = torch.randn(EXPERTS, 2 * EXPERT_INTERMEDIATE, HIDDEN, generator=g) / math.sqrt(HIDDEN)
@@ -385,7 +390,7 @@ def test_size_one_never_touches_torch_distributed(monkeypatch: pytest.MonkeyPatc
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("torch.distributed called at size 1")
 
-    for collective in ("all_reduce", "all_gather", "get_rank", "get_world_size"):
+    for collective in ("all_reduce", "all_gather", "gather", "get_rank", "get_world_size"):
         monkeypatch.setattr(dist, collective, refuse)
     full = _weights()
     to = {"dtype": torch.float32, "device": torch.device("cpu")}
@@ -405,6 +410,7 @@ def test_size_one_never_touches_torch_distributed(monkeypatch: pytest.MonkeyPatc
     embed = VocabParallelEmbedding.shard(full["embed.weight"], VOCAB, SINGLE, **to)
     assert torch.equal(embed(ids), full["embed.weight"])
     assert torch.equal(ParallelLMHead.tied(embed)(x), F.linear(x, full["embed.weight"]))
+    assert torch.equal(ParallelLMHead.tied(embed)(x, dst=0), F.linear(x, full["embed.weight"]))
     heads = AttentionHeads(9, 3, 64)
     assert shard_heads(heads, SINGLE).heads == heads
     experts = ExpertWeights(torch.randn(2, 8, 4), torch.randn(2, 4, 4))
