@@ -87,7 +87,8 @@ class TensorParallel:
             return tensor
         tensor = tensor.contiguous()
         parts = [torch.empty_like(tensor) for _ in range(self.world_size)] if self.rank == dst else None
-        dist.gather(tensor, parts, dst=dst if self.group is None else dist.get_global_rank(self.group, dst), group=self.group)
+        root = dst if self.group is None else dist.get_global_rank(self.group, dst)
+        dist.gather(tensor, parts, dst=root, group=self.group)
         return None if parts is None else torch.cat(parts, dim=dim)
 
     def even_split(self, size: int, what: str, why: str = "") -> slice:
