@@ -1,9 +1,10 @@
 """Tensor-parallel layers against their unsharded counterparts, on 2 and 3 CPU processes with gloo.
 
 Each group of ranks is spawned once and runs every check (``_rank_checks``); a rank that hangs or
-dies fails the test within ``TIMEOUT_S``. Every rank builds the same full weights (one safetensors
-file, read lazily for the shards) and compares its sharded output with the unsharded layer's; then
-the same for layer 0 of the embedded SmolLM2-135M, read lazily from its own checkpoint.
+dies fails the test within ``TIMEOUT_S``, every rank killed (tested with a rank hung in an
+all-reduce). Every rank builds the same full weights (one safetensors file, read lazily for the
+shards) and compares its sharded output with the unsharded layer's; then the same for layer 0 of
+the embedded SmolLM2-135M, read lazily from its own checkpoint.
 
 Tolerance (``_check_close``): sharded and unsharded outputs sum the same fp32 products in a
 different order (a partial GEMM per rank, then the all-reduce), so neither is "the" answer; both
@@ -317,14 +318,24 @@ def _rank_checks(tp: TensorParallel, folder: Path, embedded: Path) -> dict[str, 
     return report
 
 
-def _rank_main(rank: int, world_size: int, port: int, folders: tuple[str, str], results: Any) -> None:
+def _hang(tp: TensorParallel, folder: Path, embedded: Path) -> dict[str, Any]:
+    """Rank 0 waits in an all-reduce that rank 1 never joins: what a hung rank looks like."""
+    if tp.rank == 0:
+        tp.all_reduce(torch.ones(1))
+    time.sleep(3600)
+    return {}
+
+
+def _rank_main(
+    rank: int, world_size: int, port: int, folders: tuple[str, str], results: Any, checks: Any = _rank_checks
+) -> None:
     torch.set_num_threads(1)
     try:
         dist.init_process_group(
             "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
             timeout=timedelta(seconds=TIMEOUT_S),
         )
-        results.put((rank, True, _rank_checks(TensorParallel.from_process_group(), *map(Path, folders))))
+        results.put((rank, True, checks(TensorParallel.from_process_group(), *map(Path, folders))))
     except BaseException:
         results.put((rank, False, traceback.format_exc()))
     finally:
@@ -338,19 +349,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_ranks(world_size: int, folders: tuple[str, str]) -> dict[int, Any]:
-    """Spawn ``world_size`` ranks running :func:`_rank_checks`; fail on the first error, a dead
-    rank or after ``TIMEOUT_S``, killing every rank still running."""
+def _run_ranks(
+    world_size: int, folders: tuple[str, str], checks: Any = _rank_checks, timeout_s: float = TIMEOUT_S
+) -> dict[int, Any]:
+    """Spawn ``world_size`` ranks running ``checks``; fail on the first error, a dead rank or
+    after ``timeout_s``, killing every rank still running."""
     context = mp.get_context("spawn")
     results = context.Queue()
     port = _free_port()
     ranks = [
-        context.Process(target=_rank_main, args=(r, world_size, port, folders, results)) for r in range(world_size)
+        context.Process(target=_rank_main, args=(rank, world_size, port, folders, results, checks))
+        for rank in range(world_size)
     ]
     for process in ranks:
         process.start()
     reports: dict[int, Any] = {}
-    deadline = time.monotonic() + TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     try:
         while len(reports) < world_size:
             try:
@@ -361,7 +375,7 @@ def _run_ranks(world_size: int, folders: tuple[str, str]) -> dict[int, Any]:
                     pytest.fail(f"rank(s) {dead} of {world_size} died (exit codes {[ranks[r].exitcode for r in dead]})")
                 if time.monotonic() > deadline:
                     missing = sorted(set(range(world_size)) - set(reports))
-                    pytest.fail(f"rank(s) {missing} of {world_size} did not finish within {TIMEOUT_S} s")
+                    pytest.fail(f"rank(s) {missing} of {world_size} did not finish within {timeout_s} s")
                 continue
             if not ok:
                 pytest.fail(f"rank {rank} of {world_size} failed:\n{payload}")
@@ -384,6 +398,13 @@ def test_sharded_layers_match_the_unsharded_ones_across_processes(
     for rank, report in sorted(reports.items()):
         worst = max((v["eps_of_max"], k) for k, v in report.items() if isinstance(v, dict))
         print(f"size {world_size} rank {rank}: worst sharded error {worst[0]:.2f} eps of max|out| ({worst[1]})")
+
+
+def test_a_hung_rank_fails_in_bounded_time_and_no_rank_is_left_running(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match="rank\\(s\\) \\[0, 1\\] of 2 did not finish within 12 s"):
+        _run_ranks(2, (str(tmp_path), str(tmp_path)), _hang, timeout_s=12)
+    assert time.monotonic() - started < 12 + 5 and not mp.active_children()
 
 
 def test_size_one_never_touches_torch_distributed(monkeypatch: pytest.MonkeyPatch) -> None:
