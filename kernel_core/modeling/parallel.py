@@ -107,13 +107,18 @@ SINGLE = TensorParallel()
 
 
 def take_rows(source: Source, rows: slice) -> torch.Tensor:
-    """``source[rows]`` (a tensor's or a safetensors slice's: then only those rows are read)."""
-    return source[rows.start : rows.stop]
+    """``source[rows]`` as a tensor of its own: from a safetensors slice only those rows are read;
+    from a tensor they are copied, so the shard does not keep the full tensor alive."""
+    return _own(source, source[rows.start : rows.stop])
 
 
 def take_columns(source: Source, columns: slice) -> torch.Tensor:
-    """``source[:, columns]`` of a 2-D source, read lazily from a safetensors slice."""
-    return source[:, columns.start : columns.stop]
+    """``source[:, columns]`` of a 2-D source, as :func:`take_rows` takes rows."""
+    return _own(source, source[:, columns.start : columns.stop])
+
+
+def _own(source: Source, part: torch.Tensor) -> torch.Tensor:
+    return part.clone(memory_format=torch.contiguous_format) if isinstance(source, torch.Tensor) else part
 
 
 def _rows_of(source: Source) -> int:
