@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 #: Version of the plugin API (hook specs + contracts), semver. A plugin declares the version it
 #: targets as ``kernel_core_api = "MAJOR.MINOR"`` in its entry-point module; a plugin fits when
 #: its major equals ours and its minor is not newer.
-PLUGIN_API_VERSION = "1.6.0"
+PLUGIN_API_VERSION = "1.7.0"
 
 __all__ = ["LLM", "PLUGIN_API_VERSION", "SamplingParams", "__version__", "hookimpl"]
 

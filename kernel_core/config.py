@@ -70,6 +70,15 @@ class EngineConfig(BaseModel):
         "Only for models whose plugin takes MoE options; refused for others.",
     )
 
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, description="Ranks the model is split across (workers of the executor)."
+    )
+    distributed_executor: str | None = Field(
+        default=None,
+        description="Executor plugin name (uniproc, mp, ray); default the highest-priority one running "
+        "tensor_parallel_size workers (the in-process one at 1).",
+    )
+
     plugin_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Settings of plugins, keyed \"<kind>.<name>\" (e.g. {\"attention-backend.torch\": "

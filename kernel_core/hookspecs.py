@@ -19,6 +19,7 @@ from kernel_core.contracts.events import RequestAdded, RequestFinished, StepDone
 from kernel_core.contracts.records import (
     AttentionBackendSpec,
     CacheManagerSpec,
+    ExecutorSpec,
     LoRAKernelSpec,
     ModelArchitectureSpec,
     MoEKernelSpec,
@@ -124,6 +125,18 @@ def kernel_core_model_architectures() -> Iterable[ModelArchitectureSpec]:
     Takes no parameters. A model folder is matched by the ``architectures`` list of its
     ``config.json``; the implementation subclasses
     :class:`kernel_core.contracts.model.ModelArchitecture`.
+    """
+
+
+@hookspec
+def kernel_core_executors() -> Iterable[ExecutorSpec]:
+    """Return the executors (where and on how many workers the model runs) this plugin provides.
+
+    Called once per process when the plugin manager collects registrations; not firstresult.
+    Takes no parameters (plugin API 1.7). The engine uses the executor named by its
+    ``distributed_executor`` setting, else the highest-priority one whose
+    ``max_tensor_parallel_size`` admits ``tensor_parallel_size``; its implementation subclasses
+    :class:`kernel_core.contracts.executor.Executor`.
     """
 
 

@@ -49,6 +49,7 @@ REGISTRATION_HOOKS: dict[str, PluginKind] = {
     "kernel_core_moe_kernels": PluginKind.MOE_KERNEL,
     "kernel_core_lora_kernels": PluginKind.LORA_KERNEL,
     "kernel_core_model_architectures": PluginKind.MODEL_ARCHITECTURE,
+    "kernel_core_executors": PluginKind.EXECUTOR,
 }
 
 log = logging.getLogger(__name__)

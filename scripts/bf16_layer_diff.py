@@ -44,7 +44,7 @@ def _wrap(obj: Any, attribute: str, around: Callable[..., Any]) -> None:
 
 def capture_engine(llm: LLM, steps: list[Captures]) -> None:
     """Record each engine forward's ops into a new entry of ``steps``."""
-    model = llm.engine.runner.model
+    model = llm.engine.components.model
     size = model.head_size
 
     def current() -> Captures:

@@ -42,10 +42,11 @@ def instrument(engine: Any) -> dict[str, float]:
     attention = engine.components.attention
     attention.forward = timed(totals, "attention", attention.forward)
     engine.scheduler.schedule = timed(totals, "scheduling", engine.scheduler.schedule)
-    engine.runner.prepare = timed(totals, "input prep", engine.runner.prepare)
-    engine.runner.execute = timed(totals, "model forward", engine.runner.execute)
-    engine.runner.logits = timed(totals, "logits + sampling", engine.runner.logits)
-    engine.sampler = timed(totals, "logits + sampling", engine.sampler)
+    worker = engine.executor.worker  # the uniproc executor's worker, in this process
+    worker.runner.prepare = timed(totals, "input prep", worker.runner.prepare)
+    worker.runner.execute = timed(totals, "model forward", worker.runner.execute)
+    worker.runner.logits = timed(totals, "logits + sampling", worker.runner.logits)
+    worker.sampler = timed(totals, "logits + sampling", worker.sampler)
     engine._append = timed(totals, "detokenize + stop", engine._append)
     return totals
 

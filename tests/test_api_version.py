@@ -14,7 +14,7 @@ def plugin(target):
 
 
 def test_our_version_is_semver():
-    assert parse(kernel_core.PLUGIN_API_VERSION) == (1, 6)
+    assert parse(kernel_core.PLUGIN_API_VERSION) == (1, 7)
 
 
 @pytest.mark.parametrize("target", ["1.0", "1.0.0", "1.0.7"])

@@ -24,6 +24,7 @@ from .properties import ANYTHING, FAST, LONG, arbitrary_kwargs, check_constructi
 ENGINE_FAST = settings(FAST, max_examples=25)
 PLUGIN_FIELDS = (
     "scheduler_policy", "cache_manager", "model_architecture", "attention_backend", "platform", "lora_kernel", "moe_kernel",
+    "distributed_executor",
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -4,16 +4,23 @@ A slot is held while running requests use its adapter; a free slot keeps its ada
 request for it costs no copy) until another adapter needs the room, least recently used first.
 Placing an adapter in a slot is its kind's :meth:`~kernel_core.contracts.serving.AdapterServing.write`;
 each step, every kind is told the tokens whose slot holds one of its adapters.
+
+The engine keeps the bookkeeping (which adapter sits where, who holds it) and reaches the
+device through its executor (``writer``); each worker keeps its own instance over its model's
+servings, which it writes with :meth:`AdapterSlots.write` and steps with ``begin_step``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
 from kernel_core.adapters.loading import HostAdapter
-from kernel_core.contracts.serving import NO_SLOT, AdapterServing, SlotBatch
+from kernel_core.contracts.serving import NO_SLOT, AdapterServing, ServedAdapter, SlotBatch
+
+#: Places a converted adapter of a kind in a slot: ``(slot, kind, served)``.
+SlotWriter = Callable[[int, str, ServedAdapter], None]
 
 
 class AdapterSlots:
@@ -21,6 +28,8 @@ class AdapterSlots:
 
     def __init__(self, servings: Mapping[str, AdapterServing], *, max_slots: int) -> None:
         self.servings = servings
+        #: Where :meth:`acquire` copies an adapter in: :meth:`write` here, the executor in an engine.
+        self.writer: SlotWriter = self.write
         self.adapter_in: list[int | None] = [None] * max_slots  # adapter key per slot
         self.kind_in: list[str | None] = [None] * max_slots
         self.holders = [0] * max_slots
@@ -42,12 +51,17 @@ class AdapterSlots:
             if not free:
                 return None
             slot = min(free, key=lambda s: (self.adapter_in[s] is not None, self._last_used[s]))
-            self.servings[adapter.kind].write(slot, adapter.served)
+            self.writer(slot, adapter.kind, adapter.served)
             self.adapter_in[slot], self.kind_in[slot] = adapter.key, adapter.kind
         self.holders[slot] += 1
         self._clock += 1
         self._last_used[slot] = self._clock
         return slot
+
+    def write(self, slot: int, kind: str, served: ServedAdapter) -> None:
+        """Copy ``served`` into ``slot`` on this process's device, through its kind's serving."""
+        self.servings[kind].write(slot, served)
+        self.kind_in[slot] = kind
 
     def release(self, adapter_key: int) -> None:
         slot = self.slot_of(adapter_key)

@@ -18,6 +18,7 @@ KIND_HELP = {
     PluginKind.LORA_KERNEL: "batched LoRA for serving: per-token gathers of adapter factors + bmm",
     PluginKind.TUNER: "a learned per-output-channel scale (IA3-like) with merge/unmerge",
     PluginKind.MODEL_ARCHITECTURE: "the Llama-family forward to adapt, at priority -10",
+    PluginKind.EXECUTOR: "one worker in the engine's process, at priority -10",
 }
 
 

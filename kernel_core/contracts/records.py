@@ -41,6 +41,7 @@ class PluginKind(str, enum.Enum):
     MOE_KERNEL = "moe-kernel"
     LORA_KERNEL = "lora-kernel"
     MODEL_ARCHITECTURE = "model-architecture"
+    EXECUTOR = "executor"
 
     def __str__(self) -> str:
         return self.value
@@ -194,6 +195,17 @@ class ModelArchitectureSpec(ImplementationSpec):
     )
 
 
+class ExecutorSpec(ImplementationSpec):
+    """Where the model side runs (plugin API 1.7); implementation subclasses ``Executor``."""
+
+    kind: ClassVar[PluginKind] = PluginKind.EXECUTOR
+    contract: ClassVar[str] = "kernel_core.contracts.executor:Executor"
+    max_tensor_parallel_size: int | None = Field(
+        default=None, ge=1,
+        description="Largest tensor_parallel_size it runs (1: in-process only); None: no limit of its own.",
+    )
+
+
 SPEC_BY_KIND: dict[PluginKind, type[ImplementationSpec]] = {
     cls.kind: cls
     for cls in (
@@ -205,5 +217,6 @@ SPEC_BY_KIND: dict[PluginKind, type[ImplementationSpec]] = {
         MoEKernelSpec,
         LoRAKernelSpec,
         ModelArchitectureSpec,
+        ExecutorSpec,
     )
 }

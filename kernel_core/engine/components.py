@@ -32,6 +32,7 @@ from kernel_core.models import resolve_model
 from kernel_core.platforms import select_platform
 from kernel_core.plugins import PluginManager, Registration, get_plugin_manager
 from kernel_core.runner.model_runner import bytes_per_block
+from kernel_core.runner.worker import ModelWorker
 
 log = logging.getLogger(__name__)
 GiB = 2**30
@@ -292,3 +293,24 @@ def _num_blocks(
     if blocks < 1:
         raise KernelCoreError(f"a KV-cache budget of {budget / GiB:.3f} GiB holds no block: raise kv_cache_memory")
     return blocks
+
+
+def worker_factory(
+    config: EngineConfig, components: Components, eos_token_ids: tuple[int, ...]
+) -> Callable[[int, int], ModelWorker]:
+    """``ExecutorContext.create_worker``: the worker of a rank over the model, attention backend
+    and adapter servings built here; one rank only until models load sharded."""
+
+    def create_worker(rank: int, world_size: int) -> ModelWorker:
+        if (rank, world_size) != (0, 1):
+            raise KernelCoreError(
+                f"worker rank {rank} of {world_size}: models do not load sharded yet; set tensor_parallel_size 1"
+            )
+        c = components
+        return ModelWorker(
+            c.model, c.attention, num_blocks=c.num_blocks, block_size=config.block_size, dtype=c.dtype,
+            device=c.device, eos_token_ids=eos_token_ids, seed=config.seed,
+            servings=c.adapters.kinds.servings if c.adapters is not None else None, max_slots=config.max_loras,
+        )
+
+    return create_worker

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from kernel_core.engine.detokenizer import IncrementalDetokenizer
 from kernel_core.engine.request import Request
 from kernel_core.engine.stop import StopChecker
@@ -23,7 +21,8 @@ class Completion:
     index: int
     stop: StopChecker
     detokenizer: IncrementalDetokenizer
-    generator: torch.Generator | None
+    #: The completion's own sampling seed (``params.seed + index``); its generator lives on the worker.
+    seed: int | None
     logprobs: list[PositionLogprobs] | None
 
     def output(self) -> CompletionOutput:

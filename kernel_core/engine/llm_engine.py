@@ -11,25 +11,24 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from kernel_core.config import EngineConfig
 from kernel_core.contracts.events import RequestAdded, RequestFinished, StepDone
 from kernel_core.contracts.serving import NO_SLOT
-from kernel_core.engine.components import Components, build_components
+from kernel_core.contracts.executor import (
+    Executor, ExecutorContext, ModelStep, PromptLogprobsRequest, SampleRequest, StepRequest,
+)
+from kernel_core.engine.components import Components, build_components, worker_factory
 from kernel_core.engine.detokenizer import IncrementalDetokenizer
 from kernel_core.engine.group import Completion, RequestGroup
 from kernel_core.engine.request import VIRTUAL_TOKEN_ID, Request, RequestStatus
 from kernel_core.engine.scheduler import ScheduledStep, Scheduler
+from kernel_core.engine.selection import select_executor
 from kernel_core.engine.stop import StopChecker
 from kernel_core.errors import AdapterLoadError, ContextLengthError, InvalidRequestError, UnknownAdapterError
 from kernel_core.adapters.loading import HostAdapter
 from kernel_core.adapters.registry import AdapterInfo, AdapterRegistry
 from kernel_core.outputs import RequestMetrics, RequestOutput
 from kernel_core.plugins import PluginManager, get_plugin_manager
-from kernel_core.runner.logprobs import prompt_logprobs
-from kernel_core.runner.model_runner import ModelRunner, StepInputs
-from kernel_core.runner.sampler import Sampler, SamplingRow, make_generator
 from kernel_core.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -42,6 +41,9 @@ class LLMEngine:
     def __init__(self, config: EngineConfig, manager: PluginManager | None = None) -> None:
         self.config = config
         self.plugins = manager or get_plugin_manager()
+        # chosen first: a size no installed executor runs is refused before any weight loads
+        registration = select_executor(self.plugins, config.distributed_executor, config.tensor_parallel_size)
+        log.info("executor %r for tensor_parallel_size %d", registration.name, config.tensor_parallel_size)
         self.components: Components = build_components(config, self.plugins)
         c = self.components
         self.tokenizer = c.tokenizer
@@ -52,12 +54,14 @@ class LLMEngine:
             c.policy, c.cache, max_num_batched_tokens=config.max_num_batched_tokens, max_num_seqs=config.max_num_seqs,
             adapters=self.adapters,
         )
-        self.runner = ModelRunner(
-            c.model, c.attention, num_blocks=c.num_blocks, block_size=config.block_size, dtype=c.dtype, device=c.device,
-            adapters=self.adapters.slots if self.adapters is not None else None,
+        #: The only way to the model side: every step, adapter write and virtual-token prefill.
+        self.executor: Executor = self.plugins.load(registration)(
+            ExecutorContext(config, config.tensor_parallel_size, worker_factory(config, c, self.eos_token_ids))
         )
-        self.sampler = Sampler(self.eos_token_ids)
-        torch.manual_seed(config.seed)  # the stream of unseeded sampling
+        if self.adapters is not None:
+            self.adapters.slots.writer = self.executor.write_adapter
+        #: Requests finished since the last step: the workers drop their state with the next one.
+        self._finished_ids: list[str] = []
         self._groups: dict[str, RequestGroup] = {}
         self._completions: dict[str, Completion] = {}
         self._changed: dict[str, RequestGroup] = {}  # groups with news for the next step()'s outputs
@@ -148,7 +152,7 @@ class LLMEngine:
                     index=index,
                     stop=StopChecker(params, max_tokens, self.eos_token_ids),
                     detokenizer=IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens),
-                    generator=make_generator(seed, self.components.device) if seed is not None else None,
+                    seed=seed,
                     logprobs=[] if params.logprobs is not None else None,
                 )
             )
@@ -293,7 +297,6 @@ class LLMEngine:
                 f"({max(virtual + 1, longest)}): raise kv_cache_memory or num_kv_blocks, or unload adapters"
             )
 
-    @torch.inference_mode()
     def _write_virtual_blocks(self, name: str, blocks: int) -> None:
         """Compute the KV of ``name``'s first ``blocks`` full blocks of virtual tokens through
         the step path (a prefill of placeholders whose KV or embeddings the adapter's hooks
@@ -315,7 +318,10 @@ class LLMEngine:
             chunk = self.config.max_num_batched_tokens
             while request.num_computed_tokens < tokens:
                 count = min(chunk, tokens - request.num_computed_tokens)
-                self.runner.execute(self.runner.prepare([request], [count], [cache.block_table(pin)], [slot]))
+                start = request.num_computed_tokens
+                self.executor.execute(ModelStep([
+                    StepRequest(pin, request.token_slice(start, start + count), start, cache.block_table(pin), slot)
+                ]))
                 request.num_computed_tokens += count
         except BaseException:
             cache.free(pin)
@@ -348,6 +354,10 @@ class LLMEngine:
         return self.adapters
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop the executor's workers; the engine runs no step after it (idempotent)."""
+        self.executor.shutdown()
 
     def abort_request(self, request_id: str) -> bool:
         """Abort a request (all its completions) in any state; False if it is unknown or done."""
@@ -391,28 +401,14 @@ class LLMEngine:
         )
         return outputs
 
-    @torch.inference_mode()
     def _run(self, scheduled: ScheduledStep) -> None:
         now = time.time()
         try:
-            slots = self._adapter_slots(scheduled)
-            inputs = self.runner.prepare(
-                scheduled.requests,
-                scheduled.num_new_tokens,
-                [self.components.cache.block_table(r.request_id) for r in scheduled.requests],
-                slots,
-            )
-            hidden = self.runner.execute(inputs)
-            self._prompt_logprobs(scheduled, inputs, hidden)
-            sampling = [
-                i for i, (r, n) in enumerate(zip(scheduled.requests, scheduled.num_new_tokens))
-                if r.num_computed_tokens + n == r.num_tokens
-            ]
-            completions = [self._completions[scheduled.requests[i].request_id] for i in sampling]
-            sampled = None
-            if sampling:
-                logits = self.runner.logits(hidden, inputs.last_rows[sampling])
-                sampled = self.sampler(logits, [_sampling_row(c) for c in completions])
+            step, completions = self._model_step(scheduled)
+            result = self.executor.execute(step)
+            for request_id, entries in result.prompt_logprobs.items():
+                group = self._completions[request_id].group
+                group.prompt_logprobs += [e.to_dict(self._decode_token) for e in entries]  # type: ignore[operator]
         except Exception as exc:  # noqa: BLE001 - a failed forward fails its batch, not the engine
             log.exception("engine step failed")
             for request in scheduled.requests:
@@ -425,9 +421,30 @@ class LLMEngine:
             if metrics.first_scheduled_time is None:
                 metrics.first_scheduled_time = now
         self._pin_virtual_tokens(scheduled.requests)
-        if sampled is not None:
-            for row, completion in enumerate(completions):
-                self._append(completion, sampled.token_ids[row], sampled.logprobs[row])
+        for row, completion in enumerate(completions):
+            self._append(completion, result.sampled_token_ids[row], result.logprobs[row])
+
+    def _model_step(self, scheduled: ScheduledStep) -> tuple[ModelStep, list[Completion]]:
+        """The step as plain data for the executor (lists the engine holds, by reference), and
+        the completions it samples, in the order of its sampled token ids."""
+        slots = self._adapter_slots(scheduled)
+        cache = self.components.cache
+        requests: list[StepRequest] = []
+        completions: list[Completion] = []
+        for i, (request, count) in enumerate(zip(scheduled.requests, scheduled.num_new_tokens)):
+            completion = self._completions[request.request_id]
+            start = request.num_computed_tokens
+            sample = None
+            if start + count == request.num_tokens:
+                completions.append(completion)
+                sample = _sample_request(completion)
+            requests.append(StepRequest(
+                request.request_id, request.token_slice(start, start + count), start,
+                cache.block_table(request.request_id), NO_SLOT if slots is None else slots[i], sample,
+                self._prompt_logprobs_request(completion, start, count),
+            ))
+        finished, self._finished_ids = self._finished_ids, []
+        return ModelStep(requests, finished), completions
 
     def _adapter_slots(self, scheduled: ScheduledStep) -> list[int] | None:
         """Each scheduled request's adapter slot, after ordering the step by slot: each adapter's
@@ -441,22 +458,17 @@ class LLMEngine:
         scheduled.num_new_tokens = [scheduled.num_new_tokens[i] for i in order]
         return [slots[i] for i in order]  # type: ignore[misc]
 
-    def _prompt_logprobs(self, scheduled: ScheduledStep, inputs: StepInputs, hidden: torch.Tensor) -> None:
-        """Logprobs of the prompt tokens this step computed, for requests asking for them."""
-        start = 0
-        for request, count in zip(scheduled.requests, scheduled.num_new_tokens):
-            completion = self._completions[request.request_id]
-            group = completion.group
-            computed = request.num_computed_tokens
-            # a virtual token predicts nothing reported: the first one reported is the prompt's second
-            first = max(computed, request.num_virtual_tokens)
-            end = min(computed + count, request.num_prompt_tokens - 1)
-            if group.prompt_logprobs is not None and completion.index == 0 and first < end:
-                rows = torch.arange(start + first - computed, start + end - computed, device=hidden.device)
-                logits = self.runner.logits(hidden, rows)
-                entries = prompt_logprobs(logits, request.prompt_token_ids[first + 1 : end + 1], group.params.prompt_logprobs)
-                group.prompt_logprobs += [e.to_dict(self._decode_token) for e in entries]
-            start += count
+    def _prompt_logprobs_request(self, completion: Completion, computed: int, count: int) -> PromptLogprobsRequest | None:
+        """The prompt positions of this step's slice whose logprobs the request asked for."""
+        request, group = completion.request, completion.group
+        # a virtual token predicts nothing reported: the first one reported is the prompt's second
+        first = max(computed, request.num_virtual_tokens)
+        end = min(computed + count, request.num_prompt_tokens - 1)
+        if group.prompt_logprobs is None or completion.index != 0 or first >= end:
+            return None
+        return PromptLogprobsRequest(
+            first - computed, request.prompt_token_ids[first + 1 : end + 1], group.params.prompt_logprobs or 0
+        )
 
     def _append(self, completion: Completion, token_id: int, logprobs) -> None:
         """Append a sampled token and turn it into text; any failure finishes this request alone."""
@@ -491,6 +503,7 @@ class LLMEngine:
         """Every exit path ends here: the request leaves its queue and its blocks return."""
         request = completion.request
         self.scheduler.finish(request, status, error)
+        self._finished_ids.append(request.request_id)
         if request.adapter is not None and self.adapters is not None:
             self.adapters.done(request.adapter)
         del self._completions[request.request_id]
@@ -530,12 +543,12 @@ def _pin_id(adapter_key: int | None) -> str:
     return f"\0virtual-tokens:{adapter_key}"
 
 
-def _sampling_row(completion: Completion) -> SamplingRow:
-    return SamplingRow(
+def _sample_request(completion: Completion) -> SampleRequest:
+    return SampleRequest(
         params=completion.stop.params,
         prompt_token_ids=completion.group.prompt_token_ids,  # without virtual tokens: not penalised
         output_token_ids=completion.request.output_token_ids,
-        generator=completion.generator,
+        seed=completion.seed,
     )
 
 

@@ -1,4 +1,5 @@
-"""Which attention backend, LoRA kernel or MoE kernel an engine gets on its platform, and why.
+"""Which attention backend, LoRA kernel or MoE kernel an engine gets on its platform, and why;
+and which executor runs its ``tensor_parallel_size`` workers (:func:`select_executor`).
 
 What a kernel plugin may run is declared in its record (``device_types``; for attention backends
 also ``dtypes``, ``head_sizes`` and ``block_sizes``) and by its class's ``unavailable_reason()``
@@ -156,3 +157,37 @@ def select_lora_kernel(
         needs=needs or Needs(platform.device_type),
         default=platform.default_lora_kernel, default_reason=platform.default_lora_reason,
     )
+
+
+#: The executor package a tensor_parallel_size above 1 needs when none installed runs it.
+MULTIPROCESS_EXECUTOR = "kernel-core-executor-mp"
+
+
+def select_executor(manager: PluginManager, configured: str | None, size: int) -> Registration:
+    """The executor named by ``distributed_executor``, else the highest-priority one whose
+    ``max_tensor_parallel_size`` admits ``size``; refused naming the setting and what to install."""
+
+    def runs(registration: Registration) -> bool:
+        limit = registration.spec.max_tensor_parallel_size
+        return limit is None or size <= limit
+
+    installed = ", ".join(
+        f"{r.name} (up to {r.spec.max_tensor_parallel_size or 'any'})" for r in manager.registrations(PluginKind.EXECUTOR)
+    ) or "none"
+    if configured:
+        registration = manager.get(PluginKind.EXECUTOR, configured)
+        if not runs(registration):
+            raise KernelCoreError(
+                f"tensor_parallel_size {size}: distributed_executor {configured!r} runs at most "
+                f"{registration.spec.max_tensor_parallel_size} worker(s); name another (installed: {installed}) or "
+                f"install {MULTIPROCESS_EXECUTOR}"
+            )
+        return registration
+    try:
+        return manager.select(PluginKind.EXECUTOR, accept=runs)
+    except UnknownPluginError:
+        raise KernelCoreError(
+            f"tensor_parallel_size {size}: no installed executor runs {size} workers (installed: {installed}); "
+            f"install {MULTIPROCESS_EXECUTOR} (one process per rank) or set tensor_parallel_size 1"
+            if size > 1 else f"no executor plugin is installed: install kernel-core-executor-uniproc (installed: {installed})"
+        ) from None

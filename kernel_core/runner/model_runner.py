@@ -12,9 +12,9 @@ from typing import Protocol
 import torch
 
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
+from kernel_core.contracts.executor import StepRequest
 from kernel_core.contracts.model import ModelArchitecture
 from kernel_core.contracts.serving import NO_SLOT, SlotBatch
-from kernel_core.engine.request import Request
 
 
 def bytes_per_block(
@@ -65,19 +65,16 @@ class ModelRunner:
         self.kv_caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(model.num_layers)]
         self.scale = model.head_size**-0.5
 
-    def prepare(
-        self,
-        requests: Sequence[Request],
-        num_new_tokens: Sequence[int],
-        block_tables: Sequence[list[int]],
-        adapter_slots: Sequence[int] | None = None,
-    ) -> StepInputs:
+    def prepare(self, requests: Sequence[StepRequest]) -> StepInputs:
         """Token ids, positions and attention metadata for the scheduled slice of each request,
-        and each token's adapter slot when ``adapter_slots`` gives one per request."""
-        starts = [r.num_computed_tokens for r in requests]
+        and each token's adapter slot when this runner serves adapters."""
+        starts = [r.start for r in requests]
+        num_new_tokens = [len(r.token_ids) for r in requests]
+        block_tables = [r.block_table for r in requests]
         ids: list[int] = []
-        for request, start, count in zip(requests, starts, num_new_tokens):
-            ids += request.token_slice(start, start + count)
+        for request in requests:
+            ids += request.token_ids
+        adapter_slots = [r.adapter_slot for r in requests] if self.adapters is not None else None
         query_lens = torch.tensor(num_new_tokens, dtype=torch.int64)
         query_start_loc = torch.zeros(len(requests) + 1, dtype=torch.int64)
         torch.cumsum(query_lens, 0, out=query_start_loc[1:])

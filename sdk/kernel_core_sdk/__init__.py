@@ -14,6 +14,7 @@ from kernel_core import PLUGIN_API_VERSION, hookimpl
 from kernel_core.contracts.records import (
     AttentionBackendSpec,
     CacheManagerSpec,
+    ExecutorSpec,
     ImplementationSpec,
     LoRAKernelSpec,
     ModelArchitectureSpec,
@@ -80,6 +81,14 @@ _LAZY: dict[str, str] = {
     # A plugin's settings (API 1.6): the base of the ``Settings`` model an implementation declares.
     "PluginSettings": "kernel_core.contracts.settings",
     "ModelArchitecture": "kernel_core.contracts.model",
+    # Executors (API 1.7): where the model side runs, and the plain data the engine sends it.
+    **dict.fromkeys(
+        (
+            "Executor", "ExecutorContext", "ModelStep", "PromptLogprobsRequest", "SampleRequest", "StepRequest",
+            "StepResult", "Worker",
+        ),
+        "kernel_core.contracts.executor",
+    ),
     # The public model-building surface (plugin API 1.3): what a model plugin builds its forward from.
     **dict.fromkeys(
         (
@@ -95,6 +104,7 @@ __all__ = [
     "PLUGIN_API_VERSION",
     "AttentionBackendSpec",
     "CacheManagerSpec",
+    "ExecutorSpec",
     "ImplementationSpec",
     "LoRAKernelSpec",
     "ModelArchitectureSpec",

@@ -140,6 +140,17 @@ TEMPLATES: dict[PluginKind, KindTemplate] = {
             initializer_range=0.1,
         )""",
     ),
+    PluginKind.EXECUTOR: KindTemplate(
+        impl_module="executor",
+        class_suffix="Executor",
+        suite="ExecutorConformance",
+        description="One worker in the engine's process, at priority -10.",
+        usage="Select it by name with the engine's `distributed_executor=\"${name}\"` setting: at priority -10 "
+        "the `uniproc` executor of kernel-core-executor-uniproc wins otherwise. To run workers elsewhere, start "
+        "one per rank with `context.create_worker(rank, world_size)` there and send them the plain-data "
+        "`ModelStep`s; raise `max_tensor_parallel_size` in `plugin.py` to what it runs.",
+        spec_fields="\n            max_tensor_parallel_size=1,\n            priority=-10,",
+    ),
 }
 
 

@@ -11,6 +11,7 @@ from kernel_core.contracts.records import PluginKind
 from kernel_core_sdk.conformance import (
     AttentionBackendConformance,
     CacheManagerConformance,
+    ExecutorConformance,
     LoRAKernelConformance,
     ModelArchitectureConformance,
     MoEKernelConformance,
@@ -60,6 +61,12 @@ class TestLoRAKernelTemplate(LoRAKernelConformance):
     @pytest.fixture
     def plugin_module(self, rendered_plugin) -> ModuleType:
         return rendered_plugin(PluginKind.LORA_KERNEL)
+
+
+class TestExecutorTemplate(ExecutorConformance):
+    @pytest.fixture
+    def plugin_module(self, rendered_plugin) -> ModuleType:
+        return rendered_plugin(PluginKind.EXECUTOR)
 
 
 class TestTunerTemplate(TunerConformance):

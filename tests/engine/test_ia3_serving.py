@@ -67,14 +67,14 @@ def test_adapters_change_the_output(expected):
 def record_kinds(llm: LLM) -> list[set[str]]:
     """The adapter kinds each step's forward ran."""
     engine, steps = llm.engine, []
-    execute = engine.runner.execute
+    execute = engine.executor.worker.runner.execute
 
     def recording(inputs):
         slots = engine.adapters.slots
         steps.append({slots.kind_in[s] for s in inputs.slots.slot_rows} if inputs.slots is not None else set())
         return execute(inputs)
 
-    engine.runner.execute = recording
+    engine.executor.worker.runner.execute = recording
     return steps
 
 

@@ -39,13 +39,13 @@ def expected(tiny_model: Path, adapters: dict[str, Path]) -> Expected:
 def record_steps(engine: LLMEngine) -> list[set[int]]:
     """The adapter slots each step's forward used."""
     steps: list[set[int]] = []
-    execute = engine.runner.execute
+    execute = engine.executor.worker.runner.execute
 
     def recording(inputs):
         steps.append(set(inputs.slots.slot_rows) if inputs.slots is not None else set())
         return execute(inputs)
 
-    engine.runner.execute = recording
+    engine.executor.worker.runner.execute = recording
     return steps
 
 

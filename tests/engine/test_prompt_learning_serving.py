@@ -22,7 +22,7 @@ import torch
 from kernel_core.errors import AdapterLoadError, ContextLengthError
 from kernel_core.llm import LLM
 from kernel_core.sampling_params import SamplingParams
-from kernel_core.engine.llm_engine import _sampling_row
+from kernel_core.engine.llm_engine import _sample_request
 from kernel_core.engine.request import VIRTUAL_TOKEN_ID
 from kernel_core_sdk.hf_oracle import make_ia3_adapter, make_lora_adapter, save_servable_model
 
@@ -118,7 +118,7 @@ def test_virtual_tokens_are_never_reported(base, adapters, expected):
     llm.engine.add_request("r", prompt, SamplingParams(temperature=0, max_tokens=2, repetition_penalty=1.5), adapter="prefix-mlp20")
     completion = llm.engine._completions["r"]
     assert completion.request.prompt_token_ids == [VIRTUAL_TOKEN_ID] * 20 + ids  # the scheduler's view
-    assert _sampling_row(completion).prompt_token_ids == ids
+    assert _sample_request(completion).prompt_token_ids == ids
     while llm.engine.has_unfinished_requests():
         llm.engine.step()
     assert_idle(llm.engine)

@@ -10,6 +10,7 @@ from kernel_core_sdk.conformance._reference import lora as reference_lora
 from kernel_core_sdk.conformance._requests import FakeRequest
 from kernel_core_sdk.conformance.attention import AttentionBackendConformance
 from kernel_core_sdk.conformance.cache import PREFIX_CACHING, CacheManagerConformance, PrefixCachingConformance
+from kernel_core_sdk.conformance.executor import ExecutorConformance
 from kernel_core_sdk.conformance.lora import LoRAKernelConformance
 from kernel_core_sdk.conformance.model import ModelArchitectureConformance
 from kernel_core_sdk.conformance.moe import MoEKernelConformance
@@ -25,6 +26,7 @@ __all__ = [
     "AdapterServingConformance",
     "AttentionBackendConformance",
     "CacheManagerConformance",
+    "ExecutorConformance",
     "FakeRequest",
     "LoRAKernelConformance",
     "MoEKernelConformance",
