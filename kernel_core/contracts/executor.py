@@ -5,8 +5,9 @@ text; an :class:`Executor` owns the *workers*, each a model runner holding the m
 shard), the attention backend, the KV cache tensors and the adapter slots. The engine talks to
 them only through the executor, with plain data: a :class:`ModelStep` in, a :class:`StepResult`
 out. Sampling happens on the worker side (rank 0 answers), so logits never cross a process
-boundary; an executor that runs workers in other processes or on other machines pickles or
-broadcasts these records as they are. The in-process executor passes them by reference and
+boundary; an executor that runs workers in other processes or on other machines serialises or
+broadcasts these records as they are (they hold only dataclasses, lists, scalars and
+``SamplingParams``). The in-process executor passes them by reference and
 copies nothing.
 
 This mirrors vLLM's Executor / Worker split: one executor per engine, one worker per rank.

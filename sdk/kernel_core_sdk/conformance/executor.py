@@ -3,13 +3,14 @@ tokens, its steps are plain data, and shutdown is final and idempotent."""
 
 from __future__ import annotations
 
-import pickle
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from kernel_core.config import EngineConfig
 from kernel_core.contracts.executor import Executor, ModelStep
@@ -104,7 +105,7 @@ class ExecutorConformance(PluginUnderTest):
         assert any(len(step.requests) > 1 for step in steps)  # requests really shared steps
 
     def test_model_step_is_plain_data(self, engine: LLMEngine) -> None:
-        """A step survives a pickle round trip unchanged: an executor may send it to other processes."""
+        """Every step is plain data, which an executor may send to other processes as is."""
         steps = record_steps(engine)
         engine.add_request("plain", list(PROMPTS[1]), SamplingParams(temperature=0.8, seed=3, max_tokens=2, logprobs=2,
                                                                       prompt_logprobs=1))
@@ -112,7 +113,7 @@ class ExecutorConformance(PluginUnderTest):
             engine.step()
         assert steps and any(r.sample is not None and r.prompt_logprobs is not None for s in steps for r in s.requests)
         for step in steps:
-            assert pickle.loads(pickle.dumps(step)) == step
+            assert not_plain(step, "step") == []
 
     def test_shutdown_is_idempotent_and_final(self, engine: LLMEngine) -> None:
         engine.shutdown()
@@ -121,6 +122,25 @@ class ExecutorConformance(PluginUnderTest):
             engine.executor.execute(ModelStep([]))
         with pytest.raises(KernelCoreError, match="shut down"):
             engine.executor.check_health()
+
+
+PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+def not_plain(value: Any, where: str) -> list[str]:
+    """Where ``value`` holds anything but dataclasses, lists, tuples, dicts, scalars and pydantic
+    models of those: no tensor, generator or engine object crosses the executor boundary."""
+    if isinstance(value, PLAIN_SCALARS):
+        return []
+    if isinstance(value, BaseModel):
+        return not_plain(value.model_dump(), where)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [bad for f in dataclasses.fields(value) for bad in not_plain(getattr(value, f.name), f"{where}.{f.name}")]
+    if isinstance(value, (list, tuple)):
+        return [bad for i, item in enumerate(value) for bad in not_plain(item, f"{where}[{i}]")]
+    if isinstance(value, dict):
+        return [bad for k, v in value.items() for bad in not_plain(k, where) + not_plain(v, f"{where}[{k!r}]")]
+    return [f"{where}: {type(value).__name__}"]
 
 
 def record_steps(engine: LLMEngine) -> list[ModelStep]:
