@@ -98,6 +98,15 @@ _LAZY: dict[str, str] = {
         ),
         "kernel_core.modeling",
     ),
+    # Tensor-parallel layers and sharding rules (docs/distributed.md): what a model plugin shards with.
+    **dict.fromkeys(
+        (
+            "SINGLE", "ColumnParallelLinear", "HeadShard", "ParallelLMHead", "RowParallelLinear", "TensorParallel",
+            "TensorParallelMoE", "VocabParallelEmbedding", "expert_shard", "qkv_rows", "shard_experts", "shard_heads",
+            "shard_lora_column", "shard_lora_row", "vocab_range",
+        ),
+        "kernel_core.modeling",
+    ),
 }
 
 __all__ = [
