@@ -13,7 +13,7 @@ which gives way with a warning, where it is not installed or cannot run, to the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from kernel_core.contracts.platform import Platform
@@ -50,8 +50,22 @@ class Needs:
             allowed = getattr(spec, field, None)
             if value is None or not allowed or value in allowed:
                 continue
-            return f"{what} {value} is not among its {field} ({', '.join(map(str, sorted(allowed)))})"
+            return f"{what} {value} is not among its {field} ({_listed(allowed)})"
         return None
+
+
+def _listed(values: Iterable[object]) -> str:
+    """Sorted, with runs of consecutive integers written as ranges: ``1-256``, not 256 numbers."""
+    items = sorted(values)
+    if not all(isinstance(item, int) for item in items):
+        return ", ".join(map(str, items))
+    runs: list[list[int]] = []
+    for item in items:
+        if runs and item == runs[-1][-1] + 1:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs)
 
 
 @dataclass(frozen=True)

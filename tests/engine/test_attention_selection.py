@@ -246,3 +246,11 @@ def test_the_engine_refuses_a_backend_the_model_cannot_run_on(tiny_model: Path, 
     with pytest.raises(KernelCoreError, match=r"attention_backend 'head-128' cannot run on this machine \(the cpu "
                                               r"platform\): head size 16 is not among its head_sizes \(128\)"):
         build_components(config, manager)
+
+
+def test_a_refusal_writes_a_run_of_allowed_sizes_as_a_range() -> None:
+    """A backend that runs head sizes 1 to 256 is refused naming "1-256", not 256 numbers."""
+    spec = AttentionBackendSpec(
+        name="wide", description="d", implementation=f"{MODULE}:Fast", head_sizes=set(range(1, 257)) | {512, 1024}
+    )
+    assert Needs("cpu", head_size=300).problem(spec) == "head size 300 is not among its head_sizes (1-256, 512, 1024)"
