@@ -10,8 +10,6 @@ module is first imported (see its docstring), which should be the caller's choic
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import os
 import sys
 from types import ModuleType
 from typing import Annotated, ClassVar
@@ -22,24 +20,11 @@ from pydantic import AfterValidator, Field
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
 from kernel_core.contracts.settings import PluginSettings
 from kernel_core_attn_triton.plugin import DTYPES, MAX_HEAD_SIZE
+from kernel_core_sdk.triton import triton_unavailable_reason
 
 #: Query (and cache) dtypes the kernel takes, as its record declares them.
 SUPPORTED_DTYPES = tuple(getattr(torch, name) for name in sorted(DTYPES))
 _KERNELS = "kernel_core_attn_triton.kernels"
-#: Values of ``TRITON_INTERPRET`` that Triton reads as set (its getenv_bool).
-_TRUE = {"1", "true", "on"}
-
-
-def _interpret_requested() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE
-
-
-def _gpu_available() -> bool:
-    """A CUDA (or ROCm, which torch also calls cuda) or XPU device is present."""
-    xpu = getattr(torch, "xpu", None)
-    return torch.cuda.is_available() or (xpu is not None and xpu.is_available())
-
-
 def _kernels() -> ModuleType:
     """The kernel module, imported on first use (in the mode ``TRITON_INTERPRET`` then selects)."""
     return sys.modules.get(_KERNELS) or importlib.import_module(_KERNELS)
@@ -86,19 +71,7 @@ class TritonAttention(AttentionBackend):
     def unavailable_reason(cls) -> str | None:
         """None on a CUDA/ROCm/XPU machine with triton, or without a GPU when ``TRITON_INTERPRET``
         is set (the kernel then runs in Triton's interpreter on CPU tensors: tests); else why not."""
-        if importlib.util.find_spec("triton") is None:
-            return "triton is not installed (pip install triton; ROCm and XPU torch builds bring their own)"
-        if _gpu_available():
-            return None
-        if not _interpret_requested():
-            return (
-                "no CUDA, ROCm or XPU GPU, and TRITON_INTERPRET is not set (TRITON_INTERPRET=1 runs the "
-                "kernel in Triton's interpreter on CPU tensors, for tests: slow)"
-            )
-        kernels = sys.modules.get(_KERNELS)
-        if kernels is not None and not kernels.INTERPRETED:
-            return f"TRITON_INTERPRET was set after {_KERNELS} was imported: its kernel is compiled for a GPU"
-        return None
+        return triton_unavailable_reason(_KERNELS)
 
     def forward(
         self,

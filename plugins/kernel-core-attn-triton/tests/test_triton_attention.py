@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import ModuleType
 
 import pytest
 import torch
 
-from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
+from kernel_core.contracts.attention import AttentionMetadata
 from kernel_core.contracts.settings import PluginSettingsError, instantiate
 from kernel_core.engine.selection import Needs, select_attention
 from kernel_core.errors import KernelCoreError
@@ -25,33 +24,21 @@ from kernel_core.plugins import PluginManager
 from kernel_core_attn_triton import kernels, plugin
 from kernel_core_attn_triton.plugin import MAX_HEAD_SIZE
 from kernel_core_attn_triton.backend import TritonAttention, TritonAttentionSettings
-from kernel_core_sdk.conformance import AttentionBackendConformance
+from kernel_core_sdk.conformance import AttentionBackendConformance, TritonKernelTests, triton_test_device
 from kernel_core_sdk.conformance._paged import scattered_block_tables, step_metadata
 from kernel_core_sdk.conformance._reference import paged_attention, write_kv
 from kernel_core_sdk.conformance.registration import run_fresh_python
 
 
-DEVICE = torch.device("cpu" if kernels.INTERPRETED else "cuda")
+DEVICE = triton_test_device("kernel_core_attn_triton.kernels")
 
 
-class TestTritonAttentionConformance(AttentionBackendConformance):
+class TestTritonAttentionConformance(TritonKernelTests, AttentionBackendConformance):
+    kernel_module = "kernel_core_attn_triton.kernels"
+
     @pytest.fixture
     def plugin_module(self) -> ModuleType:
         return plugin
-
-    @pytest.fixture
-    def device(self) -> torch.device:
-        return DEVICE
-
-    @pytest.fixture
-    def attention_backend(self, construct: Callable[..., AttentionBackend]) -> AttentionBackend:
-        """No skip on the CPU: the record rightly lists GPUs only, but the interpreter runs the
-        very kernel on CPU tensors."""
-        return construct()
-
-
-def test_interpreter_only_without_a_gpu() -> None:
-    assert kernels.INTERPRETED != torch.cuda.is_available()
 
 
 @dataclass

@@ -4,8 +4,6 @@ imports without triton or a GPU and the class can say why it cannot run)."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from typing import Annotated, ClassVar
 
 import torch
@@ -13,14 +11,10 @@ from pydantic import AfterValidator, Field
 
 from kernel_core.contracts.lora import LoRABatch, LoRAKernel
 from kernel_core.contracts.settings import PluginSettings
+from kernel_core_sdk.triton import triton_unavailable_reason
 
 #: Activation dtypes the kernels take (float32 accumulation in each).
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _gpu_present() -> bool:
-    xpu = getattr(torch, "xpu", None)
-    return torch.cuda.is_available() or (xpu is not None and xpu.is_available())
 
 
 def _power_of_two(value: int) -> int:
@@ -67,20 +61,7 @@ class TritonLoRAKernel(LoRAKernel):
         """None on a CUDA (ROCm reports "cuda") or XPU machine with triton installed, and on a
         machine without one only in Triton's interpreter (``TRITON_INTERPRET=1`` set before the
         kernels are imported); else why not."""
-        if importlib.util.find_spec("triton") is None:
-            return "triton is not installed (pip install triton, or the torch build's pytorch-triton-rocm/-xpu)"
-        if _gpu_present():
-            return None
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            return (
-                "no CUDA, ROCm or XPU GPU is visible to torch; on the CPU it runs only in Triton's "
-                "interpreter (TRITON_INTERPRET=1, for tests)"
-            )
-        from kernel_core_lora_triton import ops
-
-        if not ops.INTERPRETED:
-            return "TRITON_INTERPRET=1 was set after kernel_core_lora_triton.ops was imported (compiled for a GPU)"
-        return None
+        return triton_unavailable_reason("kernel_core_lora_triton.ops")
 
     def apply(
         self, output: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, batch: LoRABatch

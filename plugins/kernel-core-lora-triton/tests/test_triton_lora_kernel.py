@@ -6,13 +6,12 @@ conftest.py)."""
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 from types import ModuleType
 
 import pytest
 import torch
 
-from kernel_core.contracts.lora import NO_SLOT, LoRABatch, LoRAKernel
+from kernel_core.contracts.lora import NO_SLOT, LoRABatch
 from kernel_core.contracts.records import PluginKind
 from kernel_core.contracts.settings import PluginSettingsError, instantiate
 from kernel_core.plugins import get_plugin_manager
@@ -20,34 +19,22 @@ from kernel_core_lora_torch.kernel import TorchLoRAKernel
 from kernel_core_lora_triton import plugin
 from kernel_core_lora_triton.kernel import TritonLoRAKernel, TritonLoRASettings
 from kernel_core_lora_triton.ops import INTERPRETED
-from kernel_core_sdk.conformance import LoRAKernelConformance
+from kernel_core_sdk.conformance import LoRAKernelConformance, TritonKernelTests, triton_test_device
 from kernel_core_sdk.conformance.lora import TOLERANCE, bits
 from kernel_core_sdk.conformance.registration import run_fresh_python
 
-DEVICE = torch.device("cpu" if INTERPRETED else "cuda")
+DEVICE = triton_test_device("kernel_core_lora_triton.ops")
 N = NO_SLOT
 #: The smallest tiles, so that the shapes below take several of each.
 SMALL_TILES = dict(block_m=16, block_k=16, block_r=16, block_n=16)
 
 
-class TestTritonLoRAKernelConformance(LoRAKernelConformance):
+class TestTritonLoRAKernelConformance(TritonKernelTests, LoRAKernelConformance):
+    kernel_module = "kernel_core_lora_triton.ops"
+
     @pytest.fixture
     def plugin_module(self) -> ModuleType:
         return plugin
-
-    @pytest.fixture
-    def device(self) -> torch.device:
-        return DEVICE
-
-    @pytest.fixture
-    def lora_kernel(self, construct: Callable[..., LoRAKernel]) -> LoRAKernel:
-        """No skip on the CPU: the record rightly lists GPUs only, but the interpreter runs the
-        very kernels on CPU tensors."""
-        return construct()
-
-
-def test_interpreter_only_without_a_gpu() -> None:
-    assert INTERPRETED != torch.cuda.is_available()
 
 
 def test_record() -> None:
@@ -232,7 +219,7 @@ def test_modules_import_without_a_gpu_or_the_interpreter() -> None:
         "print('no interpreter:', kernel.TritonLoRAKernel.unavailable_reason())\n"
         "os.environ['TRITON_INTERPRET'] = '1'\n"
         "print('set late:', kernel.TritonLoRAKernel.unavailable_reason())\n"
-        "kernel._gpu_present = lambda: True\n"
+        "torch.cuda.is_available = lambda: True\n"
         "try:\n"
         "    kernel.TritonLoRAKernel().apply(torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(1, 2, 3),\n"
         "        torch.zeros(1, 4, 2), LoRABatch.from_token_slots([0, 0], torch.device('cpu')))\n"
@@ -242,5 +229,5 @@ def test_modules_import_without_a_gpu_or_the_interpreter() -> None:
     lines = result.stdout.splitlines()
     assert "entry point imports []" in lines, result.stderr
     assert any(line.startswith("no interpreter: no CUDA, ROCm or XPU GPU") for line in lines), result.stdout
-    assert any(line.startswith("set late: TRITON_INTERPRET=1 was set after") for line in lines), result.stdout
+    assert any(line.startswith("set late: TRITON_INTERPRET was set after") for line in lines), result.stdout
     assert any(line.startswith("cpu tensors:") and "TRITON_INTERPRET=1" in line for line in lines), result.stdout

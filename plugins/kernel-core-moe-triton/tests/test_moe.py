@@ -9,36 +9,23 @@ from types import ModuleType
 import pytest
 import torch
 
-from kernel_core.contracts.moe import MoEKernel, dequantize_int8, quantize_int8
+from kernel_core.contracts.moe import dequantize_int8, quantize_int8
 from kernel_core_moe_triton import plugin
-from kernel_core_moe_triton.kernels import INTERPRETED
 from kernel_core_moe_triton.moe import TritonMoE
 from kernel_core_moe_triton.tiles import TILES
-from kernel_core_sdk.conformance import MoEKernelConformance
+from kernel_core_sdk.conformance import MoEKernelConformance, TritonKernelTests, triton_test_device
 from kernel_core_sdk.conformance._reference import moe as reference_moe
 from kernel_core_sdk.conformance.registration import run_fresh_python
 
-DEVICE = torch.device("cpu" if INTERPRETED else "cuda")
+DEVICE = triton_test_device("kernel_core_moe_triton.kernels")
 
 
-class TestTritonMoEConformance(MoEKernelConformance):
+class TestTritonMoEConformance(TritonKernelTests, MoEKernelConformance):
+    kernel_module = "kernel_core_moe_triton.kernels"
+
     @pytest.fixture
     def plugin_module(self) -> ModuleType:
         return plugin
-
-    @pytest.fixture
-    def device(self) -> torch.device:
-        return DEVICE
-
-    @pytest.fixture
-    def moe_kernel(self, implementation: type[MoEKernel]) -> MoEKernel:
-        """No skip on the CPU: the record rightly lists GPUs only, but the interpreter runs the
-        very kernel on CPU tensors."""
-        return implementation()
-
-
-def test_interpreter_only_without_a_gpu() -> None:
-    assert INTERPRETED != torch.cuda.is_available()
 
 
 def large_case(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:

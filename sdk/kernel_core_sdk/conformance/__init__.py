@@ -19,6 +19,7 @@ from kernel_core_sdk.conformance.prompt import PromptLearningConformance
 from kernel_core_sdk.conformance.registration import RegistrationChecks
 from kernel_core_sdk.conformance.scheduler import SchedulerConformance
 from kernel_core_sdk.conformance.serving import AdapterServingConformance
+from kernel_core_sdk.conformance.triton import TritonKernelTests, triton_test_device
 from kernel_core_sdk.conformance.tuner import TunerConformance
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "ReferenceMoEKernel",
     "RegistrationChecks",
     "SchedulerConformance",
+    "TritonKernelTests",
     "TunerConformance",
     "reference_lora",
+    "triton_test_device",
 ]

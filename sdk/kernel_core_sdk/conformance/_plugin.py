@@ -77,6 +77,13 @@ class PluginUnderTest(RegistrationChecks):
         """Where tensors are placed; override to run the suite on an accelerator."""
         return torch.device("cpu")
 
+    @pytest.fixture
+    def device_types(self, plugin_spec: ImplementationSpec) -> frozenset[str]:
+        """Devices the suites of attention backends, MoE and LoRA kernels run on, skipping any other
+        ``device``: the record's ``device_types``; a Triton kernel's tests add the CPU, where the
+        interpreter runs it (:class:`kernel_core_sdk.conformance.triton.TritonKernelTests`)."""
+        return plugin_spec.device_types  # type: ignore[attr-defined]
+
     def test_implementation_subclasses_contract(self, implementation: Any) -> None:
         contract = f"{self.contract.__module__}.{self.contract.__qualname__}"
         assert isinstance(implementation, type) and issubclass(implementation, self.contract), (
