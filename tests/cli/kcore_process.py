@@ -12,8 +12,14 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-#: ``kcore`` run by this interpreter, from the working tree.
-KCORE = [sys.executable, "-c", "import sys; from kernel_core.cli import main; sys.exit(main())"]
+#: ``kcore`` run by this interpreter, from the working tree, with Ctrl-C armed as under a terminal:
+#: a test run started in the background of a non-interactive shell (``make test &``) inherits SIGINT
+#: ignored, and Python then installs no KeyboardInterrupt handler, so the Ctrl-C tests would test nothing.
+KCORE = [
+    sys.executable, "-c",
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from kernel_core.cli import main; sys.exit(main())",
+]
 #: The exit status of a command stopped by Ctrl-C.
 INTERRUPTED = 130
 T = TypeVar("T")
