@@ -127,26 +127,13 @@ def settings_lines(implementation: type, plugin: str) -> str:
 
 
 def kernel_choices(manager: PluginManager) -> list[tuple[str, str | None]]:
-    """(label, problem or None) of the attention backend, LoRA kernel and MoE kernel an engine
-    started here gets (by the platform's defaults, no setting given), and why; a kind with nothing
+    """(label, problem or None) of the implementation of each kernel kind an engine started here gets (by the platform's defaults, no setting given), and why; a kind with nothing
     loaded (``KERNEL_CORE_PLUGINS`` left them out) is skipped."""
-    from kernel_core.contracts.records import PluginKind
-    from kernel_core.engine.selection import Needs, choose, select_attention, select_lora_kernel
+    from kernel_core.contracts.records import KERNEL_KINDS
+    from kernel_core.engine.selection import select_kernel
     from kernel_core.platforms import select_platform
 
-    def moe(manager: PluginManager, platform: Any, configured: None) -> Any:
-        return choose(
-            manager, PluginKind.MOE_KERNEL, setting="moe_kernel", configured=configured, platform=platform,
-            needs=Needs(platform.device_type), default=platform.default_moe_kernel,
-            default_reason=platform.default_moe_reason,
-        )
-
-    kinds = (
-        (PluginKind.ATTENTION_BACKEND, "attention backend", select_attention),
-        (PluginKind.LORA_KERNEL, "LoRA kernel", select_lora_kernel),
-        (PluginKind.MOE_KERNEL, "MoE kernel", moe),
-    )
-    wanted = [(what, select) for kind, what, select in kinds if manager.registrations(kind)]
+    wanted = [kind for kind in KERNEL_KINDS if manager.registrations(kind)]
     if not wanted:
         return []
     try:
@@ -154,9 +141,10 @@ def kernel_choices(manager: PluginManager) -> list[tuple[str, str | None]]:
     except Exception as exc:  # noqa: BLE001 - report it beside the other checks
         return [("platform for this machine", str(exc))]
     results: list[tuple[str, str | None]] = []
-    for what, select in wanted:
+    for kind in wanted:
+        what = str(kind).replace("-", " ")
         try:
-            choice = select(manager, platform, None)
+            choice = select_kernel(manager, platform, kind, None)
         except Exception as exc:  # noqa: BLE001 - report it beside the other checks
             results.append((f"{what} for this machine", str(exc)))
             continue

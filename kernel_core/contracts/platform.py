@@ -9,6 +9,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from kernel_core.contracts.records import PluginKind
+
 
 @dataclass(frozen=True)
 class MemoryInfo:
@@ -64,6 +66,16 @@ class Platform(ABC):
     default_lora_reason: ClassVar[str] = ""
     default_moe_kernel: ClassVar[str | None] = None
     default_moe_reason: ClassVar[str] = ""
+
+    def default_kernel(self, kind: PluginKind) -> tuple[str | None, str]:
+        """(name or None, reason) of this platform's default for one of ``kernel_core.contracts.records.KERNEL_KINDS``, so
+        the engine selects every kernel kind the same way without naming one."""
+        defaults = {
+            PluginKind.ATTENTION_BACKEND: (self.default_attention_backend, self.default_attention_reason),
+            PluginKind.LORA_KERNEL: (self.default_lora_kernel, self.default_lora_reason),
+            PluginKind.MOE_KERNEL: (self.default_moe_kernel, self.default_moe_reason),
+        }
+        return defaults.get(kind, (None, ""))
 
     @classmethod
     @abstractmethod

@@ -46,6 +46,17 @@ class PluginKind(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    @property
+    def setting(self) -> str:
+        """The engine setting that names this kind's implementation: ``attention_backend``,
+        ``lora_kernel``, ``moe_kernel``."""
+        return self.value.replace("-", "_")
+
+
+#: The kinds whose implementation the engine selects per platform (a setting, else the platform's
+#: default, else priority among those that run here; plugin API 1.6).
+KERNEL_KINDS = (PluginKind.ATTENTION_BACKEND, PluginKind.LORA_KERNEL, PluginKind.MOE_KERNEL)
+
 
 class ImplementationSpec(BaseModel):
     """What one plugin offers for one kind: enough to list and select it without importing it."""

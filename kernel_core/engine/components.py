@@ -26,7 +26,7 @@ from kernel_core.adapters.registry import AdapterRegistry
 from kernel_core.contracts.serving import AdapterServing, ServingContext
 from kernel_core.modeling.gemm import install_linear_policy
 from kernel_core.engine.plugin_options import PluginOptions
-from kernel_core.engine.selection import Needs, choose, select_attention, select_lora_kernel
+from kernel_core.engine.selection import Needs, select_kernel
 from kernel_core.modeling.moe import MoEOptions
 from kernel_core.models import resolve_model
 from kernel_core.platforms import select_platform
@@ -68,7 +68,7 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     device = platform.device()
     model_config = json.loads((folder / "config.json").read_text())
     needs = Needs(device.type, config.dtype, _head_size(model_config), config.block_size)
-    attention_choice = select_attention(manager, platform, config.attention_backend, needs)
+    attention_choice = select_kernel(manager, platform, PluginKind.ATTENTION_BACKEND, config.attention_backend, needs)
     log.info("attention backend %r: %s", attention_choice.registration.name, attention_choice.reason)
     attention_registration = attention_choice.registration
     attention = options.create(attention_registration)
@@ -128,23 +128,16 @@ def _check_head_size(model: ModelArchitecture, registration: Registration, platf
 def kernel_selector(
     options: PluginOptions, platform: Platform, dtype: torch.dtype
 ) -> Callable[[PluginKind, str | None], Any]:
-    """``ServingContext.select_kernel``: a LoRA kernel as :func:`select_lora_kernel` chooses it
-    (named, else the platform's default, else by priority among those that run here), any other
-    kind by name else priority among those that run here; built with its plugin options."""
+    """``ServingContext.select_kernel``: the kernel of ``kind`` named, else the platform's default,
+    else by priority among those that run here (:func:`select_kernel`); built with its plugin options."""
 
-    def select_kernel(kind: PluginKind, name: str | None) -> Any:
+    def select(kind: PluginKind, name: str | None) -> Any:
         needs = Needs(platform.device_type, str(dtype).removeprefix("torch."))
-        if kind is PluginKind.LORA_KERNEL:
-            choice = select_lora_kernel(options.manager, platform, name, needs)
-        else:
-            choice = choose(
-                options.manager, kind, setting=str(kind), configured=name, platform=platform, needs=needs,
-                default=None, default_reason="",
-            )
+        choice = select_kernel(options.manager, platform, kind, name, needs)
         log.info("%s %r: %s", kind, choice.registration.name, choice.reason)
         return options.create(choice.registration)
 
-    return select_kernel
+    return select
 
 
 def check_sliding_window_support(model: ModelArchitecture, attention: AttentionBackend, attention_name: str) -> None:

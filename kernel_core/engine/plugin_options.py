@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from kernel_core.contracts.records import PluginKind
+from kernel_core.contracts.records import KERNEL_KINDS, PluginKind
 from kernel_core.contracts.settings import PluginSettingsError, settings_model, validate_settings
 from kernel_core.errors import UnknownPluginError
 from kernel_core.plugins import PluginManager, Registration
@@ -15,13 +15,7 @@ from kernel_core.plugins import PluginManager, Registration
 log = logging.getLogger(__name__)
 
 #: The kinds whose implementations the engine constructs, so options for them can take effect.
-CONSTRUCTED_KINDS = (
-    PluginKind.ATTENTION_BACKEND,
-    PluginKind.CACHE_MANAGER,
-    PluginKind.SCHEDULER_POLICY,
-    PluginKind.LORA_KERNEL,
-    PluginKind.MOE_KERNEL,
-)
+CONSTRUCTED_KINDS = (PluginKind.CACHE_MANAGER, PluginKind.SCHEDULER_POLICY, *KERNEL_KINDS)
 
 
 def split_plugin_key(key: str) -> tuple[PluginKind, str]:

@@ -1,13 +1,13 @@
-"""Which attention backend, LoRA kernel or MoE kernel an engine gets on its platform, and why;
-and which executor runs its ``tensor_parallel_size`` workers (:func:`select_executor`).
+"""Which implementation of each kernel kind (attention backend, batched-adapter kernel, MoE kernel)
+an engine gets on its platform, and why (:func:`select_kernel`); and which executor runs its ``tensor_parallel_size`` workers (:func:`select_executor`).
 
 What a kernel plugin may run is declared in its record (``device_types``; for attention backends
 also ``dtypes``, ``head_sizes`` and ``block_sizes``) and by its class's ``unavailable_reason()``
 (a Triton kernel on a machine with no GPU and no ``TRITON_INTERPRET``). The one a setting names is
 refused at start-up when it cannot run, naming it and what it cannot run; else the platform's
-default (``Platform.default_attention_backend``, ``default_lora_kernel``, ``default_moe_kernel``),
-which gives way with a warning, where it is not installed or cannot run, to the portable one
-(attention: ``torch``) or to the highest-priority one that runs here (plugin API 1.6).
+default (``Platform.default_kernel``), which gives way with a warning, where it is not installed
+or cannot run, to the portable one (attention: ``torch``) or to the highest-priority one that runs
+here (plugin API 1.6).
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from kernel_core.plugins import PluginManager, Registration
 
 log = logging.getLogger(__name__)
 
-#: The portable attention backend, which runs wherever torch does: what a platform's default
-#: gives way to where that one is not installed or cannot run.
-FALLBACK_ATTENTION_BACKEND = "torch"
+#: A kind's portable implementation, which runs wherever torch does: what a platform's default
+#: gives way to where that one is not installed or cannot run. A kind not here gives way to the
+#: highest-priority implementation that runs here.
+FALLBACKS = {PluginKind.ATTENTION_BACKEND: "torch"}
 
 
 @dataclass(frozen=True)
@@ -146,30 +147,24 @@ def choose(
     return Choice(registration, f"{lead}the highest-priority one that runs here ({registration.spec.priority})")
 
 
-def select_attention(
-    manager: PluginManager, platform: Platform, configured: str | None, needs: Needs | None = None
+def select_kernel(
+    manager: PluginManager,
+    platform: Platform,
+    kind: PluginKind,
+    configured: str | None,
+    needs: Needs | None = None,
+    check: Check | None = None,
 ) -> Choice:
-    """The backend named by the ``attention_backend`` setting (refused if it cannot run here), else
-    the platform's default, else, where that one is not installed or cannot run (its record or
-    :meth:`AttentionBackend.unavailable_reason`), the portable torch backend. ``needs`` defaults to
-    the platform's device type alone (``kcore plugins doctor``, which knows no model)."""
+    """The implementation of ``kind`` (one of ``KERNEL_KINDS``) named by its setting (``kind.setting``;
+    refused if it cannot run here), else the platform's default (``Platform.default_kernel``), else,
+    where that one is not installed or cannot run, the kind's portable one (:data:`FALLBACKS`) or the
+    highest-priority one that runs here. ``needs`` defaults to the platform's device type alone
+    (``kcore plugins doctor``, which knows no model)."""
+    default, reason = platform.default_kernel(kind)
     return choose(
-        manager, PluginKind.ATTENTION_BACKEND, setting="attention_backend", configured=configured,
-        platform=platform, needs=needs or Needs(platform.device_type),
-        default=platform.default_attention_backend, default_reason=platform.default_attention_reason,
-        fallback=FALLBACK_ATTENTION_BACKEND,
-    )
-
-
-def select_lora_kernel(
-    manager: PluginManager, platform: Platform, configured: str | None, needs: Needs | None = None
-) -> Choice:
-    """The LoRA kernel named by ``lora_kernel``, else the platform's ``default_lora_kernel``, else
-    the highest-priority one that runs here."""
-    return choose(
-        manager, PluginKind.LORA_KERNEL, setting="lora_kernel", configured=configured, platform=platform,
-        needs=needs or Needs(platform.device_type),
-        default=platform.default_lora_kernel, default_reason=platform.default_lora_reason,
+        manager, kind, setting=kind.setting, configured=configured, platform=platform,
+        needs=needs or Needs(platform.device_type), default=default, default_reason=reason,
+        fallback=FALLBACKS.get(kind), check=check,
     )
 
 

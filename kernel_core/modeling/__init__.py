@@ -14,7 +14,7 @@ on these blocks alone). Everything works on flattened tokens, all requests of a 
 - :class:`FusedMoE` (with :class:`ExpertWeights`, :class:`MoEOptions`): a mixture-of-experts
   layer on the engine's selected MoE kernel, int8 experts included.
 - :mod:`kernel_core.modeling.parallel`: tensor parallelism (:class:`TensorParallel`, column/row-parallel
-  linears, vocab-parallel embedding and lm_head, KV-head, LoRA and expert sharding rules;
+  linears, vocab-parallel embedding and lm_head, KV-head, low-rank-factor and expert sharding rules;
   docs/distributed.md).
 """
 
@@ -38,8 +38,8 @@ from kernel_core.modeling.parallel import (
     qkv_rows,
     shard_experts,
     shard_heads,
-    shard_lora_column,
-    shard_lora_row,
+    shard_low_rank_column,
+    shard_low_rank_row,
     vocab_range,
 )
 from kernel_core.modeling.weights import SafetensorsCheckpoint
@@ -72,7 +72,7 @@ __all__ = [
     "qkv_rows",
     "shard_experts",
     "shard_heads",
-    "shard_lora_column",
-    "shard_lora_row",
+    "shard_low_rank_column",
+    "shard_low_rank_row",
     "vocab_range",
 ]

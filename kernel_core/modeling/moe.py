@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from kernel_core.contracts.moe import MoEKernel, PreparedExperts, quantize_int8
 from kernel_core.contracts.platform import Platform
 from kernel_core.contracts.records import MOE_QUANTIZATIONS, PluginKind
-from kernel_core.engine.selection import Needs, choose, why_not
+from kernel_core.engine.selection import Needs, select_kernel, why_not
 from kernel_core.errors import InvalidModelFolderError, PluginError, UnknownPluginError
 from kernel_core.plugins import PluginManager, Registration, get_plugin_manager
 
@@ -93,10 +93,7 @@ def _moe_kernel(
             raise UnknownPluginError(f"no installed MoE kernel runs on {device.type}{wanted}; installed: {described}{why}")
         if platform is None:
             return manager.select(PluginKind.MOE_KERNEL, accept=fits)
-        return choose(
-            manager, PluginKind.MOE_KERNEL, setting="moe_kernel", configured=None, platform=platform, needs=needs,
-            default=platform.default_moe_kernel, default_reason=platform.default_moe_reason, check=consumes,
-        ).registration
+        return select_kernel(manager, platform, PluginKind.MOE_KERNEL, None, needs, check=consumes).registration
     try:
         registration = manager.get(PluginKind.MOE_KERNEL, name)
     except UnknownPluginError:

@@ -1,6 +1,7 @@
 """Tensor-parallel building blocks: which shard of each weight a rank holds, and the layers that
 run on those shards with one collective each (Megatron-LM's column/row-parallel linears and
-vocab-parallel embedding, vLLM's KV-head replication, S-LoRA's sharded LoRA).
+vocab-parallel embedding, vLLM's KV-head replication, low-rank adapter factors cut to match
+the base layer, as sharded multi-adapter serving does).
 
 Public (:mod:`kernel_core.modeling`) so a model plugin gets tensor parallelism by building on these
 layers; not wired into the engine yet (that lands with the executor seam, see docs/distributed.md).
@@ -169,7 +170,7 @@ class ColumnParallelLinear(FusedLinear):
     """A :class:`FusedLinear` holding some output rows of each part: it computes this rank's
     columns of the full output, with no collective. ``parts`` maps each HF module to its columns
     of this shard's output, ``global_rows`` lists the rows of the full fused weight held, in order
-    (what an adapter's ``lora_b`` is cut by: :func:`shard_lora_column`). Hooks run on the shard."""
+    (what an adapter's up-projection factor is cut by: :func:`shard_low_rank_column`). Hooks run on the shard."""
 
     tp: TensorParallel = SINGLE
     global_rows: tuple[slice, ...] = ()
@@ -214,7 +215,7 @@ class RowParallelLinear(FusedLinear):
 
     Hooks run on the rank's shard before the all-reduce: ``before`` sees this rank's input
     columns and ``after`` the partial sum, so only hooks linear in the output whose weights are
-    sharded to match (LoRA: :func:`shard_lora_row`) stay exact; one all-reduce covers base and delta.
+    sharded to match (low-rank factors: :func:`shard_low_rank_row`) stay exact; one all-reduce covers base and delta.
     At size 1 it is exactly :class:`FusedLinear`."""
 
     tp: TensorParallel = SINGLE
@@ -345,22 +346,22 @@ class ParallelLMHead:
         return None if gathered is None else gathered[:, : self.vocab_size]
 
 
-def shard_lora_column(
-    lora_a: torch.Tensor, lora_b: torch.Tensor, layer: ColumnParallelLinear
+def shard_low_rank_column(
+    down: torch.Tensor, up: torch.Tensor, layer: ColumnParallelLinear
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """S-LoRA's rule for a column-parallel base: ``lora_a [slots, R, in]`` replicated, ``lora_b
-    [slots, out, R]`` (the full fused output's rows) cut to the rows the layer holds, so the
-    delta lands on this rank's output columns."""
-    return lora_a, torch.cat([lora_b[:, rows] for rows in layer.global_rows], dim=1)
+    """The rule for a low-rank delta ``(x down^T) up^T`` on a column-parallel base: ``down
+    [slots, R, in]`` replicated, ``up [slots, out, R]`` (the full fused output's rows) cut to the
+    rows the layer holds, so the delta lands on this rank's output columns."""
+    return down, torch.cat([up[:, rows] for rows in layer.global_rows], dim=1)
 
 
-def shard_lora_row(
-    lora_a: torch.Tensor, lora_b: torch.Tensor, layer: RowParallelLinear
+def shard_low_rank_row(
+    down: torch.Tensor, up: torch.Tensor, layer: RowParallelLinear
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """S-LoRA's rule for a row-parallel base: ``lora_a [slots, R, in]`` cut to the layer's input
-    columns, ``lora_b`` replicated: each rank's ``(x_r A_r^T) B^T`` is a partial sum of the delta,
-    added to the partial output before the layer's one all-reduce."""
-    return lora_a[:, :, layer.global_columns], lora_b
+    """The rule for a low-rank delta on a row-parallel base: ``down [slots, R, in]`` cut to the
+    layer's input columns, ``up`` replicated: each rank's ``(x_r down_r^T) up^T`` is a partial sum
+    of the delta, added to the partial output before the layer's one all-reduce."""
+    return down[:, :, layer.global_columns], up
 
 
 def expert_shard(
@@ -418,8 +419,8 @@ __all__ = [
     "qkv_rows",
     "shard_experts",
     "shard_heads",
-    "shard_lora_column",
-    "shard_lora_row",
+    "shard_low_rank_column",
+    "shard_low_rank_row",
     "take_columns",
     "take_rows",
     "vocab_range",

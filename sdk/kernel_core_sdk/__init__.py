@@ -103,7 +103,7 @@ _LAZY: dict[str, str] = {
         (
             "SINGLE", "ColumnParallelLinear", "HeadShard", "ParallelLMHead", "RowParallelLinear", "TensorParallel",
             "TensorParallelMoE", "VocabParallelEmbedding", "expert_shard", "qkv_rows", "shard_experts", "shard_heads",
-            "shard_lora_column", "shard_lora_row", "vocab_range",
+            "shard_low_rank_column", "shard_low_rank_row", "vocab_range",
         ),
         "kernel_core.modeling",
     ),

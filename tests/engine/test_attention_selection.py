@@ -20,13 +20,16 @@ from kernel_core.cli.plugins import kernel_choices
 from kernel_core.config import EngineConfig
 from kernel_core.contracts.attention import AttentionBackend
 from kernel_core.contracts.lora import LoRAKernel
+from kernel_core.contracts.platform import Platform
 from kernel_core.contracts.records import AttentionBackendSpec, LoRAKernelSpec, MoEKernelSpec, PluginKind
-from kernel_core.engine.components import build_components, select_attention
-from kernel_core.engine.selection import Needs, choose, select_lora_kernel
+from kernel_core.engine.components import build_components
+from kernel_core.engine.selection import Needs, choose, select_kernel
 from kernel_core.errors import KernelCoreError, PluginError
 from kernel_core.modeling.moe import MoEOptions
 from kernel_core.plugins import Distribution, PluginManager
 from kernel_core_sdk.conformance import ReferenceMoEKernel
+
+ATTENTION, LORA = PluginKind.ATTENTION_BACKEND, PluginKind.LORA_KERNEL
 
 
 class Portable(AttentionBackend):
@@ -73,6 +76,7 @@ class FakePlatform:
     default_attention_reason: str = "measured faster"
     default_lora_reason: str = "measured faster"
     default_moe_reason: str = "measured faster"
+    default_kernel = Platform.default_kernel
 
 
 MODULE = "kc_test_attention_selection"
@@ -131,7 +135,7 @@ def manager(kcore_plugin_manager, kcore_register, monkeypatch: pytest.MonkeyPatc
 
 
 def test_the_platform_default_when_it_can_run(manager) -> None:
-    choice = select_attention(manager, FakePlatform("fast"), None)
+    choice = select_kernel(manager, FakePlatform("fast"), ATTENTION, None)
     assert choice.registration.name == "fast"
     assert choice.reason == "the fake platform's default (measured faster)"
 
@@ -151,22 +155,22 @@ def test_a_default_that_cannot_run_gives_way_to_torch(
     manager, default: str, needs: Needs | None, problem: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING):
-        choice = select_attention(manager, FakePlatform(default), None, needs)
+        choice = select_kernel(manager, FakePlatform(default), ATTENTION, None, needs)
     assert choice.registration.name == "torch"
     assert f"{default!r} {problem}, so the portable 'torch'" in choice.reason
     assert f"attention-backend {default!r}, fake's default, {problem}; using 'torch'" in caplog.text
 
 
 def test_the_setting_wins_and_is_refused_naming_backend_platform_and_field(manager) -> None:
-    assert select_attention(manager, FakePlatform("fast"), "torch").registration.name == "torch"
+    assert select_kernel(manager, FakePlatform("fast"), ATTENTION, "torch").registration.name == "torch"
     with pytest.raises(KernelCoreError, match=r"attention_backend 'unbuilt' cannot run on this machine \(the fake "
                                               r"platform\): its kernel did not build"):
-        select_attention(manager, FakePlatform("fast"), "unbuilt")
+        select_kernel(manager, FakePlatform("fast"), ATTENTION, "unbuilt")
     with pytest.raises(KernelCoreError, match=r"attention_backend 'gpu-only' cannot run on this machine \(the fake "
                                               r"platform\): device type cpu is not among its device_types \(cuda\)"):
-        select_attention(manager, FakePlatform("fast"), "gpu-only")
+        select_kernel(manager, FakePlatform("fast"), ATTENTION, "gpu-only")
     with pytest.raises(KernelCoreError, match=r"attention_backend 'bf16-only' .*: dtype float16 is not among its dtypes"):
-        select_attention(manager, FakePlatform(), "bf16-only", Needs("cpu", "float16"))
+        select_kernel(manager, FakePlatform(), ATTENTION, "bf16-only", Needs("cpu", "float16"))
 
 
 def test_a_portable_default_that_cannot_run_is_an_error(manager) -> None:
@@ -181,28 +185,28 @@ def test_a_portable_default_that_cannot_run_is_an_error(manager) -> None:
 
 def test_lora_kernels_by_priority_skip_those_that_cannot_run(manager) -> None:
     """"gpu" (20) runs on GPUs only and "triton" (10) reports itself unavailable: torch it is."""
-    choice = select_lora_kernel(manager, FakePlatform(), None)
+    choice = select_kernel(manager, FakePlatform(), LORA, None)
     assert choice.registration.name == "torch"
     assert choice.reason == "the fake platform names no default, so the highest-priority one that runs here (0)"
-    assert select_lora_kernel(manager, FakePlatform(device_type="cuda"), None).registration.name == "gpu"
+    assert select_kernel(manager, FakePlatform(device_type="cuda"), LORA, None).registration.name == "gpu"
 
 
 @pytest.mark.parametrize("default", ["triton", "absent"])
 def test_a_platform_lora_default_that_cannot_run_gives_way(manager, default: str) -> None:
-    choice = select_lora_kernel(manager, FakePlatform(default_lora_kernel=default), None)
+    choice = select_kernel(manager, FakePlatform(default_lora_kernel=default), LORA, None)
     assert choice.registration.name == "torch"
     assert f"the fake platform's default (measured faster), but {default!r}" in choice.reason
 
 
 def test_a_platform_lora_default_that_runs_is_taken(manager) -> None:
-    choice = select_lora_kernel(manager, FakePlatform(default_lora_kernel="torch", device_type="cuda"), None)
+    choice = select_kernel(manager, FakePlatform(default_lora_kernel="torch", device_type="cuda"), LORA, None)
     assert (choice.registration.name, choice.reason) == ("torch", "the fake platform's default (measured faster)")
 
 
 def test_a_named_lora_kernel_that_cannot_run_is_refused_with_its_reason(manager) -> None:
     with pytest.raises(KernelCoreError, match=r"lora_kernel 'triton' cannot run on this machine \(the fake platform\): "
                                               "no GPU, and TRITON_INTERPRET is not set"):
-        select_lora_kernel(manager, FakePlatform(), "triton")
+        select_kernel(manager, FakePlatform(), LORA, "triton")
 
 
 def test_moe_kernels_skip_unavailable_ones_and_refuse_them_by_name(manager) -> None:
@@ -221,9 +225,9 @@ def test_doctor_reports_each_choice_and_why(manager, monkeypatch: pytest.MonkeyP
     assert attention[1] is None and lora[1] is None and moe[1] is None
     assert attention[0].startswith("attention backend for this machine: torch, the fake platform's default")
     assert "'unbuilt' cannot run here: its kernel did not build" in attention[0]
-    assert lora[0].startswith("LoRA kernel for this machine: torch, the fake platform's default (measured faster), "
+    assert lora[0].startswith("lora kernel for this machine: torch, the fake platform's default (measured faster), "
                               "but 'triton' cannot run here: no GPU")
-    assert moe[0] == "MoE kernel for this machine: reference, the fake platform names no default, so the " \
+    assert moe[0] == "moe kernel for this machine: reference, the fake platform names no default, so the " \
                      "highest-priority one that runs here (0)"
 
 

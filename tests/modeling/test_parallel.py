@@ -54,8 +54,8 @@ from kernel_core.modeling import (
     qkv_rows,
     shard_experts,
     shard_heads,
-    shard_lora_column,
-    shard_lora_row,
+    shard_low_rank_column,
+    shard_low_rank_row,
     vocab_range,
 )
 from kernel_core_sdk.conformance import ReferenceMoEKernel
@@ -241,8 +241,8 @@ def _rank_checks(tp: TensorParallel, folder: Path, embedded: Path) -> dict[str, 
             attn_in = torch.randn(TOKENS, heads * HEAD_SIZE, generator=g)
             base_col, base_row = qkv(x), o_proj(attn_in[:, o_proj.global_columns])
             for layer, full_layer, exact_layer, a, b, shard_lora, inputs in (
-                (qkv, full_qkv, exact_qkv, a_col, b_col, shard_lora_column, (x, x)),
-                (o_proj, full_o, exact_o, a_row, b_row, shard_lora_row, (attn_in[:, o_proj.global_columns], attn_in)),
+                (qkv, full_qkv, exact_qkv, a_col, b_col, shard_low_rank_column, (x, x)),
+                (o_proj, full_o, exact_o, a_row, b_row, shard_low_rank_row, (attn_in[:, o_proj.global_columns], attn_in)),
             ):
                 layer.hooks = [LoRAProjection(*shard_lora(a, b, layer), _LoopLoRA(), step)]
                 full_layer.hooks = [LoRAProjection(a, b, _LoopLoRA(), step)]

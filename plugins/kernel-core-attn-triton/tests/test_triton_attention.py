@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from kernel_core.contracts.attention import AttentionMetadata
+from kernel_core.contracts.records import PluginKind
 from kernel_core.contracts.settings import PluginSettingsError, instantiate
-from kernel_core.engine.selection import Needs, select_attention
+from kernel_core.engine.selection import Needs, select_kernel
 from kernel_core.errors import KernelCoreError
 from kernel_core.platforms import select_platform
 from kernel_core.plugins import PluginManager
@@ -329,10 +330,10 @@ def test_never_the_cpu_platforms_default(monkeypatch: pytest.MonkeyPatch) -> Non
     """Installed, on a CPU the engine keeps the CPU platform's default; named, it is refused."""
     manager = PluginManager.from_environment()
     platform = select_platform(manager).platform
-    assert select_attention(manager, platform, None).registration.name != "triton"
+    assert select_kernel(manager, platform, PluginKind.ATTENTION_BACKEND, None).registration.name != "triton"
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(KernelCoreError, match="'triton' cannot run on this machine"):
-        select_attention(manager, platform, "triton")
+        select_kernel(manager, platform, PluginKind.ATTENTION_BACKEND, "triton")
 
 
 def test_layers_share_the_step(launches: list[tuple[int, ...]]) -> None:
