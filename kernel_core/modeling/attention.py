@@ -15,7 +15,8 @@ from transformers import PreTrainedConfig
 
 from kernel_core.contracts.adapter_targets import KVHook
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
-from kernel_core.errors import InvalidModelFolderError
+from kernel_core.errors import InvalidModelFolderError, UnsupportedModelError
+from kernel_core.modeling.group import TensorParallel
 from kernel_core.modeling.layers import FusedLinear, RotaryEmbedding, rms_norm
 from kernel_core.modeling.loader import WeightLoader
 
@@ -67,6 +68,45 @@ class AttentionOptions:
             raise InvalidModelFolderError(f"clip_qkv {self.clip_qkv!r} in config.json is not a positive number")
 
 
+@dataclass(frozen=True)
+class HeadShard:
+    """The attention heads one rank holds: ``heads`` (its counts, for its :class:`SelfAttention`),
+    the global indices of its query heads and KV heads, and how many ranks hold each KV head."""
+
+    heads: AttentionHeads
+    q_heads: slice
+    kv_heads: slice
+    kv_replicas: int
+
+
+def shard_heads(heads: AttentionHeads, tp: TensorParallel) -> HeadShard:
+    """vLLM's rule: query heads split evenly (the size must divide them); KV heads split evenly
+    when there are at least as many as ranks (the size must divide them), otherwise each rank
+    holds one KV head, replicated on ``world_size / kv_heads`` consecutive ranks (the size must
+    be a multiple of them). Rank r's query heads then all read its KV heads."""
+    size, kv = tp.world_size, heads.num_kv_heads
+    q_heads = tp.even_split(heads.num_heads, "num_attention_heads", ": each rank computes whole query heads")
+    if kv >= size:
+        kv_heads, replicas = tp.even_split(kv, "num_key_value_heads", ": each rank holds whole KV heads"), 1
+    elif size % kv:
+        raise UnsupportedModelError(
+            f"tensor_parallel_size {size} exceeds num_key_value_heads ({kv}) and is not a multiple of it: "
+            "KV heads can only be replicated evenly across ranks"
+        )
+    else:
+        replicas = size // kv
+        kv_heads = slice(tp.rank // replicas, tp.rank // replicas + 1)
+    local = AttentionHeads(q_heads.stop - q_heads.start, kv_heads.stop - kv_heads.start, heads.head_size)
+    return HeadShard(local, q_heads, kv_heads, replicas)
+
+
+def qkv_rows(shard: HeadShard) -> tuple[slice, slice, slice]:
+    """The rows of the q, k and v weights (each its own tensor, HF layout) that ``shard`` holds."""
+    size = shard.heads.head_size
+    kv = slice(shard.kv_heads.start * size, shard.kv_heads.stop * size)
+    return slice(shard.q_heads.start * size, shard.q_heads.stop * size), kv, kv
+
+
 #: What an RMSNorm of queries and keys may span: each head, or the whole projection.
 QK_NORM_SCOPES = ("head", "projection")
 
@@ -109,19 +149,31 @@ class SelfAttention:
         options: AttentionOptions = AttentionOptions(),
     ) -> SelfAttention:
         """The block whose HF modules are ``{prefix}.q_proj``, ``.k_proj``, ``.v_proj``, ``.o_proj``
-        (and ``.q_norm``/``.k_norm`` with ``options.qk_norm``), e.g. ``model.layers.0.self_attn``."""
-        heads = AttentionHeads.from_config(config)
-        q_size, kv_size = heads.num_heads * heads.head_size, heads.num_kv_heads * heads.head_size
-        qkv = {f"{prefix}.q_proj": q_size, f"{prefix}.k_proj": kv_size, f"{prefix}.v_proj": kv_size}
+        (and ``.q_norm``/``.k_norm`` with ``options.qk_norm``), e.g. ``model.layers.0.self_attn``;
+        under tensor parallelism (``loader.tp``) the rank's heads only (:func:`shard_heads`)."""
+        full = AttentionHeads.from_config(config)
+        shard = shard_heads(full, loader.tp)  # the whole of every projection at size 1
+        heads, size = shard.heads, full.head_size
+        q_size, kv_size = full.num_heads * size, full.num_kv_heads * size
+        q_rows, k_rows, v_rows = qkv_rows(shard)
+        qkv = {
+            f"{prefix}.q_proj": (q_size, q_rows), f"{prefix}.k_proj": (kv_size, k_rows), f"{prefix}.v_proj": (kv_size, v_rows)
+        }
         qk_norm = None
         if options.qk_norm:
-            q_shape, k_shape = ((heads.head_size,),) * 2 if options.qk_norm_scope == "head" else ((q_size,), (kv_size,))
+            if options.qk_norm_scope != "head" and loader.tp.world_size > 1:
+                raise UnsupportedModelError(
+                    f"tensor_parallel_size {loader.tp.world_size}: {prefix} normalises queries and keys over the whole "
+                    "projection (qk_norm_scope 'projection'), which would need one more all-reduce per layer; "
+                    "not supported under tensor parallelism yet"
+                )
+            q_shape, k_shape = ((size,),) * 2 if options.qk_norm_scope == "head" else ((q_size,), (kv_size,))
             qk_norm = (
                 loader.tensor(f"{prefix}.q_norm.weight", q_shape), loader.tensor(f"{prefix}.k_norm.weight", k_shape)
             )
         return cls(
-            loader.linear(qkv, config.hidden_size, options.qkv_bias),
-            loader.linear({f"{prefix}.o_proj": config.hidden_size}, q_size, options.o_bias),
+            loader.column(qkv, config.hidden_size, options.qkv_bias),
+            loader.row(f"{prefix}.o_proj", config.hidden_size, q_size, options.o_bias),
             backend,
             heads,
             sliding_window=options.sliding_window,

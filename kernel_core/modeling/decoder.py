@@ -22,11 +22,13 @@ from kernel_core.contracts.adapter_targets import EmbeddingHook, KVHook
 from kernel_core.contracts.attention import AttentionBackend, AttentionMetadata
 from kernel_core.contracts.model import ModelArchitecture
 from kernel_core.errors import UnsupportedModelError
-from kernel_core.modeling.attention import AttentionHeads, AttentionOptions, SelfAttention
+from kernel_core.modeling.attention import AttentionHeads, AttentionOptions, SelfAttention, shard_heads
 from kernel_core.modeling.gemm import linear
 from kernel_core.modeling.layers import FusedLinear, RotaryEmbedding, rms_norm
 from kernel_core.modeling.loader import WeightLoader
+from kernel_core.modeling.group import SINGLE, TensorParallel
 from kernel_core.modeling.mlp import GatedMLP
+from kernel_core.modeling.parallel import ParallelLMHead, VocabParallelEmbedding, vocab_range
 from kernel_core.modeling.weights import SafetensorsCheckpoint
 
 log = logging.getLogger(__name__)
@@ -73,16 +75,17 @@ class DecoderModel(ModelArchitecture):
         attention: AttentionBackend,
         dtype: torch.dtype,
         device: torch.device,
+        tp: TensorParallel = SINGLE,
     ) -> None:
-        self.config, self.attention, self.dtype, self.device = config, attention, dtype, device
+        self.config, self.attention, self.dtype, self.device, self.tp = config, attention, dtype, device, tp
         self.architecture = self._architecture()
-        heads = AttentionHeads.from_config(config)
+        heads = shard_heads(AttentionHeads.from_config(config), tp).heads  # this rank's (all at size 1)
         self.num_heads, self.num_kv_heads, self.head_size = heads.num_heads, heads.num_kv_heads, heads.head_size
         self.num_layers = config.num_hidden_layers
         self.hidden_size = config.hidden_size
         self.vocab_size = config.vocab_size
         self.eps = config.rms_norm_eps
-        self._load(WeightLoader(checkpoint, dtype, device))
+        self._load(WeightLoader(checkpoint, dtype, device, tp))
         self.sliding_windows = frozenset(
             layer.attention.sliding_window for layer in self.layers if layer.attention.sliding_window is not None
         )
@@ -98,7 +101,8 @@ class DecoderModel(ModelArchitecture):
     ) -> DecoderModel:
         """The model of ``folder`` (``config.json`` read without remote code, safetensors weights);
         ``extra`` keywords go to the subclass's ``__init__`` (e.g. the ``moe`` options of an MoE
-        model, whose own ``from_pretrained`` names that parameter for the engine to pass it)."""
+        model, whose own ``from_pretrained`` names that parameter for the engine to pass it; ``tp``,
+        this rank's :class:`TensorParallel` group, to load the rank's shard only)."""
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
         with SafetensorsCheckpoint(folder) as checkpoint:
             model = cls(config, checkpoint, attention, dtype, device, **extra)
@@ -139,7 +143,7 @@ class DecoderModel(ModelArchitecture):
 
     def _load(self, loader: WeightLoader) -> None:
         hidden = (self.hidden_size,)
-        self.embed_tokens = loader.tensor("model.embed_tokens.weight", (self.vocab_size, self.hidden_size))
+        self.embed_tokens = self._vocab_shard(loader, "model.embed_tokens.weight")
         self.layers = []
         for i in range(self.num_layers):
             layer = f"model.layers.{i}"
@@ -157,9 +161,18 @@ class DecoderModel(ModelArchitecture):
         if self.config.tie_word_embeddings:
             self.lm_head = self.embed_tokens
         else:
-            self.lm_head = loader.tensor("lm_head.weight", (self.vocab_size, self.hidden_size))
+            self.lm_head = self._vocab_shard(loader, "lm_head.weight")
         self.weight_slices = loader.slices
         self._projections = loader.linears
+
+    def _vocab_shard(self, loader: WeightLoader, name: str) -> torch.Tensor:
+        """A ``[vocab, hidden]`` table: whole at size 1, else this rank's vocabulary range
+        (:class:`VocabParallelEmbedding`), read from the checkpoint's slice."""
+        shape = (self.vocab_size, self.hidden_size)
+        if self.tp.world_size == 1:
+            return loader.tensor(name, shape)
+        source = loader.checkpoint.lazy(name, shape)
+        return VocabParallelEmbedding.shard(source, self.vocab_size, self.tp, dtype=self.dtype, device=self.device).weight
 
     def adapter_targets(self) -> dict[str, FusedLinear]:
         """Every projection of every layer's attention (q/k/v fused, o), and of its MLP block when
@@ -200,7 +213,7 @@ class DecoderModel(ModelArchitecture):
     ) -> torch.Tensor:
         self._check_context(metadata)
         cos, sin = self.rotary.cos_sin_at(positions)
-        hidden = F.embedding(input_ids, self.embed_tokens)  # the residual stream, updated in place
+        hidden = self._embed(input_ids)  # the residual stream, updated in place
         for hook in self._embedding_hooks:
             hook(hidden)
         eps = self.eps
@@ -210,7 +223,16 @@ class DecoderModel(ModelArchitecture):
         return rms_norm(hidden, self.norm, eps)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return linear(hidden, self.lm_head)
+        """``[rows, vocab]`` logits, on every rank under tensor parallelism (one all-gather)."""
+        if self.tp.world_size == 1:
+            return linear(hidden, self.lm_head)
+        return ParallelLMHead(self.lm_head, self.vocab_size, self.tp)(hidden)
+
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.tp.world_size == 1:
+            return F.embedding(input_ids, self.embed_tokens)
+        ids, _ = vocab_range(self.vocab_size, self.tp)
+        return VocabParallelEmbedding(self.embed_tokens, ids, self.vocab_size, self.tp)(input_ids)
 
     def _check_context(self, metadata: AttentionMetadata) -> None:
         """Refuse contexts the model cannot compute faithfully, rather than compute something else."""

@@ -8,6 +8,7 @@ each projection is one GEMM per step and RoPE is indexed by each token's own pos
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from kernel_core.contracts.adapter_targets import ProjectionHook, apply_projection_hooks
 from kernel_core.errors import UnsupportedModelError
 from kernel_core.modeling.gemm import linear
+from kernel_core.modeling.group import SINGLE, Source, TensorParallel, rows_of, take_columns, take_rows
 
 #: RoPE types whose frequencies do not depend on the sequence length within
 #: ``max_position_embeddings`` (``dynamic`` only rescales beyond it), so one cos/sin table,
@@ -119,3 +121,100 @@ def _rope_frequencies(config: PreTrainedConfig, head_size: int) -> tuple[torch.T
             "partial rotary embedding is not supported"
         )
     return inv_freq.float(), float(scaling)
+
+
+@dataclass(eq=False)
+class ColumnParallelLinear(FusedLinear):
+    """A :class:`FusedLinear` holding some output rows of each part: it computes this rank's
+    columns of the full output, with no collective. ``parts`` maps each HF module to its columns
+    of this shard's output, ``global_rows`` lists the rows of the full fused weight held, in order
+    (what an adapter's up-projection factor is cut by: :func:`shard_low_rank_column`). Hooks run on the shard."""
+
+    tp: TensorParallel = SINGLE
+    global_rows: tuple[slice, ...] = ()
+
+    @classmethod
+    def shard(
+        cls,
+        parts: Mapping[str, tuple[Source, Source | None]],
+        rows: Mapping[str, slice],
+        tp: TensorParallel,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> ColumnParallelLinear:
+        """From each HF module's full ``(weight [out, in], bias [out] or None)`` (tensors or lazy
+        slices), keeping ``rows[name]`` of each: see :func:`qkv_rows` and
+        :meth:`TensorParallel.even_split`. Every part has a bias or none has."""
+        weights, biases, local, global_rows = [], [], {}, []
+        start = offset = 0
+        for name, (weight, bias) in parts.items():
+            kept = rows[name]
+            weights.append(take_rows(weight, kept))
+            if bias is not None:
+                biases.append(take_rows(bias, kept))
+            local[name] = slice(start, start + kept.stop - kept.start)
+            global_rows.append(slice(offset + kept.start, offset + kept.stop))
+            start, offset = local[name].stop, offset + rows_of(weight)
+        if biases and len(biases) != len(weights):
+            raise ValueError("every part of a fused projection has a bias, or none has")
+        to = {"dtype": dtype, "device": device}
+        bias = torch.cat(biases).to(**to) if biases else None
+        return cls(torch.cat(weights).to(**to), bias, local, tp=tp, global_rows=tuple(global_rows))
+
+
+@dataclass(eq=False)
+class RowParallelLinear(FusedLinear):
+    """A :class:`FusedLinear` holding input columns ``global_columns`` of the weight: each rank's
+    GEMM gives a partial sum, and one all-reduce completes it. The bias, whole on every rank, is
+    added once after the all-reduce on every rank (the same values everywhere), so the partial
+    sums are bias-free. With ``reduce`` False the caller reduces (a shared expert inside a MoE
+    layer, one all-reduce for both); then rank 0 alone adds the bias, so the caller's sum holds it once.
+
+    Hooks run on the rank's shard before the all-reduce: ``before`` sees this rank's input
+    columns and ``after`` the partial sum, so only hooks linear in the output whose weights are
+    sharded to match (low-rank factors: :func:`shard_low_rank_row`) stay exact; one all-reduce covers base and delta.
+    At size 1 it is exactly :class:`FusedLinear`."""
+
+    tp: TensorParallel = SINGLE
+    global_columns: slice = field(default_factory=lambda: slice(None))
+    reduce: bool = True
+
+    @classmethod
+    def shard(
+        cls,
+        name: str,
+        weight: Source,
+        bias: Source | None,
+        tp: TensorParallel,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        reduce: bool = True,
+    ) -> RowParallelLinear:
+        """From the HF module ``name``'s full ``weight [out, in]`` and ``bias [out]`` (tensors or
+        lazy slices), keeping this rank's equal share of the input columns."""
+        in_features = weight.shape[1] if isinstance(weight, torch.Tensor) else weight.get_shape()[1]
+        columns = tp.even_split(in_features, f"the input features of {name}")
+        to = {"dtype": dtype, "device": device}
+        out_features = rows_of(weight)
+        return cls(
+            take_columns(weight, columns).to(**to),
+            None if bias is None else bias[:].to(**to),
+            {name: slice(0, out_features)},
+            tp=tp,
+            global_columns=columns,
+            reduce=reduce,
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp.world_size == 1:
+            return FusedLinear.__call__(self, x)
+        partial = apply_projection_hooks(self.hooks, x, self._partial)
+        if not self.reduce:
+            return partial.add_(self.bias) if self.bias is not None and self.tp.rank == 0 else partial
+        total = self.tp.all_reduce(partial)
+        return total if self.bias is None else total.add_(self.bias)
+
+    def _partial(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, None)

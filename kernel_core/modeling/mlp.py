@@ -30,15 +30,20 @@ class GatedMLP:
         *,
         bias: bool = False,
         intermediate_size: int | None = None,
+        reduce: bool = True,
     ) -> GatedMLP:
         """The MLP whose HF modules are ``{prefix}.gate_proj``, ``.up_proj`` and ``.down_proj``, of
-        ``intermediate_size`` (default: the config's ``intermediate_size``)."""
+        ``intermediate_size`` (default: the config's ``intermediate_size``); under tensor
+        parallelism (``loader.tp``) gate/up column-parallel and down row-parallel, whose partial
+        sums the caller all-reduces when ``reduce`` is False (a MoE layer's shared expert)."""
         if config.hidden_act != "silu":
             raise UnsupportedModelError(f"hidden_act {config.hidden_act!r} in config.json is not supported (only silu)")
         hidden, intermediate = config.hidden_size, intermediate_size or config.intermediate_size
-        gate_up = {f"{prefix}.gate_proj": intermediate, f"{prefix}.up_proj": intermediate}
+        rows = loader.tp.even_split(intermediate, f"the intermediate size of {prefix}")
+        gate_up = {f"{prefix}.gate_proj": (intermediate, rows), f"{prefix}.up_proj": (intermediate, rows)}
         return cls(
-            loader.linear(gate_up, hidden, bias), loader.linear({f"{prefix}.down_proj": hidden}, intermediate, bias)
+            loader.column(gate_up, hidden, bias),
+            loader.row(f"{prefix}.down_proj", hidden, intermediate, bias, reduce=reduce),
         )
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:

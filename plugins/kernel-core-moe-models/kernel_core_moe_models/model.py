@@ -22,7 +22,9 @@ from kernel_core.modeling import (
     GatedMLP,
     MLPBlock,
     MoEOptions,
+    SINGLE,
     SafetensorsCheckpoint,
+    TensorParallel,
     WeightLoader,
 )
 from kernel_core_moe_models.experts import ExpertNames, ExpertShape, load_experts
@@ -33,11 +35,13 @@ class MoEBlock:
     """A sparse layer's MLP: the :class:`FusedMoE` layer, and its shared expert's projections
     offered to served adapters (the routed experts are not adapter targets)."""
 
-    def __init__(self, moe: FusedMoE, shared_expert: GatedMLP | None = None) -> None:
-        self.moe, self.shared_expert = moe, shared_expert
+    def __init__(self, moe: FusedMoE, shared_expert: GatedMLP | None = None, tp: TensorParallel = SINGLE) -> None:
+        self.moe, self.shared_expert, self.tp = moe, shared_expert, tp
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.moe(hidden)
+        """Under tensor parallelism the experts' (and the shared expert's) partial sums, completed
+        by one all-reduce per layer (:class:`~kernel_core.modeling.TensorParallelMoE`)."""
+        return self.tp.all_reduce(self.moe(hidden))
 
     def adapter_projections(self) -> dict[str, FusedLinear]:
         """The shared expert's projections, by name within the layer (none without one)."""
@@ -68,12 +72,13 @@ class SparseMoEModel(DecoderModel):
         dtype: torch.dtype,
         device: torch.device,
         moe: MoEOptions | None = None,
+        tp: TensorParallel = SINGLE,
     ) -> None:
         self.sparse = self.sparse_layers(config)
         self._check_routing(config)
         self.moe_options = moe or MoEOptions.select(device)
         self.moe_layers: dict[int, FusedMoE] = {}
-        super().__init__(config, checkpoint, attention, dtype, device)
+        super().__init__(config, checkpoint, attention, dtype, device, tp)
 
     @classmethod
     def from_pretrained(
@@ -84,10 +89,11 @@ class SparseMoEModel(DecoderModel):
         dtype: torch.dtype,
         device: torch.device,
         moe: MoEOptions | None = None,
+        tp: TensorParallel = SINGLE,
     ) -> DecoderModel:
-        """The model of ``folder``; naming ``moe`` here is what makes the engine pass its
-        ``moe_kernel``/``moe_quantization`` settings."""
-        return super().from_pretrained(folder, attention=attention, dtype=dtype, device=device, moe=moe)
+        """The model of ``folder`` (this rank's shard under ``tp``); naming ``moe`` here is what
+        makes the engine pass its ``moe_kernel``/``moe_quantization`` settings."""
+        return super().from_pretrained(folder, attention=attention, dtype=dtype, device=device, moe=moe, tp=tp)
 
     # --- what a family says -----------------------------------------------------------------------
 
@@ -112,7 +118,9 @@ class SparseMoEModel(DecoderModel):
         return bool(self.config.norm_topk_prob)
 
     def shared_expert(self, prefix: str, loader: WeightLoader) -> tuple[GatedMLP | None, torch.Tensor | None]:
-        """The expert every token goes through and its gate weight ``[1, H]``. Default: none."""
+        """The expert every token goes through and its gate weight ``[1, H]``. Default: none. Under
+        tensor parallelism its down projection must leave the all-reduce to the layer
+        (``GatedMLP.load(..., reduce=False)``), which sums it with the routed experts' partial sums."""
         return None, None
 
     # --- the sparse layers ------------------------------------------------------------------------
@@ -133,7 +141,7 @@ class SparseMoEModel(DecoderModel):
             kernel=self.moe_options.kernel, shared_expert=shared, shared_expert_gate=shared_gate, name=where,
         )
         self.moe_layers[index] = moe
-        return MoEBlock(moe, shared)
+        return MoEBlock(moe, shared, self.tp)
 
     @property
     def expert_nbytes(self) -> int:
@@ -194,7 +202,7 @@ class Qwen2MoeModel(SparseMoEModel):
         size = self.config.shared_expert_intermediate_size
         if not size:
             return None, None
-        mlp = GatedMLP.load(self.config, loader, f"{prefix}.shared_expert", intermediate_size=size)
+        mlp = GatedMLP.load(self.config, loader, f"{prefix}.shared_expert", intermediate_size=size, reduce=False)
         return mlp, loader.tensor(f"{prefix}.shared_expert_gate.weight", (1, self.config.hidden_size))
 
 
