@@ -96,8 +96,16 @@ class ExecutorContext:
 
     config: EngineConfig
     tensor_parallel_size: int
-    #: Builds the worker of ``rank`` (of ``tensor_parallel_size``) in the calling process.
+    #: The worker of rank 0 over what the engine loaded in its own process (its model shard,
+    #: attention backend, adapter servings): the driver an executor keeps in the engine's process.
     create_worker: Callable[[int, int], Worker]
+    #: Builds the worker of any ``rank`` from the engine's settings alone, loading that rank's
+    #: shard, in the process that calls it. Picklable: an executor sends it to the process (or
+    #: machine) that runs the rank, after starting the ``torch.distributed`` group there.
+    build_worker: Callable[[int, int], Worker]
+    #: The ``torch.distributed`` backend for the ranks' group (``Platform.distributed_backend()``:
+    #: gloo on the CPU, NCCL on CUDA/ROCm).
+    distributed_backend: str = "gloo"
 
 
 class Worker(ABC):

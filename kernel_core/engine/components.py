@@ -25,6 +25,7 @@ from kernel_core.adapters.loading import ServedKinds
 from kernel_core.adapters.registry import AdapterRegistry
 from kernel_core.contracts.serving import AdapterServing, ServingContext
 from kernel_core.modeling.gemm import install_linear_policy
+from kernel_core.modeling.group import TensorParallel
 from kernel_core.engine.plugin_options import PluginOptions
 from kernel_core.engine.selection import Needs, select_kernel
 from kernel_core.modeling.moe import MoEOptions
@@ -53,11 +54,15 @@ class Components:
     num_blocks: int
     cache: CacheManager
     policy: SchedulerPolicy
+    #: The engine's ``plugin_options``, applied to everything built here and then to its executor.
+    options: PluginOptions
     adapters: AdapterRegistry | None = None
 
 
-def build_components(config: EngineConfig, manager: PluginManager | None = None) -> Components:
-    """Resolve the model, pick the platform and every plugin by name or priority, load weights."""
+def build_components(config: EngineConfig, manager: PluginManager | None = None, rank: int = 0) -> Components:
+    """Resolve the model, pick the platform and every plugin by name or priority, load weights:
+    under ``tensor_parallel_size`` N above 1, rank ``rank``'s shard of them (the engine's process
+    holds rank 0; :class:`RankWorkerFactory` builds the others where their executor runs them)."""
     from transformers import AutoTokenizer
 
     manager = manager or get_plugin_manager()
@@ -65,7 +70,7 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     folder = resolve_model(config.model)
     platform = select_platform(manager, forced=config.platform).platform
     dtype = _dtype(config.dtype, platform)
-    device = platform.device()
+    device = _device(platform, config.tensor_parallel_size, rank)
     model_config = json.loads((folder / "config.json").read_text())
     needs = Needs(device.type, config.dtype, _head_size(model_config), config.block_size)
     attention_choice = select_kernel(manager, platform, PluginKind.ATTENTION_BACKEND, config.attention_backend, needs)
@@ -74,7 +79,9 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     attention = options.create(attention_registration)
     model_class = manager.load(_architecture(manager, folder, model_config, config.model_architecture))
     moe = _moe_options(config, options, model_class, platform)
-    model = model_class.from_pretrained(folder, attention=attention, dtype=dtype, device=device, **moe)
+    model = model_class.from_pretrained(
+        folder, attention=attention, dtype=dtype, device=device, **moe, **_sharding(config, model_class, rank)
+    )
     gemm_policy = platform.linear_policy()
     install_linear_policy(gemm_policy)
     model.prepare_weights(gemm_policy.prepare)
@@ -98,9 +105,9 @@ def build_components(config: EngineConfig, manager: PluginManager | None = None)
     )
     policy = options.create(manager.select(PluginKind.SCHEDULER_POLICY, config.scheduler_policy))
     adapters = _adapter_registry(config, options, platform, model, dtype, device) if config.enable_lora else None
-    options.warn_unused()
     return Components(
-        folder, platform, device, dtype, model, attention, tokenizer, max_model_len, num_blocks, cache, policy, adapters
+        folder, platform, device, dtype, model, attention, tokenizer, max_model_len, num_blocks, cache, policy, options,
+        adapters,
     )
 
 
@@ -219,6 +226,42 @@ def _moe_options(
     return {}
 
 
+def _sharding(config: EngineConfig, model_class: type[ModelArchitecture], rank: int) -> dict[str, TensorParallel]:
+    """``tp=``, the rank's place in the group, for ``tensor_parallel_size`` above 1 (the group
+    itself is the executor's to start before the first step); nothing at size 1, so model plugins
+    that cannot load sharded keep working there. Adapters under tensor parallelism are refused
+    until their servings cut slots to match the shards."""
+    size = config.tensor_parallel_size
+    if size == 1:
+        return {}
+    parameters = inspect.signature(model_class.from_pretrained).parameters
+    if "tp" not in parameters and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        raise KernelCoreError(
+            f"tensor_parallel_size {size}: the {model_class.__name__} model plugin does not load sharded (its "
+            "from_pretrained takes no tp); set tensor_parallel_size 1"
+        )
+    if config.enable_lora:
+        raise KernelCoreError(
+            f"tensor_parallel_size {size} with enable_lora: serving adapters on a sharded model is not supported yet; "
+            "set tensor_parallel_size 1 to serve adapters"
+        )
+    return {"tp": TensorParallel(rank, size)}
+
+
+def _device(platform: Platform, size: int, rank: int) -> torch.device:
+    """Rank ``rank``'s device: the CPU for every rank, else device ``rank`` of the node; more ranks
+    than devices are refused, naming both counts (ranks sharing a GPU would only contend)."""
+    if platform.device_type == "cpu" or size == 1:
+        return platform.device()
+    count = platform.device_count()
+    if size > count:
+        raise KernelCoreError(
+            f"tensor_parallel_size {size} exceeds the {count} {platform.name} device(s) this process sees: "
+            "one rank per device"
+        )
+    return platform.device(rank)
+
+
 def _dtype(name: str, platform: Platform) -> torch.dtype:
     dtype = getattr(torch, name)
     if dtype not in platform.supported_dtypes():
@@ -291,19 +334,40 @@ def _num_blocks(
 def worker_factory(
     config: EngineConfig, components: Components, eos_token_ids: tuple[int, ...]
 ) -> Callable[[int, int], ModelWorker]:
-    """``ExecutorContext.create_worker``: the worker of a rank over the model, attention backend
-    and adapter servings built here; one rank only until models load sharded."""
+    """``ExecutorContext.create_worker``: the worker of the rank whose model, attention backend
+    and adapter servings were built here (rank 0, the engine's process)."""
 
     def create_worker(rank: int, world_size: int) -> ModelWorker:
-        if (rank, world_size) != (0, 1):
+        if (rank, world_size) != (0, config.tensor_parallel_size):
             raise KernelCoreError(
-                f"worker rank {rank} of {world_size}: models do not load sharded yet; set tensor_parallel_size 1"
+                f"worker rank {rank} of {world_size}: the engine's process holds rank 0 of "
+                f"{config.tensor_parallel_size}; build other ranks with ExecutorContext.build_worker"
             )
-        c = components
-        return ModelWorker(
-            c.model, c.attention, num_blocks=c.num_blocks, block_size=config.block_size, dtype=c.dtype,
-            device=c.device, eos_token_ids=eos_token_ids, seed=config.seed,
-            servings=c.adapters.kinds.servings if c.adapters is not None else None, max_slots=config.max_loras,
-        )
+        return _worker(config, components, eos_token_ids)
 
     return create_worker
+
+
+def _worker(config: EngineConfig, c: Components, eos_token_ids: tuple[int, ...]) -> ModelWorker:
+    return ModelWorker(
+        c.model, c.attention, num_blocks=c.num_blocks, block_size=config.block_size, dtype=c.dtype,
+        device=c.device, eos_token_ids=eos_token_ids, seed=config.seed,
+        servings=c.adapters.kinds.servings if c.adapters is not None else None, max_slots=config.max_loras,
+    )
+
+
+@dataclass(frozen=True)
+class RankWorkerFactory:
+    """``ExecutorContext.build_worker``: builds the worker of any rank from the engine's settings
+    alone, in whatever process calls it (picklable: an executor sends it to a worker process or a
+    Ray actor). ``num_kv_blocks`` is fixed to the engine's, so every rank's cache holds the same
+    block ids the engine's scheduler hands out."""
+
+    config: EngineConfig
+    eos_token_ids: tuple[int, ...]
+
+    def __call__(self, rank: int, world_size: int) -> ModelWorker:
+        if world_size != self.config.tensor_parallel_size or not 0 <= rank < world_size:
+            raise KernelCoreError(f"worker rank {rank} of {world_size}: the engine runs tensor_parallel_size "
+                                  f"{self.config.tensor_parallel_size}")
+        return _worker(self.config, build_components(self.config, rank=rank), self.eos_token_ids)

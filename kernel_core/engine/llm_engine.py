@@ -17,7 +17,7 @@ from kernel_core.contracts.serving import NO_SLOT
 from kernel_core.contracts.executor import (
     Executor, ExecutorContext, ModelStep, PromptLogprobsRequest, SampleRequest, StepRequest,
 )
-from kernel_core.engine.components import Components, build_components, worker_factory
+from kernel_core.engine.components import Components, RankWorkerFactory, build_components, worker_factory
 from kernel_core.engine.detokenizer import IncrementalDetokenizer
 from kernel_core.engine.group import Completion, RequestGroup
 from kernel_core.engine.request import VIRTUAL_TOKEN_ID, Request, RequestStatus
@@ -55,9 +55,15 @@ class LLMEngine:
             adapters=self.adapters,
         )
         #: The only way to the model side: every step, adapter write and virtual-token prefill.
-        self.executor: Executor = self.plugins.load(registration)(
-            ExecutorContext(config, config.tensor_parallel_size, worker_factory(config, c, self.eos_token_ids))
+        self.executor: Executor = c.options.create(
+            registration,
+            ExecutorContext(
+                config, config.tensor_parallel_size, worker_factory(config, c, self.eos_token_ids),
+                RankWorkerFactory(config.model_copy(update={"num_kv_blocks": c.num_blocks}), self.eos_token_ids),
+                c.platform.distributed_backend(),
+            ),
         )
+        c.options.warn_unused()
         if self.adapters is not None:
             self.adapters.slots.writer = self.executor.write_adapter
         #: Requests finished since the last step: the workers drop their state with the next one.

@@ -15,7 +15,7 @@ from kernel_core.plugins import PluginManager, Registration
 log = logging.getLogger(__name__)
 
 #: The kinds whose implementations the engine constructs, so options for them can take effect.
-CONSTRUCTED_KINDS = (PluginKind.CACHE_MANAGER, PluginKind.SCHEDULER_POLICY, *KERNEL_KINDS)
+CONSTRUCTED_KINDS = (PluginKind.CACHE_MANAGER, PluginKind.SCHEDULER_POLICY, *KERNEL_KINDS, PluginKind.EXECUTOR)
 
 
 def split_plugin_key(key: str) -> tuple[PluginKind, str]:

@@ -146,8 +146,9 @@ TEMPLATES: dict[PluginKind, KindTemplate] = {
         suite="ExecutorConformance",
         description="One worker in the engine's process, at priority -10.",
         usage="Select it by name with the engine's `distributed_executor=\"${name}\"` setting: at priority -10 "
-        "the `uniproc` executor of kernel-core-executor-uniproc wins otherwise. To run workers elsewhere, start "
-        "one per rank with `context.create_worker(rank, world_size)` there and send them the plain-data "
+        "the `uniproc` executor of kernel-core-executor-uniproc wins otherwise. To run more ranks, keep rank 0 "
+        "in the engine's process (`context.create_worker(0, world_size)`), send `context.build_worker` (picklable) "
+        "to a process per other rank, start the `torch.distributed` group there and send every rank the plain-data "
         "`ModelStep`s; raise `max_tensor_parallel_size` in `plugin.py` to what it runs.",
         spec_fields="\n            max_tensor_parallel_size=1,\n            priority=-10,",
     ),

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CPU = torch.device("cpu")
 #: What MoE selection reads of a platform: a CPU with no default MoE kernel.
 CPU_PLATFORM = types.SimpleNamespace(
-    name="cpu", device_type="cpu", device=lambda: CPU, default_moe_kernel=None, default_moe_reason=""
+    name="cpu", device_type="cpu", device=lambda: CPU, default_kernel=lambda kind: (None, "")
 )
 
 

@@ -76,7 +76,7 @@ def test_options_reach_the_constructor_and_defaults_fill_the_rest(manager) -> No
     ("options", "message"),
     [
         ({"lora-kernal.tiled": {}}, r"--plugin-option lora-kernal.tiled: unknown plugin kind 'lora-kernal' \(kinds taking "
-         r"options: cache-manager, scheduler-policy, attention-backend, lora-kernel, moe-kernel\)"),
+         r"options: cache-manager, scheduler-policy, attention-backend, lora-kernel, moe-kernel, executor\)"),
         ({"lora-kernel": {}}, r"--plugin-option lora-kernel: expected KIND.NAME.KEY=VALUE"),
         ({"lora-kernel.fused": {}}, r"--plugin-option lora-kernel.fused: no lora-kernel plugin named 'fused' is "
          r"installed \(installed: other, tiled\)"),

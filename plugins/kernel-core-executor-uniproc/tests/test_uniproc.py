@@ -11,6 +11,7 @@ from kernel_core.config import EngineConfig
 from kernel_core.contracts.executor import ExecutorContext
 from kernel_core.engine.llm_engine import LLMEngine
 from kernel_core.errors import KernelCoreError
+from kernel_core.plugins import PluginManager
 from kernel_core_executor_uniproc import plugin
 from kernel_core_sdk.conformance import ExecutorConformance
 
@@ -27,16 +28,21 @@ def test_is_the_default_at_size_one() -> None:
 
 
 @pytest.mark.parametrize("named", [None, "uniproc"])
-def test_size_above_one_is_refused_naming_the_setting_and_the_package(named: str | None) -> None:
-    """Refused before any model is loaded: the selection reads the record."""
+def test_size_above_one_is_refused_naming_the_setting_and_the_package(
+    named: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused before any model is loaded (the selection reads the record), when no installed
+    executor runs more than one rank or uniproc is named."""
+    monkeypatch.setenv("KERNEL_CORE_DISABLE_PLUGINS", "kernel-core-executor-mp")
+    manager = PluginManager.from_environment()
     with pytest.raises(KernelCoreError, match="tensor_parallel_size 2.*kernel-core-executor-mp"):
-        LLMEngine(EngineConfig(model="/nonexistent", tensor_parallel_size=2, distributed_executor=named))
+        LLMEngine(EngineConfig(model="/nonexistent", tensor_parallel_size=2, distributed_executor=named), manager)
 
 
 def test_the_executor_itself_refuses_more_than_one_rank() -> None:
     from kernel_core_executor_uniproc.executor import UniprocExecutor
 
-    context = ExecutorContext(EngineConfig(model="x", tensor_parallel_size=2), 2, lambda rank, size: None)
+    context = ExecutorContext(EngineConfig(model="x", tensor_parallel_size=2), 2, lambda rank, size: None, lambda rank, size: None)
     with pytest.raises(KernelCoreError, match="tensor_parallel_size 2: the uniproc executor runs one worker"):
         UniprocExecutor(context)
 

@@ -1,0 +1,1 @@
+"""kernel-core's multiprocess executor: one process per tensor-parallel rank on one node."""
