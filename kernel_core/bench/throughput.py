@@ -11,7 +11,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from kernel_core.bench import build_engine, dtype_settings, run_engine, settings
+from kernel_core.bench import ENGINE_NAME, build_engine, dtype_settings, run_engine, settings
 from kernel_core.bench.report import Measurement, Ratio, Reference, Report
 from kernel_core.bench.workloads import Workload
 
@@ -29,11 +29,19 @@ TARGET_VS_HF = 2.25
 def benchmark(
     folder: Path, workload: Workload, options: Mapping[str, Any], hf_batch_size: int | None, dtype: str = "float32"
 ) -> Report:
-    """Our engine, then (unless ``hf_batch_size`` is None) the HF baseline, both in ``dtype``, and their ratios."""
-    ours, _ = run_engine(build_engine(folder, {**options, "dtype": dtype}), workload)
-    ours = replace(ours, extra={"dtype": dtype})
-    measurements = [ours]
-    ratios = {}
+    """Our engine, then (unless ``hf_batch_size`` is None) the HF baseline, both in ``dtype``, and their
+    ratios. With ``tensor_parallel_size`` N above 1, our engine at size 1 runs first, beside it."""
+    size = int(options.get("tensor_parallel_size") or 1)
+    measurements, ratios = [], {}
+    if size > 1:  # first: the executor then sets this process's torch threads to one rank's share
+        single = _run_ours(folder, workload, {**options, "tensor_parallel_size": 1, "distributed_executor": None}, dtype)
+        measurements.append(single)
+    ours = _run_ours(folder, workload, options, dtype)
+    measurements.append(ours)
+    if size > 1:
+        ratios["tensor_parallel"] = Ratio(
+            f"output tok/s, tensor_parallel_size {size} / 1 (this run)", ours.output_tok_s, single.output_tok_s
+        )
     if hf_batch_size is not None:
         hf = run_hf(folder, workload, hf_batch_size, dtype)
         measurements.append(hf)
@@ -54,6 +62,18 @@ def benchmark(
         [VLLM_CPU_W1, HF_W1],
         ratios,
     )
+
+
+def _run_ours(folder: Path, workload: Workload, options: Mapping[str, Any], dtype: str) -> Measurement:
+    """Our engine on ``workload``, its workers stopped after (a tensor-parallel one's processes)."""
+    size = int(options.get("tensor_parallel_size") or 1)
+    llm = build_engine(folder, {**options, "dtype": dtype})
+    try:
+        name = ENGINE_NAME if size == 1 else f"{ENGINE_NAME} tp={size}"
+        measured, _ = run_engine(llm, workload, engine=name)
+    finally:
+        llm.engine.shutdown()
+    return replace(measured, extra={"dtype": dtype, "tensor_parallel_size": size})
 
 
 def run_hf(folder: Path, workload: Workload, batch_size: int, dtype: str = "float32") -> Measurement:

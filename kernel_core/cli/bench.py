@@ -38,6 +38,8 @@ _ENGINE_OPTIONS: _EngineOptions = (
     ("--max-num-seqs", "max_num_seqs", int, "N"),
     ("--kv-cache-memory", "kv_cache_memory", float, "GIB"),
     ("--block-size", "block_size", int, "N"),
+    ("--tensor-parallel-size", "tensor_parallel_size", int, "N"),
+    ("--distributed-executor", "distributed_executor", str, "NAME"),
 )
 #: The engine options ``kcore serve`` takes too (it has no --block-size).
 _SERVE_ENGINE_OPTIONS = tuple(option for option in _ENGINE_OPTIONS if option[1] != "block_size")

@@ -126,6 +126,19 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="store MoE expert weights as int8, quantized at load (default: the model's dtype)",
     )
+    parser.add_argument(
+        "--tensor-parallel-size",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="split the model across N ranks, one process each (docs/distributed.md; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--distributed-executor",
+        default=None,
+        metavar="NAME",
+        help="executor plugin running the ranks: uniproc, mp, ... (default: by priority for the size)",
+    )
     add_plugin_options(parser)
 
 
@@ -185,7 +198,7 @@ def build_engine(args: argparse.Namespace) -> LLMEngine:
     config = EngineConfig(
         model=args.model, max_model_len=args.max_model_len, kv_cache_memory=args.kv_cache_memory,
         moe_kernel=args.moe_kernel, moe_quantization=args.moe_quantization, plugin_options=plugin_options(args),
-        **lora,
+        tensor_parallel_size=args.tensor_parallel_size, distributed_executor=args.distributed_executor, **lora,
     )
     return LLMEngine(config)
 

@@ -129,6 +129,7 @@ def build_engine(args: argparse.Namespace):
         max_num_batched_tokens=args.max_num_batched_tokens, num_kv_blocks=args.num_kv_blocks,
         request_timeout=args.request_timeout, max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras,
         moe_kernel=args.moe_kernel, moe_quantization=args.moe_quantization, plugin_options=plugin_options(args),
+        tensor_parallel_size=args.tensor_parallel_size, distributed_executor=args.distributed_executor,
     )
     if args.adapter or args.adapter_dir is not None:
         rank = args.max_lora_rank or max([16, *(adapter_rank(path) for _, path in args.adapter)])
