@@ -48,7 +48,8 @@ class ServedKinds:
     """The servings an engine built, by ``peft_type``, and what to say about other kinds."""
 
     servings: Mapping[str, AdapterServing]
-    #: ``peft_type`` -> "tuner 'x' from package y" for installed tuners that serve nothing.
+    #: ``peft_type`` -> why installed tuners of that kind serve nothing here: "tuner 'x' from
+    #: package y provides no serving (...)", or a serving that cannot run on a sharded model.
     unserved: Mapping[str, str]
 
     def serving_for(self, peft_type: object, where: str) -> AdapterServing:
@@ -59,9 +60,8 @@ class ServedKinds:
         served = ", ".join(sorted(self.servings)) or "none"
         if isinstance(peft_type, str) and peft_type in self.unserved:
             raise AdapterLoadError(
-                f"{where}: adapters of kind {peft_type!r} cannot be served: {self.unserved[peft_type]} provides no "
-                f"serving (TunerSpec.serving); a tuner plugin for {peft_type!r} that names an AdapterServing would "
-                f"serve it (kinds served here: {served})"
+                f"{where}: adapters of kind {peft_type!r} cannot be served: {self.unserved[peft_type]} "
+                f"(kinds served here: {served})"
             )
         raise AdapterLoadError(
             f"{where}: adapters of kind {peft_type!r} cannot be served: no installed tuner plugin has that peft_type; "

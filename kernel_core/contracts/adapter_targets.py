@@ -26,7 +26,10 @@ from typing import Protocol
 
 import torch
 
-__all__ = ["EmbeddingHook", "KVHook", "ProjectionHook", "ProjectionTarget", "apply_projection_hooks"]
+__all__ = [
+    "EmbeddingHook", "KVHook", "ProjectionHook", "ProjectionTarget", "apply_projection_hooks", "shard_low_rank",
+    "unsharded_geometry",
+]
 
 
 class ProjectionHook:
@@ -57,7 +60,13 @@ class KVHook(Protocol):
 class ProjectionTarget(Protocol):
     """A linear layer of a served model that adapters may act on: one GEMM computing one or more
     Hugging Face modules (``parts``: module name -> its output columns), e.g. fused q/k/v. The
-    layer runs ``hooks`` around its GEMM (:func:`apply_projection_hooks`)."""
+    layer runs ``hooks`` around its GEMM (:func:`apply_projection_hooks`).
+
+    Under tensor parallelism (plugin API 1.7) a target holds a shard: ``kernel_core.modeling``'s
+    layers then also say the unsharded geometry (``full_parts``, ``full_in_features``) and cut a
+    low-rank delta's factors to their shard (``shard_low_rank``); read them through
+    :func:`unsharded_geometry` and :func:`shard_low_rank`, which fall back to the unsharded
+    answers for targets without them."""
 
     parts: dict[str, slice]
     weight: torch.Tensor
@@ -77,3 +86,19 @@ def apply_projection_hooks(
     for hook in hooks:
         hook.after(output, x)
     return output
+
+
+def unsharded_geometry(target: ProjectionTarget) -> tuple[dict[str, slice], int]:
+    """(each module's rows, input features) of ``target``'s *unsharded* weight: the shapes an
+    adapter file has, whichever shard of the layer this process holds."""
+    parts = getattr(target, "full_parts", target.parts)
+    return parts, getattr(target, "full_in_features", target.weight.shape[1])
+
+
+def shard_low_rank(
+    target: ProjectionTarget, down: torch.Tensor, up: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A low-rank delta's factors ``down [slots, R, in]`` and ``up [slots, out, R]``, laid out for
+    the unsharded ``target``, cut to the shard it holds (unchanged for an unsharded target)."""
+    cut = getattr(target, "shard_low_rank", None)
+    return (down, up) if cut is None else cut(down, up)

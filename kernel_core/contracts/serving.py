@@ -16,7 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -116,6 +116,12 @@ class AdapterServing(ABC):
     a forward. Every method may be called from the engine's thread only, except
     :meth:`convert`, which may run in another thread while the engine steps (it must not touch
     the slots)."""
+
+    #: Whether it serves a model split by tensor parallelism (plugin API 1.7): :meth:`convert`
+    #: lays adapters out for the unsharded model (``adapter_targets.unsharded_geometry``) and
+    #: :meth:`write` cuts them to the rank's shard (``adapter_targets.shard_low_rank``). A kind
+    #: whose serving says False is refused, by name, on an engine with ``tensor_parallel_size`` > 1.
+    supports_tensor_parallel: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod

@@ -181,9 +181,18 @@ def _adapter_registry(
         spec = registration.spec
         source = f"tuner {spec.name!r} from {registration.plugin.distribution.name}"
         if spec.serving is None:
-            unserved[spec.peft_type] = source
+            unserved[spec.peft_type] = (
+                f"{source} provides no serving (TunerSpec.serving); a tuner plugin for {spec.peft_type!r} that names "
+                "an AdapterServing would serve it"
+            )
             continue
         serving_class: type[AdapterServing] = spec.load_serving()
+        if config.tensor_parallel_size > 1 and not serving_class.supports_tensor_parallel:
+            unserved[spec.peft_type] = (
+                f"{source} serves it on unsharded models only ({serving_class.__name__}.supports_tensor_parallel is "
+                f"False) and this engine runs tensor_parallel_size {config.tensor_parallel_size}"
+            )
+            continue
         nbytes = serving_class.slot_nbytes(model, context)
         _check_fits(
             platform, nbytes,
@@ -229,8 +238,7 @@ def _moe_options(
 def _sharding(config: EngineConfig, model_class: type[ModelArchitecture], rank: int) -> dict[str, TensorParallel]:
     """``tp=``, the rank's place in the group, for ``tensor_parallel_size`` above 1 (the group
     itself is the executor's to start before the first step); nothing at size 1, so model plugins
-    that cannot load sharded keep working there. Adapters under tensor parallelism are refused
-    until their servings cut slots to match the shards."""
+    that cannot load sharded keep working there."""
     size = config.tensor_parallel_size
     if size == 1:
         return {}
@@ -239,11 +247,6 @@ def _sharding(config: EngineConfig, model_class: type[ModelArchitecture], rank: 
         raise KernelCoreError(
             f"tensor_parallel_size {size}: the {model_class.__name__} model plugin does not load sharded (its "
             "from_pretrained takes no tp); set tensor_parallel_size 1"
-        )
-    if config.enable_lora:
-        raise KernelCoreError(
-            f"tensor_parallel_size {size} with enable_lora: serving adapters on a sharded model is not supported yet; "
-            "set tensor_parallel_size 1 to serve adapters"
         )
     return {"tp": TensorParallel(rank, size)}
 

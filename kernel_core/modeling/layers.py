@@ -50,6 +50,22 @@ class FusedLinear:
     def _gemm(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
 
+    @property
+    def full_parts(self) -> dict[str, slice]:
+        """Each HF module's rows of the *unsharded* fused weight (an adapter file's geometry):
+        ``parts`` here; a column-parallel shard's differ (plugin API 1.7)."""
+        return self.parts
+
+    @property
+    def full_in_features(self) -> int:
+        """The unsharded weight's input features: a row-parallel shard holds fewer."""
+        return self.weight.shape[1]
+
+    def shard_low_rank(self, down: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A low-rank delta's factors ``down [slots, R, full in]`` and ``up [slots, full out, R]``
+        cut to what this layer holds (unchanged when unsharded)."""
+        return down, up
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over ``weight``'s shape, rounded as transformers' ``LlamaRMSNorm`` (and Mistral's,
@@ -132,6 +148,8 @@ class ColumnParallelLinear(FusedLinear):
 
     tp: TensorParallel = SINGLE
     global_rows: tuple[slice, ...] = ()
+    #: Each HF module's rows of the unsharded fused weight.
+    unsharded_parts: dict[str, slice] = field(default_factory=dict)
 
     @classmethod
     def shard(
@@ -146,7 +164,7 @@ class ColumnParallelLinear(FusedLinear):
         """From each HF module's full ``(weight [out, in], bias [out] or None)`` (tensors or lazy
         slices), keeping ``rows[name]`` of each: see :func:`qkv_rows` and
         :meth:`TensorParallel.even_split`. Every part has a bias or none has."""
-        weights, biases, local, global_rows = [], [], {}, []
+        weights, biases, local, global_rows, unsharded = [], [], {}, [], {}
         start = offset = 0
         for name, (weight, bias) in parts.items():
             kept = rows[name]
@@ -155,12 +173,22 @@ class ColumnParallelLinear(FusedLinear):
                 biases.append(take_rows(bias, kept))
             local[name] = slice(start, start + kept.stop - kept.start)
             global_rows.append(slice(offset + kept.start, offset + kept.stop))
-            start, offset = local[name].stop, offset + rows_of(weight)
+            unsharded[name] = slice(offset, offset + rows_of(weight))
+            start, offset = local[name].stop, unsharded[name].stop
         if biases and len(biases) != len(weights):
             raise ValueError("every part of a fused projection has a bias, or none has")
         to = {"dtype": dtype, "device": device}
         bias = torch.cat(biases).to(**to) if biases else None
-        return cls(torch.cat(weights).to(**to), bias, local, tp=tp, global_rows=tuple(global_rows))
+        return cls(
+            torch.cat(weights).to(**to), bias, local, tp=tp, global_rows=tuple(global_rows), unsharded_parts=unsharded
+        )
+
+    @property
+    def full_parts(self) -> dict[str, slice]:
+        return self.unsharded_parts or self.parts
+
+    def shard_low_rank(self, down: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return shard_low_rank_column(down, up, self) if self.global_rows else (down, up)
 
 
 @dataclass(eq=False)
@@ -179,6 +207,13 @@ class RowParallelLinear(FusedLinear):
     tp: TensorParallel = SINGLE
     global_columns: slice = field(default_factory=lambda: slice(None))
     reduce: bool = True
+
+    @property
+    def full_in_features(self) -> int:
+        return self.weight.shape[1] * self.tp.world_size  # an even split of the input features
+
+    def shard_low_rank(self, down: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return shard_low_rank_row(down, up, self) if self.tp.world_size > 1 else (down, up)
 
     @classmethod
     def shard(
@@ -218,3 +253,21 @@ class RowParallelLinear(FusedLinear):
 
     def _partial(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, None)
+
+
+def shard_low_rank_column(
+    down: torch.Tensor, up: torch.Tensor, layer: ColumnParallelLinear
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rule for a low-rank delta ``(x down^T) up^T`` on a column-parallel base: ``down
+    [slots, R, in]`` replicated, ``up [slots, out, R]`` (the full fused output's rows) cut to the
+    rows the layer holds, so the delta lands on this rank's output columns."""
+    return down, torch.cat([up[:, rows] for rows in layer.global_rows], dim=1)
+
+
+def shard_low_rank_row(
+    down: torch.Tensor, up: torch.Tensor, layer: RowParallelLinear
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rule for a low-rank delta on a row-parallel base: ``down [slots, R, in]`` cut to the
+    layer's input columns, ``up`` replicated: each rank's ``(x_r down_r^T) up^T`` is a partial sum
+    of the delta, added to the partial output before the layer's one all-reduce."""
+    return down[:, :, layer.global_columns], up

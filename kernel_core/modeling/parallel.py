@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from kernel_core.modeling.attention import HeadShard, qkv_rows, shard_heads
 from kernel_core.modeling.gemm import linear
 from kernel_core.modeling.group import SINGLE, Source, TensorParallel, rows_of, take_columns, take_rows
-from kernel_core.modeling.layers import ColumnParallelLinear, RowParallelLinear
+from kernel_core.modeling.layers import ColumnParallelLinear, RowParallelLinear, shard_low_rank_column, shard_low_rank_row
 from kernel_core.modeling.moe import ExpertWeights, FusedMoE
 
 
@@ -119,24 +119,6 @@ class ParallelLMHead:
             return logits
         gathered = self.tp.all_gather(logits, dim=-1) if dst is None else self.tp.gather(logits, dim=-1, dst=dst)
         return None if gathered is None else gathered[:, : self.vocab_size]
-
-
-def shard_low_rank_column(
-    down: torch.Tensor, up: torch.Tensor, layer: ColumnParallelLinear
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rule for a low-rank delta ``(x down^T) up^T`` on a column-parallel base: ``down
-    [slots, R, in]`` replicated, ``up [slots, out, R]`` (the full fused output's rows) cut to the
-    rows the layer holds, so the delta lands on this rank's output columns."""
-    return down, torch.cat([up[:, rows] for rows in layer.global_rows], dim=1)
-
-
-def shard_low_rank_row(
-    down: torch.Tensor, up: torch.Tensor, layer: RowParallelLinear
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rule for a low-rank delta on a row-parallel base: ``down [slots, R, in]`` cut to the
-    layer's input columns, ``up`` replicated: each rank's ``(x_r down_r^T) up^T`` is a partial sum
-    of the delta, added to the partial output before the layer's one all-reduce."""
-    return down[:, :, layer.global_columns], up
 
 
 def expert_shard(

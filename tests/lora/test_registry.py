@@ -31,8 +31,9 @@ def write(folder: Path, value: float, r: int = 2) -> Path:
 
 @pytest.fixture
 def registry() -> AdapterRegistry:
-    return AdapterRegistry(ServedKinds({"LORA": lora_serving(targets(), 2)}, {"IA3": "tuner 'ia3' from x"}),
-                           max_slots=2, max_cpu_loras=3)
+    unserved = {"IA3": "tuner 'ia3' from x provides no serving (TunerSpec.serving); a tuner plugin for 'IA3' that "
+                       "names an AdapterServing would serve it"}
+    return AdapterRegistry(ServedKinds({"LORA": lora_serving(targets(), 2)}, unserved), max_slots=2, max_cpu_loras=3)
 
 
 @pytest.fixture

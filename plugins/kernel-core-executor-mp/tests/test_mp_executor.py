@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MixtralConfig, Qwen2
 
 from kernel_core.config import EngineConfig
 from kernel_core.engine.llm_engine import LLMEngine
-from kernel_core.errors import KernelCoreError, UnsupportedModelError
+from kernel_core.errors import AdapterLoadError, KernelCoreError, UnsupportedModelError
 from kernel_core.plugins import PluginManager
 from kernel_core.sampling_params import SamplingParams
 from kernel_core_executor_mp import plugin
@@ -130,9 +130,63 @@ def test_a_size_that_does_not_divide_the_heads_is_refused_before_any_process_sta
         LLMEngine(EngineConfig(model=str(folder), tensor_parallel_size=2, **SMALL))
 
 
-def test_adapters_under_tensor_parallelism_are_refused_by_name(tokenizer_folder: Path) -> None:
-    with pytest.raises(KernelCoreError, match="tensor_parallel_size 2 with enable_lora: .*not supported yet"):
-        LLMEngine(EngineConfig(model=str(tokenizer_folder), tensor_parallel_size=2, enable_lora=True, **SMALL))
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _adapter_outputs(folder: Path, adapters: dict[str, Path], size: int) -> dict[str, list[int]]:
+    """Greedy tokens of every prompt on every adapter and on the base model, in one mixed batch."""
+    engine = LLMEngine(EngineConfig(
+        model=str(folder), tensor_parallel_size=size, enable_lora=True, max_loras=2, max_lora_rank=8, **SMALL
+    ))
+    try:
+        for name, path in adapters.items():
+            engine.load_adapter(name, path)
+        for adapter in (None, *adapters):
+            for index, prompt in enumerate(PROMPTS):
+                engine.add_request(f"{adapter}-{index}", list(prompt),
+                                   SamplingParams(temperature=0, max_tokens=MAX_TOKENS), adapter=adapter)
+        done = {}
+        while engine.has_unfinished_requests():
+            done.update({o.request_id: o.outputs[0] for o in engine.step() if o.finished})
+    finally:
+        engine.shutdown()
+    assert all(c.finish_reason == "length" for c in done.values()), [c.error for c in done.values()]
+    return {key: list(c.token_ids) for key, c in sorted(done.items())}
+
+
+@pytest.mark.parametrize("name", ["llama-9-heads-3-kv-size-3", "qwen2-biased-size-2"])
+def test_lora_adapters_made_by_peft_serve_sharded_in_a_mixed_batch(
+    name: str, tokenizer_folder: Path, tmp_path: Path
+) -> None:
+    """Each rank holds its cut of every adapter (A or B split as the base layer is): the sharded
+    engine gives the size-1 engine's tokens for base rows and rows of two adapters in one batch,
+    and the adapters change the output (the comparison is not vacuous)."""
+    from kernel_core_sdk.hf_oracle import make_lora_adapter
+
+    config, size = MODELS[name]
+    folder = save_servable_model(config, tokenizer_folder, tmp_path / name)
+    adapters = {
+        "attn": make_lora_adapter(folder, tmp_path / "attn", 1, r=4, target_modules=ALL_LINEAR[:4]),
+        "all": make_lora_adapter(folder, tmp_path / "all", 2, r=8, lora_alpha=32, target_modules=ALL_LINEAR),
+    }
+    single = _adapter_outputs(folder, adapters, 1)
+    assert single == _adapter_outputs(folder, adapters, size)
+    for adapter in adapters:
+        assert any(single[f"{adapter}-{i}"] != single[f"None-{i}"] for i in range(len(PROMPTS))), adapter
+
+
+def test_a_kind_whose_serving_cannot_shard_is_refused_by_name(tokenizer_folder: Path, tmp_path: Path) -> None:
+    from kernel_core_sdk.hf_oracle import make_ia3_adapter
+
+    folder = make_ia3_adapter(tokenizer_folder, tmp_path / "ia3", 1)
+    engine = LLMEngine(EngineConfig(model=str(tokenizer_folder), tensor_parallel_size=2, enable_lora=True, **SMALL))
+    try:
+        with pytest.raises(AdapterLoadError, match=r"adapters of kind 'IA3' cannot be served: tuner 'ia3' from "
+                                                   r"kernel-core-ia3 serves it on unsharded models only .* "
+                                                   r"tensor_parallel_size 2"):
+            engine.load_adapter("ia3", folder)
+    finally:
+        engine.shutdown()
 
 
 def test_a_rank_that_fails_to_start_is_named_and_nothing_is_left(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernel_core.contracts.adapter_targets import ProjectionTarget
+from kernel_core.contracts.adapter_targets import ProjectionTarget, shard_low_rank, unsharded_geometry
 from kernel_core.contracts.lora import LoRAProjection, LoRAStep
 from kernel_core.contracts.records import PluginKind
 from kernel_core.contracts.serving import AdapterServing, ServedAdapter, ServingContext, SlotBatch
@@ -52,7 +52,10 @@ def slots_nbytes(targets: Mapping[str, ProjectionTarget], max_loras: int, max_ra
 
 
 class LoraServing(AdapterServing):
-    """Stacked A/B slots on every LoRA target of the model, applied by the selected LoRA kernel."""
+    """Stacked A/B slots on every LoRA target of the model, applied by the selected LoRA kernel;
+    on a sharded model each rank's slots hold its shard of every adapter (S-LoRA's cut)."""
+
+    supports_tensor_parallel = True
 
     @classmethod
     def slot_nbytes(cls, model, context: ServingContext) -> int:
@@ -78,6 +81,8 @@ class LoraServing(AdapterServing):
             target.hooks.append(self.projections[key])
 
     def write(self, slot: int, adapter: ServedAdapter) -> None:
+        """Place ``adapter`` in ``slot``: its factors, laid out for the unsharded projections, cut
+        to the shard each projection holds under tensor parallelism (:func:`shard_low_rank`)."""
         assert isinstance(adapter, ServedLora)
         for key, projection in self.projections.items():
             factors = adapter.factors.get(key)
@@ -85,8 +90,9 @@ class LoraServing(AdapterServing):
                 projection.lora_a[slot].zero_()
                 projection.lora_b[slot].zero_()
             else:
-                projection.lora_a[slot].copy_(factors[0])
-                projection.lora_b[slot].copy_(factors[1])
+                lora_a, lora_b = shard_low_rank(self.targets[key], factors[0][None], factors[1][None])
+                projection.lora_a[slot].copy_(lora_a[0])
+                projection.lora_b[slot].copy_(lora_b[0])
 
     def begin_step(self, batch: SlotBatch | None) -> None:
         self.step.batch = batch
@@ -116,11 +122,12 @@ class LoraServing(AdapterServing):
         for module, (lora_a, lora_b) in modules.items():
             target_key, index = owners[module]
             target = targets[target_key]
-            rows = target.parts[module]
+            parts, in_features = unsharded_geometry(target)  # the file's shapes, whatever this rank holds
+            rows = parts[module]
             r = lora_a.shape[0]
             if r > max_rank:
                 raise AdapterLoadError(f"{where}: rank {r} of {module} exceeds max_lora_rank {max_rank}")
-            expected = {"lora_A": (r, target.weight.shape[1]), "lora_B": (rows.stop - rows.start, r)}
+            expected = {"lora_A": (r, in_features), "lora_B": (rows.stop - rows.start, r)}
             wrong = [
                 f"{module}.{part}.weight: file {tuple(t.shape)} vs model {shape}"
                 for (part, shape), t in zip(expected.items(), (lora_a, lora_b)) if tuple(t.shape) != shape
@@ -132,9 +139,10 @@ class LoraServing(AdapterServing):
             scaling = alpha / (math.sqrt(r) if config.use_rslora else r)
             if target_key not in factors:
                 width = len(target.parts) * max_rank
+                out_features = max(part.stop for part in parts.values())
                 factors[target_key] = (
-                    torch.zeros(width, target.weight.shape[1], dtype=dtype),
-                    torch.zeros(target.weight.shape[0], width, dtype=dtype),
+                    torch.zeros(width, in_features, dtype=dtype),
+                    torch.zeros(out_features, width, dtype=dtype),
                 )
             stacked_a, stacked_b = factors[target_key]
             start = index * max_rank
