@@ -223,7 +223,7 @@ def test_a_rank_that_dies_fails_the_requests_naming_it_and_every_later_step(toke
         os.kill(rank.pid, signal.SIGKILL)
         finished = _finish(engine, within_s=60)
         assert [c.finish_reason for c in finished] == ["error"] * len(PROMPTS)
-        assert all("tensor-parallel worker rank 1 (process" in c.error and "is gone" in c.error for c in finished)
+        assert all("tensor-parallel worker rank 1 (process" in c.error and "is gone" in c.error for c in finished), finished
         with pytest.raises(KernelCoreError, match="rank 1 .* is gone"):
             engine.executor.check_health()
         engine.add_request("later", [1, 2, 3], SamplingParams(max_tokens=2))
