@@ -26,6 +26,7 @@ from kernel_core.sampling_params import SamplingParams
 from kernel_core_executor_mp import plugin
 from kernel_core_executor_mp.executor import MultiprocExecutor
 from kernel_core_sdk.conformance import ExecutorConformance
+from kernel_core_sdk.conformance.executor import adapter_batch_tokens
 from kernel_core_sdk.conformance.serving import PROMPTS, save_tiny_model
 from kernel_core_sdk.hf_oracle import hf_greedy, save_servable_model
 
@@ -133,25 +134,11 @@ def test_a_size_that_does_not_divide_the_heads_is_refused_before_any_process_sta
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def _adapter_outputs(folder: Path, adapters: dict[str, Path], size: int) -> dict[str, list[int]]:
+def _adapter_outputs(folder: Path, adapters: dict[str, Path], size: int) -> dict[tuple[str | None, int], list[int]]:
     """Greedy tokens of every prompt on every adapter and on the base model, in one mixed batch."""
-    engine = LLMEngine(EngineConfig(
+    return adapter_batch_tokens(LLMEngine(EngineConfig(
         model=str(folder), tensor_parallel_size=size, enable_lora=True, max_loras=2, max_lora_rank=8, **SMALL
-    ))
-    try:
-        for name, path in adapters.items():
-            engine.load_adapter(name, path)
-        for adapter in (None, *adapters):
-            for index, prompt in enumerate(PROMPTS):
-                engine.add_request(f"{adapter}-{index}", list(prompt),
-                                   SamplingParams(temperature=0, max_tokens=MAX_TOKENS), adapter=adapter)
-        done = {}
-        while engine.has_unfinished_requests():
-            done.update({o.request_id: o.outputs[0] for o in engine.step() if o.finished})
-    finally:
-        engine.shutdown()
-    assert all(c.finish_reason == "length" for c in done.values()), [c.error for c in done.values()]
-    return {key: list(c.token_ids) for key, c in sorted(done.items())}
+    )), adapters, MAX_TOKENS)
 
 
 @pytest.mark.parametrize("name", ["llama-9-heads-3-kv-size-3", "qwen2-biased-size-2"])
@@ -172,7 +159,7 @@ def test_lora_adapters_made_by_peft_serve_sharded_in_a_mixed_batch(
     single = _adapter_outputs(folder, adapters, 1)
     assert single == _adapter_outputs(folder, adapters, size)
     for adapter in adapters:
-        assert any(single[f"{adapter}-{i}"] != single[f"None-{i}"] for i in range(len(PROMPTS))), adapter
+        assert any(single[(adapter, i)] != single[(None, i)] for i in range(len(PROMPTS))), adapter
 
 
 def test_a_kind_whose_serving_cannot_shard_is_refused_by_name(tokenizer_folder: Path, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
-"""The Ray executor on a Ray instance started on this machine: the SDK's executor suite at size 2,
-the size-1 engine's tokens with LoRA adapters in the batch at size 3, a rank whose actor dies and a
-cluster address that does not answer failing clearly, and nothing left running."""
+"""The Ray executor on a Ray instance started on this machine: the SDK's executor suite at size 2
+(Hugging Face's greedy tokens, LoRA adapters in a mixed batch equal to one worker), a rank whose
+actor dies and a cluster address that does not answer failing clearly, and nothing left running."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from types import ModuleType
 import pytest
 import ray
 import torch.distributed as dist
-from transformers import LlamaConfig
 
 from kernel_core.config import EngineConfig
 from kernel_core.engine.llm_engine import LLMEngine
@@ -23,7 +22,6 @@ from kernel_core_executor_ray import plugin
 from kernel_core_executor_ray.executor import RayExecutor
 from kernel_core_sdk.conformance import ExecutorConformance
 from kernel_core_sdk.conformance.serving import PROMPTS, save_tiny_model
-from kernel_core_sdk.hf_oracle import make_lora_adapter, save_servable_model
 
 SMALL = dict(num_kv_blocks=64, block_size=16, max_num_batched_tokens=16)
 
@@ -43,35 +41,6 @@ class TestRayConformance(ExecutorConformance):
     @pytest.fixture
     def tensor_parallel_size(self) -> int:
         return 2
-
-
-def _tokens(folder: Path, size: int, adapters: dict[str, Path], **options: object) -> dict[str, list[int]]:
-    engine = LLMEngine(EngineConfig(
-        model=str(folder), tensor_parallel_size=size, enable_lora=True, max_loras=2, max_lora_rank=8, **SMALL, **options
-    ))
-    try:
-        for name, path in adapters.items():
-            engine.load_adapter(name, path)
-        for adapter in (None, *adapters):
-            for index, prompt in enumerate(PROMPTS):
-                engine.add_request(f"{adapter}-{index}", list(prompt), SamplingParams(temperature=0, max_tokens=6),
-                                   adapter=adapter)
-        done = {}
-        while engine.has_unfinished_requests():
-            done.update({o.request_id: o.outputs[0] for o in engine.step() if o.finished})
-    finally:
-        engine.shutdown()
-    assert all(c.finish_reason == "length" for c in done.values()), [c.error for c in done.values()]
-    return {key: list(c.token_ids) for key, c in sorted(done.items())}
-
-
-def test_size_three_with_lora_in_the_batch_equals_size_one(tmp_path: Path) -> None:
-    tokenizer = save_tiny_model(tmp_path / "tokenizer")
-    folder = save_servable_model(lambda **kw: LlamaConfig(
-        hidden_size=72, intermediate_size=96, num_hidden_layers=2, num_attention_heads=9, num_key_value_heads=3,
-        max_position_embeddings=256, **kw), tokenizer, tmp_path / "model")
-    adapters = {"a": make_lora_adapter(folder, tmp_path / "a", 1, r=8, target_modules=["q_proj", "v_proj", "down_proj"])}
-    assert _tokens(folder, 3, adapters, distributed_executor="ray") == _tokens(folder, 1, adapters)
 
 
 def test_a_rank_whose_actor_dies_fails_the_requests_naming_it(tmp_path: Path) -> None:

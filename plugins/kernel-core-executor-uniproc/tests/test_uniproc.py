@@ -33,7 +33,7 @@ def test_size_above_one_is_refused_naming_the_setting_and_the_package(
 ) -> None:
     """Refused before any model is loaded (the selection reads the record), when no installed
     executor runs more than one rank or uniproc is named."""
-    monkeypatch.setenv("KERNEL_CORE_DISABLE_PLUGINS", "kernel-core-executor-mp")
+    monkeypatch.setenv("KERNEL_CORE_DISABLE_PLUGINS", "kernel-core-executor-mp,kernel-core-executor-ray")
     manager = PluginManager.from_environment()
     with pytest.raises(KernelCoreError, match="tensor_parallel_size 2.*kernel-core-executor-mp"):
         LLMEngine(EngineConfig(model="/nonexistent", tensor_parallel_size=2, distributed_executor=named), manager)

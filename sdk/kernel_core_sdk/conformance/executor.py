@@ -115,6 +115,30 @@ class ExecutorConformance(PluginUnderTest):
         for step in steps:
             assert not_plain(step, "step") == []
 
+    def test_lora_adapters_in_a_mixed_batch_equal_one_worker(
+        self, model_folder: Path, plugin_spec: ImplementationSpec, tensor_parallel_size: int,
+        engine_settings: dict[str, Any], plugin_manager: PluginManager, tmp_path: Path,
+    ) -> None:
+        """Two LoRA adapters made by ``peft`` and base rows in one batch: the executor's tokens
+        equal the in-process engine's (adapters reach every worker through ``write_adapter``)."""
+        from kernel_core_sdk.hf_oracle import make_lora_adapter
+
+        adapters = {
+            "attention": make_lora_adapter(model_folder, tmp_path / "attention", 1, r=4,
+                                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+            "mlp": make_lora_adapter(model_folder, tmp_path / "mlp", 2, r=8, lora_alpha=32,
+                                     target_modules=["gate_proj", "up_proj", "down_proj"]),
+        }
+        lora = dict(enable_lora=True, max_loras=2, max_lora_rank=8)
+        ours = EngineConfig(model=str(model_folder), distributed_executor=plugin_spec.name,
+                            tensor_parallel_size=tensor_parallel_size, **engine_settings, **lora)
+        reference = EngineConfig(model=str(model_folder), **engine_settings, **lora)
+        tokens = adapter_batch_tokens(LLMEngine(ours, plugin_manager), adapters)
+        expected = adapter_batch_tokens(LLMEngine(reference), adapters)
+        assert tokens == expected
+        for adapter in adapters:  # the comparison is not vacuous
+            assert any(expected[(adapter, i)] != expected[(None, i)] for i in range(len(PROMPTS))), adapter
+
     def test_shutdown_is_idempotent_and_final(self, engine: LLMEngine) -> None:
         engine.shutdown()
         engine.shutdown()
@@ -122,6 +146,31 @@ class ExecutorConformance(PluginUnderTest):
             engine.executor.execute(ModelStep([]))
         with pytest.raises(KernelCoreError, match="shut down"):
             engine.executor.check_health()
+
+
+def adapter_batch_tokens(
+    engine: LLMEngine, adapters: dict[str, Path], max_tokens: int = MAX_TOKENS
+) -> dict[tuple[str | None, int], list[int]]:
+    """(adapter or None, prompt index) -> greedy tokens of every :data:`PROMPTS` prompt on every
+    adapter and on the base model, all in one batch; the engine is shut down after."""
+    rows: dict[str, tuple[str | None, int]] = {}
+    try:
+        for name, path in adapters.items():
+            engine.load_adapter(name, path)
+        for adapter in (None, *adapters):
+            for index, prompt in enumerate(PROMPTS):
+                request_id = f"{adapter}-{index}"
+                rows[request_id] = (adapter, index)
+                engine.add_request(request_id, list(prompt), SamplingParams(temperature=0, max_tokens=max_tokens),
+                                   adapter=adapter)
+        done = {}
+        while engine.has_unfinished_requests():
+            done.update({o.request_id: o.outputs[0] for o in engine.step() if o.finished})
+    finally:
+        engine.shutdown()
+    errors = [c.error for c in done.values() if c.finish_reason != "length"]
+    assert not errors, errors
+    return {rows[request_id]: list(c.token_ids) for request_id, c in done.items()}
 
 
 PLAIN_SCALARS = (str, int, float, bool, type(None))
