@@ -27,8 +27,8 @@ from typing import Protocol
 import torch
 
 __all__ = [
-    "EmbeddingHook", "KVHook", "ProjectionHook", "ProjectionTarget", "apply_projection_hooks", "shard_low_rank",
-    "unsharded_geometry",
+    "EmbeddingHook", "KVHook", "ProjectionHook", "ProjectionTarget", "apply_projection_hooks", "shard_inputs",
+    "shard_low_rank", "shard_outputs", "unsharded_geometry",
 ]
 
 
@@ -63,10 +63,10 @@ class ProjectionTarget(Protocol):
     layer runs ``hooks`` around its GEMM (:func:`apply_projection_hooks`).
 
     Under tensor parallelism (plugin API 1.7) a target holds a shard: ``kernel_core.modeling``'s
-    layers then also say the unsharded geometry (``full_parts``, ``full_in_features``) and cut a
-    low-rank delta's factors to their shard (``shard_low_rank``); read them through
-    :func:`unsharded_geometry` and :func:`shard_low_rank`, which fall back to the unsharded
-    answers for targets without them."""
+    layers then also say the unsharded geometry (``full_parts``, ``full_in_features``) and cut
+    per-feature data to their shard (``shard_inputs``, ``shard_outputs``); read them through
+    :func:`unsharded_geometry`, :func:`shard_inputs`, :func:`shard_outputs` and
+    :func:`shard_low_rank`, which fall back to the unsharded answers for targets without them."""
 
     parts: dict[str, slice]
     weight: torch.Tensor
@@ -95,10 +95,24 @@ def unsharded_geometry(target: ProjectionTarget) -> tuple[dict[str, slice], int]
     return parts, getattr(target, "full_in_features", target.weight.shape[1])
 
 
+def shard_inputs(target: ProjectionTarget, tensor: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``tensor``, indexed along ``dim`` by the unsharded ``target``'s input features, cut to the
+    ones the target holds (a row-parallel shard holds some; otherwise unchanged)."""
+    cut = getattr(target, "shard_inputs", None)
+    return tensor if cut is None else cut(tensor, dim)
+
+
+def shard_outputs(target: ProjectionTarget, tensor: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``tensor``, indexed along ``dim`` by the unsharded ``target``'s output features, cut to the
+    ones the target computes (a column-parallel shard computes some; otherwise unchanged)."""
+    cut = getattr(target, "shard_outputs", None)
+    return tensor if cut is None else cut(tensor, dim)
+
+
 def shard_low_rank(
     target: ProjectionTarget, down: torch.Tensor, up: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A low-rank delta's factors ``down [slots, R, in]`` and ``up [slots, out, R]``, laid out for
-    the unsharded ``target``, cut to the shard it holds (unchanged for an unsharded target)."""
-    cut = getattr(target, "shard_low_rank", None)
-    return (down, up) if cut is None else cut(down, up)
+    the unsharded ``target``, cut to the shard it holds (S-LoRA's rule: ``down`` by input
+    features, ``up`` by output features)."""
+    return shard_inputs(target, down, -1), shard_outputs(target, up, -2)

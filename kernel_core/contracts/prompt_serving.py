@@ -80,6 +80,8 @@ class PromptServing(AdapterServing):
         if shape is None:
             self.unavailable = f"the {type(model).__name__} model plugin offers no {self.place} (plugin API 1.5)"
         self.shape, self.dtype = shape or (0,), context.dtype
+        #: One virtual token's data as the adapter file holds it (the unsharded model's).
+        self.file_shape = self.shape
         self.max_tokens = self.max_virtual_tokens(context)
         self.table = torch.zeros(
             context.max_slots, self.max_tokens, *self.shape, dtype=context.dtype, device=context.device
@@ -90,13 +92,18 @@ class PromptServing(AdapterServing):
 
     def rows(self, table: torch.Tensor, config: Any, where: str) -> torch.Tensor:
         """The file's table as ``[V, *row_shape]``; :class:`AdapterLoadError` names a mismatch."""
-        expected = (config.num_virtual_tokens, _numel(self.shape))
+        expected = (config.num_virtual_tokens, _numel(self.file_shape))
         if tuple(table.shape) != expected:
             raise AdapterLoadError(
                 f"{where}: {PROMPT_EMBEDDINGS} has shape {tuple(table.shape)}, but num_virtual_tokens="
                 f"{config.num_virtual_tokens} on the served model makes {expected} (saved for another base model?)"
             )
-        return table.reshape(config.num_virtual_tokens, *self.shape)
+        return table.reshape(config.num_virtual_tokens, *self.file_shape)
+
+    def shard(self, rows: torch.Tensor) -> torch.Tensor:
+        """``[V, *file_shape]`` rows cut to what this rank's slots hold (``[V, *row_shape]``):
+        unchanged unless the model is split by tensor parallelism."""
+        return rows
 
     def convert(self, name: str, config: Any, tensors: Mapping[str, torch.Tensor], where: str) -> ServedPrompt:
         if self.unavailable is not None:
@@ -117,7 +124,7 @@ class PromptServing(AdapterServing):
 
     def write(self, slot: int, adapter: ServedAdapter) -> None:
         assert isinstance(adapter, ServedPrompt)
-        self.table[slot, : adapter.num_virtual_tokens].copy_(adapter.rows)
+        self.table[slot, : adapter.num_virtual_tokens].copy_(self.shard(adapter.rows))
         self.counts[slot] = adapter.num_virtual_tokens
 
     def begin_step(self, batch: SlotBatch | None) -> None:
@@ -140,7 +147,9 @@ class PromptServing(AdapterServing):
 
 class VirtualTokensServing(PromptServing):
     """Prompt tuning and P-tuning: virtual-token embeddings ``[V, hidden]``, put in place of the
-    placeholders' token embeddings before the first layer."""
+    placeholders' token embeddings before the first layer (whole on every tensor-parallel rank)."""
+
+    supports_tensor_parallel = True
 
     place = "embedding hooks (ModelArchitecture.embedding_hooks) or hidden_size"
 
@@ -163,6 +172,7 @@ class PastKeyValuesServing(PromptServing):
     of the placeholders' new keys and values before the cache write."""
 
     place = "KV hooks on every layer (ModelArchitecture.kv_hooks)"
+    supports_tensor_parallel = True
 
     @classmethod
     def row_shape(cls, model: Any) -> tuple[int, ...] | None:
@@ -172,8 +182,18 @@ class PastKeyValuesServing(PromptServing):
 
     def __init__(self, model: Any, context: ServingContext) -> None:
         super().__init__(model, context)
+        #: Under tensor parallelism the file holds every KV head, a rank's cache some
+        #: (``total_kv_heads``, ``kv_heads_held``: ``kernel_core.modeling.DecoderModel``'s).
+        self.kv_heads_held = getattr(model, "kv_heads_held", slice(None))
+        if self.unavailable is None:
+            layers, pair, _, size = self.shape
+            self.file_shape = (layers, pair, getattr(model, "total_kv_heads", model.num_kv_heads), size)
         for layer, hooks in enumerate(model.kv_hooks() if self.unavailable is None else ()):
             hooks.append(_LayerPrefix(self, layer))
+
+
+    def shard(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows[:, :, :, self.kv_heads_held]
 
 
 class _LayerPrefix:

@@ -79,8 +79,12 @@ class DecoderModel(ModelArchitecture):
     ) -> None:
         self.config, self.attention, self.dtype, self.device, self.tp = config, attention, dtype, device, tp
         self.architecture = self._architecture()
-        heads = shard_heads(AttentionHeads.from_config(config), tp).heads  # this rank's (all at size 1)
-        self.num_heads, self.num_kv_heads, self.head_size = heads.num_heads, heads.num_kv_heads, heads.head_size
+        full = AttentionHeads.from_config(config)
+        shard = shard_heads(full, tp)  # this rank's heads (all at size 1)
+        self.num_heads, self.num_kv_heads, self.head_size = shard.heads.num_heads, shard.heads.num_kv_heads, full.head_size
+        #: The model's KV heads, and the global indices of the ones this rank's KV cache holds
+        #: (what served per-KV-head data, prefix tuning's keys and values, is cut by).
+        self.total_kv_heads, self.kv_heads_held = full.num_kv_heads, shard.kv_heads
         self.num_layers = config.num_hidden_layers
         self.hidden_size = config.hidden_size
         self.vocab_size = config.vocab_size

@@ -61,10 +61,15 @@ class FusedLinear:
         """The unsharded weight's input features: a row-parallel shard holds fewer."""
         return self.weight.shape[1]
 
-    def shard_low_rank(self, down: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A low-rank delta's factors ``down [slots, R, full in]`` and ``up [slots, full out, R]``
-        cut to what this layer holds (unchanged when unsharded)."""
-        return down, up
+    def shard_inputs(self, tensor: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """``tensor``, indexed along ``dim`` by the unsharded layer's input features, cut to the
+        ones this layer holds (unchanged when unsharded): an adapter's per-input data."""
+        return tensor
+
+    def shard_outputs(self, tensor: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """``tensor``, indexed along ``dim`` by the unsharded layer's output features (its fused
+        rows), cut to the ones this layer computes (unchanged when unsharded)."""
+        return tensor
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -187,8 +192,10 @@ class ColumnParallelLinear(FusedLinear):
     def full_parts(self) -> dict[str, slice]:
         return self.unsharded_parts or self.parts
 
-    def shard_low_rank(self, down: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return shard_low_rank_column(down, up, self) if self.global_rows else (down, up)
+    def shard_outputs(self, tensor: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        if not self.global_rows:
+            return tensor
+        return torch.cat([tensor.narrow(dim, rows.start, rows.stop - rows.start) for rows in self.global_rows], dim=dim)
 
 
 @dataclass(eq=False)
@@ -212,8 +219,11 @@ class RowParallelLinear(FusedLinear):
     def full_in_features(self) -> int:
         return self.weight.shape[1] * self.tp.world_size  # an even split of the input features
 
-    def shard_low_rank(self, down: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return shard_low_rank_row(down, up, self) if self.tp.world_size > 1 else (down, up)
+    def shard_inputs(self, tensor: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        if self.tp.world_size == 1:
+            return tensor
+        columns = self.global_columns
+        return tensor.narrow(dim, columns.start, columns.stop - columns.start)
 
     @classmethod
     def shard(
@@ -261,7 +271,7 @@ def shard_low_rank_column(
     """The rule for a low-rank delta ``(x down^T) up^T`` on a column-parallel base: ``down
     [slots, R, in]`` replicated, ``up [slots, out, R]`` (the full fused output's rows) cut to the
     rows the layer holds, so the delta lands on this rank's output columns."""
-    return down, torch.cat([up[:, rows] for rows in layer.global_rows], dim=1)
+    return down, layer.shard_outputs(up, dim=-2)
 
 
 def shard_low_rank_row(
@@ -270,4 +280,4 @@ def shard_low_rank_row(
     """The rule for a low-rank delta on a row-parallel base: ``down [slots, R, in]`` cut to the
     layer's input columns, ``up`` replicated: each rank's ``(x_r down_r^T) up^T`` is a partial sum
     of the delta, added to the partial output before the layer's one all-reduce."""
-    return down[:, :, layer.global_columns], up
+    return layer.shard_inputs(down, dim=-1), up

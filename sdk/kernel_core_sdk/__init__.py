@@ -73,7 +73,9 @@ _LAZY: dict[str, str] = {
         "kernel_core.contracts.adapter_targets",
     ),
     # Serving on a model split by tensor parallelism (API 1.7, additive): the file's geometry, the shard's cut.
-    **dict.fromkeys(("shard_low_rank", "unsharded_geometry"), "kernel_core.contracts.adapter_targets"),
+    **dict.fromkeys(
+        ("shard_inputs", "shard_low_rank", "shard_outputs", "unsharded_geometry"), "kernel_core.contracts.adapter_targets"
+    ),
     # Serving prompt learning (API 1.5, additive): virtual tokens' embeddings or per-layer keys/values.
     **dict.fromkeys(
         ("PastKeyValuesServing", "PromptServing", "ServedPrompt", "VirtualTokensServing"),

@@ -80,6 +80,24 @@ def make_ia3_adapter(base: Path, folder: Path, seed: int, **ia3: Any) -> Path:
     return _save_peft_adapter(base, folder, seed, config, "ia3_l")
 
 
+def make_prompt_adapter(base: Path, folder: Path, seed: int, config_class: str, **fields: Any) -> Path:
+    """A PEFT prompt-learning folder (``config_class``: ``PromptTuningConfig``,
+    ``PromptEncoderConfig`` or ``PrefixTuningConfig``) saved by ``peft``, its trained parameters
+    moved off their init so that the adapter visibly changes the output."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    torch.manual_seed(seed)
+    peft_model = peft.get_peft_model(model, getattr(peft, config_class)(task_type="CAUSAL_LM", **fields))
+    with torch.no_grad():
+        for parameter in peft_model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.5)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
 def _save_peft_adapter(base: Path, folder: Path, seed: int, config: Any, scaled: str) -> Path:
     """``peft``'s adapter of ``config`` on ``base``, initialised under ``seed``, the parameters
     whose names contain ``scaled`` times 4, saved to ``folder``."""

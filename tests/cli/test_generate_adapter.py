@@ -62,7 +62,7 @@ def test_max_lora_rank_must_be_positive(capsys):
 def test_generate_with_a_prompt_learning_adapter(tiny_model, tmp_path, capsys):
     """A prefix-tuning adapter with more virtual tokens than the default slots: the slots are
     sized for it, and the text is the engine's."""
-    from ..lora.peft_adapters import make_prompt_adapter
+    from kernel_core_sdk.hf_oracle import make_prompt_adapter
 
     folder = make_prompt_adapter(tiny_model, tmp_path / "prefix", 4, "PrefixTuningConfig", num_virtual_tokens=70)
     llm = LLM(str(tiny_model), enable_lora=True, num_kv_blocks=32, max_virtual_tokens=70)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 import kernel_core
 from kernel_core.config import EngineConfig
 from kernel_core.contracts.records import MoEKernelSpec
-from kernel_core.engine.components import _moe_options
+from kernel_core.engine.components import _device, _moe_options
 from kernel_core.engine.llm_engine import LLMEngine
 from kernel_core.engine.plugin_options import PluginOptions
 from kernel_core.errors import InvalidModelFolderError, KernelCoreError, UnknownPluginError
@@ -129,3 +129,15 @@ def test_a_model_family_no_plugin_runs_is_refused_naming_it_and_the_installed_pl
     )
     with pytest.raises(InvalidModelFolderError, match=refused):
         LLMEngine(EngineConfig(model=str(folder), num_kv_blocks=8))
+
+
+def test_ranks_get_a_device_each_and_more_ranks_than_devices_are_refused() -> None:
+    """On a GPU platform rank r takes device r; the CPU runs any number of ranks on itself."""
+    gpu = types.SimpleNamespace(
+        name="cuda", device_type="cuda", device_count=lambda: 2, device=lambda index=0: torch.device("cuda", index)
+    )
+    assert _device(gpu, 2, 1) == torch.device("cuda", 1)
+    with pytest.raises(KernelCoreError, match="tensor_parallel_size 3 exceeds the 2 cuda device"):
+        _device(gpu, 3, 0)
+    assert _device(CPU_PLATFORM, 8, 5) == CPU
+

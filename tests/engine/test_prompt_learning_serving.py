@@ -27,7 +27,7 @@ from kernel_core.engine.request import VIRTUAL_TOKEN_ID
 from kernel_core_sdk.hf_oracle import make_ia3_adapter, make_lora_adapter, save_servable_model
 
 from ..conftest import TINY_LLAMA
-from ..lora.peft_adapters import make_prompt_adapter
+from kernel_core_sdk.hf_oracle import make_prompt_adapter
 from .adapter_serving import GREEDY, MAX_TOKENS, PROMPTS, Expected, make_llm, workload
 from .adapter_serving import assert_each_changes_the_output, assert_equal_to_peft, assert_idle
 

@@ -74,24 +74,6 @@ class Oracle:
         return new
 
 
-def make_prompt_adapter(base: Path, folder: Path, seed: int, config_class: str, **fields: Any) -> Path:
-    """A PEFT prompt-learning folder (``config_class``: ``PromptTuningConfig``,
-    ``PromptEncoderConfig`` or ``PrefixTuningConfig``) saved by ``peft``, its trained parameters
-    moved off their init so that the adapter visibly changes the output."""
-    import peft
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    torch.manual_seed(seed)
-    peft_model = peft.get_peft_model(model, getattr(peft, config_class)(task_type="CAUSAL_LM", **fields))
-    with torch.no_grad():
-        for parameter in peft_model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(torch.randn_like(parameter) * 0.5)
-    peft_model.save_pretrained(folder)
-    return folder
-
-
 def make_adapters(base: Path, root: Path, specs: dict[str, dict[str, Any]] = ADAPTERS) -> dict[str, Path]:
     return {name: make_adapter(base, root / name, seed, **spec) for seed, (name, spec) in enumerate(specs.items(), 1)}
 

@@ -12,7 +12,7 @@ import pytest
 from kernel_core.sampling_params import SamplingParams
 
 from ..engine.adapter_serving import make_llm
-from ..lora.peft_adapters import make_prompt_adapter
+from kernel_core_sdk.hf_oracle import make_prompt_adapter
 from .conftest import serving_adapters
 
 PROMPT = "The capital of France is"

@@ -26,7 +26,7 @@ from kernel_core.sampling_params import SamplingParams
 from kernel_core_executor_mp import plugin
 from kernel_core_executor_mp.executor import MultiprocExecutor
 from kernel_core_sdk.conformance import ExecutorConformance
-from kernel_core_sdk.conformance.executor import adapter_batch_tokens
+from kernel_core_sdk.conformance.executor import adapter_batch_outputs
 from kernel_core_sdk.conformance.serving import PROMPTS, save_tiny_model
 from kernel_core_sdk.hf_oracle import hf_greedy, save_servable_model
 
@@ -97,10 +97,15 @@ def test_sharded_engine_equals_size_one_and_transformers(name: str, tokenizer_fo
     for index, prompt in enumerate(PROMPTS):
         (tokens, logprobs), (tp_tokens, tp_logprobs) = single[str(index)], sharded[str(index)]
         assert tp_tokens == tokens == hf_greedy(hf, list(prompt), MAX_TOKENS), f"prompt {index}"
-        for step, (ours, theirs) in enumerate(zip(logprobs, tp_logprobs, strict=True)):
-            assert ours.keys() == theirs.keys(), f"prompt {index} step {step}: other top-{TOP} tokens"
-            worst = max(abs(ours[t].logprob - theirs[t].logprob) for t in ours)
-            assert worst < LOGPROB_TOLERANCE, f"prompt {index} step {step}: logprobs differ by {worst}"
+        assert_logprobs_close(logprobs, tp_logprobs, f"prompt {index}")
+
+
+def assert_logprobs_close(expected: list[dict[int, Any]], found: list[dict[int, Any]], what: object) -> None:
+    """The same top tokens at every step, their logprobs within fp32 reduction-order noise."""
+    for step, (ours, theirs) in enumerate(zip(expected, found, strict=True)):
+        assert ours.keys() == theirs.keys(), f"{what} step {step}: other top-{TOP} tokens"
+        worst = max(abs(ours[t].logprob - theirs[t].logprob) for t in ours)
+        assert worst < LOGPROB_TOLERANCE, f"{what} step {step}: logprobs differ by {worst}"
 
 
 class TestMultiprocConformance(ExecutorConformance):
@@ -134,44 +139,65 @@ def test_a_size_that_does_not_divide_the_heads_is_refused_before_any_process_sta
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def _adapter_outputs(folder: Path, adapters: dict[str, Path], size: int) -> dict[tuple[str | None, int], list[int]]:
-    """Greedy tokens of every prompt on every adapter and on the base model, in one mixed batch."""
-    return adapter_batch_tokens(LLMEngine(EngineConfig(
-        model=str(folder), tensor_parallel_size=size, enable_lora=True, max_loras=2, max_lora_rank=8, **SMALL
-    )), adapters, MAX_TOKENS)
+def _adapter_outputs(folder: Path, adapters: dict[str, Path], size: int) -> dict[tuple[str | None, int], Any]:
+    """Greedy completions (with top logprobs) of every prompt on every adapter and on the base
+    model, in one mixed batch."""
+    return adapter_batch_outputs(LLMEngine(EngineConfig(
+        model=str(folder), tensor_parallel_size=size, enable_lora=True, max_loras=len(adapters), max_lora_rank=8,
+        max_virtual_tokens=8, **SMALL,
+    )), adapters, SamplingParams(temperature=0, max_tokens=MAX_TOKENS, logprobs=TOP))
 
 
-@pytest.mark.parametrize("name", ["llama-9-heads-3-kv-size-3", "qwen2-biased-size-2"])
-def test_lora_adapters_made_by_peft_serve_sharded_in_a_mixed_batch(
+@pytest.mark.parametrize("name", ["llama-9-heads-3-kv-size-3", "qwen2-biased-size-2", "llama-3-heads-1-kv-replicated-size-3"])
+def test_every_served_kind_made_by_peft_serves_sharded_in_a_mixed_batch(
     name: str, tokenizer_folder: Path, tmp_path: Path
 ) -> None:
-    """Each rank holds its cut of every adapter (A or B split as the base layer is): the sharded
-    engine gives the size-1 engine's tokens for base rows and rows of two adapters in one batch,
-    and the adapters change the output (the comparison is not vacuous)."""
-    from kernel_core_sdk.hf_oracle import make_lora_adapter
+    """Each rank holds its cut of every adapter (LoRA's A or B split as the base layer is, IA3's
+    scales of the features it reads and computes, prefix tuning's keys and values of its KV heads,
+    prompt tuning's embeddings whole): the sharded engine gives the size-1 engine's tokens for
+    base rows and rows of every kind in one batch, and every adapter changes the output."""
+    from kernel_core_sdk.hf_oracle import make_ia3_adapter, make_lora_adapter, make_prompt_adapter
 
     config, size = MODELS[name]
     folder = save_servable_model(config, tokenizer_folder, tmp_path / name)
     adapters = {
-        "attn": make_lora_adapter(folder, tmp_path / "attn", 1, r=4, target_modules=ALL_LINEAR[:4]),
-        "all": make_lora_adapter(folder, tmp_path / "all", 2, r=8, lora_alpha=32, target_modules=ALL_LINEAR),
+        "lora-attn": make_lora_adapter(folder, tmp_path / "attn", 1, r=4, target_modules=ALL_LINEAR[:4]),
+        "lora-all": make_lora_adapter(folder, tmp_path / "all", 2, r=8, lora_alpha=32, target_modules=ALL_LINEAR),
+        "ia3": make_ia3_adapter(folder, tmp_path / "ia3", 3, target_modules=["k_proj", "v_proj", "down_proj"],
+                                feedforward_modules=["down_proj"]),
+        "prompt": make_prompt_adapter(folder, tmp_path / "prompt", 4, "PromptTuningConfig", num_virtual_tokens=5),
+        "prefix": make_prompt_adapter(folder, tmp_path / "prefix", 5, "PrefixTuningConfig", num_virtual_tokens=6),
     }
-    single = _adapter_outputs(folder, adapters, 1)
-    assert single == _adapter_outputs(folder, adapters, size)
-    for adapter in adapters:
-        assert any(single[(adapter, i)] != single[(None, i)] for i in range(len(PROMPTS))), adapter
+    single, sharded = _adapter_outputs(folder, adapters, 1), _adapter_outputs(folder, adapters, size)
+    for row, completion in single.items():
+        assert list(sharded[row].token_ids) == list(completion.token_ids), row
+        assert_logprobs_close(completion.logprobs, sharded[row].logprobs, row)
+    for adapter in adapters:  # not vacuous: each adapter moves the first step's logprobs (if not its tokens)
+        moved = [_first_step_gap(single[(adapter, i)], single[(None, i)]) for i in range(len(PROMPTS))]
+        assert max(moved) > 100 * LOGPROB_TOLERANCE, (adapter, moved)
 
 
-def test_a_kind_whose_serving_cannot_shard_is_refused_by_name(tokenizer_folder: Path, tmp_path: Path) -> None:
+def _first_step_gap(ours: Any, base: Any) -> float:
+    """How far the adapter moved the base model's first-step top token's logprob (inf: not in its top)."""
+    token, entry = max(base.logprobs[0].items(), key=lambda item: item[1].logprob)
+    other = ours.logprobs[0].get(token)
+    return float("inf") if other is None else abs(other.logprob - entry.logprob)
+
+
+def test_an_ia3_output_scale_on_a_biased_row_parallel_projection_is_refused(
+    tokenizer_folder: Path, tmp_path: Path
+) -> None:
+    """The bias of o_proj is added after the ranks' sum, so an output scale cannot cover it."""
     from kernel_core_sdk.hf_oracle import make_ia3_adapter
 
-    folder = make_ia3_adapter(tokenizer_folder, tmp_path / "ia3", 1)
-    engine = LLMEngine(EngineConfig(model=str(tokenizer_folder), tensor_parallel_size=2, enable_lora=True, **SMALL))
+    folder = save_servable_model(lambda **kw: LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=256, attention_bias=True, **kw), tokenizer_folder, tmp_path / "biased")
+    ia3 = make_ia3_adapter(folder, tmp_path / "ia3", 1, target_modules=["o_proj"], feedforward_modules=[])
+    engine = LLMEngine(EngineConfig(model=str(folder), tensor_parallel_size=2, enable_lora=True, **SMALL))
     try:
-        with pytest.raises(AdapterLoadError, match=r"adapters of kind 'IA3' cannot be served: tuner 'ia3' from "
-                                                   r"kernel-core-ia3 serves it on unsharded models only .* "
-                                                   r"tensor_parallel_size 2"):
-            engine.load_adapter("ia3", folder)
+        with pytest.raises(AdapterLoadError, match="o_proj scale.* biased projection whose input is split"):
+            engine.load_adapter("ia3", ia3)
     finally:
         engine.shutdown()
 

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from kernel_core.contracts.adapter_targets import ProjectionHook, ProjectionTarget
+from kernel_core.contracts.adapter_targets import (
+    ProjectionHook, ProjectionTarget, shard_inputs, shard_outputs, unsharded_geometry,
+)
 from kernel_core.contracts.serving import AdapterServing, ServedAdapter, ServingContext, SlotBatch
 from kernel_core.contracts.serving import refuse_foreign_tensors, refuse_shape_mismatches, refuse_unadapted_modules
 from kernel_core.errors import AdapterLoadError, KernelCoreError
@@ -120,7 +122,10 @@ class IA3Projection(ProjectionHook):
 
 
 class IA3Serving(AdapterServing):
-    """Input and output scale slots on every adapter target of the model."""
+    """Input and output scale slots on every adapter target of the model; on a sharded model each
+    rank's slots hold the scales of the features its shard reads and computes."""
+
+    supports_tensor_parallel = True
 
     @classmethod
     def slot_nbytes(cls, model, context: ServingContext) -> int:
@@ -141,9 +146,15 @@ class IA3Serving(AdapterServing):
             target.hooks.append(self.projections[key])
 
     def write(self, slot: int, adapter: ServedAdapter) -> None:
+        """Place ``adapter``'s scales, laid out for the unsharded projections, cut to each
+        projection's shard (:func:`shard_inputs`, :func:`shard_outputs`)."""
         assert isinstance(adapter, ServedIA3)
         for key, projection in self.projections.items():
-            projection.write(slot, adapter.scales.get(key, (None, None)))
+            target, (scale_in, scale_out) = self.targets[key], adapter.scales.get(key, (None, None))
+            projection.write(slot, (
+                None if scale_in is None else shard_inputs(target, scale_in),
+                None if scale_out is None else shard_outputs(target, scale_out),
+            ))
 
     def begin_step(self, batch: SlotBatch | None) -> None:
         self.step.set(batch)
@@ -166,12 +177,13 @@ class IA3Serving(AdapterServing):
         mismatched: list[str] = []
         for module, vector in vectors.items():
             target = self.targets[owners[module]]
-            columns = target.parts[module]
+            parts, in_features = unsharded_geometry(target)  # the file's shapes, whatever this rank holds
+            columns = parts[module]
             feedforward = (
                 is_feedforward(module, config.feedforward_modules)
                 if config.feedforward_modules is not None else vector.shape[0] == 1
             )
-            shape = (1, target.weight.shape[1]) if feedforward else (columns.stop - columns.start, 1)
+            shape = (1, in_features) if feedforward else (columns.stop - columns.start, 1)
             if tuple(vector.shape) != shape:
                 scales = "input (feed-forward module)" if feedforward else "output"
                 mismatched.append(f"{module}{_SUFFIX}: file {tuple(vector.shape)} vs model {shape}, scaling its {scales}")
@@ -183,9 +195,16 @@ class IA3Serving(AdapterServing):
             scale_in = self._input_scale(key, target, inputs.get(key), where)
             scale_out = None
             if key in outputs:
-                scale_out = torch.ones(target.weight.shape[0], dtype=SCALE_DTYPE)
+                parts, in_features = unsharded_geometry(target)
+                if in_features != target.weight.shape[1] and getattr(target, "bias", None) is not None:
+                    raise AdapterLoadError(
+                        f"{where}: {', '.join(sorted(outputs[key]))} scale(s) the output of a biased projection whose "
+                        "input is split by tensor parallelism: the bias is added after the ranks' sum, so the scale "
+                        "cannot cover it; serve this adapter with tensor_parallel_size 1"
+                    )
+                scale_out = torch.ones(max(part.stop for part in parts.values()), dtype=SCALE_DTYPE)
                 for module, vector in outputs[key].items():
-                    scale_out[target.parts[module]] = vector.to(SCALE_DTYPE)
+                    scale_out[parts[module]] = vector.to(SCALE_DTYPE)
             if scale_in is not None or scale_out is not None:
                 scales[key] = (scale_in, scale_out)
         return ServedIA3(scales)

@@ -153,6 +153,15 @@ def adapter_batch_tokens(
 ) -> dict[tuple[str | None, int], list[int]]:
     """(adapter or None, prompt index) -> greedy tokens of every :data:`PROMPTS` prompt on every
     adapter and on the base model, all in one batch; the engine is shut down after."""
+    outputs = adapter_batch_outputs(engine, adapters, SamplingParams(temperature=0, max_tokens=max_tokens))
+    return {row: list(completion.token_ids) for row, completion in outputs.items()}
+
+
+def adapter_batch_outputs(
+    engine: LLMEngine, adapters: dict[str, Path], params: SamplingParams
+) -> dict[tuple[str | None, int], Any]:
+    """(adapter or None, prompt index) -> the completion of every :data:`PROMPTS` prompt on every
+    adapter and on the base model under ``params``, all in one batch; the engine is shut down after."""
     rows: dict[str, tuple[str | None, int]] = {}
     try:
         for name, path in adapters.items():
@@ -161,8 +170,7 @@ def adapter_batch_tokens(
             for index, prompt in enumerate(PROMPTS):
                 request_id = f"{adapter}-{index}"
                 rows[request_id] = (adapter, index)
-                engine.add_request(request_id, list(prompt), SamplingParams(temperature=0, max_tokens=max_tokens),
-                                   adapter=adapter)
+                engine.add_request(request_id, list(prompt), params, adapter=adapter)
         done = {}
         while engine.has_unfinished_requests():
             done.update({o.request_id: o.outputs[0] for o in engine.step() if o.finished})
@@ -170,7 +178,7 @@ def adapter_batch_tokens(
         engine.shutdown()
     errors = [c.error for c in done.values() if c.finish_reason != "length"]
     assert not errors, errors
-    return {rows[request_id]: list(c.token_ids) for request_id, c in done.items()}
+    return {rows[request_id]: completion for request_id, completion in done.items()}
 
 
 PLAIN_SCALARS = (str, int, float, bool, type(None))
