@@ -56,8 +56,10 @@ class ModelArchitecture(ABC):
         """Hidden states ``[T, hidden]`` for the ``[T]`` tokens at ``positions``."""
 
     @abstractmethod
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N, vocab]`` for the ``[N, hidden]`` rows that sample."""
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Logits ``[N, vocab]`` for the ``[N, hidden]`` rows that sample. A model split by tensor
+        parallelism returns them on rank 0, which samples, and may return None on the other ranks
+        (plugin API 1.7): every rank calls it, so a collective may assemble them."""
 
     def prepare_weights(self, prepare: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Replace each ``[out, in]`` weight the model multiplies through ``kernel_core.modeling.linear``

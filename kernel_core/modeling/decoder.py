@@ -226,11 +226,12 @@ class DecoderModel(ModelArchitecture):
             hidden.add_(layer.mlp(rms_norm(hidden, layer.post_attention_norm, eps)))
         return rms_norm(hidden, self.norm, eps)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[rows, vocab]`` logits, on every rank under tensor parallelism (one all-gather)."""
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """``[rows, vocab]`` logits; under tensor parallelism gathered to rank 0, the one that
+        samples (None on the others: one gather, no sampling on ranks that answer nothing)."""
         if self.tp.world_size == 1:
             return linear(hidden, self.lm_head)
-        return ParallelLMHead(self.lm_head, self.vocab_size, self.tp)(hidden)
+        return ParallelLMHead(self.lm_head, self.vocab_size, self.tp)(hidden, dst=0)
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.tp.world_size == 1:

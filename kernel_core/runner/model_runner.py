@@ -114,9 +114,11 @@ class ModelRunner:
         finally:
             self.adapters.end_step()
 
-    def logits(self, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Logits of the selected rows only: ``lm_head`` is the costliest GEMM of a decode step."""
-        return self.model.compute_logits(hidden.index_select(0, rows)).float()
+    def logits(self, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
+        """Logits of the selected rows only: ``lm_head`` is the costliest GEMM of a decode step.
+        None on a tensor-parallel rank other than 0 (the model gathers them to rank 0)."""
+        logits = self.model.compute_logits(hidden.index_select(0, rows))
+        return None if logits is None else logits.float()
 
 
 def _slot_batch(slots: Sequence[int] | None, counts: Sequence[int], positions: torch.Tensor) -> SlotBatch | None:

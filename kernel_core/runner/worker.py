@@ -48,7 +48,9 @@ class ModelWorker(Worker):
         torch.manual_seed(seed)  # the stream of unseeded sampling
 
     @torch.inference_mode()
-    def execute(self, step: ModelStep) -> StepResult:
+    def execute(self, step: ModelStep) -> StepResult | None:
+        """The step's result; None on a tensor-parallel rank other than 0, which computes its
+        shard of every layer and of the logits, but samples nothing (rank 0 answers)."""
         for request_id in step.finished_request_ids:
             self._generators.pop(request_id, None)
         inputs = self.runner.prepare(step.requests)
@@ -57,6 +59,8 @@ class ModelWorker(Worker):
         sampling = [i for i, r in enumerate(step.requests) if r.sample is not None]
         if sampling:
             logits = self.runner.logits(hidden, inputs.last_rows[sampling])
+            if logits is None:
+                return None
             sampled = self.sampler(logits, [self._sampling_row(step.requests[i]) for i in sampling])
             result.sampled_token_ids, result.logprobs = sampled.token_ids, sampled.logprobs
         return result
@@ -84,8 +88,8 @@ class ModelWorker(Worker):
             if asked is not None:
                 first = start + asked.first
                 rows = torch.arange(first, first + len(asked.target_token_ids), device=hidden.device)
-                found[request.request_id] = prompt_logprobs(
-                    self.runner.logits(hidden, rows), asked.target_token_ids, asked.num_top
-                )
+                logits = self.runner.logits(hidden, rows)  # every rank takes part; rank 0 gets them
+                if logits is not None:
+                    found[request.request_id] = prompt_logprobs(logits, asked.target_token_ids, asked.num_top)
             start += len(request.token_ids)
         return found
