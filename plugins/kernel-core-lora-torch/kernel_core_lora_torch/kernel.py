@@ -1,43 +1,57 @@
 """Batched unmerged LoRA for serving in plain torch, on any device (Punica's shrink and expand).
 
-Few rows over several slots in a reduced-precision dtype (decode steps): one shrink GEMM
-against every slot's ``A`` at once, each row's other slots' columns zeroed by a mask built once
-per step, then one expand GEMM against every slot's ``B`` laid out ``[slots * R, out]`` (kept per ``lora_b`` until it is
-written). Otherwise, per slot in the step, two GEMMs over that slot's tokens; when each slot's
-tokens are consecutive (one request, or requests sorted by adapter), slices replace the
-gather/scatter.
+Few rows over several slots in a reduced-precision dtype (decode steps): the rows gathered per
+slot into ``[slots, rows, in]`` (padded to the busiest slot), then one batched shrink GEMM against
+the slots' ``A`` and one batched expand GEMM against their ``B``, added back with one scatter; the
+gather is built once per step. Otherwise, per slot in the step, two GEMMs over that slot's
+tokens; when each slot's tokens are consecutive (one request, or requests sorted by adapter),
+slices replace the gather/scatter.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from kernel_core.contracts.lora import LoRABatch, LoRAKernel
 
-#: Most rows a step may have for the all-slots GEMMs, which only pay off below float32: on a
-#: 2-thread Zen 5 (avx512_bf16), SmolLM2-135M's shapes, 8 slots, up to 128 rows, a bfloat16
-#: projection took 90-410 us that way against 400-610 us per slot, while float32 took 60-1250 us
-#: against 60-350 us (its per-slot GEMMs are cheap, the all-slots ones do 8x the work).
-ALL_SLOTS_MAX_ROWS = 128
+#: Most rows a step may have for the batched GEMMs, which only pay off below float32: on a
+#: 2-thread Zen 5 (avx512_bf16), SmolLM2-135M's shapes, 8 slots, 64-128 rows, a bfloat16
+#: projection's delta took 170-570 us that way against 220-1180 us as one GEMM over every slot's
+#: ``A`` with the other slots masked (the previous path) and 400-610 us per slot; float32's
+#: per-slot GEMMs are cheap enough (60-350 us).
+BATCHED_MAX_ROWS = 128
+
+
+@dataclass(frozen=True)
+class _Gather:
+    """One step's rows grouped by slot: ``rows [slots, most]`` (a short slot's padding repeats
+    its first row), which slots (None: all, in order), and ``padding [slots, most, 1]``, true where
+    a row is padding (filled with zeros, not multiplied, so NaN stays out; None: no padding)."""
+
+    rows: torch.Tensor
+    slots: torch.Tensor | None
+    padding: torch.Tensor | None
 
 
 class TorchLoRAKernel(LoRAKernel):
     """``output[rows] += (x[rows] @ A[s].T) @ B[s].T`` for each slot ``s`` and its rows."""
 
     def __init__(self) -> None:
-        self._mask: tuple[LoRABatch, int, torch.Tensor | None] | None = None
-        self._expand: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self._gather: tuple[LoRABatch, int, _Gather] | None = None
 
     def apply(
         self, output: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, batch: LoRABatch
     ) -> None:
-        few_rows = x.shape[0] <= ALL_SLOTS_MAX_ROWS and x.dtype != torch.float32
-        others = self._others(batch, lora_a.shape[0]) if few_rows else None
-        if others is not None:
-            slots, width, _ = lora_a.shape
-            shrunk = (x @ lora_a.reshape(slots * width, -1).T).view(x.shape[0], slots, width)
-            shrunk.masked_fill_(others, 0)
-            output.addmm_(shrunk.view(x.shape[0], slots * width), self._expand_weight(lora_b))
+        if x.shape[0] <= BATCHED_MAX_ROWS and x.dtype != torch.float32 and len(batch.slot_rows) > 1:
+            gather = self._grouped(batch, lora_a.shape[0])
+            if gather.slots is not None:
+                lora_a, lora_b = lora_a.index_select(0, gather.slots), lora_b.index_select(0, gather.slots)
+            delta = torch.bmm(torch.bmm(x[gather.rows], lora_a.transpose(1, 2)), lora_b.transpose(1, 2))
+            if gather.padding is not None:
+                delta.masked_fill_(gather.padding, 0)
+            output.index_add_(0, gather.rows.flatten(), delta.flatten(0, 1))
             return
         if len(batch.segments) == len(batch.slot_rows):  # every slot's tokens are one run
             for start, end, slot in batch.segments:
@@ -47,30 +61,21 @@ class TorchLoRAKernel(LoRAKernel):
             shrunk = x.index_select(0, rows) @ lora_a[slot].T
             output.index_add_(0, rows, shrunk @ lora_b[slot].T)
 
-    def _others(self, batch: LoRABatch, slots: int) -> torch.Tensor | None:
-        """``[T, slots, 1]``, true where slot ``s`` is not row ``t``'s (filled, not multiplied, so
-        NaN stays out); None when the step has one slot or rows without one (the all-slots GEMMs
-        would touch those). Every projection of a step shares its batch: built once a step."""
-        cached = self._mask
+    def _grouped(self, batch: LoRABatch, slots: int) -> _Gather:
+        """The step's :class:`_Gather`; every projection of a step shares its batch: built once a step."""
+        cached = self._gather
         if cached is not None and cached[0] is batch and cached[1] == slots:
             return cached[2]
-        others = None
-        covered = sum(end - start for start, end, _ in batch.segments)
-        if len(batch.slot_rows) > 1 and covered == batch.token_slots.shape[0]:
-            slot_ids = torch.arange(slots, device=batch.token_slots.device)
-            others = (batch.token_slots[:, None] != slot_ids).unsqueeze(-1)
-        self._mask = (batch, slots, others)
-        return others
-
-    def _expand_weight(self, lora_b: torch.Tensor) -> torch.Tensor:
-        """``lora_b [slots, out, R]`` as ``[slots * R, out]``, copied again only after the engine
-        writes a slot (its version moves); inference tensors carry no version, so no cache."""
-        slots, out, width = lora_b.shape
-        if torch.is_inference(lora_b):
-            return lora_b.transpose(1, 2).reshape(slots * width, out)
-        cached = self._expand.get(id(lora_b))
-        if cached is not None and cached[0] is lora_b and cached[1] == lora_b._version:
-            return cached[2]
-        expand = lora_b.transpose(1, 2).reshape(slots * width, out)
-        self._expand[id(lora_b)] = (lora_b, lora_b._version, expand)
-        return expand
+        used = sorted(batch.slot_rows)
+        groups = [batch.slot_rows[slot] for slot in used]
+        most = max(len(rows) for rows in groups)
+        rows = torch.stack([torch.cat((r, r[:1].expand(most - len(r)))) for r in groups])
+        device = rows.device
+        padding = None
+        if any(len(r) < most for r in groups):
+            counts = torch.tensor([len(r) for r in groups], device=device)
+            padding = (torch.arange(most, device=device) >= counts[:, None]).unsqueeze(-1)
+        every = used == list(range(slots))
+        gather = _Gather(rows, None if every else torch.tensor(used, device=device), padding)
+        self._gather = (batch, slots, gather)
+        return gather

@@ -7,6 +7,7 @@ from types import ModuleType
 import pytest
 import torch
 
+from kernel_core.contracts.serving import NO_SLOT
 from kernel_core_lora_torch import plugin
 from kernel_core_lora_torch.kernel import TorchLoRAKernel
 from kernel_core_sdk.conformance import LoRAKernelConformance
@@ -29,10 +30,10 @@ def test_record() -> None:
     assert spec.load() is TorchLoRAKernel
 
 
-def test_all_slots_gemms_match_the_reference() -> None:
-    """A decode-sized bfloat16 step with every row on a slot takes the all-slots GEMMs (the suite's
-    batches all hold NO_SLOT rows, so it never does), with factors made outside inference mode
-    as the engine makes them; a slot written between steps is seen by the next step."""
+def test_batched_gemms_match_the_reference() -> None:
+    """A decode-sized bfloat16 step with every slot in use, unevenly (padding), takes the batched
+    GEMMs, with factors made outside inference mode as the engine makes them; a slot written
+    between steps is seen by the next step."""
     slots, cpu, dtype = [0, 2, 0, 1, 2, 3, 1, 0, 3], torch.device("cpu"), torch.bfloat16
     kernel = TorchLoRAKernel()
     first = make_case(slots, dtype, cpu)
@@ -46,3 +47,16 @@ def test_all_slots_gemms_match_the_reference() -> None:
     with torch.inference_mode():
         kernel.apply(second.output, second.x, second.lora_a, second.lora_b, second.batch)
     check(second, dtype)
+
+
+def test_batched_gemms_over_some_slots_with_rows_left_alone() -> None:
+    """Two of the slots, one row each against three, beside rows without a slot (NaN input
+    there): the batched path gathers only the slots in use and leaves those rows bit for bit."""
+    slots, cpu, dtype = [3, NO_SLOT, 1, 3, NO_SLOT, 3], torch.device("cpu"), torch.bfloat16
+    with torch.inference_mode():
+        case = make_case(slots, dtype, cpu, seed=3)
+        case.x[[1, 4]] = float("nan")
+        case.before = (case.before[0], case.x.clone(), *case.before[2:])
+        TorchLoRAKernel().apply(case.output, case.x, case.lora_a, case.lora_b, case.batch)
+    check(case, dtype)
+
