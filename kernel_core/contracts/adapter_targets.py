@@ -113,6 +113,6 @@ def shard_low_rank(
     target: ProjectionTarget, down: torch.Tensor, up: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A low-rank delta's factors ``down [slots, R, in]`` and ``up [slots, out, R]``, laid out for
-    the unsharded ``target``, cut to the shard it holds (S-LoRA's rule: ``down`` by input
-    features, ``up`` by output features)."""
+    the unsharded ``target``, cut to the shard it holds (sharded multi-adapter serving's rule:
+    ``down`` by input features, ``up`` by output features)."""
     return shard_inputs(target, down, -1), shard_outputs(target, up, -2)
