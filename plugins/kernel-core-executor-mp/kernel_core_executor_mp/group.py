@@ -136,7 +136,7 @@ class GroupExecutor(Executor):
         """After a failed step: a rank that is gone (or a collective that timed out) breaks the
         executor for good, so this and every later step fail naming it; otherwise the step's own
         error stands (a bad request) and the ranks go on."""
-        if isinstance(exc, KernelCoreError) or not isinstance(exc, RuntimeError | dist.DistBackendError):
+        if isinstance(exc, KernelCoreError) or not isinstance(exc, RuntimeError):  # torch.distributed errors included
             return
         deadline = time.monotonic() + 2  # a killed rank's peers may notice before its end is seen
         while time.monotonic() < deadline and not self.gone_ranks():
