@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kernel_core_attn_cpu import build, plugin
+from kernel_core_platform_cpu import native
 from kernel_core_attn_cpu.backend import CPUAttention
 from kernel_core_attn_torch.backend import TorchAttention
 from kernel_core_sdk import AttentionMetadata
@@ -135,7 +136,7 @@ def test_a_failed_build_makes_the_backend_unavailable_with_its_reason(
     monkeypatch: pytest.MonkeyPatch, tmp_path: object
 ) -> None:
     """No compiler: the backend says why it cannot run, and its decode path is the torch one."""
-    monkeypatch.setenv(build.ENV_COMPILER, "no-such-compiler")
+    monkeypatch.setenv(native.ENV_COMPILER, "no-such-compiler")
     monkeypatch.setenv("PATH", "")
     monkeypatch.setenv("KERNEL_CORE_CACHE", str(tmp_path))
     build.kernel.cache_clear()
