@@ -254,21 +254,22 @@ class PeftModel(nn.Module):
             layer.unmerge()
 
     def merge_and_unload(self, adapter_names: Sequence[str] | None = None) -> nn.Module:
-        """Fold adapters into the base weights and return the plain transformers model."""
-        self.merge_adapter(adapter_names)
-        return self._unload()
+        """Fold the given (default: active) adapters into the base weights and return the plain
+        transformers model; a ``modules_to_save`` module becomes their trained copy."""
+        names = list(adapter_names or self.active_adapters)
+        self.merge_adapter(names)
+        return self._unload(names)
 
     def unload(self) -> nn.Module:
-        """Return the plain transformers model without the adapters, their updates not folded in
-        (base weights as loaded); a ``modules_to_save`` module keeps the active adapter's trained
-        copy, as peft's ``unload`` does."""
+        """Return the plain transformers model without the adapters, their updates not folded in:
+        the base model as loaded, ``modules_to_save`` modules included (as peft 0.22's ``unload``)."""
         self.unmerge_adapter()
         return self._unload()
 
-    def _unload(self) -> nn.Module:
+    def _unload(self, merged_adapters: Sequence[str] = ()) -> nn.Module:
         for name, layer in list(tuner_layers(self.model)):
             if isinstance(layer, ModulesToSaveWrapper):
-                replace(self.model, name, layer.unloaded())
+                replace(self.model, name, layer.unloaded(merged_adapters))
             else:
                 replace(self.model, name, innermost(layer))
         return self.model

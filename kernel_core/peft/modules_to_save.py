@@ -53,10 +53,10 @@ class ModulesToSaveWrapper(TunerLayer):
     def unmerge(self) -> None:
         """Nothing was folded."""
 
-    def unloaded(self) -> nn.Module:
-        """What replaces this wrapper when adapters are unloaded, merged or not (as in peft): the
-        active adapter's trained copy, else the original module."""
-        if self.active_adapters:
-            return self.modules_to_save[self.active_adapters[-1]]
-        return self.original_module
+    def unloaded(self, merged_adapters: Sequence[str] = ()) -> nn.Module:
+        """What replaces this wrapper when adapters are unloaded, as in peft (0.22 on): the trained
+        copy of the last of ``merged_adapters`` that has one here, else the original module, so
+        that unloading without merging gives the base model back."""
+        copies = [name for name in merged_adapters if name in self.modules_to_save]
+        return self.modules_to_save[copies[-1]] if copies else self.original_module
 

@@ -86,9 +86,21 @@ def peft_merged(reference: Any) -> torch.nn.Module:
 
 
 def peft_unloaded(reference: Any) -> torch.nn.Module:
-    """A copy of the peft model ``reference`` unloaded by peft, unmerged: the base weights, with
-    each ``modules_to_save`` module replaced by the active adapter's trained copy, as ours does."""
-    return quiet(lambda: copy.deepcopy(reference).unload())
+    """A copy of the peft model ``reference`` unloaded by peft, unmerged: the base model, each
+    ``modules_to_save`` module its original. peft 0.22's ``unload`` gives that, as ours does; older
+    peft kept the active adapter's trained copy, so the originals are put back (a no-op from 0.22)."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    copied = copy.deepcopy(reference)
+    originals = {
+        name: module.original_module
+        for name, module in copied.get_base_model().named_modules()
+        if isinstance(module, ModulesToSaveWrapper)
+    }
+    unloaded = quiet(copied.unload)
+    for name, original in originals.items():
+        unloaded.set_submodule(name, original)
+    return unloaded
 
 
 def noise_floor(reference: Any, output: Output = logits) -> float:

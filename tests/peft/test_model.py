@@ -179,9 +179,17 @@ def test_trains_with_transformers_trainer(tmp_path: object) -> None:
             assert torch.equal(parameter, base_before[name]), f"{name} moved"
 
 
-def test_unload_keeps_the_active_modules_to_save_copy_as_peft_does(model: PeftModel) -> None:
+def test_unload_gives_the_original_modules_to_save_module_back_as_peft_does(model: PeftModel) -> None:
+    """As peft 0.22's ``unload`` (older peft kept the active adapter's trained copy)."""
     model.set_adapter("b")
-    trained_head = model.model.lm_head.modules_to_save["b"].weight.detach().clone()
+    original_head = model.model.lm_head.original_module
     plain = model.unload()
     assert not any(isinstance(module, TunerLayer) for module in plain.modules())
-    assert torch.equal(plain.lm_head.weight, trained_head)
+    assert plain.lm_head is original_head
+
+
+def test_merge_and_unload_keeps_the_merged_adapter_s_modules_to_save_copy(model: PeftModel) -> None:
+    """The copy of the adapter merged, active or not, as peft 0.22's ``merge_and_unload(adapter_names)``."""
+    trained_head = model.model.lm_head.modules_to_save["b"]
+    assert model.active_adapter == "a"
+    assert model.merge_and_unload(["b"]).lm_head is trained_head
