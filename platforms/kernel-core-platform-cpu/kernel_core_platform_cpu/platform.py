@@ -42,12 +42,26 @@ def default_attention(flags: frozenset[str]) -> tuple[str, str]:
     return "torch", "no AVX-512F, where the compiled paged decode kernel has not been measured faster"
 
 
+#: The flags kernel-core-moe-cpu's int8 GEMM is written for (AVX-512 intrinsics, masked 16-bit stores).
+MOE_CPU_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl"})
+
+
+def default_moe(flags: frozenset[str]) -> tuple[str, str]:
+    """The MoE kernel for a CPU with ``flags``, and why: kernel-core-moe-cpu where its compiled int8
+    GEMM runs (AVX-512 F/BW/VL; it was measured faster than the torch kernel's int8 paths there and
+    computes full-precision experts as the torch kernel does, docs/benchmarks.md), else the torch one."""
+    if MOE_CPU_FLAGS <= flags:
+        return "cpu", "AVX-512 CPU, where the compiled int8 expert GEMM was measured faster than the torch kernel's"
+    return "torch", "no AVX-512 F/BW/VL, which the compiled int8 expert GEMM needs"
+
+
 class CPUPlatform(Platform):
     """One device, the host CPU; its memory is the host's memory."""
 
     name = "cpu"
     device_type = "cpu"
     default_attention_backend, default_attention_reason = default_attention(cpu_flags())
+    default_moe_kernel, default_moe_reason = default_moe(cpu_flags())
 
     @classmethod
     def is_available(cls) -> bool:

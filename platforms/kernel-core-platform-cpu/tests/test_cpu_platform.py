@@ -99,3 +99,11 @@ def test_attention_default_is_the_compiled_kernel_only_on_avx512() -> None:
     assert cpu_platform.default_attention(frozenset({"avx2", "avx512f"}))[0] == "cpu"
     name, reason = cpu_platform.default_attention(frozenset({"avx2"}))
     assert name == "torch" and "no AVX-512F" in reason
+
+
+def test_moe_default_is_the_compiled_kernel_only_with_avx512_f_bw_vl() -> None:
+    """kernel-core-moe-cpu's GEMM needs all three (masked 16-bit stores): else the torch kernel."""
+    assert cpu_platform.default_moe(frozenset({"avx2", "avx512f", "avx512bw", "avx512vl"}))[0] == "cpu"
+    for flags in ({"avx2"}, {"avx512f"}, {"avx512f", "avx512bw"}):
+        name, reason = cpu_platform.default_moe(frozenset(flags))
+        assert name == "torch" and "AVX-512 F/BW/VL" in reason

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from dataclasses import dataclass
+from typing import Any
 
 from kernel_core.contracts.moe import MoEKernel, PreparedExperts
 
@@ -117,7 +118,8 @@ class TorchMoE(MoEKernel):
         out = torch.empty_like(x)
         intermediate = w_down.shape[2]
         gate_up_rows = x.new_empty(max(counts), 2 * intermediate)
-        scratch = None if w_gate_up_scale is None else x.new_empty(max(w_gate_up[0].numel(), w_down[0].numel()))
+        converts = w_gate_up_scale is not None and prepared is None
+        scratch = x.new_empty(max(w_gate_up[0].numel(), w_down[0].numel())) if converts else None
         weights_up, weights_down = (w_gate_up, w_down) if prepared is None else (prepared.gate_up, prepared.down)
         start = 0
         for expert, count in enumerate(counts):
@@ -126,12 +128,20 @@ class TorchMoE(MoEKernel):
             rows = slice(start, start + count)
             start += count
             gate_up = gate_up_rows[:count]
-            _project(x[rows], weights_up[expert], _expert(w_gate_up_scale, expert), gate_up, scratch)
+            self.project(x[rows], weights_up[expert], _expert(w_gate_up_scale, expert), gate_up, scratch)
             gate = gate_up[:, :intermediate]
             F.silu(gate, inplace=True).mul_(gate_up[:, intermediate:])
-            _project(gate, weights_down[expert], _expert(w_down_scale, expert), out[rows], scratch)
+            self.project(gate, weights_down[expert], _expert(w_down_scale, expert), out[rows], scratch)
         out.mul_(weights.flatten()[order].unsqueeze(1).to(out.dtype))
         return torch.zeros_like(hidden).index_add_(0, tokens, out)
+
+    def project(
+        self, x: torch.Tensor, weight: Any, scale: torch.Tensor | None, out: torch.Tensor, scratch: torch.Tensor | None
+    ) -> None:
+        """``out = x @ weight.T`` for one expert's slice of rows: ``weight`` is a stacked slice, or what
+        :meth:`prepare` made of one. A subclass whose ``prepare`` lays experts out otherwise overrides
+        this for its form and keeps the routing, grouping and weighted sum of :meth:`forward`."""
+        _project(x, weight, scale, out, scratch)
 
     def prepare(
         self,
