@@ -21,8 +21,8 @@ class RandLoraTuner(SingleLayerTuner):
 
     ``prefix`` is ``"randlora_"`` so that the per-layer matrices (``randlora_lambda``/``_gamma``),
     the layers' references to the bases and the model-level bases (``base_model.randlora_A``/
-    ``randlora_B``) all follow the state-dict rule: PEFT's files hold the bases at each of these
-    places.
+    ``randlora_B``) all follow the state-dict rule: PEFT's files up to 0.21 hold the bases at each
+    of these places.
     """
 
     config_class = RandLoraConfig
@@ -71,6 +71,23 @@ class RandLoraTuner(SingleLayerTuner):
         """Each saved copy of the bases on its own (safetensors refuses tensors sharing memory;
         PEFT's files hold one copy per place too)."""
         return {key: value.clone() if key.endswith(("randlora_A", "randlora_B")) else value for key, value in tensors.items()}
+
+    def adapter_tensors_from_file(self, model: Any, adapter_name: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each wrapped layer's copy of the bases from the model's: PEFT 0.22 saves them once per
+        model only, earlier versions (and this plugin, so that both load its files without a
+        missing-key warning) once per wrapped layer too. A layer copy the file holds is kept."""
+        config = model.peft_config[adapter_name]
+        assert isinstance(config, RandLoraConfig)
+        loaded = dict(tensors)
+        if not config.save_projection:
+            return loaded
+        layers = [name for name, module in model.named_modules() if isinstance(module, RandLoraLayer) and adapter_name in module.configs]
+        for container in ("randlora_A", "randlora_B"):
+            shared = tensors.get(f"base_model.{container}")
+            if shared is not None:  # else refused as missing, naming the model's key
+                for layer in layers:
+                    loaded.setdefault(f"{layer}.{container}", shared)
+        return loaded
 
     def trained_base_parameters(self, config: BaseTunerConfig, model: nn.Module, wrapped: Sequence[str]) -> list[str]:
         """``bias="all"``: every bias of the model; ``"randlora_only"``: those of wrapped layers."""

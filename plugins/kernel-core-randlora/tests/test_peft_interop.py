@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import peft
 import pytest
 import torch
+from packaging.version import Version
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_RANDLORA_TARGET_MODULES_MAPPING
 from safetensors.torch import load_file
 from transformers import PreTrainedModel
@@ -29,10 +31,12 @@ from kernel_core_sdk.peft_oracle import (
     assert_mixed_batch,
     assert_ours_loads_in_peft,
     assert_peft_loads_in_ours,
+    edit_adapter_config,
     peft_made,
     peft_unloaded,
     quiet,
     randomise,
+    rewrite_adapter_tensors,
 )
 from kernel_core_sdk.tiny_models import tiny_gpt2, tiny_llama
 
@@ -91,27 +95,54 @@ def test_peft_loads_in_ours(case: str, tmp_path: Path) -> None:
     assert_peft_loads_in_ours(reference, build, tmp_path)
 
 
+#: peft saves RandLoRA's shared bases once per model from 0.22 on; before, once per wrapped layer too.
+PEFT_SAVES_BASES_ONCE = Version(peft.__version__) >= Version("0.22")
+
+
+def _layer_copies(tensors: dict[str, torch.Tensor]) -> set[str]:
+    """The keys of a file's per-layer copies of the bases (not the model's ``base_model.randlora_A``/``_B``)."""
+    return {key for key in tensors if key.endswith(("randlora_A", "randlora_B")) and not key.startswith("base_model.randlora_")}
+
+
 @pytest.mark.parametrize("options", [{}, {"save_projection": False}, {"sparse": True}, {"very_sparse": True}])
 def test_bases_are_peft_s_and_saved_where_peft_saves_them(options: dict[str, bool], tmp_path: Path) -> None:
     """The bases drawn from the key are peft's bit for bit (dense ones drawn in bfloat16, then
     cast to the weights' dtype); the file holds them once per model and once per wrapped layer,
-    as peft's does, or nowhere without ``save_projection``."""
+    as peft before 0.22 writes them, or nowhere without ``save_projection``. peft 0.22 writes
+    the model's copy only, and loads either layout; 0.21 loads that one too but warns of
+    missing keys, so ours keeps the layer copies, which both load without a warning."""
     fields = {"r": 3, "target_modules": ["q_proj", "down_proj"], "projection_prng_key": 7, **options}
     reference = _peft_made(tiny_llama, fields, tmp_path / "peft")
     ours = PeftModel.from_pretrained(tiny_llama(), tmp_path / "peft")
     ours.save_pretrained(tmp_path / "ours")
 
     theirs, mine = (load_file(str(tmp_path / side / "adapter_model.safetensors")) for side in ("peft", "ours"))
-    assert mine.keys() == theirs.keys()
-    for key, value in theirs.items():
-        assert torch.equal(mine[key], value), key
+    copies = _layer_copies(mine)
+    assert mine.keys() - (copies if PEFT_SAVES_BASES_ONCE else set()) == theirs.keys()
+    for key, value in mine.items():
+        expected = theirs[key] if key in theirs else theirs["base_model." + key.rsplit(".", 1)[1]]
+        assert torch.equal(value, expected), key
     bases = sorted(key for key in mine if key.endswith(("randlora_A", "randlora_B")))
-    assert len(bases) == (0 if options.get("save_projection") is False else 2 + 2 * 4)
+    assert len(bases) == (0 if options.get("save_projection") is False else 2 + 2 * 4) and len(copies) == max(len(bases) - 2, 0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        peft.PeftModel.from_pretrained(tiny_llama(), str(tmp_path / "ours"))
+    assert not [w for w in caught if "missing adapter keys" in str(w.message)], "peft loads our file without missing keys"
     fresh = get_peft_model(tiny_llama(), get_config("randlora", **fields))  # drawn, not loaded
     for name in ("randlora_A", "randlora_B"):
         assert torch.equal(getattr(fresh.base_model, name)["default"], getattr(reference.base_model, name)["default"]), name
     # as large as the largest wrapped module (down_proj: 16 out, 32 in): min 16, max 32, ceil(16 / 3) = 6 bases
     assert fresh.base_model.randlora_A["default"].shape == (3, 1, 16) and fresh.base_model.randlora_B["default"].shape == (32, 6, 3)
+
+
+def test_a_file_with_the_bases_once_per_model_loads(tmp_path: Path) -> None:
+    """peft 0.22's layout, the bases once per model only (made here from peft's file on every
+    version), loads in ours with each layer using the file's bases: its key is changed, so bases
+    drawn rather than loaded would differ."""
+    reference = _peft_made(tiny_llama, {"r": 3, "target_modules": ["q_proj", "down_proj"], "projection_prng_key": 7}, tmp_path)
+    rewrite_adapter_tensors(tmp_path, lambda tensors: [tensors.pop(key) for key in _layer_copies(tensors)])
+    edit_adapter_config(tmp_path, projection_prng_key=8)
+    assert_peft_loads_in_ours(reference, tiny_llama, tmp_path)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
