@@ -1,10 +1,10 @@
 """The HRA layer: each adapter's reflections form an orthogonal ``H`` of the (flattened) input
 dimension, and the layer computes with the weight ``W H`` (``y = x (W H)^T + b``; a Conv2d's
-kernel flattened to ``(out, in * k * k)``). Merged: ``W <- W H``; unmerged with ``H^T``, the
+kernel flattened to ``(out, in * k_h * k_w)``). Merged: ``W <- W H``; unmerged with ``H^T``, the
 reflections taken in reverse order (``H`` is orthogonal).
 
-As PEFT, the adapted weight is built and used in every forward rather than the input rotated,
-so that the unmerged model computes exactly what the merged one does.
+``H`` is computed in PEFT 0.22's compact WY form (``I - V T V^T``, :func:`householder_vt`); a
+Linear's forward reflects its input rather than building ``W H``, as PEFT 0.22 does.
 """
 
 from __future__ import annotations
@@ -22,32 +22,41 @@ from kernel_core.contracts.tuner import BaseTunerConfig, TunerLayer
 from kernel_core_hra.config import HRAConfig
 
 
-def reflections(u: torch.Tensor, *, gram_schmidt: bool, reverse: bool = False) -> torch.Tensor:
-    """``H`` from the vectors (the columns of ``u``, ``(n, r)``): with ``gram_schmidt``,
-    ``I - 2 Q Q^T`` for ``Q`` the orthonormalised columns; else ``prod_i (I - 2 u_i u_i^T)`` over
-    the normalised columns, in order (reversed: ``H^T``). PEFT's operation order, so that the
-    result is bitwise PEFT's."""
-    eye = torch.eye(u.shape[0], device=u.device, dtype=u.dtype)
+def householder_vt(u: torch.Tensor, *, gram_schmidt: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(V, T)`` of the compact WY form ``H = I - V T V^T`` of the vectors' reflections (the
+    columns of ``u``, ``(n, r)``), in float32 or wider, as PEFT 0.22 computes them: with
+    ``gram_schmidt``, ``V`` the orthonormalised columns (QR) and ``T = 2 I``; else ``V`` the
+    normalised columns and ``T`` the inverse of ``I / 2 + triu(V^T V, 1)``, which makes ``H`` the
+    product of the reflections in order (Schreiber and Van Loan)."""
+    dtype = torch.promote_types(u.dtype, torch.float32)
+    eye = torch.eye(u.shape[1], device=u.device, dtype=dtype)
     if gram_schmidt:
-        basis = [(u[:, 0] / u[:, 0].norm()).view(-1, 1)]
-        for i in range(1, u.shape[1]):
-            column = u[:, i].view(-1, 1)
-            for previous in basis:
-                column = column - (previous.t() @ column) * previous
-            basis.append((column / column.norm()).view(-1, 1))
-        q = torch.cat(basis, dim=1)
-        return eye - 2 * q @ q.t()
-    u = u / u.norm(dim=0)
-    weight = eye
-    for i in reversed(range(u.shape[1])) if reverse else range(u.shape[1]):
-        column = u[:, i].view(-1, 1)
-        weight = weight - 2 * weight @ column @ column.t()
-    return weight
+        return torch.linalg.qr(u.to(dtype), mode="reduced").Q, 2 * eye
+    v = u.to(dtype)
+    v = v / v.norm(dim=0)
+    return v, torch.linalg.solve_triangular(0.5 * eye + torch.triu(v.T @ v, diagonal=1), eye, upper=True)
+
+
+def reflections(u: torch.Tensor, *, gram_schmidt: bool, reverse: bool = False) -> torch.Tensor:
+    """``H`` (``reverse``: ``H^T``, the reflections in reverse order) from the vectors, in
+    ``u``'s dtype: PEFT 0.22's operations, so that the result is bitwise PEFT's."""
+    v, t = householder_vt(u, gram_schmidt=gram_schmidt)
+    if reverse:
+        t = t.T
+    return (torch.eye(v.shape[0], device=v.device, dtype=v.dtype) - (v @ t) @ v.T).to(u.dtype)
+
+
+def reflect_rows(x: torch.Tensor, u: torch.Tensor, *, gram_schmidt: bool) -> torch.Tensor:
+    """``x H^T`` (each row of ``x`` reflected) without building ``H``: ``x - x V T^T V^T``, in
+    ``x``'s dtype, as PEFT 0.22's forward."""
+    v, t = householder_vt(u, gram_schmidt=gram_schmidt)
+    v, t = v.to(x.dtype), t.to(x.dtype)
+    return x - ((x @ v) @ t.T) @ v.T
 
 
 class HRALayer(TunerLayer):
     """HRA around an ``nn.Linear`` or an ungrouped ``nn.Conv2d``: per adapter the vectors
-    ``hra_u`` ``(in_features * k * k, r)`` (PEFT's state-dict name and shape)."""
+    ``hra_u`` ``(in_features * k_h * k_w, r)`` (PEFT's state-dict name and shape)."""
 
     def __init__(self, base_layer: nn.Linear | nn.Conv2d, adapter_name: str, config: HRAConfig) -> None:
         super().__init__(base_layer.requires_grad_(False))
@@ -112,17 +121,29 @@ class HRALayer(TunerLayer):
         return self._adapted(x, [adapter_name]).to(result.dtype)
 
     def _adapted(self, x: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
-        """The base layer's computation with its weight times each adapter's ``H``, in the
-        adapters' dtype (float32 over a half-precision base), the result in ``x``'s dtype."""
+        """The base layer's computation as if its weight were ``W H_1 H_2 ...``, the result in ``x``'s dtype."""
+        return (self._conv_with_kernel(x, names) if self.is_conv2d else self._linear_of_reflected(x, names)).to(x.dtype)
+
+    def _linear_of_reflected(self, x: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+        """As PEFT 0.22: the input reflected by each ``H^T`` (last adapter first, in the adapter's
+        dtype), then the base weight in its own dtype."""
+        for name in reversed(names):
+            u = self.hra_u[name]
+            x = reflect_rows(x.to(u.dtype), u, gram_schmidt=self.gram_schmidt[name])
+        base = self.base_layer
+        return F.linear(x.to(base.weight.dtype), base.weight, base.bias)
+
+    def _conv_with_kernel(self, x: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+        """The kernel ``W H_1 H_2 ...`` built in the adapters' dtype (PEFT 0.22 reflects the
+        unfolded input patches instead: the same product in another order, without ``k_h * k_w``
+        copies of the input)."""
         product = self.reflection(names[0])
         for name in names[1:]:
             product = torch.mm(product, self.reflection(name).to(product.dtype))
         base = self.base_layer
         weight = torch.mm(base.weight.reshape(base.weight.shape[0], -1).to(product.dtype), product).reshape(base.weight.shape)
         bias = None if base.bias is None else base.bias.to(product.dtype)
-        inputs = x.to(product.dtype)
-        result = base._conv_forward(inputs, weight, bias) if self.is_conv2d else F.linear(inputs, weight, bias)
-        return result.to(x.dtype)
+        return base._conv_forward(x.to(product.dtype), weight, bias)
 
     def merge(self, adapter_names: Sequence[str] | None = None) -> None:
         """``W <- W H`` per adapter, in order (the bias untouched)."""

@@ -12,14 +12,14 @@ from kernel_core_hra.layer import HRALayer
 
 
 def _plain_conv2d(module: nn.Module) -> bool:
-    """A Conv2d HRA can adapt: one group and a square kernel (PEFT sizes the vectors from
-    ``kernel_size[0]`` squared and refuses groups)."""
-    return isinstance(module, nn.Conv2d) and module.groups == 1 and module.kernel_size[0] == module.kernel_size[1]
+    """A Conv2d HRA can adapt: one group, as PEFT (which refuses groups). Any kernel: the vectors
+    are ``in * k_h * k_w`` long, as PEFT 0.22 sizes them (earlier PEFT used ``k_h`` squared)."""
+    return isinstance(module, nn.Conv2d) and module.groups == 1
 
 
 class HRATuner(SingleLayerTuner):
-    """HRA on ``nn.Linear`` and ungrouped, square-kernel ``nn.Conv2d``, as PEFT (which has no
-    Conv1D layer, so GPT-2's projections are declined as PEFT declines them)."""
+    """HRA on ``nn.Linear`` and ungrouped ``nn.Conv2d``, as PEFT (which has no Conv1D layer, so
+    GPT-2's projections are declined as PEFT declines them)."""
 
     config_class = HRAConfig
     prefix = "hra_"

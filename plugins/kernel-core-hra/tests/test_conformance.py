@@ -18,7 +18,7 @@ from kernel_core_sdk.conformance import TunerConformance
 from kernel_core_sdk.conformance.tuner import CANDIDATES, CONV2D_CANDIDATES
 
 #: Linear and an ungrouped Conv2d: what HRA wraps (PEFT's HRA has no Embedding layer and refuses a
-#: grouped convolution: test_grouped_and_rectangular_convolutions_are_declined checks the decline).
+#: grouped convolution: test_grouped_convolutions_are_declined_rectangular_ones_sized_by_both_sides checks the decline).
 CANDIDATES_HRA = {k: v for k, v in {**CANDIDATES, **CONV2D_CANDIDATES}.items() if k not in ("embedding", "conv2d-1x1-grouped")}
 
 
@@ -62,9 +62,11 @@ def test_an_odd_rank_cannot_start_as_the_identity() -> None:
         HRATuner().wrap(nn.Linear(16, 8), "default", HRAConfig(target_modules=["x"], r=3))
 
 
-def test_grouped_and_rectangular_convolutions_are_declined() -> None:
+def test_grouped_convolutions_are_declined_rectangular_ones_sized_by_both_sides() -> None:
+    """As PEFT 0.22: a 3x1 kernel's vectors are in * 3 * 1 long (PEFT before 0.22: in * 3 * 3)."""
     assert not HRATuner().can_wrap(nn.Conv2d(4, 6, 1, groups=2))
-    assert not HRATuner().can_wrap(nn.Conv2d(4, 6, (3, 1)))
+    layer = HRATuner().wrap(nn.Conv2d(4, 6, (3, 1)), "default", HRAConfig(target_modules=["x"], r=2))
+    assert layer.hra_u["default"].shape == (4 * 3 * 1, 2)
 
 
 def test_record() -> None:

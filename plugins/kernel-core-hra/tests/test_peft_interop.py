@@ -3,9 +3,18 @@
 Each case builds the same random tiny model twice; one side makes an adapter with non-default
 options and randomised vectors (and biases or saved modules where the case trains them) and
 saves it, the other loads it. "Same" is judged against peft's own noise floor: how far peft's
-merged model is from its unmerged one on that adapter. PEFT builds the adapted weight ``W H`` in
-every forward, as merging does, so on a float32 model that floor is often zero and the logits
-must be bit-equal. (PEFT's HRA has no Conv1D layer, so GPT-2 is not a case.)
+merged model is from its unmerged one on that adapter; merged weights must be peft's bit for bit.
+(PEFT's HRA has no Conv1D layer, so GPT-2 is not a case.)
+
+Ours computes ``H`` as peft 0.22 does, in the compact WY form ``I - V T V^T``. peft before 0.22
+multiplied the reflections one by one: the same ``H`` in exact arithmetic, rounded otherwise, and
+built ``W H`` in every forward, so that its own noise floor is zero and says nothing of a second
+form. Against such a peft (:data:`PEFT_22` false) :func:`_floor` adds what the two forms can
+differ by: each side's rounding, measured as how far its float32 output (logits, merged or
+round-tripped weights) is from the same model's in float64, where both forms agree to 1e-16. A
+different computation is off by far more (a transposed ``T``: 1e-3 against floors near 1e-7).
+Our own rounding counts in that floor; that our arithmetic is peft's is checked on peft 0.22,
+where merged weights are bit-equal and logits within peft's own floor alone.
 """
 
 from __future__ import annotations
@@ -18,15 +27,17 @@ from typing import Any
 import peft
 import pytest
 import torch
+from packaging.version import Version
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_HRA_TARGET_MODULES_MAPPING
 from transformers import PreTrainedModel
 
+from kernel_core.errors import AdapterLoadError
 from kernel_core.peft import PeftModel, get_config, get_peft_model
 from kernel_core_hra.config import DEFAULT_TARGETS
 from kernel_core_sdk.peft_oracle import (
-    as_peft_table, assert_changes_output, assert_merges_as_peft, assert_mixed_batch, assert_ours_loads_in_peft,
-    assert_peft_loads_in_ours, assert_peft_reads_config, assert_same, logits, noise_floor, peft_load, peft_made,
-    peft_merged, quiet, randomise,
+    Output, as_peft_table, assert_changes_output, assert_equal_weights, assert_merges_as_peft, assert_mixed_batch,
+    assert_ours_loads_in_peft, assert_peft_loads_in_ours, assert_peft_reads_config, assert_same, flat, logits, merged_weights,
+    noise_floor, peft_floor, peft_load, peft_made, peft_merged, quiet, randomise,
 )
 from kernel_core_sdk.tiny_models import TinyConvNet, images, tiny_llama
 
@@ -54,6 +65,28 @@ CASES: dict[str, tuple[Callable[[], PreTrainedModel], dict[str, Any]]] = {
 }
 
 
+#: peft 0.22 computes HRA's ``H`` in the compact WY form, as ours does (bit-equal merged weights),
+#: and sizes a Conv2d's vectors from both kernel sides (before: ``kernel_size[0]`` squared).
+PEFT_22 = Version(peft.__version__) >= Version("0.22")
+
+
+def _rounding(model: torch.nn.Module, output: Output) -> float:
+    """How far ``model``'s ``output`` is from that of a float64 copy: its arithmetic's own rounding."""
+    exact = output(quiet(lambda: copy.deepcopy(model).double()))
+    return (output(model).double() - exact).abs().max().item()
+
+
+def _forms_rounding(reference: Any, ours: torch.nn.Module, output: Output) -> float:
+    """What peft's ``output`` and ours may differ by for computing ``H`` in two forms: both
+    sides' rounding before peft 0.22 (the module docstring), nothing from 0.22 on."""
+    return 0.0 if PEFT_22 else _rounding(reference, output) + _rounding(ours, output)
+
+
+def _floor(reference: Any, ours: torch.nn.Module, output: Output = logits) -> float:
+    """peft's own noise floor, and at least the two forms' rounding: the :data:`Floor` of these tests."""
+    return max(peft_floor(reference, ours, output), _forms_rounding(reference, ours, output))
+
+
 def _peft_made(build: Callable[[], torch.nn.Module], fields: dict[str, Any], folder: Path, seed: int = 3) -> peft.PeftModel:
     return peft_made(build, peft.HRAConfig(**fields, init_weights=False), seed, folder)
 
@@ -63,7 +96,7 @@ def test_ours_loads_in_peft(case: str, tmp_path: Path) -> None:
     build, fields = CASES[case]
     ours = get_peft_model(build(), get_config("hra", **fields, init_weights=False)).eval()
     randomise(ours)
-    assert_ours_loads_in_peft(ours, build, tmp_path)
+    assert_ours_loads_in_peft(ours, build, tmp_path, _floor)
     assert_peft_reads_config(tmp_path)  # only keys peft's HRAConfig has
 
 
@@ -72,7 +105,7 @@ def test_peft_loads_in_ours(case: str, tmp_path: Path) -> None:
     build, fields = CASES[case]
     reference = _peft_made(build, fields, tmp_path)
     assert_changes_output(logits(reference), logits(build()))
-    ours = assert_peft_loads_in_ours(reference, build, tmp_path)
+    ours = assert_peft_loads_in_ours(reference, build, tmp_path, _floor)
     assert {p.dtype for n, p in ours.named_parameters() if ".hra_u." in n} == {torch.float32}
 
 
@@ -82,14 +115,22 @@ def test_merged_weights_equal_peft(case: str, tmp_path: Path) -> None:
     (``H^T`` undoes ``H`` only up to rounding: peft's own round trip is the oracle)."""
     build, fields = CASES[case]
     reference = _peft_made(build, fields, tmp_path)
-    ours = assert_merges_as_peft(reference, build, tmp_path)
-    round_trip = quiet(lambda: copy.deepcopy(reference))
-    quiet(lambda: (round_trip.merge_adapter(), round_trip.unmerge_adapter()))
-    expected = {k: v for k, v in round_trip.state_dict().items() if ".base_layer." in k}  # the wrapped layers'
-    restored = ours.state_dict()
+    ours = assert_merges_as_peft(reference, build, tmp_path, _floor)
+    expected = _round_trip(reference)
+    restored = {key: value for key, value in ours.state_dict().items() if key in expected}
+    fresh = quiet(lambda: PeftModel.from_pretrained(build(), tmp_path))
     assert expected
-    for key, value in expected.items():
-        assert torch.equal(restored[key], value), f"{key}: unmerged weight differs from peft's"
+    assert_equal_weights(restored, expected, _forms_rounding(reference, fresh, lambda model: flat(_round_trip(model))))
+
+
+def _round_trip(model: torch.nn.Module, adapters: list[str] | None = None, unmerge: bool = True) -> dict[str, torch.Tensor]:
+    """The wrapped layers' weights of a copy of ``model`` (peft's or ours) with ``adapters`` (None:
+    the active ones) merged, then unmerged if ``unmerge``."""
+    copied = quiet(lambda: copy.deepcopy(model))
+    quiet(lambda: copied.merge_adapter(adapters))
+    if unmerge:
+        quiet(copied.unmerge_adapter)
+    return {key: value for key, value in copied.state_dict().items() if ".base_layer." in key}
 
 
 def test_mixed_batch_rows_equal_each_adapter_alone(tmp_path: Path) -> None:
@@ -99,10 +140,10 @@ def test_mixed_batch_rows_equal_each_adapter_alone(tmp_path: Path) -> None:
         "first": {"target_modules": ["k_proj", "down_proj"], "r": 4},
         "second": {"target_modules": ["k_proj", "up_proj"], "r": 3, "apply_GS": True},
     }
-    references = {}
-    for seed, (name, options) in enumerate(fields.items()):
-        references[name] = _peft_made(lambda: tiny_llama(attention_bias=True), options, tmp_path / name, seed)
-    assert_mixed_batch(lambda: tiny_llama(attention_bias=True), references, tmp_path)
+    build = lambda: tiny_llama(attention_bias=True)  # noqa: E731
+    references = {name: _peft_made(build, options, tmp_path / name, seed) for seed, (name, options) in enumerate(fields.items())}
+    alone = {name: quiet(lambda name=name: PeftModel.from_pretrained(build(), tmp_path / name)) for name in fields}
+    assert_mixed_batch(build, references, tmp_path, max(_floor(references[name], alone[name]) for name in fields))
 
 
 def test_two_adapters_active_and_merged_equal_peft(tmp_path: Path) -> None:
@@ -125,21 +166,30 @@ def test_two_adapters_active_and_merged_equal_peft(tmp_path: Path) -> None:
     layers = [module for module in ours.modules() if hasattr(module, "hra_u")]
     for layer in layers:
         layer.set_adapter(["default", "second"])
-    assert_same(logits(ours), both_active, max(floors))
+    floor = max(*floors, _forms_rounding(reference, ours, logits))
+    assert_same(logits(ours), both_active, floor)
 
-    ours.merge_adapter(["default", "second"])
-    quiet(lambda: reference.merge_adapter(["default", "second"]))
-    assert_same(logits(ours), logits(reference), max(floors))
+    both = ["default", "second"]
+    weights_floor = _forms_rounding(reference, ours, lambda model: flat(_round_trip(model, both, unmerge=False)))
+    ours.merge_adapter(both)
+    quiet(lambda: reference.merge_adapter(both))
+    assert_same(logits(ours), logits(reference), floor)
     expected = {k: v for k, v in reference.state_dict().items() if ".base_layer." in k}
-    got = ours.state_dict()
     assert len(expected) == len(layers) == 4
-    for key, value in expected.items():
-        assert torch.equal(got[key], value), f"{key}: merged weight differs from peft's"
+    assert_equal_weights({key: value for key, value in ours.state_dict().items() if key in expected}, expected, weights_floor)
 
 
 def test_default_targets_are_peft_s() -> None:
     """target_modules=None means what it means in peft, for every model type."""
     assert as_peft_table(DEFAULT_TARGETS) == TRANSFORMERS_MODELS_TO_HRA_TARGET_MODULES_MAPPING
+
+
+class RectangularConvNet(TinyConvNet):
+    """:class:`TinyConvNet` with a 3x1 first kernel: HRA's vectors there are ``in * 3 * 1`` long."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.conv1 = torch.nn.Conv2d(4, 8, (3, 1), padding=(1, 0))
 
 
 CONV_CASES: dict[str, dict[str, Any]] = {
@@ -150,26 +200,39 @@ CONV_CASES: dict[str, dict[str, Any]] = {
 
 def _conv_out(model: torch.nn.Module) -> torch.Tensor:
     with torch.no_grad():
-        return model(images())
+        return model(images().to(next(model.parameters()).dtype))
 
 
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
 def test_conv2d_both_ways_and_merged(case: str, tmp_path: Path) -> None:
     """Conv2d targets (3x3 and 1x1; PEFT refuses grouped ones): files both ways with peft's
     outputs, merged weights equal to peft's."""
-    fields = CONV_CASES[case]
-    reference = _peft_made(TinyConvNet, fields, tmp_path / "peft")
-    merged_reference = peft_merged(reference)
-    floor = noise_floor(reference, _conv_out)
-    ours = PeftModel.from_pretrained(TinyConvNet(), tmp_path / "peft")
-    assert_changes_output(_conv_out(reference), _conv_out(TinyConvNet()))
-    assert_same(_conv_out(ours), _conv_out(reference), floor)
-    merged = ours.merge_and_unload().state_dict()
-    for key, value in merged_reference.state_dict().items():
-        assert torch.equal(merged[key], value), f"{key}: merged weight differs from peft's"
+    _assert_conv2d_both_ways_and_merged(TinyConvNet, CONV_CASES[case], tmp_path)
 
-    ours = get_peft_model(TinyConvNet(), get_config("hra", **fields, init_weights=False)).eval()
+
+def test_a_rectangular_kernel_is_sized_from_both_sides(tmp_path: Path) -> None:
+    """A 3x1 kernel's vectors are ``in * 3 * 1`` long, as peft 0.22 makes them, and move both
+    ways. peft before 0.22 made them ``in * 3 * 3`` long, which its own forward cannot use: such
+    a file is refused, naming the tensor."""
+    fields = {"target_modules": ["conv1", "conv3"], "r": 4}
+    if PEFT_22:
+        _assert_conv2d_both_ways_and_merged(RectangularConvNet, fields, tmp_path)
+        return
+    _peft_made(RectangularConvNet, fields, tmp_path)
+    with pytest.raises(AdapterLoadError, match=r"conv1\.hra_u: file \(36, 4\) vs model \(12, 4\)"):
+        PeftModel.from_pretrained(RectangularConvNet(), tmp_path)
+
+
+def _assert_conv2d_both_ways_and_merged(build: Callable[[], torch.nn.Module], fields: dict[str, Any], folder: Path) -> None:
+    reference = _peft_made(build, fields, folder / "peft")
+    ours = PeftModel.from_pretrained(build(), folder / "peft")
+    assert_changes_output(_conv_out(reference), _conv_out(build()))
+    assert_same(_conv_out(ours), _conv_out(reference), _floor(reference, ours, _conv_out))
+    weights_floor = _floor(reference, ours, merged_weights)
+    assert_equal_weights(ours.merge_and_unload().state_dict(), peft_merged(reference).state_dict(), weights_floor)
+
+    ours = get_peft_model(build(), get_config("hra", **fields, init_weights=False)).eval()
     randomise(ours)
-    ours.save_pretrained(tmp_path / "ours")
-    reference = peft_load(TinyConvNet, tmp_path / "ours")
-    assert_same(_conv_out(ours), _conv_out(reference), noise_floor(reference, _conv_out))
+    ours.save_pretrained(folder / "ours")
+    reference = peft_load(build, folder / "ours")
+    assert_same(_conv_out(ours), _conv_out(reference), _floor(reference, ours, _conv_out))
