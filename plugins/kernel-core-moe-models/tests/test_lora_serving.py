@@ -29,7 +29,16 @@ ADAPTERS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "qwen2moe-4x-top1-unnorm-dense-layer0-window-6": {
         "attn8": dict(r=8, lora_alpha=16, target_modules=ATTENTION),
-        "attn-mlp4": dict(r=4, lora_alpha=8, target_modules=[*ATTENTION, "gate_proj", "up_proj", "down_proj"]),
+        # The dense MLPs by their full names: peft 0.22 turns the bare names gate/up/down_proj into
+        # the routed experts' fused parameters as well on Qwen2-MoE (what this engine refuses to
+        # serve, see below), and neither a regex nor exclude_modules keeps it from doing so.
+        "attn-mlp4": dict(
+            r=4, lora_alpha=8,
+            target_modules=[
+                *ATTENTION,
+                *(f"model.layers.{mlp}.{proj}" for mlp in ("0.mlp", "1.mlp.shared_expert") for proj in ("gate_proj", "up_proj", "down_proj")),
+            ],
+        ),
     },
     "olmoe-8x-top2-unnorm": {
         "attn8": dict(r=8, lora_alpha=16, target_modules=ATTENTION),
