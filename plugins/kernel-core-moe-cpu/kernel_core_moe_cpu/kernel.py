@@ -72,7 +72,8 @@ class CPUMoE(TorchMoE):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        """Why the GEMM did not build or load here (no compiler, no AVX-512); None when it did."""
+        """Why the GEMM did not build or load here (no C++ compiler, or it failed); None when it did.
+        Without AVX-512 it builds its plain-loop path, so it runs on every CPU with a compiler."""
         error = gemm_library.library().error
         return None if error is None else f"the int8 GEMM is not available: {error}"
 

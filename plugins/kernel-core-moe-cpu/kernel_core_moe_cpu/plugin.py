@@ -10,7 +10,7 @@ kernel_core_api = "1.6"
 
 @kernel_core.hookimpl
 def kernel_core_moe_kernels() -> list[MoEKernelSpec]:
-    """The CPU kernel: the CPU platform's default where the compiled GEMM builds (AVX-512)."""
+    """The CPU kernel: the CPU platform's default on AVX-512 F/BW/VL CPUs, where it was measured."""
     return [
         MoEKernelSpec(
             name="cpu",
