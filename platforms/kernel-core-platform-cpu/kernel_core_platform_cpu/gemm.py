@@ -13,6 +13,13 @@ projections (576-1536 wide, lm_head 49152 x 576), against ``F.linear`` (docs/ben
 
 So both dtypes are packed where oneDNN computes them natively; float16 and other devices keep
 ``F.linear``. A packed weight replaces the loaded one, so no memory is added.
+
+A weight a model keeps unprepared (a tied ``lm_head``, which is also the embedding table) is not
+packed, but a large float32 one still goes to oneDNN's linear, which takes the plain layout too:
+``lm_head`` 49152 x 576 at 64 rows ran 11.6 ms there against 36.3 ms through MKL (2.6-3.1x from 1
+to 2,048 rows; same machine, two threads), about 5 s of W1's 35 s in float32. Small products stay
+with ``F.linear`` (a rank-16 LoRA factor at 64 rows: 12 us against oneDNN's 22 us); in bfloat16 the
+two ran within 10% of each other at every shape, so ``F.linear`` is kept.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ PACK_ROWS_HINT = 64
 #: from 1 to thousands grew its memory by ~200 MiB in 25 s of ``kcore bench soak``; with the steps
 #: it meets about 50 shapes per weight up to 8,192 rows, computing at most a quarter more rows.
 EXACT_ROWS = 8
+#: Least multiply-adds (rows x weight elements) for which an unpacked float32 weight goes to
+#: oneDNN's linear rather than MKL's: below it oneDNN's ~10 us call overhead outweighs its speed.
+UNPACKED_ONEDNN_MACS = 1 << 21
 
 
 def padded_rows(rows: int) -> int:
@@ -71,11 +81,29 @@ class CPULinearPolicy(LinearPolicy):
         return _MKLDNN._reorder_linear_weight(weight.contiguous(), PACK_ROWS_HINT)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if not weight.is_mkldnn:
-            return F.linear(x, weight, bias)
-        rows = x.shape[0] if x.dim() == 2 else None
-        padded = padded_rows(rows) if rows else rows
-        if padded == rows:
-            return _MKLDNN._linear_pointwise(x, weight, bias, "none", [], "")
-        x = torch.cat((x, x.new_zeros(padded - rows, x.shape[1])))  # zeros: no NaN in discarded rows
-        return _MKLDNN._linear_pointwise(x, weight, bias, "none", [], "")[:rows]
+        if weight.is_mkldnn or self._unpacked_to_onednn(x, weight):
+            return _onednn_linear(x, weight, bias)
+        return F.linear(x, weight, bias)
+
+    def _unpacked_to_onednn(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
+        """Whether a plain weight's product is large float32 work oneDNN computes faster than MKL."""
+        return (
+            weight.dtype == torch.float32
+            and torch.float32 in self.dtypes
+            and x.dim() == 2
+            and x.dtype == weight.dtype
+            and weight.device.type == "cpu"
+            and weight.dim() == 2
+            and weight.is_contiguous()
+            and x.shape[0] * weight.numel() >= UNPACKED_ONEDNN_MACS
+        )
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """oneDNN's linear, its 2-D input padded to :func:`padded_rows` (one cached primitive per row count)."""
+    rows = x.shape[0] if x.dim() == 2 else None
+    padded = padded_rows(rows) if rows else rows
+    if padded == rows:
+        return _MKLDNN._linear_pointwise(x, weight, bias, "none", [], "")
+    x = torch.cat((x, x.new_zeros(padded - rows, x.shape[1])))  # zeros: no NaN in discarded rows
+    return _MKLDNN._linear_pointwise(x, weight, bias, "none", [], "")[:rows]

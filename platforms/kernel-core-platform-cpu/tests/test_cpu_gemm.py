@@ -7,7 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernel_core_platform_cpu.gemm import ONEDNN_LINEAR, CPULinearPolicy, pack_dtypes, padded_rows
+from kernel_core_platform_cpu.gemm import (
+    ONEDNN_LINEAR,
+    UNPACKED_ONEDNN_MACS,
+    CPULinearPolicy,
+    pack_dtypes,
+    padded_rows,
+)
 from kernel_core_platform_cpu.platform import CPUPlatform
 
 PACKED = pack_dtypes()
@@ -75,10 +81,36 @@ def test_other_dtypes_stay_plain_and_take_f_linear(dtype: torch.dtype) -> None:
     assert torch.equal(policy.linear(x, weight, bias), F.linear(x, weight, bias))
 
 
-def test_unprepared_weights_take_f_linear() -> None:
-    """Weights a model keeps itself (not handed to ``prepare``) run as they are."""
+def test_small_unprepared_weights_take_f_linear() -> None:
+    """Small products of weights a model keeps itself (not handed to ``prepare``) run as they are."""
     x, weight = torch.randn(7, 16), torch.randn(4, 16)
     assert torch.equal(CPULinearPolicy().linear(x, weight), F.linear(x, weight))
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [1, 64, 300])
+def test_large_unprepared_float32_weights_take_onednn_as_accurately(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tied ``lm_head`` stays plain (it is also the embedding table); its float32 product goes to
+    oneDNN's linear on the plain layout, within the rounding any summation order may make."""
+    generator = torch.Generator().manual_seed(rows)
+    out_features = -(-UNPACKED_ONEDNN_MACS // (rows * 64))
+    x, weight = torch.randn(rows, 64, generator=generator), torch.randn(out_features, 64, generator=generator)
+    policy, called = CPULinearPolicy(), []
+    monkeypatch.setattr("kernel_core_platform_cpu.gemm._MKLDNN", _Spy(torch.ops.mkldnn._linear_pointwise, called))
+    out = policy.linear(x, weight)
+    assert called and out.shape == (rows, out_features) and out.is_contiguous()
+    assert within_rounding(out, x, weight, None)
+
+
+class _Spy:
+    """Stands in for ``torch.ops.mkldnn``, recording the calls of its linear."""
+
+    def __init__(self, linear: object, calls: list[int]) -> None:
+        self._linear, self._calls = linear, calls
+
+    def _linear_pointwise(self, *args: object) -> torch.Tensor:
+        self._calls.append(1)
+        return self._linear(*args)  # type: ignore[operator]
 
 
 def test_packs_nothing_without_packed_dtypes() -> None:
