@@ -227,11 +227,215 @@ void attend(const T* query, const T* keys, const T* values, const int32_t* block
   }
 }
 
+#if defined(__AVX512F__)
+// The fast path for head sizes of 64 and 128 (NV vectors of 16 floats) on AVX-512: per (request, KV
+// head), a chunk of up to GC of the query heads sharing it walks the context with its queries,
+// output accumulators and softmax sums in registers. Scores are taken 16 positions (one tile, at
+// most a cache block's run) at a time: each key row is loaded once for the chunk's heads, and the
+// 16 partial dot products of a head are summed across lanes together (sums16) rather than one by
+// one; each value row is loaded once and added into every head's accumulators. Same spans and
+// rounding as ``attend``; only the order of each dot product's terms differs.
+
+// v[i]'s 16 lanes summed, for i < 16, as one vector (element i: the sum of v[i]): three
+// shuffle-and-add levels halve the lanes each vector keeps, interleaving the vectors' partial sums,
+// and a final permutation puts them in order.
+inline __m512 sums16(const __m512* v) {
+  __m512 halves[8], quarters[4], eighths[2];
+  for (int i = 0; i < 8; ++i) {  // 128-bit lanes 0-1: v[2i]'s 8 partial sums, lanes 2-3: v[2i+1]'s
+    const __m512 a = v[2 * i], b = v[2 * i + 1];
+    halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
+  }
+  for (int i = 0; i < 4; ++i) {  // 128-bit lane k: 4 partial sums of v[4i + k]
+    const __m512 a = halves[2 * i], b = halves[2 * i + 1];
+    quarters[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xdd));
+  }
+  for (int i = 0; i < 2; ++i) {  // lane k: 2 partial sums of v[8i + k], then 2 of v[8i + 4 + k]
+    const __m512 a = quarters[2 * i], b = quarters[2 * i + 1];
+    eighths[i] = _mm512_add_ps(_mm512_shuffle_ps(a, b, 0x44), _mm512_shuffle_ps(a, b, 0xee));
+  }
+  // Element 4k + m: the sum of v[4m + k].
+  const __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(eighths[0], eighths[1], 0x88),
+                                    _mm512_shuffle_ps(eighths[0], eighths[1], 0xdd));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(order, sums);
+}
+
+// exp_nonpositive on 16 lanes.
+inline __m512 exp16_nonpositive(__m512 x) {
+  const __m512 t = _mm512_mul_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(1.44269504088896341f));
+  const __m512 whole = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, whole);
+  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(whole), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+}
+
+inline __m512 rounded16(__m512 value, const float*) { return value; }
+
+inline __m512 rounded16(__m512 value, const uint16_t*) {  // to bfloat16, nearest even (as ``rounded``)
+  const __m512i bits = _mm512_castps_si512(value);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i up = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), odd);
+  return _mm512_castsi512_ps(_mm512_and_si512(up, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
+// What one chunk of heads accumulated over a request's context: unnormalised outputs and softmax sums.
+struct Context {
+  const int32_t* table;
+  int64_t first, length, stride, block_size;
+};
+
+template <typename T, int NV, int GC>
+void attend_chunk(const float (*q)[MAX_HEAD], const T* keys, const T* values, const Context& c, float (*acc_out)[MAX_HEAD],
+                  float* sum_out) {
+  constexpr int64_t SPAN = Span<T>::size;
+  __m512 query[GC][NV], acc[GC][NV], total[GC];
+  float best[GC];
+  alignas(64) float weight[GC][SPAN + 16];
+  for (int h = 0; h < GC; ++h) {
+    for (int i = 0; i < NV; ++i) query[h][i] = _mm512_load_ps(q[h] + 16 * i), acc[h][i] = _mm512_setzero_ps();
+    total[h] = _mm512_setzero_ps();
+    best[h] = -std::numeric_limits<float>::infinity();
+  }
+  const auto span_end = [&](int64_t from) {
+    const int64_t end = std::min(c.length, from + SPAN);
+    return Span<T>::within_block ? std::min(end, (from / c.block_size + 1) * c.block_size) : end;
+  };
+  const auto run = [&](int64_t p, int64_t end) { return std::min({c.block_size - p % c.block_size, end - p, int64_t{16}}); };
+  const auto slot_of = [&](int64_t p) { return static_cast<int64_t>(c.table[p / c.block_size]) * c.block_size + p % c.block_size; };
+  for (int64_t start = c.first; start < c.length;) {
+    const int64_t end = span_end(start), count = end - start;
+    for (int64_t p = start; p < end;) {  // scores, a tile of up to 16 positions at a time
+      const int64_t n = run(p, end);
+      const T* k_rows = keys + slot_of(p) * c.stride;
+      if (p + n < c.length) {  // the next tile's rows, from a block anywhere in the cache
+        const int64_t next = slot_of(p + n);
+        for (int64_t j = 0; j < 16; ++j) prefetch(keys + (next + j) * c.stride, 16 * NV), prefetch(values + (next + j) * c.stride, 16 * NV);
+      }
+      __m512 partial[GC][16];
+      for (int64_t j = 0; j < 16; ++j) {
+        if (j >= n) {
+          for (int h = 0; h < GC; ++h) partial[h][j] = _mm512_setzero_ps();
+          continue;
+        }
+        __m512 k[NV];
+        for (int i = 0; i < NV; ++i) k[i] = load16(k_rows + j * c.stride + 16 * i);
+        for (int h = 0; h < GC; ++h) {
+          __m512 sum = _mm512_mul_ps(query[h][0], k[0]);
+          for (int i = 1; i < NV; ++i) sum = _mm512_fmadd_ps(query[h][i], k[i], sum);
+          partial[h][j] = sum;
+        }
+      }
+      for (int h = 0; h < GC; ++h) _mm512_storeu_ps(weight[h] + (p - start), sums16(partial[h]));
+      p += n;
+    }
+    for (int h = 0; h < GC; ++h) {  // the span's softmax terms, the running maximum and sums rescaled
+      __m512 top = _mm512_set1_ps(best[h]);
+      for (int64_t j = 0; j < count; j += 16) {
+        const __mmask16 live = count - j >= 16 ? 0xffff : static_cast<__mmask16>((1u << (count - j)) - 1);
+        top = _mm512_mask_max_ps(top, live, top, _mm512_loadu_ps(weight[h] + j));
+      }
+      const float highest = _mm512_reduce_max_ps(top);
+      if (highest > best[h]) {
+        const float rescale = best[h] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(best[h] - highest);
+        const __m512 factor = _mm512_set1_ps(rescale);
+        total[h] = _mm512_mul_ps(total[h], factor);
+        for (int i = 0; i < NV; ++i) acc[h][i] = _mm512_mul_ps(acc[h][i], factor);
+        best[h] = highest;
+      }
+      const __m512 shift = _mm512_set1_ps(best[h]);
+      for (int64_t j = 0; j < count; j += 16) {
+        const __mmask16 live = count - j >= 16 ? 0xffff : static_cast<__mmask16>((1u << (count - j)) - 1);
+        const __m512 e = exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(weight[h] + j), shift));
+        total[h] = _mm512_mask_add_ps(total[h], live, total[h], e);  // the unrounded exponentials, as torch
+        _mm512_storeu_ps(weight[h] + j, rounded16(e, keys));
+      }
+    }
+    for (int64_t p = start; p < end;) {  // values, weighted into every head's accumulators
+      const int64_t n = run(p, end), base = p - start;
+      const T* v_rows = values + slot_of(p) * c.stride;
+      for (int64_t j = 0; j < n; ++j) {
+        __m512 v[NV];
+        for (int i = 0; i < NV; ++i) v[i] = load16(v_rows + j * c.stride + 16 * i);
+        for (int h = 0; h < GC; ++h) {
+          const __m512 w = _mm512_set1_ps(weight[h][base + j]);
+          for (int i = 0; i < NV; ++i) acc[h][i] = _mm512_fmadd_ps(w, v[i], acc[h][i]);
+        }
+      }
+      p += n;
+    }
+    start = end;
+  }
+  for (int h = 0; h < GC; ++h) {
+    for (int i = 0; i < NV; ++i) _mm512_store_ps(acc_out[h] + 16 * i, acc[h][i]);
+    sum_out[h] = _mm512_reduce_add_ps(total[h]);
+  }
+}
+
+// Heads per chunk: as many as keep a chunk's queries and accumulators in registers.
+constexpr int chunk_heads(int nv) { return nv == 4 ? 3 : 1; }
+
+template <typename T, int NV>
+void attend_chunks(const float (*q)[MAX_HEAD], int64_t heads, const T* keys, const T* values, const Context& c,
+                   float (*acc)[MAX_HEAD], float* sums) {
+  constexpr int GC = chunk_heads(NV);
+  int64_t h = 0;
+  for (; h + GC <= heads; h += GC) attend_chunk<T, NV, GC>(q + h, keys, values, c, acc + h, sums + h);
+  for (; h < heads; ++h) attend_chunk<T, NV, 1>(q + h, keys, values, c, acc + h, sums + h);
+}
+
+// Whether the fast path covers these heads.
+inline bool fast_path(const Layout& L) { return L.head_size == 64 || L.head_size == 128; }
+
+// One (request, KV head): the query heads sharing that KV head, through attend_chunks.
+template <typename T>
+void attend_kv_head(const T* query, const T* keys, const T* values, const int32_t* block_tables, const int32_t* seq_lens,
+                    int64_t request, int64_t row, int64_t kv_head, const Layout& L, T* out) {
+  const int64_t group = L.num_heads / L.num_kv_heads, D = L.head_size;
+  const int64_t length = seq_lens[request];
+  const Context c{block_tables + request * L.table_stride, L.window > 0 ? std::max<int64_t>(0, length - L.window) : 0,
+                  length, L.num_kv_heads * D, L.block_size};
+  alignas(64) float q[MAX_HEADS][MAX_HEAD];
+  alignas(64) float acc[MAX_HEADS][MAX_HEAD];
+  float sums[MAX_HEADS];
+  for (int64_t g = 0; g < group; ++g) {
+    const T* src = query + row * L.q_token_stride + (kv_head * group + g) * L.q_head_stride;
+    for (int64_t d = 0; d < D; ++d) q[g][d] = load(src + d) * L.scale;
+  }
+  const T* k = keys + kv_head * D;
+  const T* v = values + kv_head * D;
+  if (D == 64) attend_chunks<T, 4>(q, group, k, v, c, acc, sums);
+  else attend_chunks<T, 8>(q, group, k, v, c, acc, sums);
+  for (int64_t g = 0; g < group; ++g) {
+    T* dst = out + row * L.out_token_stride + (kv_head * group + g) * L.out_head_stride;
+    const float inverse = 1.0f / sums[g];
+    for (int64_t d = 0; d < D; ++d) store(dst + d, acc[g][d] * inverse);
+  }
+}
+#endif
+
 template <typename T>
 void decode(const T* query, const T* cache, int64_t num_slots, const int32_t* block_tables, const int32_t* seq_lens,
             const int64_t* requests, const int64_t* rows, int64_t n, const Layout& L, T* out, int threads) {
   const T* keys = cache;  // cache is [2, slots, kv_heads, head]: keys, then values
   const T* values = cache + num_slots * L.num_kv_heads * L.head_size;
+#if defined(__AVX512F__)
+  if (fast_path(L)) {
+    const int64_t tasks = n * L.num_kv_heads;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && tasks > 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t r = t / L.num_kv_heads;
+      attend_kv_head(query, keys, values, block_tables, seq_lens, requests[r], rows[r], t % L.num_kv_heads, L, out);
+    }
+    return;
+  }
+#endif
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && n > 1)
   for (int64_t r = 0; r < n; ++r) {
     attend(query, keys, values, block_tables, seq_lens, requests[r], rows[r], L, out);

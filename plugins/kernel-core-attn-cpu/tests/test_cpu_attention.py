@@ -36,10 +36,17 @@ def test_the_kernel_builds_wherever_there_is_a_compiler() -> None:
 
 
 def step(
-    dtype: torch.dtype, contexts: list[int], new: list[int], window: int | None, generator: torch.Generator
+    dtype: torch.dtype,
+    contexts: list[int],
+    new: list[int],
+    window: int | None,
+    generator: torch.Generator,
+    heads: tuple[int, int, int] = (NUM_HEADS, NUM_KV_HEADS, HEAD_SIZE),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata]:
     """One step of requests with ``contexts`` cached positions and ``new`` tokens each, on scattered
-    blocks of a cache whose written positions are random and whose others are NaN."""
+    blocks of a cache whose written positions are random and whose others are NaN; ``heads`` is
+    (query heads, KV heads, head size)."""
+    num_heads, num_kv_heads, head_size = heads
     totals = [c + n for c, n in zip(contexts, new)]
     blocks = [-(-t // BLOCK_SIZE) for t in totals]
     order = torch.randperm(sum(blocks) + 3, generator=generator).tolist()
@@ -47,11 +54,11 @@ def step(
     for count in blocks:
         tables.append(order[used : used + count])
         used += count
-    cache = torch.full(TorchAttention.kv_cache_shape(len(order), BLOCK_SIZE, NUM_KV_HEADS, HEAD_SIZE), float("nan"))
+    cache = torch.full(TorchAttention.kv_cache_shape(len(order), BLOCK_SIZE, num_kv_heads, head_size), float("nan"))
     for table, cached in zip(tables, contexts):
         slots = torch.tensor([table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in range(cached)], dtype=torch.long)
-        cache.view(2, -1, NUM_KV_HEADS, HEAD_SIZE)[:, slots] = torch.randn(
-            2, cached, NUM_KV_HEADS, HEAD_SIZE, generator=generator
+        cache.view(2, -1, num_kv_heads, head_size)[:, slots] = torch.randn(
+            2, cached, num_kv_heads, head_size, generator=generator
         )
     slots = [t[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for t, c, n in zip(tables, contexts, new) for p in range(c, c + n)]
     width = max(blocks)
@@ -61,10 +68,10 @@ def step(
         seq_lens=torch.tensor(totals, dtype=torch.int32),
         block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32),
         block_size=BLOCK_SIZE,
-        scale=HEAD_SIZE**-0.5,
+        scale=head_size**-0.5,
     ).for_layer(window)
-    qkv = torch.randn(sum(new), NUM_HEADS + 2 * NUM_KV_HEADS, HEAD_SIZE, generator=generator)
-    query, key, value = qkv.to(dtype).split([NUM_HEADS, NUM_KV_HEADS, NUM_KV_HEADS], dim=1)
+    qkv = torch.randn(sum(new), num_heads + 2 * num_kv_heads, head_size, generator=generator)
+    query, key, value = qkv.to(dtype).split([num_heads, num_kv_heads, num_kv_heads], dim=1)
     return query, key, value, cache.to(dtype), metadata
 
 
@@ -81,6 +88,26 @@ def test_smollm2_steps_match_the_torch_backend(dtype: torch.dtype, window: int |
     contexts = [0, 15, 16, 31, 33, 700, 129, 40]
     new = [1, 1, 1, 1, 1, 1, 1, 24]
     query, key, value, cache, metadata = step(dtype, contexts, new, window, generator)
+    ours = CPUAttention().forward(query, key, value, cache.clone(), metadata)
+    torch_out = TorchAttention().forward(query, key, value, cache.clone(), metadata)
+    exact = TorchAttention().forward(*(t.double() for t in (query, key, value, cache)), metadata)
+    assert not ours.isnan().any()
+    if dtype == torch.float32:
+        torch.testing.assert_close(ours, torch_out, atol=1e-5, rtol=0)
+    else:
+        assert (ours.double() - exact).abs().max() <= (torch_out.double() - exact).abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "heads", [(8, 2, 128), (8, 2, 64), (4, 4, 64), (16, 2, 64), (6, 2, 48)], ids=lambda h: "heads{}-kv{}-size{}".format(*h)
+)
+def test_other_head_layouts_match_the_torch_backend(dtype: torch.dtype, heads: tuple[int, int, int]) -> None:
+    """The kernel's AVX-512 path takes head sizes 64 and 128 with the query heads sharing a KV head
+    in chunks (of 3 at size 64, so groups of 4 and 8 leave one or two heads over, and of 1 at 128);
+    other sizes take its generic loop. Each against the torch backend as above."""
+    generator = torch.Generator().manual_seed(2)
+    query, key, value, cache, metadata = step(dtype, [0, 17, 200, 515], [1, 1, 1, 1], None, generator, heads)
     ours = CPUAttention().forward(query, key, value, cache.clone(), metadata)
     torch_out = TorchAttention().forward(query, key, value, cache.clone(), metadata)
     exact = TorchAttention().forward(*(t.double() for t in (query, key, value, cache)), metadata)
