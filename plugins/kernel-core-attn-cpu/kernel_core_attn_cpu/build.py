@@ -1,4 +1,4 @@
-"""The decode kernel, ``paged_decode.cpp``, built on first use for this CPU by the CPU platform's
+"""The decode and prefill kernels, ``paged_attention.cpp``, built on first use for this CPU by the CPU platform's
 :func:`~kernel_core_platform_cpu.native.build_library` (cached under ``$KERNEL_CORE_CACHE/attn-cpu``),
 and loaded with ctypes.
 """
@@ -13,11 +13,11 @@ from pathlib import Path
 
 from kernel_core_platform_cpu.native import BuildError, build_library
 
-SOURCE = Path(__file__).with_name("paged_decode.cpp")
+SOURCE = Path(__file__).with_name("paged_attention.cpp")
 
 
 class Layout(ctypes.Structure):
-    """Mirror of ``Layout`` in ``paged_decode.cpp``."""
+    """Mirror of ``Layout`` in ``paged_attention.cpp``."""
 
     _fields_ = [
         (name, ctypes.c_int64)
@@ -36,11 +36,17 @@ class Kernel:
     error: str | None
     max_heads: int = 0
     max_head: int = 0
+    #: Most prefill chunks (requests) one call takes; 0 when this build has no prefill kernel.
+    max_prefill_chunks: int = 0
+
+    def has_prefill(self, head_size: int, group: int) -> bool:
+        """Whether the prefill kernel covers heads of ``head_size`` with ``group`` query heads per KV head."""
+        return self.library is not None and bool(self.library.kc_has_prefill(head_size, group))
 
 
 @functools.cache
 def kernel() -> Kernel:
-    """The decode kernel for this machine, built (or found in the cache) on the first call."""
+    """The kernels for this machine, built (or found in the cache) on the first call."""
     try:
         path = build_library(SOURCE, "attn-cpu")
         library = ctypes.CDLL(str(path))
@@ -52,5 +58,13 @@ def kernel() -> Kernel:
     for name in ("kc_decode_f32", "kc_decode_bf16"):
         function = getattr(library, name)
         function.argtypes, function.restype = arguments, None
-    library.kc_max_heads.restype = library.kc_max_head.restype = ctypes.c_int64
-    return Kernel(library, None, library.kc_max_heads(), library.kc_max_head())
+    prefill_arguments = arguments[:7] + [pointer] + arguments[7:]  # the chunks' token counts after their rows
+    for name in ("kc_prefill_f32", "kc_prefill_bf16"):
+        function = getattr(library, name, None)  # AVX-512 builds only
+        if function is not None:
+            function.argtypes, function.restype = prefill_arguments, None
+    library.kc_has_prefill.argtypes, library.kc_has_prefill.restype = [ctypes.c_int64, ctypes.c_int64], ctypes.c_int
+    for name in ("kc_max_heads", "kc_max_head", "kc_max_prefill_chunks"):
+        getattr(library, name).restype = ctypes.c_int64
+    chunks = library.kc_max_prefill_chunks() if hasattr(library, "kc_prefill_f32") else 0
+    return Kernel(library, None, library.kc_max_heads(), library.kc_max_head(), chunks)

@@ -103,11 +103,14 @@ def test_smollm2_steps_match_the_torch_backend(dtype: torch.dtype, window: int |
     "heads", [(8, 2, 128), (8, 2, 64), (4, 4, 64), (16, 2, 64), (6, 2, 48)], ids=lambda h: "heads{}-kv{}-size{}".format(*h)
 )
 def test_other_head_layouts_match_the_torch_backend(dtype: torch.dtype, heads: tuple[int, int, int]) -> None:
-    """The kernel's AVX-512 path takes head sizes 64 and 128 with the query heads sharing a KV head
-    in chunks (of 3 at size 64, so groups of 4 and 8 leave one or two heads over, and of 1 at 128);
-    other sizes take its generic loop. Each against the torch backend as above."""
+    """The decode kernel's AVX-512 path takes head sizes 64 and 128 with the query heads sharing a
+    KV head in chunks (of 3 at size 64, so groups of 4 and 8 leave one or two heads over, and of 1
+    at 128); other sizes take its generic loop. The prefill kernel (AVX-512, sizes 64 and 128)
+    takes a fresh prompt longer than a 512-position span and a chunk continuing a cached context,
+    in tiles of 24 rows that split the positions unevenly. Each against the torch backend as above."""
     generator = torch.Generator().manual_seed(2)
-    query, key, value, cache, metadata = step(dtype, [0, 17, 200, 515], [1, 1, 1, 1], None, generator, heads)
+    contexts, new = [0, 17, 200, 515, 0, 200], [1, 1, 1, 1, 700, 30]
+    query, key, value, cache, metadata = step(dtype, contexts, new, None, generator, heads)
     ours = CPUAttention().forward(query, key, value, cache.clone(), metadata)
     torch_out = TorchAttention().forward(query, key, value, cache.clone(), metadata)
     exact = TorchAttention().forward(*(t.double() for t in (query, key, value, cache)), metadata)
@@ -145,9 +148,50 @@ def test_bfloat16_decodes_round_as_torch_sdpa_does() -> None:
     assert ours_mean >= 0.85 and ours_mean > torch_mean, (same_ours, same_torch)
 
 
+@pytest.mark.parametrize("window", [None, 5, 100], ids=lambda w: f"window{w}")
+def test_prefill_kernel_takes_fresh_and_continued_chunks(window: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prefill kernel, not SDPA, computes the chunks where it is built (AVX-512): fresh prompts
+    of 2 to 600 tokens and chunks continuing 1 to 530 cached positions, under sliding windows."""
+    if not kernel_has_prefill():
+        pytest.skip("this CPU's build has no prefill kernel (it needs AVX-512); SDPA computes the chunks")
+    monkeypatch.setattr("kernel_core_attn_torch.backend._prefill", _no_sdpa)
+    query, key, value, cache, metadata = step(
+        torch.float32, [0, 0, 0, 1, 16, 530, 3], [2, 17, 600, 5, 40, 33, 1], window, torch.Generator().manual_seed(4)
+    )
+    ours = CPUAttention().forward(query, key, value, cache.clone(), metadata)
+    monkeypatch.undo()
+    torch_out = TorchAttention().forward(query, key, value, cache.clone(), metadata)
+    torch.testing.assert_close(ours, torch_out, atol=1e-5, rtol=0)
+
+
+def test_bfloat16_prefill_rounds_as_torch_sdpa_does() -> None:
+    """A bfloat16 prompt's rows round their probabilities as SDPA's flash kernel does (spans of
+    512 from position 0), so most of its elements equal SDPA's, which HF computes the prompt with:
+    held to 85%, as the decode kernel is."""
+    if not kernel_has_prefill():
+        pytest.skip("this CPU's build has no prefill kernel (it needs AVX-512)")
+    query, key, value, cache, metadata = step(torch.bfloat16, [0], [1100], None, torch.Generator().manual_seed(5))
+    ours = CPUAttention().forward(query, key, value, cache.clone(), metadata)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(
+        query.transpose(0, 1)[None], key.transpose(0, 1)[None], value.transpose(0, 1)[None],
+        is_causal=True, scale=HEAD_SIZE**-0.5, enable_gqa=True,
+    )[0].transpose(0, 1)
+    same = (ours == sdpa).float().mean().item()
+    assert same >= 0.85, same
+
+
+def kernel_has_prefill() -> bool:
+    return build.kernel().has_prefill(HEAD_SIZE, NUM_HEADS // NUM_KV_HEADS)
+
+
+def _no_sdpa(*args: object) -> torch.Tensor:
+    raise AssertionError("a prefill chunk went to SDPA, not to the kernel")
+
+
 def test_more_threads_give_the_same_output() -> None:
-    """Tasks (request, KV head) are independent: the thread count changes no bit."""
-    query, key, value, cache, metadata = step(torch.float32, [50, 300, 7], [1, 1, 1], None, torch.Generator().manual_seed(1))
+    """Tasks (a decode request's or a prefill tile's KV head) are independent: the thread count
+    changes no bit."""
+    query, key, value, cache, metadata = step(torch.float32, [50, 300, 7, 0], [1, 1, 1, 90], None, torch.Generator().manual_seed(1))
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -70,6 +70,10 @@ class TorchAttention(AttentionBackend):
             buffer = _key_buffer(metadata, plan.buffer_numel, kv_cache)
             for bucket in plan.decode:
                 out.index_copy_(0, bucket.rows, _decode(query, keys, values, bucket, buffer, metadata.scale))
+        prefill = self.prefill_kernel(query, kv_cache, metadata) if plan.prefill else None
+        if prefill is not None:
+            prefill(query, kv_cache, metadata, out)
+            return out
         for chunk in plan.prefill:
             out[chunk.start : chunk.stop] = _prefill(query, key, value, keys, values, chunk, metadata.scale)
         return out
@@ -83,8 +87,19 @@ class TorchAttention(AttentionBackend):
         """
         return None
 
+    def prefill_kernel(
+        self, query: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata
+    ) -> DecodeKernel | None:
+        """A kernel that attends this call's prefill chunks (several new tokens of a request, over
+        its cached context and causally over each other) instead of one
+        ``scaled_dot_product_attention`` call per chunk, for a subclass that has one for these
+        tensors; None here. Called like :meth:`decode_kernel`'s, after the new keys and values
+        are written; it fills the prefill chunks' rows of ``out``."""
+        return None
 
-#: ``kernel(query, kv_cache, metadata, out)``: see :meth:`TorchAttention.decode_kernel`.
+
+#: ``kernel(query, kv_cache, metadata, out)``: see :meth:`TorchAttention.decode_kernel` and
+#: :meth:`TorchAttention.prefill_kernel`.
 DecodeKernel = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor], None]
 
 

@@ -1,7 +1,9 @@
-// Decode attention over the paged KV cache, read in place: each request walks its block table
+// Attention over the paged KV cache, read in place. Decode: each request walks its block table
 // and keeps an online softmax per query head over the positions it sees, so no key or value is
-// gathered into a copy. Plain C++ (no torch headers) so that it builds in about a second; called
-// through ctypes with the tensors' data pointers. Accumulates in float32 for float32 and bfloat16;
+// gathered into a copy. Prefill (AVX-512): tiles of a chunk's query rows do the same, their scores
+// and weighted values as small GEMMs per cache block (see ``prefill_task``). Plain C++ (no torch
+// headers) so that it builds in about a second; called through ctypes with the tensors' data
+// pointers. Accumulates in float32 for float32 and bfloat16;
 // in bfloat16 it rounds as torch's CPU flash attention (scaled_dot_product_attention, which HF
 // transformers calls) does, so that greedy tokens agree with HF's: scores and the softmax sums in
 // float32 over spans of 512 positions, each probability rounded to bfloat16 before it weights V.
@@ -19,6 +21,7 @@ namespace {
 constexpr int64_t MAX_HEADS = 64;  // query heads
 constexpr int64_t MAX_HEAD = 256;  // head size
 constexpr int64_t LANES = 32;      // softmax denominators kept per lane, summed at the end
+constexpr int64_t MAX_TASK_CHUNKS = 4096;  // prefill chunks of one step (one per request)
 
 // Positions scored before their values are summed, and whether the probabilities are rounded to T.
 // float32: up to 32, within one cache block. bfloat16: up to 512 (torch's CPU flash attention's
@@ -442,11 +445,227 @@ void decode(const T* query, const T* cache, int64_t num_slots, const int32_t* bl
   }
 }
 
+
+#if defined(__AVX512F__)
+// Prefill chunks (several new tokens of one request, attending to its cached context and to each
+// other, causally) on AVX-512, head sizes 64 and 128. A task is (request, KV head, a tile of up to
+// TILE_ROWS query rows: consecutive positions times the query heads sharing that KV head). Per span
+// of positions its rows' scores are one small GEMM per cache block against the block's keys,
+// transposed once into Kt (16 positions on the lanes, so each multiply-add yields 16 scores of a
+// row), then the online softmax as in ``attend``, then the values weighted in register blocks. The
+// spans, the float32 sums and the rounding of each probability to T are the decode path's, so a
+// prompt's rows round as torch's flash attention does.
+
+constexpr int64_t TILE_ROWS = 24;  // rows of a task: 8 positions of 3 query heads, 24 of 1, ...
+constexpr int64_t ROW_BLOCK = 8;   // rows whose scores are accumulated in registers together
+
+// The 16 x 16 block m (16 rows of 16 floats) transposed in place.
+inline void transpose16(__m512* m) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(m[2 * i], m[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(m[2 * i], m[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+    m[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    m[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    m[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+    m[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+  }
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      t[8 * i + j] = _mm512_shuffle_f32x4(m[8 * i + j], m[8 * i + 4 + j], 0x88);
+      t[8 * i + 4 + j] = _mm512_shuffle_f32x4(m[8 * i + j], m[8 * i + 4 + j], 0xdd);
+    }
+  }
+  for (int j = 0; j < 8; ++j) {
+    m[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+    m[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+  }
+}
+
+// One prefill task's rows: row r is query head (kv_head * group + r % group) of position
+// first_position + r / group.
+struct Rows {
+  int64_t count, group, first_position;
+  int64_t position(int64_t r) const { return first_position + r / group; }
+};
+
+template <typename T, int NV>
+void prefill_task(const T* query, const T* keys, const T* values, const int32_t* table, int64_t context,
+                  int64_t first_row, const Rows& rows, int64_t kv_head, const Layout& L, T* out) {
+  constexpr int64_t D = NV * 16, SPAN = Span<T>::size;
+  constexpr int PV_ROWS = 16 / NV;  // rows whose accumulators stay in registers while values are added
+  const int64_t stride = L.num_kv_heads * D, block = L.block_size;
+  const int64_t last = rows.position(rows.count - 1);
+  const int64_t first = L.window > 0 ? std::max<int64_t>(0, rows.first_position - L.window + 1) : 0;
+  alignas(64) float q[TILE_ROWS + ROW_BLOCK][D];
+  alignas(64) float acc[TILE_ROWS][D];
+  alignas(64) float weight[TILE_ROWS][SPAN + 16];
+  alignas(64) float kt[D][16];
+  alignas(64) float vf[16][D];
+  float best[TILE_ROWS], total[TILE_ROWS];
+  const int64_t padded = (rows.count + ROW_BLOCK - 1) / ROW_BLOCK * ROW_BLOCK;
+  for (int64_t r = 0; r < padded; ++r) {
+    if (r >= rows.count) {
+      std::fill(q[r], q[r] + D, 0.0f);
+      continue;
+    }
+    const T* src = query + (first_row + r / rows.group) * L.q_token_stride + (kv_head * rows.group + r % rows.group) * L.q_head_stride;
+    for (int64_t d = 0; d < D; ++d) q[r][d] = load(src + d) * L.scale;
+    std::fill(acc[r], acc[r] + D, 0.0f);
+    best[r] = -std::numeric_limits<float>::infinity();
+    total[r] = 0.0f;
+  }
+  const auto slot_of = [&](int64_t p) { return static_cast<int64_t>(table[p / block]) * block + p % block; };
+  const auto run = [&](int64_t p, int64_t end) { return std::min({block - p % block, end - p, int64_t{16}}); };
+  const __m512 lanes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 minus_infinity = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t start = first; start <= last; start += SPAN) {
+    const int64_t end = std::min(last + 1, start + SPAN);
+    for (int64_t p = start; p < end;) {  // scores: per tile of up to 16 positions, one GEMM against Kt
+      const int64_t n = run(p, end);
+      const T* k_rows = keys + slot_of(p) * stride + kv_head * D;
+      for (int64_t i = 0; i < NV; ++i) {
+        __m512 m[16];
+        for (int64_t j = 0; j < 16; ++j) m[j] = j < n ? load16(k_rows + j * stride + 16 * i) : _mm512_setzero_ps();
+        transpose16(m);
+        for (int64_t j = 0; j < 16; ++j) _mm512_store_ps(kt[16 * i + j], m[j]);
+      }
+      const __m512 position = _mm512_add_ps(lanes, _mm512_set1_ps(static_cast<float>(p)));
+      for (int64_t r0 = 0; r0 < rows.count; r0 += ROW_BLOCK) {
+        __m512 s[ROW_BLOCK];
+        for (int b = 0; b < ROW_BLOCK; ++b) s[b] = _mm512_setzero_ps();
+        for (int64_t d = 0; d < D; ++d) {
+          const __m512 k = _mm512_load_ps(kt[d]);
+          for (int b = 0; b < ROW_BLOCK; ++b) s[b] = _mm512_fmadd_ps(_mm512_set1_ps(q[r0 + b][d]), k, s[b]);
+        }
+        for (int b = 0; b < ROW_BLOCK && r0 + b < rows.count; ++b) {
+          const int64_t at = rows.position(r0 + b);
+          __mmask16 seen = _mm512_cmp_ps_mask(position, _mm512_set1_ps(static_cast<float>(at)), _CMP_LE_OQ);
+          if (L.window > 0) seen &= _mm512_cmp_ps_mask(position, _mm512_set1_ps(static_cast<float>(at - L.window)), _CMP_GT_OQ);
+          seen &= static_cast<__mmask16>((1u << n) - 1);
+          _mm512_storeu_ps(weight[r0 + b] + (p - start), _mm512_mask_blend_ps(seen, minus_infinity, s[b]));
+        }
+      }
+      p += n;
+    }
+    const int64_t count = end - start;
+    for (int64_t r = 0; r < rows.count; ++r) {  // the span's softmax terms; masked positions weigh 0
+      __m512 top = minus_infinity;
+      for (int64_t j = 0; j < count; j += 16) {
+        const __mmask16 live = count - j >= 16 ? 0xffff : static_cast<__mmask16>((1u << (count - j)) - 1);
+        top = _mm512_mask_max_ps(top, live, top, _mm512_loadu_ps(weight[r] + j));
+      }
+      const float highest = _mm512_reduce_max_ps(top);
+      if (highest == -std::numeric_limits<float>::infinity()) {  // the row sees none of this span
+        for (int64_t j = 0; j < count; j += 16) _mm512_storeu_ps(weight[r] + j, _mm512_setzero_ps());
+        continue;
+      }
+      if (highest > best[r]) {
+        const float rescale = best[r] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(best[r] - highest);
+        total[r] *= rescale;
+        for (int64_t d = 0; d < D; ++d) acc[r][d] *= rescale;
+        best[r] = highest;
+      }
+      const __m512 shift = _mm512_set1_ps(best[r]);
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t j = 0; j < count; j += 16) {
+        const __m512 score = _mm512_loadu_ps(weight[r] + j);
+        __mmask16 live = _mm512_cmp_ps_mask(score, minus_infinity, _CMP_NEQ_OQ);
+        if (count - j < 16) live &= static_cast<__mmask16>((1u << (count - j)) - 1);
+        const __m512 e = _mm512_maskz_mov_ps(live, exp16_nonpositive(_mm512_sub_ps(score, shift)));
+        sum = _mm512_add_ps(sum, e);  // the unrounded exponentials, as torch
+        _mm512_storeu_ps(weight[r] + j, rounded16(e, keys));
+      }
+      total[r] += _mm512_reduce_add_ps(sum);
+    }
+    for (int64_t p = start; p < end;) {  // values: per tile, into register blocks of PV_ROWS rows
+      const int64_t n = run(p, end), base = p - start;
+      const T* v_rows = values + slot_of(p) * stride + kv_head * D;
+      for (int64_t j = 0; j < n; ++j) {
+        for (int i = 0; i < NV; ++i) _mm512_store_ps(vf[j] + 16 * i, load16(v_rows + j * stride + 16 * i));
+      }
+      for (int64_t r0 = 0; r0 < rows.count; r0 += PV_ROWS) {
+        const int64_t live = std::min<int64_t>(PV_ROWS, rows.count - r0);
+        __m512 a[PV_ROWS][NV];
+        for (int b = 0; b < PV_ROWS; ++b)
+          for (int i = 0; i < NV; ++i) a[b][i] = b < live ? _mm512_load_ps(acc[r0 + b] + 16 * i) : _mm512_setzero_ps();
+        for (int64_t j = 0; j < n; ++j) {
+          __m512 v[NV];
+          for (int i = 0; i < NV; ++i) v[i] = _mm512_load_ps(vf[j] + 16 * i);
+          for (int b = 0; b < PV_ROWS; ++b) {
+            if (b >= live) break;
+            const __m512 w = _mm512_set1_ps(weight[r0 + b][base + j]);
+            for (int i = 0; i < NV; ++i) a[b][i] = _mm512_fmadd_ps(w, v[i], a[b][i]);
+          }
+        }
+        for (int b = 0; b < live; ++b)
+          for (int i = 0; i < NV; ++i) _mm512_store_ps(acc[r0 + b] + 16 * i, a[b][i]);
+      }
+      p += n;
+    }
+  }
+  for (int64_t r = 0; r < rows.count; ++r) {
+    T* dst = out + (first_row + r / rows.group) * L.out_token_stride + (kv_head * rows.group + r % rows.group) * L.out_head_stride;
+    const float inverse = 1.0f / total[r];
+    for (int64_t d = 0; d < D; ++d) store(dst + d, acc[r][d] * inverse);
+  }
+}
+
+// Every prefill chunk of the step: chunk c is request requests[c], its new tokens at batch rows
+// rows[c] .. rows[c] + counts[c], the last positions of its context of seq_lens[request].
+template <typename T>
+void prefill(const T* query, const T* cache, int64_t num_slots, const int32_t* block_tables, const int32_t* seq_lens,
+             const int64_t* requests, const int64_t* rows, const int64_t* counts, int64_t n, const Layout& L, T* out,
+             int threads) {
+  const T* keys = cache;
+  const T* values = cache + num_slots * L.num_kv_heads * L.head_size;
+  const int64_t group = L.num_heads / L.num_kv_heads;
+  const int64_t positions_per_task = std::max<int64_t>(1, TILE_ROWS / group);
+  int64_t tasks = 0;
+  int64_t starts[MAX_TASK_CHUNKS + 1];
+  for (int64_t c = 0; c < n; ++c) {
+    starts[c] = tasks;
+    tasks += (counts[c] + positions_per_task - 1) / positions_per_task * L.num_kv_heads;
+  }
+  starts[n] = tasks;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && tasks > 1)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t c = std::upper_bound(starts, starts + n + 1, t) - starts - 1;
+    const int64_t local = t - starts[c], kv_head = local % L.num_kv_heads, tile = local / L.num_kv_heads;
+    const int64_t request = requests[c], context = seq_lens[request];
+    const int64_t first_new = tile * positions_per_task;
+    const int64_t new_rows = std::min(positions_per_task, counts[c] - first_new);
+    const Rows task_rows{new_rows * group, group, context - counts[c] + first_new};
+    const int32_t* table = block_tables + request * L.table_stride;
+    if (L.head_size == 64)
+      prefill_task<T, 4>(query, keys, values, table, context, rows[c] + first_new, task_rows, kv_head, L, out);
+    else
+      prefill_task<T, 8>(query, keys, values, table, context, rows[c] + first_new, task_rows, kv_head, L, out);
+  }
+}
+#endif
+
 }  // namespace
 
 extern "C" {
 
 int64_t kc_max_heads() { return MAX_HEADS; }
+int64_t kc_max_prefill_chunks() { return MAX_TASK_CHUNKS; }
+
+// Whether this build has the prefill kernel (AVX-512) for heads of ``head_size`` and ``group``
+// query heads per KV head.
+int kc_has_prefill(int64_t head_size, int64_t group) {
+#if defined(__AVX512F__)
+  return (head_size == 64 || head_size == 128) && group <= TILE_ROWS;
+#else
+  (void)head_size, (void)group;
+  return 0;
+#endif
+}
 int64_t kc_max_head() { return MAX_HEAD; }
 
 void kc_decode_f32(const float* query, const float* cache, int64_t num_slots, const int32_t* block_tables,
@@ -460,5 +679,19 @@ void kc_decode_bf16(const uint16_t* query, const uint16_t* cache, int64_t num_sl
                     const Layout* layout, uint16_t* out, int threads) {
   decode(query, cache, num_slots, block_tables, seq_lens, requests, rows, n, *layout, out, threads);
 }
+
+#if defined(__AVX512F__)
+void kc_prefill_f32(const float* query, const float* cache, int64_t num_slots, const int32_t* block_tables,
+                    const int32_t* seq_lens, const int64_t* requests, const int64_t* rows, const int64_t* counts, int64_t n,
+                    const Layout* layout, float* out, int threads) {
+  prefill(query, cache, num_slots, block_tables, seq_lens, requests, rows, counts, n, *layout, out, threads);
+}
+
+void kc_prefill_bf16(const uint16_t* query, const uint16_t* cache, int64_t num_slots, const int32_t* block_tables,
+                     const int32_t* seq_lens, const int64_t* requests, const int64_t* rows, const int64_t* counts, int64_t n,
+                     const Layout* layout, uint16_t* out, int threads) {
+  prefill(query, cache, num_slots, block_tables, seq_lens, requests, rows, counts, n, *layout, out, threads);
+}
+#endif
 
 }  // extern "C"
