@@ -59,10 +59,8 @@ def kernel() -> Kernel:
         function = getattr(library, name)
         function.argtypes, function.restype = arguments, None
     prefill_arguments = arguments[:7] + [pointer] + arguments[7:]  # the chunks' token counts after their rows
-    for name in ("kc_prefill_f32", "kc_prefill_bf16"):
-        function = getattr(library, name, None)  # AVX-512 builds only
-        if function is not None:
-            function.argtypes, function.restype = prefill_arguments, None
+    if hasattr(library, "kc_prefill_f32"):  # AVX-512 builds only
+        library.kc_prefill_f32.argtypes, library.kc_prefill_f32.restype = prefill_arguments, None
     library.kc_has_prefill.argtypes, library.kc_has_prefill.restype = [ctypes.c_int64, ctypes.c_int64], ctypes.c_int
     for name in ("kc_max_heads", "kc_max_head", "kc_max_prefill_chunks"):
         getattr(library, name).restype = ctypes.c_int64

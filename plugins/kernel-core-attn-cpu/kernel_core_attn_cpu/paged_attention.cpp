@@ -1,7 +1,7 @@
 // Attention over the paged KV cache, read in place. Decode: each request walks its block table
 // and keeps an online softmax per query head over the positions it sees, so no key or value is
-// gathered into a copy. Prefill (AVX-512): tiles of a chunk's query rows do the same, their scores
-// and weighted values as small GEMMs per cache block (see ``prefill_task``). Plain C++ (no torch
+// gathered into a copy. Prefill (AVX-512, float32): tiles of a chunk's query rows do the same, their
+// scores and weighted values as small GEMMs per cache block (see ``prefill_task``). Plain C++ (no torch
 // headers) so that it builds in about a second; called through ctypes with the tensors' data
 // pointers. Accumulates in float32 for float32 and bfloat16;
 // in bfloat16 it rounds as torch's CPU flash attention (scaled_dot_product_attention, which HF
@@ -452,9 +452,9 @@ void decode(const T* query, const T* cache, int64_t num_slots, const int32_t* bl
 // TILE_ROWS query rows: consecutive positions times the query heads sharing that KV head). Per span
 // of positions its rows' scores are one small GEMM per cache block against the block's keys,
 // transposed once into Kt (16 positions on the lanes, so each multiply-add yields 16 scores of a
-// row), then the online softmax as in ``attend``, then the values weighted in register blocks. The
-// spans, the float32 sums and the rounding of each probability to T are the decode path's, so a
-// prompt's rows round as torch's flash attention does.
+// row), then the online softmax as in ``attend``, then the values weighted in register blocks.
+// Exported for float32 only: bfloat16 prompts stay with torch's SDPA, HF's own computation, whose
+// score sums this kernel orders differently (backend.py says what that cost in greedy agreement).
 
 constexpr int64_t TILE_ROWS = 24;  // rows of a task: 8 positions of 3 query heads, 24 of 1, ...
 constexpr int64_t ROW_BLOCK = 8;   // rows whose scores are accumulated in registers together
@@ -684,12 +684,6 @@ void kc_decode_bf16(const uint16_t* query, const uint16_t* cache, int64_t num_sl
 void kc_prefill_f32(const float* query, const float* cache, int64_t num_slots, const int32_t* block_tables,
                     const int32_t* seq_lens, const int64_t* requests, const int64_t* rows, const int64_t* counts, int64_t n,
                     const Layout* layout, float* out, int threads) {
-  prefill(query, cache, num_slots, block_tables, seq_lens, requests, rows, counts, n, *layout, out, threads);
-}
-
-void kc_prefill_bf16(const uint16_t* query, const uint16_t* cache, int64_t num_slots, const int32_t* block_tables,
-                     const int32_t* seq_lens, const int64_t* requests, const int64_t* rows, const int64_t* counts, int64_t n,
-                     const Layout* layout, uint16_t* out, int threads) {
   prefill(query, cache, num_slots, block_tables, seq_lens, requests, rows, counts, n, *layout, out, threads);
 }
 #endif

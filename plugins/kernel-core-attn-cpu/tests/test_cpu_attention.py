@@ -164,20 +164,11 @@ def test_prefill_kernel_takes_fresh_and_continued_chunks(window: int | None, mon
     torch.testing.assert_close(ours, torch_out, atol=1e-5, rtol=0)
 
 
-def test_bfloat16_prefill_rounds_as_torch_sdpa_does() -> None:
-    """A bfloat16 prompt's rows round their probabilities as SDPA's flash kernel does (spans of
-    512 from position 0), so most of its elements equal SDPA's, which HF computes the prompt with:
-    held to 85%, as the decode kernel is."""
-    if not kernel_has_prefill():
-        pytest.skip("this CPU's build has no prefill kernel (it needs AVX-512)")
-    query, key, value, cache, metadata = step(torch.bfloat16, [0], [1100], None, torch.Generator().manual_seed(5))
-    ours = CPUAttention().forward(query, key, value, cache.clone(), metadata)
-    sdpa = torch.nn.functional.scaled_dot_product_attention(
-        query.transpose(0, 1)[None], key.transpose(0, 1)[None], value.transpose(0, 1)[None],
-        is_causal=True, scale=HEAD_SIZE**-0.5, enable_gqa=True,
-    )[0].transpose(0, 1)
-    same = (ours == sdpa).float().mean().item()
-    assert same >= 0.85, same
+def test_bfloat16_prompts_stay_with_sdpa() -> None:
+    """bfloat16 prefill chunks take SDPA, HF's own computation, for greedy agreement with HF."""
+    query, _, _, cache, metadata = step(torch.bfloat16, [0, 30], [40, 5], None, torch.Generator().manual_seed(5))
+    assert CPUAttention().prefill_kernel(query, cache, metadata) is None
+    assert CPUAttention().prefill_kernel(query.float(), cache.float(), metadata) is not None or not kernel_has_prefill()
 
 
 def kernel_has_prefill() -> bool:
