@@ -1,6 +1,6 @@
 """Batched unmerged LoRA for serving in plain torch, on any device (Punica's shrink and expand).
 
-Few rows over several slots in a reduced-precision dtype (decode steps): the rows gathered per
+Few rows over several slots (decode steps): the rows gathered per
 slot into ``[slots, rows, in]`` (padded to the busiest slot), then one batched shrink GEMM against
 the slots' ``A`` and one batched expand GEMM against their ``B``, added back with one scatter; the
 gather is built once per step. Otherwise, per slot in the step, two GEMMs over that slot's
@@ -16,11 +16,12 @@ import torch
 
 from kernel_core.contracts.lora import LoRABatch, LoRAKernel
 
-#: Most rows a step may have for the batched GEMMs, which only pay off below float32: on a
-#: 2-thread Zen 5 (avx512_bf16), SmolLM2-135M's shapes, 8 slots, 64-128 rows, a bfloat16
-#: projection's delta took 170-570 us that way against 220-1180 us as one GEMM over every slot's
-#: ``A`` with the other slots masked (the previous path) and 400-610 us per slot; float32's
-#: per-slot GEMMs are cheap enough (60-350 us).
+#: Most rows a step may have for the batched GEMMs. On a 2-thread Zen 5 (avx512_bf16),
+#: SmolLM2-135M's shapes, 8 slots, 64-128 rows, a bfloat16 projection's delta took 170-570 us that
+#: way against 220-1180 us as one GEMM over every slot's ``A`` with the other slots masked (the
+#: previous path) and 400-610 us per slot. float32 on the same machine, quiet, 8-64 rows over 8
+#: slots: 29-139 us batched against 114-513 us per slot (its small per-slot GEMMs are bound by the
+#: calls, four per slot).
 BATCHED_MAX_ROWS = 128
 
 
@@ -44,7 +45,7 @@ class TorchLoRAKernel(LoRAKernel):
     def apply(
         self, output: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, batch: LoRABatch
     ) -> None:
-        if x.shape[0] <= BATCHED_MAX_ROWS and x.dtype != torch.float32 and len(batch.slot_rows) > 1:
+        if x.shape[0] <= BATCHED_MAX_ROWS and len(batch.slot_rows) > 1:
             gather = self._grouped(batch, lora_a.shape[0])
             if gather.slots is not None:
                 lora_a, lora_b = lora_a.index_select(0, gather.slots), lora_b.index_select(0, gather.slots)
