@@ -10,7 +10,7 @@ from kernel_core.contracts.attention import AttentionMetadata
 from kernel_core_attn_cpu.build import Layout, kernel
 from kernel_core_attn_torch.backend import DecodeKernel, TorchAttention
 
-#: dtype → the kernel's entry points for it.
+#: dtype → the decode kernel's entry point for it (the prefill kernel's is float32 only).
 _ENTRY_POINTS = {torch.float32: "kc_decode_f32", torch.bfloat16: "kc_decode_bf16"}
 
 

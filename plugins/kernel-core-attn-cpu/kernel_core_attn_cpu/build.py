@@ -58,11 +58,11 @@ def kernel() -> Kernel:
     for name in ("kc_decode_f32", "kc_decode_bf16"):
         function = getattr(library, name)
         function.argtypes, function.restype = arguments, None
-    prefill_arguments = arguments[:7] + [pointer] + arguments[7:]  # the chunks' token counts after their rows
-    if hasattr(library, "kc_prefill_f32"):  # AVX-512 builds only
-        library.kc_prefill_f32.argtypes, library.kc_prefill_f32.restype = prefill_arguments, None
     library.kc_has_prefill.argtypes, library.kc_has_prefill.restype = [ctypes.c_int64, ctypes.c_int64], ctypes.c_int
     for name in ("kc_max_heads", "kc_max_head", "kc_max_prefill_chunks"):
         getattr(library, name).restype = ctypes.c_int64
-    chunks = library.kc_max_prefill_chunks() if hasattr(library, "kc_prefill_f32") else 0
+    chunks = 0
+    if hasattr(library, "kc_prefill_f32"):  # AVX-512 builds only; the chunks' token counts follow their rows
+        library.kc_prefill_f32.argtypes, library.kc_prefill_f32.restype = arguments[:7] + [pointer] + arguments[7:], None
+        chunks = library.kc_max_prefill_chunks()
     return Kernel(library, None, library.kc_max_heads(), library.kc_max_head(), chunks)

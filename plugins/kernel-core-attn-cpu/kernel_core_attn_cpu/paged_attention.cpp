@@ -288,7 +288,8 @@ inline __m512 rounded16(__m512 value, const uint16_t*) {  // to bfloat16, neares
   return _mm512_castsi512_ps(_mm512_and_si512(up, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
 }
 
-// What one chunk of heads accumulated over a request's context: unnormalised outputs and softmax sums.
+// The positions a decode request's chunk of heads walks: its block table, first visible and context
+// length, and the cache's row stride and block size.
 struct Context {
   const int32_t* table;
   int64_t first, length, stride, block_size;
@@ -494,8 +495,7 @@ struct Rows {
 };
 
 template <typename T, int NV>
-void prefill_task(const T* query, const T* keys, const T* values, const int32_t* table, int64_t context,
-                  int64_t first_row, const Rows& rows, int64_t kv_head, const Layout& L, T* out) {
+void prefill_task(const T* query, const T* keys, const T* values, const int32_t* table, int64_t first_row, const Rows& rows, int64_t kv_head, const Layout& L, T* out) {
   constexpr int64_t D = NV * 16, SPAN = Span<T>::size;
   constexpr int PV_ROWS = 16 / NV;  // rows whose accumulators stay in registers while values are added
   const int64_t stride = L.num_kv_heads * D, block = L.block_size;
@@ -642,9 +642,9 @@ void prefill(const T* query, const T* cache, int64_t num_slots, const int32_t* b
     const Rows task_rows{new_rows * group, group, context - counts[c] + first_new};
     const int32_t* table = block_tables + request * L.table_stride;
     if (L.head_size == 64)
-      prefill_task<T, 4>(query, keys, values, table, context, rows[c] + first_new, task_rows, kv_head, L, out);
+      prefill_task<T, 4>(query, keys, values, table, rows[c] + first_new, task_rows, kv_head, L, out);
     else
-      prefill_task<T, 8>(query, keys, values, table, context, rows[c] + first_new, task_rows, kv_head, L, out);
+      prefill_task<T, 8>(query, keys, values, table, rows[c] + first_new, task_rows, kv_head, L, out);
   }
 }
 #endif
